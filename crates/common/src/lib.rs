@@ -1,0 +1,30 @@
+//! Shared vocabulary of every rtd process: ids, fixed-point resource sets, runtime
+//! configuration and the wire protocol (protobuf messages framed over Unix sockets).
+//! Nothing here knows about scheduling or storage policy.
+
+pub mod config;
+pub mod ids;
+pub mod resources;
+pub mod rpc;
+
+/// Messages generated from `proto/rtd.proto`.
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/rtd.rs"));
+}
+
+pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use resources::{ResourceError, ResourceSet};
+
+/// What a stored object's bytes hold (the `metadata` of an object).
+pub mod object_kind {
+    /// A pickled Python value.
+    pub const VALUE: u32 = 0;
+    /// A pickled exception raised at `get`.
+    pub const ERROR: u32 = 1;
+    /// The worker running the task died and retries ran out; data is a UTF-8 message.
+    pub const WORKER_CRASHED: u32 = 2;
+    /// The task was cancelled; data is a UTF-8 message.
+    pub const TASK_CANCELLED: u32 = 3;
+    /// The value is gone (its owner died or it was freed); data is a UTF-8 message.
+    pub const OBJECT_LOST: u32 = 4;
+}

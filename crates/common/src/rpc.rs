@@ -1,0 +1,404 @@
+//! Request/reply over a Unix socket with length-prefixed protobuf frames.
+//!
+//! Every same-node conversation in rtd (driver and workers with their node daemon, plasma
+//! clients with the store, a submitter with the worker it leased, a borrower with an
+//! object's owner) is a stream of `Frame`s: a little-endian `u32` length, then the
+//! encoded message. A request carries a non-zero id and its reply the same id, so many
+//! requests can be in flight on one connection and replies may come back in any order
+//! (a lease request waits for resources while a plasma seal does not). Id 0 marks a
+//! one-way message.
+//!
+//! The server side calls the handler inline, in arrival order, so state changes keep
+//! the order the client sent them in; a handler that must wait returns a future, which
+//! runs as its own task and replies when it is done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, BytesMut};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::proto::{frame::Body, ErrorCode, ErrorReply, Frame};
+
+const MAX_FRAME: usize = 1 << 31;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("connection to {0} is closed")]
+    Disconnected(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("unexpected reply from {0}")]
+    UnexpectedReply(String),
+}
+
+impl RpcError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RpcError::Remote { code, .. } => *code,
+            RpcError::Disconnected(_) => ErrorCode::WorkerDied,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+pub fn error_body(code: ErrorCode, message: impl Into<String>) -> Body {
+    Body::Error(ErrorReply { code: code as i32, message: message.into() })
+}
+
+async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+    loop {
+        if buf.len() >= 4 {
+            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > MAX_FRAME {
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
+            }
+            if buf.len() >= 4 + len {
+                buf.advance(4);
+                let frame_bytes = buf.split_to(len).freeze();
+                let frame = Frame::decode(frame_bytes)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                return Ok(Some(frame));
+            }
+            buf.reserve(4 + len - buf.len());
+        } else {
+            buf.reserve(4096);
+        }
+        if reader.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Drains `rx` into the socket, flushing only when no more frames are queued so that
+/// bursts of small messages go out in few syscalls.
+async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Frame>) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, writer);
+    let mut scratch = Vec::with_capacity(4096);
+    while let Some(frame) = rx.recv().await {
+        let mut next = Some(frame);
+        while let Some(f) = next {
+            scratch.clear();
+            let len = f.encoded_len() as u32;
+            scratch.extend_from_slice(&len.to_le_bytes());
+            if f.encode(&mut scratch).is_err() || writer.write_all(&scratch).await.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waiters by request id; `None` once the connection is closed, so a late call fails
+/// instead of waiting forever.
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Body>>>>>;
+
+/// The client end of a connection: `call` sends a request and awaits its reply.
+/// Cheap to clone; the connection closes when every clone is dropped.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    addr: String,
+    tx: mpsc::UnboundedSender<Frame>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: watch::Receiver<bool>,
+}
+
+impl RpcClient {
+    pub async fn connect(addr: &str) -> Result<Self, RpcError> {
+        let stream = UnixStream::connect(Path::new(addr))
+            .await
+            .map_err(|source| RpcError::Connect { addr: addr.to_string(), source })?;
+        Ok(Self::from_stream(addr, stream, None))
+    }
+
+    /// Wraps a connected stream. Frames that arrive with id 0 (one-way messages from
+    /// the peer) go to `inbound` when given.
+    pub fn from_stream(
+        addr: &str,
+        stream: UnixStream,
+        inbound: Option<mpsc::UnboundedSender<Body>>,
+    ) -> Self {
+        let (read_half, write_half) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (closed_tx, closed_rx) = watch::channel(false);
+        tokio::spawn(write_loop(write_half, rx));
+        let reader_pending = pending.clone();
+        tokio::spawn(async move {
+            let mut reader = read_half;
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
+                let Some(body) = frame.body else { continue };
+                if frame.id == 0 {
+                    if let Some(inbound) = &inbound {
+                        let _ = inbound.send(body);
+                    }
+                    continue;
+                }
+                let waiter = reader_pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.as_mut().and_then(|p| p.remove(&frame.id)));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(body);
+                }
+            }
+            // Dropping the senders wakes every waiter with a disconnect.
+            if let Ok(mut p) = reader_pending.lock() {
+                *p = None;
+            }
+            let _ = closed_tx.send(true);
+        });
+        Self {
+            inner: Arc::new(ClientInner {
+                addr: addr.to_string(),
+                tx,
+                pending,
+                next_id: AtomicU64::new(1),
+                closed: closed_rx,
+            }),
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Sends a request and returns a future for its reply. The request is queued
+    /// before this returns, so calls made in order are sent in order.
+    pub fn start_call(&self, body: Body) -> impl Future<Output = Result<Body, RpcError>> + Send + 'static {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let registered = match self.inner.pending.lock() {
+            Ok(mut p) => match p.as_mut() {
+                Some(p) => {
+                    p.insert(id, tx);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        let sent = registered && self.inner.tx.send(Frame { id, body: Some(body) }).is_ok();
+        if registered && !sent {
+            if let Ok(mut p) = self.inner.pending.lock() {
+                if let Some(p) = p.as_mut() {
+                    p.remove(&id);
+                }
+            }
+        }
+        let addr = self.inner.addr.clone();
+        async move {
+            if !sent {
+                return Err(RpcError::Disconnected(addr));
+            }
+            match rx.await {
+                Ok(Body::Error(e)) => Err(RpcError::Remote {
+                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+                    message: e.message,
+                }),
+                Ok(body) => Ok(body),
+                Err(_) => Err(RpcError::Disconnected(addr)),
+            }
+        }
+    }
+
+    pub async fn call(&self, body: Body) -> Result<Body, RpcError> {
+        self.start_call(body).await
+    }
+
+    /// One-way message: no reply is expected.
+    pub fn send(&self, body: Body) -> Result<(), RpcError> {
+        self.inner
+            .tx
+            .send(Frame { id: 0, body: Some(body) })
+            .map_err(|_| RpcError::Disconnected(self.inner.addr.clone()))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.inner.closed.borrow()
+    }
+
+    /// Resolves when the peer has gone away.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.closed.clone();
+        while !*rx.borrow() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// What a handler answers to one request.
+pub enum Reply {
+    /// No reply (one-way message).
+    None,
+    /// Reply right away.
+    Now(Body),
+    /// Reply when the future finishes; other requests are served meanwhile.
+    Later(Pin<Box<dyn Future<Output = Body> + Send>>),
+}
+
+/// Per-connection handle given to a service: it can push one-way frames to the peer.
+#[derive(Clone)]
+pub struct Peer {
+    tx: mpsc::UnboundedSender<Frame>,
+}
+
+impl Peer {
+    pub fn send(&self, body: Body) -> bool {
+        self.tx.send(Frame { id: 0, body: Some(body) }).is_ok()
+    }
+}
+
+/// A server-side protocol. `State` lives as long as the connection.
+pub trait Service: Send + Sync + 'static {
+    type State: Send + 'static;
+    fn connected(&self, peer: Peer) -> Self::State;
+    fn handle(&self, state: &mut Self::State, body: Body) -> Reply;
+    fn disconnected(&self, state: Self::State);
+}
+
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve<S: Service>(listener: UnixListener, service: Arc<S>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, service.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+pub async fn serve_connection<S: Service>(stream: UnixStream, service: Arc<S>) {
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_loop(write_half, rx));
+    let mut state = service.connected(Peer { tx: tx.clone() });
+    let mut reader = read_half;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
+        let Some(body) = frame.body else { continue };
+        let id = frame.id;
+        match service.handle(&mut state, body) {
+            Reply::None => {}
+            Reply::Now(reply) => {
+                if id != 0 {
+                    let _ = tx.send(Frame { id, body: Some(reply) });
+                }
+            }
+            Reply::Later(fut) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let reply = fut.await;
+                    if id != 0 {
+                        let _ = tx.send(Frame { id, body: Some(reply) });
+                    }
+                });
+            }
+        }
+    }
+    service.disconnected(state);
+}
+
+/// Binds a Unix socket, replacing a stale socket file left by a dead process.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{KvGet, KvGetReply};
+
+    struct Echo;
+
+    impl Service for Echo {
+        type State = u32;
+        fn connected(&self, _peer: Peer) -> u32 {
+            0
+        }
+        fn handle(&self, count: &mut u32, body: Body) -> Reply {
+            *count += 1;
+            match body {
+                Body::KvGet(KvGet { key }) if key == "slow" => Reply::Later(Box::pin(async {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Body::KvGetReply(KvGetReply { found: true, value: "slow".into() })
+                })),
+                Body::KvGet(KvGet { key }) => {
+                    Reply::Now(Body::KvGetReply(KvGetReply { found: true, value: key.into_bytes().into() }))
+                }
+                _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported")),
+            }
+        }
+        fn disconnected(&self, _count: u32) {}
+    }
+
+    #[tokio::test]
+    async fn replies_match_requests_out_of_order() {
+        let dir = std::env::temp_dir().join(format!("rtd-rpc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("echo.sock");
+        let listener = bind(&path).unwrap();
+        let server = tokio::spawn(serve(listener, Arc::new(Echo)));
+        let client = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
+        let slow = client.start_call(Body::KvGet(KvGet { key: "slow".into() }));
+        let fast = client.call(Body::KvGet(KvGet { key: "fast".into() })).await.unwrap();
+        match fast {
+            Body::KvGetReply(r) => assert_eq!(&r.value[..], b"fast"),
+            _ => panic!("wrong reply"),
+        }
+        match slow.await.unwrap() {
+            Body::KvGetReply(r) => assert_eq!(&r.value[..], b"slow"),
+            _ => panic!("wrong reply"),
+        }
+        let err = client.call(Body::Ack(Default::default())).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Invalid);
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn calls_fail_when_peer_is_gone() {
+        let dir = std::env::temp_dir().join(format!("rtd-rpc-gone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gone.sock");
+        let listener = bind(&path).unwrap();
+        let accept = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            drop(stream);
+        });
+        let client = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
+        accept.await.unwrap();
+        client.closed().await;
+        let err = client.call(Body::KvGet(KvGet { key: "x".into() })).await.unwrap_err();
+        assert!(matches!(err, RpcError::Disconnected(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,177 @@
+//! What every part of a core worker shares: its identity, its connections (raylet,
+//! plasma store, other core workers) and its object table, plus the object operations
+//! built on them (storing values, freeing them, fetching borrowed ones from owners).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rtd_common::config::RuntimeConfig;
+use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectValue, PlasmaObject, TaskSpec};
+use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
+use rtd_plasma::{PlasmaClient, PlasmaError};
+
+use crate::layout::Layout;
+use crate::object_table::{Freed, Lookup, ObjectTable};
+use crate::submitter::system_error;
+use crate::CoreError;
+
+/// Cached connections to other core workers (leased workers, object owners), by
+/// socket address.
+#[derive(Default)]
+pub struct PeerConnections {
+    clients: Mutex<HashMap<String, RpcClient>>,
+}
+
+impl PeerConnections {
+    pub async fn get(&self, addr: &str) -> Result<RpcClient, RpcError> {
+        if let Some(c) = self.clients.lock().get(addr) {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let client = RpcClient::connect(addr).await?;
+        self.clients.lock().insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+pub struct Context {
+    pub rt: tokio::runtime::Handle,
+    /// The socket this process serves (its address as an owner and as a worker).
+    pub address: String,
+    pub worker_id: WorkerId,
+    pub node_id: NodeId,
+    pub job_id: JobId,
+    pub session_dir: String,
+    pub is_worker: bool,
+    pub raylet: RpcClient,
+    pub plasma: PlasmaClient,
+    pub table: ObjectTable,
+    pub peers: PeerConnections,
+}
+
+impl Context {
+    /// Serializes a value's parts into an inline value or a sealed plasma object.
+    pub fn store_value(
+        &self,
+        id: ObjectId,
+        metadata: u32,
+        payload: &[u8],
+        buffers: &[&[u8]],
+    ) -> Result<ObjectValue, CoreError> {
+        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let layout = Layout::new(payload.len(), &lens);
+        if layout.total <= RuntimeConfig::get().max_inline_bytes {
+            let data = layout.to_vec(payload, buffers);
+            return Ok(ObjectValue {
+                kind: Some(Kind::Inline(InlineObject { metadata, data: data.into() })),
+            });
+        }
+        let size = layout.total as u64;
+        let offset = self
+            .rt
+            .block_on(self.plasma.create(&id, size, metadata))
+            .map_err(plasma_error)?;
+        // SAFETY: the store gave this range to us alone until we seal it.
+        let dst = unsafe { self.plasma.region().slice_mut(offset, size) }
+            .ok_or_else(|| CoreError::Internal("plasma returned a range outside the store".into()))?;
+        layout.write(dst, payload, buffers);
+        self.rt.block_on(self.plasma.seal(&id)).map_err(plasma_error)?;
+        Ok(ObjectValue {
+            kind: Some(Kind::Plasma(PlasmaObject { node_id: self.node_id.to_vec().into(), size })),
+        })
+    }
+
+    /// Records a task result; frees it at once if nobody wants it any more.
+    pub fn store_result(&self, id: ObjectId, value: ObjectValue) {
+        if !self.table.set_value(id, value.clone()) {
+            self.free(Freed { id, value: Some(value), owned: true });
+        }
+    }
+
+    /// Drops what an unreferenced object holds outside this process.
+    pub fn free(&self, freed: Freed) {
+        if !freed.owned {
+            return;
+        }
+        if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = freed.value {
+            let plasma = self.plasma.clone();
+            self.rt.spawn(async move {
+                let _ = plasma.delete(&[freed.id]).await;
+            });
+        }
+    }
+
+    pub fn release_task_args(&self, spec: &TaskSpec) {
+        for arg in &spec.arg_refs {
+            let Some(r) = &arg.r#ref else { continue };
+            if let Ok(id) = ObjectId::from_bytes(&r.id) {
+                if let Some(freed) = self.table.remove_task_ref(&id) {
+                    self.free(freed);
+                }
+            }
+        }
+    }
+
+    /// Starts fetching a borrowed object's value from its owner into the table.
+    pub fn fetch_from_owner(self: &Arc<Self>, id: ObjectId, owner: String) {
+        let ctx = self.clone();
+        self.rt.spawn(async move {
+            let result = match ctx.peers.get(&owner).await {
+                Ok(client) => client.call(Body::GetObject(GetObject { id: id.to_vec().into() })).await,
+                Err(e) => Err(e),
+            };
+            let value = match result {
+                Ok(Body::GetObjectReply(r)) if r.value.is_some() => r.value,
+                Ok(_) => None,
+                Err(e) => Some(system_error(
+                    object_kind::OBJECT_LOST,
+                    format!("object {id} is lost: its owner {owner} cannot serve it ({e})"),
+                )),
+            };
+            match value {
+                Some(v) => {
+                    ctx.table.set_value(id, v);
+                }
+                None => ctx.table.fetch_failed(&id),
+            }
+        });
+    }
+
+    /// Waits (asynchronously) for an object's value, fetching it if borrowed.
+    pub async fn wait_value(self: &Arc<Self>, id: ObjectId) -> ObjectValue {
+        loop {
+            match self.table.poll(&id) {
+                Lookup::Ready(v) => return v,
+                Lookup::FetchFrom(owner) => self.fetch_from_owner(id, owner),
+                Lookup::Pending => {}
+                Lookup::Missing => return lost(id),
+            }
+            match self.table.subscribe(&id) {
+                Some(rx) => match rx.await {
+                    Ok(v) => return v,
+                    // Freed while we waited, or the fetch failed: look again.
+                    Err(_) => {
+                        if matches!(self.table.poll(&id), Lookup::Missing) {
+                            return lost(id);
+                        }
+                    }
+                },
+                None => return lost(id),
+            }
+        }
+    }
+}
+
+pub fn lost(id: ObjectId) -> ObjectValue {
+    system_error(object_kind::OBJECT_LOST, format!("object {id} is lost: no process holds it any more"))
+}
+
+pub fn plasma_error(e: PlasmaError) -> CoreError {
+    match e {
+        PlasmaError::Full(message) => CoreError::StoreFull(message),
+        other => CoreError::Internal(other.to_string()),
+    }
+}

@@ -1,0 +1,479 @@
+//! The core worker: the Rust half of every driver and worker process. It submits tasks
+//! over worker leases, owns the objects it creates (reference counts, values, plasma
+//! copies), and, in a worker, receives the tasks that Python executes.
+
+pub mod context;
+pub mod executor;
+pub mod layout;
+pub mod object_table;
+pub mod owner_service;
+pub mod submitter;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, GetNodes, KvGet, KvPut, NodeInfo, NotifyBlocked, NotifyUnblocked,
+    ObjectRefProto, ObjectValue, PushTaskReply, RegisterClient, ReturnObject, TaskArg, TaskSpec,
+};
+use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::{JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
+use rtd_plasma::PlasmaClient;
+
+pub use context::Context;
+pub use executor::{IncomingTask, TaskExecutor};
+use object_table::{Lookup, ObjectTable};
+use owner_service::OwnerService;
+use submitter::TaskSubmitter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("timed out after {0:?} waiting for objects")]
+    Timeout(Duration),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    StoreFull(String),
+    #[error("{0}")]
+    ObjectLost(String),
+    #[error("cannot reach the rtd node: {0}")]
+    Rpc(#[from] RpcError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub struct ConnectOptions {
+    pub raylet_socket: String,
+    pub session_dir: String,
+    pub is_worker: bool,
+    pub worker_id: Option<WorkerId>,
+}
+
+/// A task as the API hands it over.
+pub struct TaskRequest {
+    pub function_id: Vec<u8>,
+    pub function_name: String,
+    pub args: Vec<u8>,
+    pub arg_refs: Vec<(ObjectId, String)>,
+    pub num_returns: u32,
+    pub resources: ResourceSet,
+    pub max_retries: i32,
+    pub retry_exceptions: Vec<u8>,
+}
+
+/// A value ready for Python: inline bytes, or an object pinned in plasma.
+pub enum FetchedValue {
+    Inline { metadata: u32, data: bytes::Bytes },
+    Plasma(PinnedObject),
+}
+
+/// A sealed plasma object this process has pinned; unpinned on drop.
+pub struct PinnedObject {
+    plasma: PlasmaClient,
+    id: ObjectId,
+    offset: u64,
+    size: u64,
+    pub metadata: u32,
+}
+
+impl PinnedObject {
+    pub fn as_ptr(&self) -> *const u8 {
+        // The store guarantees [offset, offset+size) lies inside the region.
+        unsafe { self.plasma.region().as_ptr().add(self.offset as usize) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.size as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+}
+
+impl Drop for PinnedObject {
+    fn drop(&mut self) {
+        self.plasma.release(&self.id);
+    }
+}
+
+pub struct CoreWorker {
+    pub ctx: Arc<Context>,
+    pub executor: Arc<TaskExecutor>,
+    submitter: TaskSubmitter,
+    /// The driver's pseudo task, naming its `put` objects.
+    driver_task: TaskId,
+    put_index: AtomicU32,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+const GET_SLICE: Duration = Duration::from_millis(50);
+
+impl CoreWorker {
+    pub fn connect(opts: ConnectOptions) -> Result<Self, CoreError> {
+        let threads = std::env::var("RTD_CORE_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("rtd-core")
+            .enable_all()
+            .build()
+            .map_err(|e| CoreError::Internal(format!("cannot start the tokio runtime: {e}")))?;
+        let worker_id = opts.worker_id.unwrap_or_else(WorkerId::random);
+        let address = format!("{}/sockets/cw-{}.sock", opts.session_dir, &worker_id.hex()[..16]);
+        let executor = Arc::new(TaskExecutor::default());
+        let ctx = runtime.block_on(async {
+            let listener = rtd_common::rpc::bind(std::path::Path::new(&address))
+                .map_err(|e| CoreError::Internal(format!("cannot listen on {address}: {e}")))?;
+            let raylet = RpcClient::connect(&opts.raylet_socket).await?;
+            let reply = raylet
+                .call(Body::RegisterClient(RegisterClient {
+                    is_worker: opts.is_worker,
+                    worker_id: worker_id.to_vec().into(),
+                    pid: std::process::id(),
+                    address: address.clone(),
+                }))
+                .await?;
+            let Body::RegisterClientReply(info) = reply else {
+                return Err(CoreError::Internal("unexpected reply to RegisterClient".into()));
+            };
+            let plasma = PlasmaClient::connect(&info.plasma_socket, std::path::Path::new(&info.shm_path))
+                .await
+                .map_err(|e| CoreError::Internal(format!("cannot connect to the object store: {e}")))?;
+            let ctx = Arc::new(Context {
+                rt: tokio::runtime::Handle::current(),
+                address: address.clone(),
+                worker_id,
+                node_id: NodeId::from_bytes(&info.node_id).unwrap_or_else(|_| NodeId::nil()),
+                job_id: JobId::from_bytes(&info.job_id).unwrap_or_else(|_| JobId::nil()),
+                session_dir: info.session_dir.clone(),
+                is_worker: opts.is_worker,
+                raylet,
+                plasma,
+                table: ObjectTable::new(),
+                peers: Default::default(),
+            });
+            let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone() });
+            tokio::spawn(rtd_common::rpc::serve(listener, service));
+            Ok::<_, CoreError>(ctx)
+        })?;
+        if opts.is_worker {
+            // A worker has no reason to outlive its node daemon.
+            let raylet = ctx.raylet.clone();
+            runtime.spawn(async move {
+                raylet.closed().await;
+                std::process::exit(0);
+            });
+        }
+        let submitter = TaskSubmitter::start(ctx.clone());
+        Ok(Self {
+            ctx,
+            executor,
+            submitter,
+            driver_task: TaskId::random(),
+            put_index: AtomicU32::new(0),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Stops the runtime; the daemon sees this client disconnect.
+    pub fn shutdown(&mut self) {
+        self.ctx.table.notify_all();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+        let _ = std::fs::remove_file(&self.ctx.address);
+    }
+
+    pub fn address(&self) -> &str {
+        &self.ctx.address
+    }
+
+    fn current_task(&self) -> TaskId {
+        self.executor.current_task().unwrap_or(self.driver_task)
+    }
+
+    pub fn current_task_id(&self) -> Option<TaskId> {
+        if self.ctx.is_worker {
+            self.executor.current_task()
+        } else {
+            None
+        }
+    }
+
+    // ------------------------------------------------------------------ objects
+
+    /// Stores a serialized value as a new object this process owns.
+    pub fn put(&self, metadata: u32, payload: &[u8], buffers: &[&[u8]]) -> Result<ObjectId, CoreError> {
+        let index = self.put_index.fetch_add(1, Ordering::Relaxed);
+        let id = ObjectId::for_put(&self.current_task(), index);
+        let value = self.ctx.store_value(id, metadata, payload, buffers)?;
+        self.ctx.table.add_owned_ready(id, &self.ctx.address, value);
+        Ok(id)
+    }
+
+    pub fn add_local_ref(&self, id: ObjectId, owner: &str) {
+        self.ctx.table.add_local_ref(id, owner, &self.ctx.address);
+    }
+
+    pub fn remove_local_ref(&self, id: &ObjectId) {
+        if let Some(freed) = self.ctx.table.remove_local_ref(id) {
+            self.ctx.free(freed);
+        }
+    }
+
+    pub fn mark_escaped(&self, id: &ObjectId) {
+        self.ctx.table.mark_escaped(id);
+    }
+
+    /// Blocks until every object is ready (or `timeout`), then returns their values.
+    /// `interrupted` is polled while waiting (Ctrl-C in Python).
+    pub fn get(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<FetchedValue>, CoreError> {
+        self.wait_until(ids, ids.len(), timeout, interrupted)?;
+        ids.iter()
+            .map(|id| {
+                let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
+                self.fetch_value(*id, value)
+            })
+            .collect()
+    }
+
+    /// Indices of ready objects in the order they became ready, at most `num_returns`.
+    pub fn wait(
+        &self,
+        ids: &[ObjectId],
+        num_returns: usize,
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<usize>, CoreError> {
+        match self.wait_until(ids, num_returns, timeout, interrupted) {
+            Ok(()) | Err(CoreError::Timeout(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let mut ready: Vec<(u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| self.ctx.table.ready_seq(id).map(|seq| (seq, i)))
+            .collect();
+        ready.sort();
+        ready.dedup_by_key(|(_, i)| ids[*i]);
+        Ok(ready.into_iter().take(num_returns).map(|(_, i)| i).collect())
+    }
+
+    /// Waits until `count` of `ids` are ready. A worker running a task tells the raylet
+    /// it is blocked meanwhile, so its CPU can run other tasks (nested tasks would
+    /// otherwise deadlock when every CPU waits on children).
+    fn wait_until(
+        &self,
+        ids: &[ObjectId],
+        count: usize,
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(), CoreError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut blocked = false;
+        let result = loop {
+            let mut ready = 0;
+            for id in ids {
+                match self.ctx.table.poll(id) {
+                    Lookup::Ready(_) => ready += 1,
+                    Lookup::FetchFrom(owner) => self.ctx.fetch_from_owner(*id, owner),
+                    Lookup::Pending => {}
+                    Lookup::Missing => {
+                        return Err(CoreError::ObjectLost(format!(
+                            "object {id} is not known to this process"
+                        )))
+                    }
+                }
+            }
+            if ready >= count.min(ids.len()) {
+                break Ok(());
+            }
+            let now = Instant::now();
+            if let Some(d) = deadline {
+                if now >= d {
+                    break Err(CoreError::Timeout(timeout.unwrap_or_default()));
+                }
+            }
+            if !blocked && self.ctx.is_worker && self.executor.current_task().is_some() {
+                blocked = true;
+                let _ = self.ctx.raylet.send(Body::NotifyBlocked(NotifyBlocked {}));
+            }
+            let slice_end = now + GET_SLICE;
+            self.ctx.table.wait_for_change(deadline.map_or(slice_end, |d| d.min(slice_end)));
+            if interrupted() {
+                break Err(CoreError::Interrupted);
+            }
+        };
+        if blocked {
+            let _ = self.ctx.raylet.send(Body::NotifyUnblocked(NotifyUnblocked {}));
+        }
+        result
+    }
+
+    fn fetch_value(&self, id: ObjectId, value: ObjectValue) -> Result<FetchedValue, CoreError> {
+        match value.kind {
+            Some(Kind::Inline(inline)) => Ok(FetchedValue::Inline { metadata: inline.metadata, data: inline.data }),
+            Some(Kind::Plasma(_)) => self.pin(id).map(FetchedValue::Plasma),
+            None => Err(CoreError::Internal(format!("object {id} has no value"))),
+        }
+    }
+
+    /// Pins a sealed plasma object (restoring it from disk if it was spilled).
+    pub fn pin(&self, id: ObjectId) -> Result<PinnedObject, CoreError> {
+        let info = self
+            .ctx
+            .rt
+            .block_on(self.ctx.plasma.get(&id, 30_000))
+            .map_err(context::plasma_error)?
+            .ok_or_else(|| CoreError::ObjectLost(format!("object {id} is not in the object store")))?;
+        Ok(PinnedObject {
+            plasma: self.ctx.plasma.clone(),
+            id,
+            offset: info.offset,
+            size: info.size,
+            metadata: info.metadata,
+        })
+    }
+
+    /// A task argument's value as Python needs it.
+    pub fn arg_value(&self, arg: &TaskArg) -> Result<FetchedValue, CoreError> {
+        let id = arg
+            .r#ref
+            .as_ref()
+            .and_then(|r| ObjectId::from_bytes(&r.id).ok())
+            .ok_or_else(|| CoreError::Invalid("task argument without an object id".into()))?;
+        let value = arg.value.clone().ok_or_else(|| CoreError::Internal("unresolved task argument".into()))?;
+        self.fetch_value(id, value)
+    }
+
+    // ------------------------------------------------------------------ tasks
+
+    pub fn submit_task(&self, req: TaskRequest) -> Vec<ObjectId> {
+        let task_id = TaskId::random();
+        let return_ids: Vec<ObjectId> = (0..req.num_returns).map(|i| ObjectId::for_return(&task_id, i)).collect();
+        for id in &return_ids {
+            self.ctx.table.add_owned_pending(*id, &self.ctx.address);
+        }
+        let arg_refs = req
+            .arg_refs
+            .iter()
+            .map(|(id, owner)| {
+                self.ctx.table.add_task_ref(*id, owner, &self.ctx.address);
+                TaskArg {
+                    r#ref: Some(ObjectRefProto { id: id.to_vec().into(), owner: owner.clone() }),
+                    value: self.ctx.table.get_value(id),
+                }
+            })
+            .collect();
+        let spec = TaskSpec {
+            task_id: task_id.to_vec().into(),
+            job_id: self.ctx.job_id.to_vec().into(),
+            function_id: req.function_id.into(),
+            function_name: req.function_name,
+            args: req.args.into(),
+            arg_refs,
+            return_ids: return_ids.iter().map(|id| id.to_vec().into()).collect(),
+            resources: req.resources.to_fixed_map(),
+            owner: self.ctx.address.clone(),
+            max_retries: req.max_retries,
+            retry_exceptions: req.retry_exceptions.into(),
+            attempt: 0,
+        };
+        self.submitter.submit(spec);
+        return_ids
+    }
+
+    /// Cancels the task that creates `id` (only the owner can).
+    pub fn cancel(&self, id: &ObjectId, force: bool) -> Result<(), CoreError> {
+        if !self.ctx.table.is_owned(id) {
+            return Err(CoreError::Invalid(format!(
+                "only the owner of object {id} can cancel the task that creates it"
+            )));
+        }
+        self.submitter.cancel(id.task_id(), force);
+        Ok(())
+    }
+
+    /// Worker side: the next pushed task, if one arrives within `timeout`.
+    pub fn next_task(&self, timeout: Duration) -> Option<IncomingTask> {
+        self.executor.next_task(timeout)
+    }
+
+    /// Worker side: stores each result and replies to the submitter.
+    pub fn finish_task(
+        &self,
+        task: IncomingTask,
+        results: Vec<(u32, Vec<u8>, Vec<&[u8]>)>,
+        app_error: bool,
+        retryable: bool,
+    ) -> Result<(), CoreError> {
+        let mut returns = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for (raw_id, (metadata, payload, buffers)) in task.spec.return_ids.iter().zip(results) {
+            let id = ObjectId::from_bytes(raw_id).map_err(|e| CoreError::Invalid(e.to_string()))?;
+            match self.ctx.store_value(id, metadata, &payload, &buffers) {
+                Ok(value) => returns.push(ReturnObject { id: raw_id.clone(), value: Some(value) }),
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                    break;
+                }
+            }
+        }
+        self.executor.task_done();
+        if let Some(message) = first_error {
+            // The result could not be stored (store full): report that as the error.
+            let returns = task
+                .spec
+                .return_ids
+                .iter()
+                .map(|id| ReturnObject {
+                    id: id.clone(),
+                    value: Some(submitter::system_error(rtd_common::object_kind::OBJECT_LOST, message.clone())),
+                })
+                .collect();
+            task.finish(PushTaskReply { returns, app_error: true, retryable: false });
+            return Err(CoreError::StoreFull(message));
+        }
+        task.finish(PushTaskReply { returns, app_error, retryable });
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ node
+
+    fn node_call(&self, body: Body) -> Result<Body, CoreError> {
+        Ok(self.ctx.rt.block_on(self.ctx.raylet.call(body))?)
+    }
+
+    pub fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), CoreError> {
+        self.node_call(Body::KvPut(KvPut { key: key.to_string(), value: value.into() }))?;
+        Ok(())
+    }
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<bytes::Bytes>, CoreError> {
+        match self.node_call(Body::KvGet(KvGet { key: key.to_string() }))? {
+            Body::KvGetReply(r) if r.found => Ok(Some(r.value)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError> {
+        match self.node_call(Body::GetNodes(GetNodes {}))? {
+            Body::GetNodesReply(r) => Ok(r.nodes),
+            _ => Err(CoreError::Internal("unexpected reply to GetNodes".into())),
+        }
+    }
+}
+
+impl Drop for CoreWorker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,69 @@
+//! The socket every core worker serves. Other processes call it to push tasks to this
+//! worker (when they hold a lease on it), to cancel them, and, as borrowers, to get the
+//! value of an object this process owns (the reply waits until the value exists).
+
+use std::sync::Arc;
+
+use rtd_common::proto::{frame::Body, ErrorCode, GetObjectReply};
+use rtd_common::rpc::{error_body, Peer, Reply, Service};
+use rtd_common::{ObjectId, TaskId};
+
+use crate::context::Context;
+use crate::executor::TaskExecutor;
+
+pub struct OwnerService {
+    pub ctx: Arc<Context>,
+    pub executor: Arc<TaskExecutor>,
+}
+
+impl Service for OwnerService {
+    type State = ();
+
+    fn connected(&self, _peer: Peer) {}
+
+    fn handle(&self, _state: &mut (), body: Body) -> Reply {
+        match body {
+            Body::PushTask(push) => {
+                let Some(spec) = push.spec else {
+                    return Reply::Now(error_body(ErrorCode::Invalid, "PushTask without a spec"));
+                };
+                if !self.ctx.is_worker {
+                    return Reply::Now(error_body(ErrorCode::Invalid, "a driver does not run tasks"));
+                }
+                match self.executor.enqueue(spec, push.gpu_ids) {
+                    Some(rx) => Reply::Later(Box::pin(async move {
+                        rx.await.unwrap_or_else(|_| {
+                            error_body(ErrorCode::WorkerDied, "the worker stopped before finishing the task")
+                        })
+                    })),
+                    None => Reply::Now(error_body(ErrorCode::WorkerDied, "the worker is shutting down")),
+                }
+            }
+            Body::CancelTask(cancel) => {
+                if let Ok(task_id) = TaskId::from_bytes(&cancel.task_id) {
+                    self.executor.cancel(task_id);
+                }
+                Reply::None
+            }
+            Body::GetObject(get) => {
+                let Ok(id) = ObjectId::from_bytes(&get.id) else {
+                    return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
+                };
+                if !self.ctx.table.contains(&id) {
+                    return Reply::Now(error_body(
+                        ErrorCode::NotFound,
+                        format!("object {id} is not known to its owner (freed or never created)"),
+                    ));
+                }
+                let ctx = self.ctx.clone();
+                Reply::Later(Box::pin(async move {
+                    let value = ctx.wait_value(id).await;
+                    Body::GetObjectReply(GetObjectReply { value: Some(value) })
+                }))
+            }
+            _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for a core worker")),
+        }
+    }
+
+    fn disconnected(&self, _state: ()) {}
+}

@@ -1,0 +1,290 @@
+//! `rtd._core`: the thin layer between the Python package and the Rust core worker.
+//! Functions here convert types, release the GIL around anything that blocks, and map
+//! errors to Ray's exception classes; the logic lives in `rtd-core-worker`.
+
+mod buffers;
+mod errors;
+mod object_ref;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use rtd_common::{ObjectId, ResourceSet, WorkerId};
+use rtd_core_worker::{ConnectOptions, CoreWorker, FetchedValue, TaskRequest};
+
+use buffers::{BorrowedBuffers, PlasmaBuffer};
+use errors::core_error;
+use object_ref::ObjectRef;
+
+/// The process's core worker, set by `connect` and cleared by `disconnect`.
+static CORE: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
+
+fn core() -> PyResult<Arc<CoreWorker>> {
+    CORE.read().clone().ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err(
+            "rtd is not initialized (or was shut down): call rtd.init() first",
+        )
+    })
+}
+
+fn core_if_connected() -> Option<Arc<CoreWorker>> {
+    CORE.read().clone()
+}
+
+#[pyfunction]
+#[pyo3(signature = (raylet_socket, session_dir, is_worker, worker_id=None))]
+fn connect(
+    py: Python<'_>,
+    raylet_socket: String,
+    session_dir: String,
+    is_worker: bool,
+    worker_id: Option<String>,
+) -> PyResult<()> {
+    let worker_id = match worker_id {
+        Some(hex) => Some(parse_worker_id(&hex)?),
+        None => None,
+    };
+    let core = py
+        .allow_threads(|| {
+            CoreWorker::connect(ConnectOptions { raylet_socket, session_dir, is_worker, worker_id })
+        })
+        .map_err(core_error)?;
+    core.executor.set_interrupt(worker::interrupt_main_thread);
+    *CORE.write() = Some(Arc::new(core));
+    Ok(())
+}
+
+fn parse_worker_id(hex: &str) -> PyResult<WorkerId> {
+    let bytes: Result<Vec<u8>, _> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect();
+    bytes
+        .ok()
+        .and_then(|b| WorkerId::from_bytes(&b).ok())
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err(format!("bad worker id {hex:?}")))
+}
+
+#[pyfunction]
+fn disconnect(py: Python<'_>) {
+    let core = CORE.write().take();
+    if let Some(core) = core {
+        py.allow_threads(move || drop(core));
+    }
+}
+
+#[pyfunction]
+fn is_connected() -> bool {
+    CORE.read().is_some()
+}
+
+/// Identity of this process in the cluster.
+#[pyfunction]
+fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let core = core()?;
+    let d = PyDict::new(py);
+    d.set_item("node_id", core.ctx.node_id.hex())?;
+    d.set_item("job_id", core.ctx.job_id.hex())?;
+    d.set_item("worker_id", core.ctx.worker_id.hex())?;
+    d.set_item("task_id", core.current_task_id().map(|t| t.hex()))?;
+    d.set_item("address", core.address())?;
+    d.set_item("session_dir", &core.ctx.session_dir)?;
+    d.set_item("is_worker", core.ctx.is_worker)?;
+    Ok(d)
+}
+
+#[pyfunction]
+fn put(py: Python<'_>, payload: &[u8], buffers: Vec<Bound<'_, PyAny>>) -> PyResult<ObjectRef> {
+    let core = core()?;
+    let borrowed = BorrowedBuffers::new(&buffers)?;
+    let id = py
+        .allow_threads(|| core.put(rtd_common::object_kind::VALUE, payload, &borrowed.slices()))
+        .map_err(core_error)?;
+    Ok(ObjectRef::new(&core, id, core.address().to_string()))
+}
+
+fn fetched_to_py(py: Python<'_>, value: FetchedValue) -> PyResult<Bound<'_, PyTuple>> {
+    match value {
+        FetchedValue::Inline { metadata, data } => {
+            (metadata, PyBytes::new(py, &data)).into_pyobject(py)
+        }
+        FetchedValue::Plasma(pinned) => {
+            let metadata = pinned.metadata;
+            (metadata, Bound::new(py, PlasmaBuffer::new(pinned))?).into_pyobject(py)
+        }
+    }
+}
+
+fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> Vec<ObjectId> {
+    refs.iter().map(|r| r.id).collect()
+}
+
+fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds or None, got {t}"
+        ))),
+    }
+}
+
+/// Runs a blocking wait without the GIL, checking for Ctrl-C between slices.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> Result<T, rtd_core_worker::CoreError> + Send,
+) -> PyResult<T> {
+    let mut signal_error: Option<PyErr> = None;
+    let result = py.allow_threads(|| {
+        let mut check = || Python::with_gil(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                signal_error = Some(e);
+                true
+            }
+        });
+        f(&mut check)
+    });
+    if let Some(e) = signal_error {
+        return Err(e);
+    }
+    result.map_err(core_error)
+}
+
+/// Values of the objects, as `(metadata, bytes | PlasmaBuffer)` tuples.
+#[pyfunction]
+#[pyo3(signature = (refs, timeout=None))]
+fn get<'py>(py: Python<'py>, refs: Vec<PyRef<'py, ObjectRef>>, timeout: Option<f64>) -> PyResult<Bound<'py, PyList>> {
+    let core = core()?;
+    let ids = ids_of(&refs);
+    let timeout = timeout_of(timeout)?;
+    let values = interruptible(py, |check| core.get(&ids, timeout, check))?;
+    let items: PyResult<Vec<_>> = values.into_iter().map(|v| fetched_to_py(py, v)).collect();
+    PyList::new(py, items?)
+}
+
+/// Indices of ready refs, in completion order, at most `num_returns`.
+#[pyfunction]
+#[pyo3(signature = (refs, num_returns, timeout=None))]
+fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<usize>> {
+    let core = core()?;
+    let ids = ids_of(&refs);
+    let timeout = timeout_of(timeout)?;
+    interruptible(py, |check| core.wait(&ids, num_returns, timeout, check))
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn submit_task(
+    py: Python<'_>,
+    function_id: Vec<u8>,
+    function_name: String,
+    args: Vec<u8>,
+    arg_refs: Vec<PyRef<'_, ObjectRef>>,
+    num_returns: u32,
+    resources: HashMap<String, f64>,
+    max_retries: i32,
+    retry_exceptions: Vec<u8>,
+) -> PyResult<Vec<ObjectRef>> {
+    let core = core()?;
+    let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let arg_refs = arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect();
+    let request = TaskRequest {
+        function_id,
+        function_name,
+        args,
+        arg_refs,
+        num_returns,
+        resources,
+        max_retries,
+        retry_exceptions,
+    };
+    let ids = py.allow_threads(|| core.submit_task(request));
+    let owner = core.address().to_string();
+    Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
+}
+
+#[pyfunction]
+fn cancel(r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<()> {
+    core()?.cancel(&r.id, force).map_err(core_error)
+}
+
+#[pyfunction]
+fn kv_put(py: Python<'_>, key: String, value: Vec<u8>) -> PyResult<()> {
+    let core = core()?;
+    py.allow_threads(|| core.kv_put(&key, value)).map_err(core_error)
+}
+
+#[pyfunction]
+fn kv_get<'py>(py: Python<'py>, key: String) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let core = core()?;
+    let value = py.allow_threads(|| core.kv_get(&key)).map_err(core_error)?;
+    Ok(value.map(|v| PyBytes::new(py, &v)))
+}
+
+/// The cluster's nodes as dicts shaped like Ray's `ray.nodes()`.
+#[pyfunction]
+fn nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let core = core()?;
+    let nodes = py.allow_threads(|| core.nodes()).map_err(core_error)?;
+    nodes
+        .into_iter()
+        .map(|n| {
+            let d = PyDict::new(py);
+            let node_id = rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default();
+            let total = ResourceSet::from_fixed_map(&n.total.map(|t| t.amounts).unwrap_or_default());
+            let available = ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
+            d.set_item("NodeID", node_id)?;
+            d.set_item("Alive", n.alive)?;
+            d.set_item("NodeManagerAddress", n.address)?;
+            d.set_item("Resources", total.to_floats())?;
+            d.set_item("AvailableResources", available.to_floats())?;
+            d.set_item("SessionDir", n.session_dir)?;
+            d.set_item("RayletSocketName", n.raylet_socket)?;
+            d.set_item("ObjectStoreSocketName", n.plasma_socket)?;
+            Ok(d)
+        })
+        .collect()
+}
+
+/// Runs the `rtd` command line (blocks while a foreground daemon runs).
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>, launcher: Vec<String>) -> PyResult<i32> {
+    let mut launcher = launcher.into_iter();
+    let program = launcher
+        .next()
+        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("launcher must name a program"))?;
+    let launcher = rtd_node::Launcher { program, args: launcher.collect() };
+    Ok(py.allow_threads(|| rtd_node::cli_main(&argv, &launcher)))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ObjectRef>()?;
+    m.add_class::<PlasmaBuffer>()?;
+    m.add_class::<worker::Task>()?;
+    m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(disconnect, m)?)?;
+    m.add_function(wrap_pyfunction!(is_connected, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_info, m)?)?;
+    m.add_function(wrap_pyfunction!(put, m)?)?;
+    m.add_function(wrap_pyfunction!(get, m)?)?;
+    m.add_function(wrap_pyfunction!(wait, m)?)?;
+    m.add_function(wrap_pyfunction!(submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(cancel, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_put, m)?)?;
+    m.add_function(wrap_pyfunction!(kv_get, m)?)?;
+    m.add_function(wrap_pyfunction!(nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(object_ref::on_ready, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::next_task, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::finish_task, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::arg_values, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! `ObjectRef`: a future's handle, as in Ray. Creating one counts a local reference in
+//! the core worker and dropping it releases that reference, so Python's own garbage
+//! collection drives distributed reference counting. Pickling a ref (to pass it inside
+//! an argument or a result) marks the object as borrowed elsewhere.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use rtd_common::ObjectId;
+use rtd_core_worker::CoreWorker;
+
+use crate::{core, core_if_connected};
+
+#[pyclass(module = "rtd", name = "ObjectRef", frozen)]
+pub struct ObjectRef {
+    pub id: ObjectId,
+    pub owner: String,
+    /// The core worker the local reference was counted in.
+    counted_in: std::sync::Weak<CoreWorker>,
+}
+
+impl ObjectRef {
+    pub fn new(core: &Arc<CoreWorker>, id: ObjectId, owner: String) -> Self {
+        core.add_local_ref(id, &owner);
+        Self { id, owner, counted_in: Arc::downgrade(core) }
+    }
+}
+
+impl Drop for ObjectRef {
+    fn drop(&mut self) {
+        if let Some(core) = self.counted_in.upgrade() {
+            core.remove_local_ref(&self.id);
+        }
+    }
+}
+
+#[pymethods]
+impl ObjectRef {
+    /// Rebuilds a ref received from another process (used by unpickling).
+    #[new]
+    fn py_new(id: &[u8], owner: String) -> PyResult<Self> {
+        let id = ObjectId::from_bytes(id).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        match core_if_connected() {
+            Some(core) => Ok(Self::new(&core, id, owner)),
+            None => Ok(Self { id, owner, counted_in: std::sync::Weak::new() }),
+        }
+    }
+
+    fn binary<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.id.as_bytes())
+    }
+
+    fn hex(&self) -> String {
+        self.id.hex()
+    }
+
+    fn owner_address(&self) -> &str {
+        &self.owner
+    }
+
+    fn task_id(&self) -> String {
+        self.id.task_id().hex()
+    }
+
+    fn __hash__(&self) -> u64 {
+        let b = self.id.as_bytes();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) ^ u64::from(b[24])
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.downcast::<ObjectRef>().map(|o| o.get().id == self.id).unwrap_or(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ObjectRef({})", self.id.hex())
+    }
+
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(core) = this.counted_in.upgrade() {
+            core.mark_escaped(&this.id);
+        }
+        let cls = py.get_type::<ObjectRef>();
+        (cls, (PyBytes::new(py, this.id.as_bytes()), this.owner.clone())).into_pyobject(py)
+    }
+
+    /// A `concurrent.futures.Future` resolved with the value.
+    fn future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("rtd._private.futures")?.call_method1("future_for", (slf,))
+    }
+
+    fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.py().import("rtd._private.futures")?.call_method1("await_ref", (slf,))?.call_method0("__await__")
+    }
+}
+
+/// Calls `callback()` (on a background thread) once the object is ready.
+#[pyfunction]
+pub fn on_ready(r: PyRef<'_, ObjectRef>, callback: PyObject) -> PyResult<()> {
+    let core = core()?;
+    let ctx = core.ctx.clone();
+    let id = r.id;
+    let rt = ctx.rt.clone();
+    rt.spawn(async move {
+        ctx.wait_value(id).await;
+        // Calling into Python may wait for the GIL: do it off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || {
+            Python::with_gil(|py| {
+                if let Err(e) = callback.call0(py) {
+                    e.print(py);
+                }
+            })
+        })
+        .await;
+    });
+    Ok(())
+}

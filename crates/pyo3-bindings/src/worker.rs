@@ -1,0 +1,122 @@
+//! The worker process's side of the boundary: Python's main loop takes tasks with
+//! `next_task`, reads argument values with `arg_values`, and answers with
+//! `finish_task`.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use rtd_core_worker::IncomingTask;
+
+use crate::buffers::BorrowedBuffers;
+use crate::errors::core_error;
+use crate::{core, fetched_to_py};
+
+/// One pushed task, until Python finishes it.
+#[pyclass(module = "rtd._core", frozen)]
+pub struct Task {
+    inner: Mutex<Option<IncomingTask>>,
+    #[pyo3(get)]
+    function_id: Vec<u8>,
+    #[pyo3(get)]
+    function_name: String,
+    #[pyo3(get)]
+    num_returns: usize,
+    #[pyo3(get)]
+    gpu_ids: Vec<u32>,
+    #[pyo3(get)]
+    task_id: String,
+    #[pyo3(get)]
+    attempt: u32,
+    #[pyo3(get)]
+    num_cpus: f64,
+}
+
+#[pymethods]
+impl Task {
+    #[getter]
+    fn args<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let guard = self.inner.lock();
+        let task = guard.as_ref().ok_or_else(finished)?;
+        Ok(PyBytes::new(py, &task.spec.args))
+    }
+
+    /// The pickled retry policy (empty: only system failures retry).
+    #[getter]
+    fn retry_exceptions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let guard = self.inner.lock();
+        let task = guard.as_ref().ok_or_else(finished)?;
+        Ok(PyBytes::new(py, &task.spec.retry_exceptions))
+    }
+}
+
+fn finished() -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err("this task has already been finished")
+}
+
+/// The next task pushed to this worker, or None after `timeout` seconds.
+#[pyfunction]
+pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
+    let core = core()?;
+    let wait = Duration::from_secs_f64(timeout.max(0.0));
+    let Some(task) = py.allow_threads(|| core.next_task(wait)) else {
+        return Ok(None);
+    };
+    let spec = &task.spec;
+    let num_cpus = spec.resources.get(rtd_common::resources::CPU).copied().unwrap_or(0);
+    Ok(Some(Task {
+        function_id: spec.function_id.to_vec(),
+        function_name: spec.function_name.clone(),
+        num_returns: spec.return_ids.len(),
+        gpu_ids: task.gpu_ids.clone(),
+        task_id: task.task_id().hex(),
+        attempt: spec.attempt,
+        num_cpus: rtd_common::resources::to_float(num_cpus),
+        inner: Mutex::new(Some(task)),
+    }))
+}
+
+/// Values of the task's top-level ObjectRef arguments, as `get` returns them.
+#[pyfunction]
+pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyList>> {
+    let core = core()?;
+    let args = {
+        let guard = task.inner.lock();
+        guard.as_ref().ok_or_else(finished)?.spec.arg_refs.clone()
+    };
+    let values = py
+        .allow_threads(|| args.iter().map(|a| core.arg_value(a)).collect::<Result<Vec<_>, _>>())
+        .map_err(core_error)?;
+    let items: PyResult<Vec<_>> = values.into_iter().map(|v| fetched_to_py(py, v)).collect();
+    PyList::new(py, items?)
+}
+
+/// Replies to the submitter with the task's results: `(metadata, payload, buffers)`
+/// per return value.
+#[pyfunction]
+pub fn finish_task(
+    py: Python<'_>,
+    task: &Task,
+    results: Vec<(u32, Vec<u8>, Vec<Bound<'_, PyAny>>)>,
+    app_error: bool,
+    retryable: bool,
+) -> PyResult<()> {
+    let core = core()?;
+    let incoming = task.inner.lock().take().ok_or_else(finished)?;
+    let mut parts = Vec::with_capacity(results.len());
+    for (metadata, payload, buffers) in results {
+        parts.push((metadata, payload, BorrowedBuffers::new(&buffers)?));
+    }
+    py.allow_threads(|| {
+        let results = parts.iter().map(|(m, p, b)| (*m, p.clone(), b.slices())).collect();
+        core.finish_task(incoming, results, app_error, retryable)
+    })
+    .map_err(core_error)
+}
+
+/// Raises KeyboardInterrupt in the main thread (cancelling the running task).
+pub fn interrupt_main_thread() {
+    // SAFETY: PyErr_SetInterrupt is async-signal-safe and needs no thread state.
+    unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+}

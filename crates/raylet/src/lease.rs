@@ -1,0 +1,358 @@
+//! Worker leases: how work gets a process and resources on this node.
+//!
+//! A submitter asks for a lease for one task's resource shape. The raylet grants it
+//! when the resources are free and a worker is idle: the lease reserves the resources
+//! and hands the worker's socket address to the submitter, which then pushes tasks to
+//! the worker directly until it returns the lease. Requests wait in arrival order, but
+//! one that cannot be granted does not block the ones behind it (different shapes),
+//! and a request that no node could ever satisfy is answered `Infeasible` at once.
+//!
+//! A leased worker that blocks in `get` gives its CPU back until it resumes, so parents
+//! waiting on children cannot starve the node; if no worker is idle for the children,
+//! more are started.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rtd_common::config::RuntimeConfig;
+use rtd_common::proto::{
+    frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply,
+};
+use rtd_common::{ResourceSet, WorkerId};
+use tokio::sync::oneshot;
+
+use crate::resources::{Allocation, NodeResources};
+use crate::worker_pool::{kill, WorkerCommand};
+
+/// Identifies one client connection of the raylet.
+pub type ConnId = u64;
+
+struct Worker {
+    pid: u32,
+    /// Socket address, known once the worker has registered.
+    address: Option<String>,
+    lease: Option<u64>,
+    blocked: bool,
+}
+
+struct Lease {
+    worker: WorkerId,
+    allocation: Allocation,
+    owner: ConnId,
+}
+
+struct PendingLease {
+    resources: ResourceSet,
+    owner: ConnId,
+    reply: oneshot::Sender<Body>,
+}
+
+struct State {
+    resources: NodeResources,
+    workers: HashMap<WorkerId, Worker>,
+    idle: VecDeque<WorkerId>,
+    starting: usize,
+    leases: HashMap<u64, Lease>,
+    pending: VecDeque<PendingLease>,
+    next_lease: u64,
+    shutting_down: bool,
+}
+
+pub struct Raylet {
+    state: Mutex<State>,
+    command: WorkerCommand,
+    /// Idle workers kept alive; more are stopped when their lease returns.
+    pool_size: usize,
+}
+
+impl Raylet {
+    pub fn new(total: ResourceSet, command: WorkerCommand) -> Arc<Self> {
+        let pool_size = (total.get(rtd_common::resources::CPU) / rtd_common::resources::UNIT).max(1) as usize;
+        Arc::new(Self {
+            state: Mutex::new(State {
+                resources: NodeResources::new(total),
+                workers: HashMap::new(),
+                idle: VecDeque::new(),
+                starting: 0,
+                leases: HashMap::new(),
+                pending: VecDeque::new(),
+                next_lease: 1,
+                shutting_down: false,
+            }),
+            command,
+            pool_size,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent-enough state to keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the pool's workers ahead of demand, as Ray does.
+    pub fn prestart_workers(self: &Arc<Self>) {
+        for _ in 0..self.pool_size {
+            self.start_worker();
+        }
+    }
+
+    pub fn total(&self) -> ResourceSet {
+        self.lock().resources.total().clone()
+    }
+
+    pub fn available(&self) -> ResourceSet {
+        self.lock().resources.available()
+    }
+
+    fn start_worker(self: &Arc<Self>) {
+        let worker_id = WorkerId::random();
+        let child = match self.command.spawn(&worker_id) {
+            Ok(child) => child,
+            Err(e) => {
+                tracing::error!("cannot start a worker with {}: {e}", self.command.python);
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        {
+            let mut st = self.lock();
+            st.starting += 1;
+            st.workers.insert(worker_id, Worker { pid, address: None, lease: None, blocked: false });
+        }
+        let raylet = self.clone();
+        tokio::spawn(async move {
+            let mut child = child;
+            let status = child.wait().await;
+            tracing::debug!("worker {worker_id} (pid {pid}) exited: {status:?}");
+            raylet.on_worker_exit(worker_id);
+        });
+    }
+
+    /// A started worker connected and is ready for leases.
+    pub fn register_worker(self: &Arc<Self>, worker_id: WorkerId, address: String) -> bool {
+        {
+            let mut st = self.lock();
+            let Some(worker) = st.workers.get_mut(&worker_id) else {
+                return false;
+            };
+            if worker.address.is_some() {
+                return false;
+            }
+            worker.address = Some(address);
+            st.starting = st.starting.saturating_sub(1);
+            st.idle.push_back(worker_id);
+        }
+        self.schedule();
+        true
+    }
+
+    fn on_worker_exit(self: &Arc<Self>, worker_id: WorkerId) {
+        {
+            let mut st = self.lock();
+            let Some(worker) = st.workers.remove(&worker_id) else { return };
+            if worker.address.is_none() {
+                st.starting = st.starting.saturating_sub(1);
+            }
+            st.idle.retain(|w| *w != worker_id);
+            if let Some(lease_id) = worker.lease {
+                if let Some(lease) = st.leases.remove(&lease_id) {
+                    if worker.blocked {
+                        st.resources.reacquire_cpu(&lease.allocation);
+                    }
+                    st.resources.release(&lease.allocation);
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// Queues a lease request; the receiver yields the reply when it is decided.
+    pub fn request_lease(self: &Arc<Self>, owner: ConnId, resources: ResourceSet) -> oneshot::Receiver<Body> {
+        let (reply, rx) = oneshot::channel();
+        self.lock().pending.push_back(PendingLease { resources, owner, reply });
+        self.schedule();
+        rx
+    }
+
+    pub fn return_lease(self: &Arc<Self>, lease_id: u64) {
+        {
+            let mut st = self.lock();
+            let Some(lease) = st.leases.remove(&lease_id) else { return };
+            let blocked = st.workers.get(&lease.worker).map(|w| w.blocked).unwrap_or(false);
+            if blocked {
+                st.resources.reacquire_cpu(&lease.allocation);
+            }
+            st.resources.release(&lease.allocation);
+            let surplus = st.workers.len() > self.pool_size;
+            if let Some(worker) = st.workers.get_mut(&lease.worker) {
+                worker.lease = None;
+                worker.blocked = false;
+                if surplus {
+                    // Extra workers started for blocked parents are not kept around.
+                    kill(worker.pid);
+                } else {
+                    st.idle.push_back(lease.worker);
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// Force-cancel: the process dies and its exit frees the lease.
+    pub fn kill_leased_worker(&self, lease_id: u64) {
+        let st = self.lock();
+        if let Some(lease) = st.leases.get(&lease_id) {
+            if let Some(worker) = st.workers.get(&lease.worker) {
+                kill(worker.pid);
+            }
+        }
+    }
+
+    pub fn worker_blocked(self: &Arc<Self>, worker_id: &WorkerId) {
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(worker) = st.workers.get_mut(worker_id) else { return };
+            let Some(lease) = worker.lease.and_then(|l| st.leases.get(&l)) else { return };
+            if !worker.blocked {
+                worker.blocked = true;
+                st.resources.release_cpu(&lease.allocation);
+            }
+        }
+        self.schedule();
+    }
+
+    pub fn worker_unblocked(&self, worker_id: &WorkerId) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let Some(worker) = st.workers.get_mut(worker_id) else { return };
+        let Some(lease) = worker.lease.and_then(|l| st.leases.get(&l)) else { return };
+        if worker.blocked {
+            worker.blocked = false;
+            st.resources.reacquire_cpu(&lease.allocation);
+        }
+    }
+
+    /// A client connection closed. Leases it held are revoked: their workers may be
+    /// running its tasks, which nobody will collect, so they are stopped.
+    pub fn client_disconnected(self: &Arc<Self>, conn: ConnId, worker_id: Option<WorkerId>) {
+        {
+            let mut st = self.lock();
+            st.pending.retain(|p| p.owner != conn);
+            let owned: Vec<u64> = st.leases.iter().filter(|(_, l)| l.owner == conn).map(|(id, _)| *id).collect();
+            for lease_id in owned {
+                if let Some(lease) = st.leases.get(&lease_id) {
+                    if let Some(worker) = st.workers.get(&lease.worker) {
+                        kill(worker.pid);
+                    }
+                }
+            }
+            if let Some(worker) = worker_id.and_then(|w| st.workers.get(&w)) {
+                kill(worker.pid);
+            }
+        }
+        self.schedule();
+    }
+
+    /// Grants what can be granted, answers infeasible requests, and starts workers
+    /// for requests that have resources but no idle worker.
+    fn schedule(self: &Arc<Self>) {
+        let mut to_start = 0;
+        {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return;
+            }
+            let mut waiting_for_worker = 0;
+            let mut i = 0;
+            while i < st.pending.len() {
+                if st.pending[i].reply.is_closed() {
+                    st.pending.remove(i);
+                    continue;
+                }
+                if !st.resources.is_feasible(&st.pending[i].resources) {
+                    if let Some(req) = st.pending.remove(i) {
+                        let message = format!(
+                            "a task needs {} but no node can ever provide it; this node has {} in total. \
+                             It waits until a node with enough resources joins.",
+                            req.resources,
+                            st.resources.total()
+                        );
+                        let _ = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
+                            result: Some(LeaseResult::Infeasible(Infeasible { message })),
+                        }));
+                    }
+                    continue;
+                }
+                if !st.pending[i].resources.fits_in(&st.resources.available()) {
+                    i += 1;
+                    continue;
+                }
+                let Some(worker_id) = st.idle.pop_front() else {
+                    waiting_for_worker += 1;
+                    i += 1;
+                    continue;
+                };
+                let request = st.pending[i].resources.clone();
+                let Some(allocation) = st.resources.try_allocate(&request) else {
+                    st.idle.push_front(worker_id);
+                    i += 1;
+                    continue;
+                };
+                let Some(req) = st.pending.remove(i) else { break };
+                let lease_id = st.next_lease;
+                st.next_lease += 1;
+                let address = st
+                    .workers
+                    .get_mut(&worker_id)
+                    .map(|w| {
+                        w.lease = Some(lease_id);
+                        w.address.clone().unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                let gpu_ids = allocation.gpu_ids.clone();
+                st.leases.insert(lease_id, Lease { worker: worker_id, allocation, owner: req.owner });
+                let granted = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
+                    result: Some(LeaseResult::Granted(LeaseGranted {
+                        lease_id,
+                        worker_address: address,
+                        worker_id: worker_id.to_vec().into(),
+                        gpu_ids,
+                    })),
+                }));
+                if granted.is_err() {
+                    // The requester left while we decided; take the lease back.
+                    if let Some(lease) = st.leases.remove(&lease_id) {
+                        st.resources.release(&lease.allocation);
+                    }
+                    if let Some(w) = st.workers.get_mut(&worker_id) {
+                        w.lease = None;
+                    }
+                    st.idle.push_front(worker_id);
+                }
+            }
+            let limit = RuntimeConfig::get().max_starting_workers;
+            if waiting_for_worker > st.starting && st.starting < limit {
+                to_start = (waiting_for_worker - st.starting).min(limit - st.starting);
+            }
+        }
+        for _ in 0..to_start {
+            self.start_worker();
+        }
+    }
+
+    /// Stops every worker (daemon shutdown).
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        st.shutting_down = true;
+        st.pending.clear();
+        for worker in st.workers.values() {
+            kill(worker.pid);
+        }
+    }
+
+    /// Pids of the node's worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.lock().workers.values().map(|w| w.pid).collect()
+    }
+}

@@ -1,0 +1,272 @@
+//! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`. The same code runs in
+//! the standalone binary and behind the Python package's `rtd` console script.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions};
+use crate::session::{NodeFile, Session, DEFAULT_TEMP_DIR};
+
+const USAGE: &str = "usage: rtd <command> [options]
+
+commands:
+  start --head [--num-cpus N] [--num-gpus N] [--resources JSON]
+        [--object-store-memory BYTES] [--temp-dir DIR] [--block]
+                      start a node daemon on this machine
+  stop                stop the node daemons started on this machine
+  status              show nodes and resource usage";
+
+/// How to start a daemon in the background: the program and leading arguments that,
+/// followed by `start ... --block`, run a node in the foreground.
+pub struct Launcher {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("RTD_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match run(argv, launcher) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rtd: error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(argv: &[String], launcher: &Launcher) -> Result<()> {
+    let Some(command) = argv.get(1) else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &argv[2..];
+    match command.as_str() {
+        "start" => start(rest, launcher),
+        "stop" => stop(rest),
+        "status" => status(rest),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}
+
+#[derive(Default)]
+struct StartArgs {
+    head: bool,
+    block: bool,
+    watch_stdin: bool,
+    num_cpus: Option<f64>,
+    num_gpus: Option<f64>,
+    resources: HashMap<String, f64>,
+    object_store_memory: Option<u64>,
+    temp_dir: Option<PathBuf>,
+    session_dir: Option<PathBuf>,
+    python: Option<String>,
+}
+
+fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
+    value.parse().map_err(|_| anyhow!("{flag} expects a number, got {value:?}"))
+}
+
+fn parse_start(args: &[String]) -> Result<StartArgs> {
+    let mut out = StartArgs::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let (flag, inline_value) = match flag.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (flag.clone(), None),
+        };
+        let mut value = || -> Result<String> {
+            inline_value.clone().or_else(|| it.next().cloned()).ok_or_else(|| anyhow!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--head" => out.head = true,
+            "--block" => out.block = true,
+            "--watch-stdin" => out.watch_stdin = true,
+            "--num-cpus" => out.num_cpus = Some(parse_number(&flag, &value()?)?),
+            "--num-gpus" => out.num_gpus = Some(parse_number(&flag, &value()?)?),
+            "--object-store-memory" => out.object_store_memory = Some(parse_number(&flag, &value()?)?),
+            "--resources" => {
+                let text = value()?;
+                let parsed: HashMap<String, f64> = serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("--resources must be a JSON object of numbers, e.g. '{{\"bob\": 5}}': {e}"))?;
+                out.resources = parsed;
+            }
+            "--temp-dir" => out.temp_dir = Some(PathBuf::from(value()?)),
+            "--session-dir" => out.session_dir = Some(PathBuf::from(value()?)),
+            "--python" => out.python = Some(value()?),
+            "--address" | "--port" | "--node-ip-address" => bail!(
+                "{flag}: multi-node clusters are not implemented yet; rtd runs single-node (start --head)"
+            ),
+            other => bail!("unknown option {other:?} for rtd start"),
+        }
+    }
+    for reserved in ["CPU", "GPU"] {
+        if out.resources.contains_key(reserved) {
+            bail!("--resources must not set {reserved}; use --num-cpus / --num-gpus");
+        }
+    }
+    Ok(out)
+}
+
+fn start(args: &[String], launcher: &Launcher) -> Result<()> {
+    let parsed = parse_start(args)?;
+    if !parsed.head {
+        bail!("rtd start needs --head (joining a cluster with --address is not implemented yet)");
+    }
+    let temp_dir = parsed.temp_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
+    let session_dir = parsed.session_dir.clone().unwrap_or_else(|| Session::new_path(&temp_dir));
+    if parsed.block {
+        let object_store_memory = parsed.object_store_memory.unwrap_or_else(default_object_store_memory);
+        if object_store_memory < 1 << 20 {
+            bail!("--object-store-memory must be at least 1 MiB, got {object_store_memory}");
+        }
+        let resources =
+            node_resources(parsed.num_cpus, parsed.num_gpus, &parsed.resources, object_store_memory)?;
+        return run_node(NodeOptions {
+            session_dir,
+            resources,
+            object_store_memory,
+            python: parsed.python.clone().unwrap_or_else(|| "python3".into()),
+            watch_stdin: parsed.watch_stdin,
+        });
+    }
+    // Background: run ourselves with --block, detached, and wait until it serves.
+    let mut cmd = std::process::Command::new(&launcher.program);
+    cmd.args(&launcher.args)
+        .arg("start")
+        .args(args)
+        .arg("--block")
+        .arg("--session-dir")
+        .arg(&session_dir)
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", launcher.program))?;
+    let socket = session_dir.join("sockets/raylet.sock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !session_dir.join("node.json").exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!("the node daemon exited during start-up ({status})");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("the node daemon did not come up within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("Started an rtd head node (pid {}).", child.id());
+    println!("  session: {}", session_dir.display());
+    println!("  socket:  {}", socket.display());
+    println!("Connect with rtd.init(address=\"auto\"); stop with `rtd stop`.");
+    Ok(())
+}
+
+fn session_nodes(temp_dir: &Path) -> Vec<NodeFile> {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.file_name() != "session_latest")
+        .filter_map(|e| NodeFile::read(&e.path().join("node.json")).ok())
+        .collect()
+}
+
+fn stop(args: &[String]) -> Result<()> {
+    let temp_dir = match args {
+        [] => PathBuf::from(DEFAULT_TEMP_DIR),
+        [flag, dir] if flag == "--temp-dir" => PathBuf::from(dir),
+        _ => bail!("usage: rtd stop [--temp-dir DIR]"),
+    };
+    let nodes = session_nodes(&temp_dir);
+    let mut stopped = 0;
+    for node in &nodes {
+        // SAFETY: kill(2) with a pid read from node.json.
+        if node.pid == 0 || unsafe { libc::kill(node.pid as libc::pid_t, libc::SIGTERM) } != 0 {
+            let _ = std::fs::remove_dir_all(&node.session_dir);
+            continue;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unsafe { libc::kill(node.pid as libc::pid_t, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stopped += 1;
+    }
+    println!("Stopped {stopped} rtd node daemon(s).");
+    Ok(())
+}
+
+fn status(args: &[String]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("usage: rtd status");
+    }
+    let nodes = session_nodes(Path::new(DEFAULT_TEMP_DIR));
+    if nodes.is_empty() {
+        bail!("no rtd node is running on this machine (start one with `rtd start --head`)");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    for node in nodes {
+        let reply = runtime.block_on(async {
+            let client = rtd_common::rpc::RpcClient::connect(&node.raylet_socket).await?;
+            client.call(rtd_common::proto::frame::Body::GetNodes(Default::default())).await
+        });
+        let Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) = reply else {
+            println!("node {} (pid {}): not answering", node.node_id, node.pid);
+            continue;
+        };
+        println!("======== rtd status: {} ========", node.session_dir);
+        for n in r.nodes {
+            let total = rtd_common::ResourceSet::from_fixed_map(&n.total.map(|t| t.amounts).unwrap_or_default());
+            let avail = rtd_common::ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
+            println!("Node {} ({})", rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default(), if n.alive { "alive" } else { "dead" });
+            println!("Resources");
+            for (name, amount) in total.to_floats() {
+                let used = amount - avail.to_floats().get(&name).copied().unwrap_or(0.0);
+                println!("  {used:.1}/{amount:.1} {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_start_flags() {
+        let a = parse_start(&args(&["--head", "--num-cpus", "4", "--resources", "{\"bob\": 5}", "--object-store-memory=100000000"]))
+            .unwrap();
+        assert!(a.head);
+        assert_eq!(a.num_cpus, Some(4.0));
+        assert_eq!(a.resources.get("bob"), Some(&5.0));
+        assert_eq!(a.object_store_memory, Some(100_000_000));
+    }
+
+    #[test]
+    fn malformed_resources_json_names_the_flag() {
+        let err = parse_start(&args(&["--head", "--resources", "{bob: 5"])).err().unwrap();
+        assert!(err.to_string().contains("--resources"));
+        let err = parse_start(&args(&["--num-cpus", "many"])).err().unwrap();
+        assert!(err.to_string().contains("--num-cpus"));
+        let err = parse_start(&args(&["--bogus"])).err().unwrap();
+        assert!(err.to_string().contains("--bogus"));
+    }
+
+    #[test]
+    fn unknown_command_fails() {
+        let launcher = Launcher { program: "true".into(), args: vec![] };
+        assert_eq!(cli_main(&args(&["rtd", "frobnicate"]), &launcher), 1);
+        assert_eq!(cli_main(&args(&["rtd", "start"]), &launcher), 1);
+    }
+}

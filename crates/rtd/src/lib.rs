@@ -1,0 +1,9 @@
+//! The rtd node daemon (raylet + plasma store, and the GCS on the head) and the `rtd`
+//! command line. Linked into the standalone `rtd` binary and into the Python
+//! extension, so both run the same code.
+
+pub mod cli;
+pub mod node;
+pub mod session;
+
+pub use cli::{cli_main, Launcher};

@@ -1,0 +1,118 @@
+"""Values to bytes and back.
+
+Values are pickled with cloudpickle (protocol 5). Large buffers (numpy arrays,
+``PickleBuffer``) go out of band and are laid out next to the pickle, 64-byte aligned,
+in one object (the layout is described in ``crates/core-worker/src/layout.rs``). Reading
+an object from shared memory slices that layout without copying, so numpy arrays come
+back as read-only views into the store.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+
+import cloudpickle
+
+from rtd import exceptions
+
+# Object kinds (the metadata of an object); see rtd_common::object_kind.
+VALUE = 0
+ERROR = 1
+WORKER_CRASHED = 2
+TASK_CANCELLED = 3
+OBJECT_LOST = 4
+
+_PRIMITIVES = (int, float, str, bytes, bool, type(None))
+_ALIGN = 64
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def dumps(value) -> bytes:
+    """Pickles without out-of-band buffers."""
+    if type(value) in _PRIMITIVES:
+        return pickle.dumps(value, protocol=5)
+    try:
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as e:
+        raise TypeError(
+            f"Could not serialize an object of type {type(value).__name__}: {e}"
+        ) from e
+
+
+def serialize(value):
+    """Returns ``(payload, buffers)`` for ``value``."""
+    if type(value) in _PRIMITIVES:
+        return pickle.dumps(value, protocol=5), []
+    buffers = []
+    try:
+        payload = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    except Exception as e:
+        raise TypeError(
+            f"Could not serialize an object of type {type(value).__name__}: {e}"
+        ) from e
+    try:
+        return payload, [b.raw() for b in buffers]
+    except BufferError:
+        # A non-contiguous buffer cannot go out of band; pickle it in band.
+        return dumps(value), []
+
+
+def _unpack(data):
+    view = memoryview(data)
+    n, _, payload_len = struct.unpack_from("<IIQ", view, 0)
+    lens = struct.unpack_from(f"<{n}Q", view, 16) if n else ()
+    off = _align(16 + 8 * n)
+    payload = view[off : off + payload_len]
+    off += payload_len
+    buffers = []
+    for length in lens:
+        off = _align(off)
+        buffers.append(view[off : off + length])
+        off += length
+    return payload, buffers
+
+
+def deserialize(metadata: int, data):
+    """The value of an object; error objects come back as exception instances
+    (see ``is_error``)."""
+    if metadata == VALUE:
+        payload, buffers = _unpack(data)
+        return pickle.loads(payload, buffers=buffers)
+    if metadata == ERROR:
+        payload, buffers = _unpack(data)
+        return pickle.loads(payload, buffers=buffers)
+    message = bytes(data).decode("utf-8", "replace")
+    if metadata == WORKER_CRASHED:
+        return exceptions.WorkerCrashedError(message)
+    if metadata == TASK_CANCELLED:
+        return exceptions.TaskCancelledError(message)
+    if metadata == OBJECT_LOST:
+        return exceptions.ObjectLostError(message)
+    return exceptions.RaySystemError(f"object of unknown kind {metadata}: {message}")
+
+
+def is_error(metadata: int) -> bool:
+    return metadata != VALUE
+
+
+def raise_error(error: BaseException):
+    if isinstance(error, exceptions.RayTaskError):
+        raise error.as_instanceof_cause()
+    raise error
+
+
+class ArgRef:
+    """Stands for the i-th top-level ObjectRef argument inside the pickled arguments;
+    the worker puts the resolved value in its place."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __reduce__(self):
+        return (ArgRef, (self.index,))

@@ -1,0 +1,328 @@
+"""The driver-facing API: ``init``, ``shutdown``, ``get``, ``put``, ``wait``, ``cancel`` and
+the cluster queries, with Ray's signatures and errors."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from rtd import _core, exceptions
+from rtd._core import ObjectRef
+from rtd._private import serialization
+
+DEFAULT_TEMP_DIR = "/tmp/rtd"
+_NODE_START_TIMEOUT_S = 30.0
+
+
+class _State:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.node_process = None  # the local head daemon this driver started
+        self.session_dir = None
+        self.namespace = None
+        self.registered_functions = set()
+        self.is_worker = False
+
+
+_state = _State()
+
+
+class RayContext(dict):
+    """What ``init`` returns (Ray returns a context with ``address_info``)."""
+
+    @property
+    def address_info(self):
+        return self
+
+    def disconnect(self):
+        shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutdown()
+
+
+def is_initialized() -> bool:
+    return _core.is_connected()
+
+
+def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir):
+    os.makedirs(temp_dir, exist_ok=True)
+    session_dir = os.path.join(temp_dir, f"session_{int(time.time() * 1000)}_{os.getpid()}")
+    cmd = [
+        sys.executable, "-m", "rtd._private.node", "start", "--head", "--block", "--watch-stdin",
+        "--session-dir", session_dir, "--python", sys.executable,
+    ]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    if object_store_memory is not None:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    # The daemon stops when this pipe closes, so it never outlives the driver.
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    node_file = os.path.join(session_dir, "node.json")
+    deadline = time.monotonic() + _NODE_START_TIMEOUT_S
+    while not os.path.exists(node_file):
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(f"The rtd node daemon failed to start (exit code {code}); see its output above.")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"The rtd node daemon did not start within {_NODE_START_TIMEOUT_S:.0f} s.")
+        time.sleep(0.002)
+    return process, session_dir
+
+
+def _find_running_node(temp_dir):
+    latest = os.path.join(temp_dir, "session_latest", "node.json")
+    try:
+        with open(latest) as f:
+            return json.load(f)["session_dir"]
+    except (OSError, ValueError, KeyError):
+        raise ConnectionError(
+            "Could not find any running rtd instance. Start one with `rtd start --head`, "
+            "or call rtd.init() without an address to start a local one."
+        ) from None
+
+
+def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise ValueError(f"resources must be a dict, got {resources!r}.")
+        for name, amount in resources.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"Use num_cpus / num_gpus instead of resources={{'{name}': ...}}.")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                raise ValueError(f"resources[{name!r}] must be a non-negative number, got {amount!r}.")
+    if object_store_memory is not None and (
+        not isinstance(object_store_memory, int) or object_store_memory < 1 << 20
+    ):
+        raise ValueError(f"object_store_memory must be an integer number of bytes >= 1 MiB, got {object_store_memory!r}.")
+
+
+def init(
+    address=None,
+    *,
+    num_cpus=None,
+    num_gpus=None,
+    resources=None,
+    object_store_memory=None,
+    namespace=None,
+    ignore_reinit_error=False,
+    runtime_env=None,
+    _temp_dir=None,
+    **kwargs,
+):
+    """Starts (or connects to) rtd. With no address a local head node is started and
+    stopped again by ``shutdown()`` or at exit."""
+    with _state.lock:
+        if is_initialized():
+            if ignore_reinit_error:
+                return RayContext(session_dir=_state.session_dir)
+            raise RuntimeError(
+                "Maybe you called rtd.init twice by accident? This error can be suppressed by "
+                "passing in 'ignore_reinit_error=True' or by calling 'rtd.shutdown()' prior to 'rtd.init()'."
+            )
+        ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
+                   "logging_level", "configure_logging", "_system_config", "local_mode"}
+        unknown = set(kwargs) - ignored
+        if unknown:
+            raise TypeError(f"init() got unexpected keyword argument(s): {sorted(unknown)}")
+        if kwargs.get("local_mode"):
+            raise NotImplementedError("local_mode is not supported by rtd.")
+        if runtime_env:
+            raise NotImplementedError("runtime_env is not implemented in rtd yet.")
+        _check_resources(num_cpus, num_gpus, resources, object_store_memory)
+        temp_dir = _temp_dir or DEFAULT_TEMP_DIR
+        if address is None:
+            address = os.environ.get("RTD_ADDRESS") or None
+        if address in (None, "local"):
+            process, session_dir = _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir)
+            _state.node_process = process
+        elif address == "auto":
+            if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
+                raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources "
+                                 "and object_store_memory must not be given.")
+            session_dir = _find_running_node(temp_dir)
+        else:
+            raise NotImplementedError(
+                f"Connecting to a cluster at {address!r} needs multi-node support, which is not "
+                "implemented in rtd yet; use address=None or 'auto'."
+            )
+        try:
+            _core.connect(os.path.join(session_dir, "sockets", "raylet.sock"), session_dir, False)
+        except BaseException:
+            _stop_local_node()
+            raise
+        _state.session_dir = session_dir
+        _state.namespace = namespace
+        info = _core.runtime_info()
+        return RayContext(session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"])
+
+
+def _stop_local_node():
+    process, _state.node_process = _state.node_process, None
+    if process is None:
+        return
+    try:
+        process.stdin.close()
+    except OSError:
+        pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def shutdown():
+    """Disconnects, and stops the local node if ``init`` started one."""
+    with _state.lock:
+        if _state.is_worker:
+            return
+        _core.disconnect()
+        _stop_local_node()
+        _state.session_dir = None
+        _state.registered_functions.clear()
+
+
+atexit.register(shutdown)
+
+
+def auto_init():
+    if not _core.is_connected():
+        init()
+
+
+def _check_refs(object_refs, what):
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs], True
+    if isinstance(object_refs, list):
+        for r in object_refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(
+                    f"Invalid type of object refs, {type(r)}, is given. 'object_refs' must either "
+                    f"be an ObjectRef or a list of ObjectRefs."
+                )
+        return object_refs, False
+    raise TypeError(
+        f"Invalid type of object refs, {type(object_refs)}, is given. 'object_refs' must either "
+        f"be an ObjectRef or a list of ObjectRefs ({what})."
+    )
+
+
+def get(object_refs, *, timeout=None):
+    """The values of one ObjectRef or a list of them; raises the task's error."""
+    auto_init()
+    refs, single = _check_refs(object_refs, "get")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    values = []
+    for metadata, data in _core.get(refs, timeout):
+        value = serialization.deserialize(metadata, data)
+        if metadata != serialization.VALUE:
+            serialization.raise_error(value)
+        values.append(value)
+    return values[0] if single else values
+
+
+def put(value, *, _owner=None):
+    """Stores ``value`` in the object store; returns its ObjectRef."""
+    auto_init()
+    if isinstance(value, ObjectRef):
+        raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
+                        "you can wrap the ObjectRef in a list and call 'put' on it.")
+    payload, buffers = serialization.serialize(value)
+    return _core.put(payload, buffers)
+
+
+def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
+    """``(ready, not_ready)``: the first ``num_returns`` refs to complete (in completion
+    order), or fewer when ``timeout`` passes."""
+    auto_init()
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
+    for r in object_refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() expected a list of ObjectRef, got a list containing {type(r)}")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait().")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
+    if not object_refs or num_returns == 0:
+        return [], list(object_refs)
+    ready_indices = _core.wait(object_refs, num_returns, timeout)
+    ready = [object_refs[i] for i in ready_indices]
+    chosen = set(ready_indices)
+    not_ready = [r for i, r in enumerate(object_refs) if i not in chosen]
+    return ready, not_ready
+
+
+def cancel(object_ref, *, force=False, recursive=True):
+    """Cancels the task that creates ``object_ref``: a queued task never runs; a
+    running one gets KeyboardInterrupt, or its worker is killed with ``force=True``.
+    ``get`` then raises TaskCancelledError."""
+    auto_init()
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(f"rtd.cancel() only supports ObjectRef, got {type(object_ref)}.")
+    _core.cancel(object_ref, bool(force))
+
+
+def nodes():
+    auto_init()
+    return _core.nodes()
+
+
+def _sum_resources(key):
+    total = {}
+    for node in _core.nodes():
+        if not node["Alive"]:
+            continue
+        for name, amount in node[key].items():
+            total[name] = total.get(name, 0.0) + amount
+    return {k: v for k, v in total.items() if v > 0}
+
+
+def cluster_resources():
+    auto_init()
+    return _sum_resources("Resources")
+
+
+def available_resources():
+    auto_init()
+    return _sum_resources("AvailableResources")
+
+
+def get_gpu_ids():
+    """GPU ids assigned to the current task (empty in the driver)."""
+    from rtd._private import worker
+
+    return list(worker.current_gpu_ids())
+
+
+def get_runtime_context():
+    from rtd.runtime_context import RuntimeContext
+
+    auto_init()
+    return RuntimeContext()
+
+
+def timeline(filename=None):
+    raise NotImplementedError("rtd.timeline() is not implemented yet.")

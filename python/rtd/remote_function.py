@@ -1,0 +1,108 @@
+"""``@rtd.remote`` functions: ``f.remote(...)`` submits a task, ``f.options(...)``
+returns a copy with other options."""
+
+from __future__ import annotations
+
+import hashlib
+
+import cloudpickle
+
+from rtd import _core, api
+from rtd._core import ObjectRef
+from rtd._private import options as opts
+from rtd._private import serialization
+
+
+class RemoteFunction:
+    def __init__(self, function, options: dict, _pickled=None):
+        self._function = function
+        self._options = opts.validate_task_options(dict(options))
+        merged = {**opts.DEFAULT_TASK_OPTIONS, **self._options}
+        self._num_returns = merged["num_returns"]
+        self._max_retries = merged["max_retries"]
+        self._resources = opts.task_resources(merged)
+        retry = merged["retry_exceptions"]
+        self._retry_exceptions = b"" if retry is False else cloudpickle.dumps(
+            True if retry is True else tuple(retry)
+        )
+        self._name = getattr(function, "__qualname__", getattr(function, "__name__", "function"))
+        self._pickled = _pickled
+        self._function_id = None
+        self.__name__ = getattr(function, "__name__", self._name)
+        self.__doc__ = function.__doc__
+        self.__wrapped__ = function
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running '{self.__name__}()', "
+            f"try '{self.__name__}.remote()'."
+        )
+
+    def __getstate__(self):
+        self._ensure_pickled()
+        return {"function": self._function, "options": self._options, "pickled": self._pickled}
+
+    def __setstate__(self, state):
+        self.__init__(state["function"], state["options"], state["pickled"])
+
+    def _ensure_pickled(self):
+        if self._pickled is None:
+            try:
+                self._pickled = cloudpickle.dumps(self._function)
+            except Exception as e:
+                raise TypeError(f"Could not serialize the function {self._name}: {e}") from e
+            self._function_id = hashlib.sha256(self._pickled).digest()[:20]
+        elif self._function_id is None:
+            self._function_id = hashlib.sha256(self._pickled).digest()[:20]
+
+    def _register(self):
+        self._ensure_pickled()
+        registered = api._state.registered_functions
+        if self._function_id not in registered:
+            _core.kv_put("fn:" + self._function_id.hex(), self._pickled)
+            registered.add(self._function_id)
+        return self._function_id
+
+    def options(self, **options):
+        """A copy of this remote function with ``options`` overriding its own."""
+        self._ensure_pickled()
+        return RemoteFunction(self._function, {**self._options, **options}, self._pickled)
+
+    def remote(self, *args, **kwargs):
+        api.auto_init()
+        function_id = self._register()
+        arg_refs = []
+        if any(type(a) is ObjectRef for a in args):
+            placeholders = []
+            for a in args:
+                if type(a) is ObjectRef:
+                    placeholders.append(serialization.ArgRef(len(arg_refs)))
+                    arg_refs.append(a)
+                else:
+                    placeholders.append(a)
+            args = tuple(placeholders)
+        if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
+            new_kwargs = {}
+            for k, v in kwargs.items():
+                if type(v) is ObjectRef:
+                    new_kwargs[k] = serialization.ArgRef(len(arg_refs))
+                    arg_refs.append(v)
+                else:
+                    new_kwargs[k] = v
+            kwargs = new_kwargs
+        blob = serialization.dumps((args, kwargs))
+        refs = _core.submit_task(
+            function_id,
+            self._name,
+            blob,
+            arg_refs,
+            self._num_returns,
+            self._resources,
+            self._max_retries,
+            self._retry_exceptions,
+        )
+        if self._num_returns == 1:
+            return refs[0]
+        if self._num_returns == 0:
+            return None
+        return refs
