@@ -411,7 +411,7 @@ impl CoreWorker {
     pub fn finish_task(
         &self,
         task: IncomingTask,
-        results: Vec<(u32, Vec<u8>, Vec<&[u8]>)>,
+        results: Vec<(u32, &[u8], Vec<&[u8]>)>,
         app_error: bool,
         retryable: bool,
     ) -> Result<(), CoreError> {
@@ -419,7 +419,7 @@ impl CoreWorker {
         let mut first_error = None;
         for (raw_id, (metadata, payload, buffers)) in task.spec.return_ids.iter().zip(results) {
             let id = ObjectId::from_bytes(raw_id).map_err(|e| CoreError::Invalid(e.to_string()))?;
-            match self.ctx.store_value(id, metadata, &payload, &buffers) {
+            match self.ctx.store_value(id, metadata, payload, &buffers) {
                 Ok(value) => returns.push(ReturnObject { id: raw_id.clone(), value: Some(value) }),
                 Err(e) => {
                     first_error.get_or_insert(e.to_string());

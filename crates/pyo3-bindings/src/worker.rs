@@ -109,7 +109,7 @@ pub fn finish_task(
         parts.push((metadata, payload, BorrowedBuffers::new(&buffers)?));
     }
     py.allow_threads(|| {
-        let results = parts.iter().map(|(m, p, b)| (*m, p.clone(), b.slices())).collect();
+        let results = parts.iter().map(|(m, p, b)| (*m, p.as_slice(), b.slices())).collect();
         core.finish_task(incoming, results, app_error, retryable)
     })
     .map_err(core_error)

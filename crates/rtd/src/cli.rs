@@ -136,7 +136,11 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
             session_dir,
             resources,
             object_store_memory,
-            python: parsed.python.clone().unwrap_or_else(|| "python3".into()),
+            python: parsed
+                .python
+                .clone()
+                .or_else(|| std::env::var("RTD_PYTHON").ok())
+                .unwrap_or_else(|| "python3".into()),
             watch_stdin: parsed.watch_stdin,
         });
     }

@@ -1,0 +1,285 @@
+"""Core microbenchmark for rtd, with the metric names of Ray's ``ray microbenchmark``
+(python/ray/_private/ray_perf.py), so figures can be compared line by line.
+
+    python benches/microbenchmark.py [--duration S] [--repeats N] [--only SUBSTRING]
+                                     [--json out.json] [--ray]
+
+Only tasks and objects are measured (actors and placement groups are not in rtd yet).
+Each throughput metric is run like Ray's ``timeit``: warm up, then ``--repeats`` rounds of
+``--duration`` seconds each, printed as ``NAME per second MEAN +- SD``. ``multiplier`` turns
+calls into the unit counted (e.g. 1000 tasks per batch, or GB per put).
+
+Two extra figures that Ray's script has not got:
+
+* ``init``: seconds from ``init(num_cpus=2)`` until a ``get(put(1))`` has come back,
+  measured in fresh subprocesses (module import not counted).
+* ``idle runtime memory``: MiB of RSS (VmRSS) of every process the driver started (the
+  node daemon and its workers for rtd; GCS, raylet, workers ... for Ray), after
+  ``init(num_cpus=2)`` and 1 s idle. The driver itself is not counted.
+
+``--ray`` runs the same script against real Ray (``import ray``) when it is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+rt = None  # the module under test: rtd, or ray with --ray
+
+
+# --------------------------------------------------------------------------- helpers
+
+_only = ""
+_results: list = []
+
+
+def _record(name, mean, sd, unit):
+    _results.append({"name": name, "mean": mean, "sd": sd, "unit": unit})
+
+
+def timeit(name, fn, multiplier=1, *, duration=2.0, repeats=4, warmup=1.0):
+    """Runs ``fn`` repeatedly; prints and records calls/s times ``multiplier``."""
+    if _only and _only not in name:
+        return None
+    start = time.perf_counter()
+    count = 0
+    while time.perf_counter() - start < warmup or count == 0:
+        fn()
+        count += 1
+    # Time a few calls at once so the clock is not read after every tiny call.
+    step = max(1, int(count * min(duration, 1.0) / max(warmup, 1e-9) / 10))
+    stats = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = 0
+        while time.perf_counter() - start < duration:
+            for _ in range(step):
+                fn()
+            count += step
+        stats.append(multiplier * count / (time.perf_counter() - start))
+    mean = statistics.fmean(stats)
+    sd = statistics.pstdev(stats)
+    print(name, "per second", round(mean, 2), "+-", round(sd, 2), flush=True)
+    _record(name, mean, sd, "per second")
+    return mean, sd
+
+
+def _children(pid):
+    kids = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as f:
+                kids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _descendants(pid):
+    out, todo = [], _children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += _children(p)
+    return out
+
+
+def _rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _proc_name(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    args = [a.decode(errors="replace") for a in args if a]
+    if len(args) >= 3 and args[1] == "-m":
+        return args[2]
+    return os.path.basename(args[0]) if args else "?"
+
+
+# ----------------------------------------------------------------------- init timing
+
+_INIT_PROBE = """
+import sys, time
+import {module} as rt
+t0 = time.perf_counter()
+rt.init(num_cpus=2)
+assert rt.get(rt.put(1)) == 1
+t1 = time.perf_counter()
+rt.shutdown()
+print("INIT_SECONDS", t1 - t0)
+"""
+
+
+def measure_init(module_name, runs):
+    name = "init"
+    if _only and _only not in name:
+        return
+    times = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _INIT_PROBE.format(module=module_name)],
+            capture_output=True, text=True, timeout=120,
+        )
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("INIT_SECONDS")]
+        if out.returncode != 0 or not line:
+            print(f"init: probe failed (exit {out.returncode}):\n{out.stderr[-2000:]}", file=sys.stderr)
+            return
+        times.append(float(line[0].split()[1]))
+    mean, sd = statistics.fmean(times), statistics.pstdev(times)
+    print(name, "seconds", round(mean, 4), "+-", round(sd, 4), f"(min {min(times):.4f}, {runs} runs)", flush=True)
+    _record(name, mean, sd, "seconds")
+
+
+def measure_idle_memory():
+    name = "idle runtime memory"
+    if _only and _only not in name:
+        return
+    time.sleep(1.0)
+    procs = _descendants(os.getpid())
+    per_proc = [(p, _proc_name(p), _rss_kib(p)) for p in procs]
+    total_mib = sum(r for _, _, r in per_proc) / 1024
+    print(name, "MiB", round(total_mib, 1),
+          f"({len(per_proc)} processes: " + ", ".join(f"{n} {r / 1024:.1f}" for _, n, r in per_proc) + ")",
+          f"[driver {_rss_kib(os.getpid()) / 1024:.1f} MiB not counted]", flush=True)
+    _record(name, total_mib, 0.0, "MiB")
+
+
+# ------------------------------------------------------------------------ the metrics
+
+
+def run_benchmarks(args):
+    import numpy as np
+
+    kw = {"duration": args.duration, "repeats": args.repeats, "warmup": min(1.0, args.duration)}
+
+    @rt.remote
+    def small_value():
+        return b"ok"
+
+    @rt.remote
+    def do_put_small():
+        for _ in range(100):
+            rt.put(0)
+
+    value = rt.put(0)
+
+    def get_small():
+        rt.get(value)
+
+    timeit("single client get calls (Plasma Store)", get_small, **kw)
+
+    def put_small():
+        rt.put(0)
+
+    timeit("single client put calls (Plasma Store)", put_small, **kw)
+
+    def put_multi_small():
+        rt.get([do_put_small.remote() for _ in range(10)])
+
+    timeit("multi client put calls (Plasma Store)", put_multi_small, 1000, **kw)
+
+    # 100 MiB (Ray's own metric puts 800 MiB and counts it as 0.8 GB; same convention here).
+    arr = np.zeros(100 * 1024 * 1024, dtype=np.uint8)
+
+    def put_large():
+        rt.put(arr)
+
+    timeit("single client put gigabytes", put_large, 0.1, **kw)
+
+    # Not in Ray's list: get of a 100 MiB numpy array that is already in the store.
+    # A zero-copy get maps the buffer and does not touch it, so this is a per-call rate.
+    big = rt.put(arr)
+
+    def get_large():
+        x = rt.get(big)
+        assert x.nbytes == arr.nbytes
+
+    timeit("single client get calls 100MiB numpy (zero-copy)", get_large, **kw)
+    del big
+
+    def small_value_batch():
+        rt.get([small_value.remote() for _ in range(1000)])
+
+    timeit("single client tasks and get batch", small_value_batch, **kw)
+
+    def wait_multiple_refs():
+        not_ready = [small_value.remote() for _ in range(1000)]
+        fetch_local = True
+        for _ in range(1000):
+            _ready, not_ready = rt.wait(not_ready, fetch_local=fetch_local)
+            fetch_local = False
+
+    timeit("single client wait 1k refs", wait_multiple_refs, **kw)
+
+    def small_task():
+        rt.get(small_value.remote())
+
+    timeit("single client tasks sync", small_task, **kw)
+
+    def small_task_async():
+        rt.get([small_value.remote() for _ in range(1000)])
+
+    timeit("single client tasks async", small_task_async, 1000, **kw)
+
+
+def main(argv=None):
+    global rt, _only
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per timed round (default 2)")
+    parser.add_argument("--repeats", type=int, default=4, help="timed rounds per metric (default 4)")
+    parser.add_argument("--init-runs", type=int, default=3, help="subprocesses for the init metric (default 3)")
+    parser.add_argument("--only", default=os.environ.get("TESTS_TO_RUN", ""),
+                        help="run only metrics whose name contains this substring")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
+    parser.add_argument("--ray", action="store_true", help="benchmark real Ray (import ray) instead of rtd")
+    args = parser.parse_args(argv)
+    _only = args.only
+
+    module_name = "ray" if args.ray else "rtd"
+    try:
+        rt = __import__(module_name)
+    except ImportError as e:
+        sys.exit(f"cannot import {module_name}: {e}")
+    version = getattr(rt, "__version__", "?")
+    print(f"# {module_name} {version}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+          f"duration {args.duration}s x {args.repeats}", flush=True)
+
+    measure_init(module_name, args.init_runs)
+
+    t0 = time.perf_counter()
+    rt.init(num_cpus=2)
+    try:
+        rt.get(rt.put(1))
+        print(f"# in-process init took {time.perf_counter() - t0:.3f}s", flush=True)
+        measure_idle_memory()
+        run_benchmarks(args)
+    finally:
+        rt.shutdown()
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"module": module_name, "version": version, "cpus": os.cpu_count(),
+                       "duration": args.duration, "repeats": args.repeats, "results": _results}, f, indent=2)
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Shared fixtures and helpers for the end-to-end tests.
+
+The machine running the suite may have only 2 cores, so one runtime is started per test
+module (as Ray's ``ray_start_regular_shared``) and reused by every test in it that asks for
+``shared_runtime``. A test that needs its own init arguments asks for ``start_runtime``,
+which first shuts down whatever runtime is up; the next ``shared_runtime`` test brings the
+shared one back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import rtd
+
+SHARED_INIT_ARGS = {"num_cpus": 2}
+
+# Set while the runtime that is up is the shared one of the current module.
+_shared = {"up": False}
+
+
+def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):
+    """Polls ``predicate(**kwargs)`` until it is truthy; raises after ``timeout`` s.
+    Exceptions raised by the predicate count as "not yet" (the last one is reported)."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while True:
+        try:
+            if predicate(**kwargs):
+                return True
+        except Exception as e:  # noqa: BLE001 - "not yet"
+            last_error = e
+        if time.monotonic() > deadline:
+            message = f"The condition was not met within {timeout} s."
+            if last_error is not None:
+                message += f" Last error: {last_error!r}"
+            raise RuntimeError(message)
+        time.sleep(retry_interval_ms / 1000)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def session_processes(session_dir: str) -> list:
+    """Pids of live processes that belong to the session: the daemon (session dir on its
+    command line) and workers (``RTD_SESSION_DIR`` in their environment)."""
+    found = []
+    marker = f"RTD_SESSION_DIR={session_dir}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue
+        if session_dir.encode() in cmdline or marker in environ.split(b"\0"):
+            if pid_alive(pid):
+                found.append(pid)
+    return found
+
+
+def shm_path(session_dir: str) -> str:
+    return "/dev/shm/rtd_" + os.path.basename(session_dir.rstrip("/"))
+
+
+def session_left_overs(session_dir: str, pids=()) -> list:
+    """What of a stopped session still exists (empty when it is cleaned up)."""
+    left = [f"pid {p}" for p in pids if pid_alive(p)]
+    left += [f"session pid {p}" for p in session_processes(session_dir) if p not in pids]
+    if os.path.exists(session_dir):
+        left.append(session_dir)
+    if os.path.exists(shm_path(session_dir)):
+        left.append(shm_path(session_dir))
+    return left
+
+
+def assert_session_gone(session_dir: str, pids=(), timeout=10):
+    try:
+        wait_for_condition(lambda: not session_left_overs(session_dir, pids), timeout=timeout)
+    except RuntimeError:
+        raise AssertionError(f"left behind after the runtime stopped: {session_left_overs(session_dir, pids)}")
+
+
+def run_script(source: str, timeout=60, env=None) -> subprocess.CompletedProcess:
+    """Runs ``source`` in a fresh Python interpreter; returns the completed process."""
+    full_env = dict(os.environ)
+    full_env.pop("RTD_ADDRESS", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(source)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def last_json_line(stdout: str):
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{") or line.startswith("["):
+            return json.loads(line)
+    raise AssertionError(f"no JSON line in the script's output:\n{stdout}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_runtime_teardown():
+    """Every module starts and ends with no runtime up."""
+    if rtd.is_initialized():
+        rtd.shutdown()
+    _shared["up"] = False
+    yield
+    rtd.shutdown()
+    _shared["up"] = False
+
+
+@pytest.fixture
+def shared_runtime():
+    """The module's shared runtime (``num_cpus=2``), started on first use."""
+    if not (_shared["up"] and rtd.is_initialized()):
+        rtd.shutdown()
+        rtd.init(**SHARED_INIT_ARGS)
+        _shared["up"] = True
+    yield rtd
+
+
+@pytest.fixture
+def start_runtime():
+    """A factory: ``start_runtime(**init_args)`` shuts down any runtime that is up and
+    starts a fresh one; it is shut down after the test."""
+
+    def start(**kwargs):
+        rtd.shutdown()
+        _shared["up"] = False
+        return rtd.init(**kwargs)
+
+    yield start
+    rtd.shutdown()
+    _shared["up"] = False
+
+
+@pytest.fixture
+def counter_file(tmp_path):
+    """A file-backed counter that tasks in other processes can bump:
+    ``bump(path) -> new value`` (pass ``path`` into the task)."""
+    path = tmp_path / "counter"
+    path.write_text("0")
+    return str(path)
+
+
+def _define_bump():
+    # Defined inside a function so cloudpickle ships it by value to the workers (they
+    # cannot import the test modules).
+    def bump(path: str) -> int:
+        """Increments the counter in ``path`` (one process at a time); returns the new value."""
+        import fcntl
+
+        with open(path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            value = int(f.read() or 0) + 1
+            f.seek(0)
+            f.truncate()
+            f.write(str(value))
+            f.flush()
+            return value
+
+    return bump
+
+
+bump = _define_bump()
+
+
+def read_counter(path: str) -> int:
+    with open(path) as f:
+        return int(f.read() or 0)
