@@ -4,12 +4,6 @@ A task may call ``.remote()`` and ``get`` itself. While a task blocks in ``get``
 is lent back, so the child tasks can run even when every CPU is taken by parents.
 
     python examples/nested_tasks.py
-
-Note: the usual Ray spelling, a ``@ray.remote`` function that calls ``itself.remote()``,
-does not work in rtd yet: pickling a remote function that refers to itself recurses
-without end (RemoteFunction.__getstate__ pickles the function with a fresh pickler).
-Until that is fixed, the recursive function is kept as a plain function and wrapped
-with ``ray.remote`` where it is submitted; this is valid Ray code too.
 """
 
 import random
@@ -20,30 +14,26 @@ import rtd as ray
 CUTOFF = 20_000  # below this many items, sort locally: a task costs more than it saves
 
 
-def _quicksort(items):
+@ray.remote
+def quicksort(items):
     if len(items) <= CUTOFF:
         return sorted(items)
     pivot = items[len(items) // 2]
     less = [x for x in items if x < pivot]
     equal = [x for x in items if x == pivot]
     greater = [x for x in items if x > pivot]
-    task = ray.remote(_quicksort)
-    left, right = task.remote(less), task.remote(greater)  # the two halves in parallel
+    left, right = quicksort.remote(less), quicksort.remote(greater)  # the two halves in parallel
     return ray.get(left) + equal + ray.get(right)
 
 
-def _fib(n):
+@ray.remote
+def fib(n):
     if n < 10:  # cutoff: small cases are computed in the task itself
         a, b = 0, 1
         for _ in range(n):
             a, b = b, a + b
         return a
-    task = ray.remote(_fib)
-    return sum(ray.get([task.remote(n - 1), task.remote(n - 2)]))
-
-
-quicksort = ray.remote(_quicksort)
-fib = ray.remote(_fib)
+    return sum(ray.get([fib.remote(n - 1), fib.remote(n - 2)]))
 
 
 def main():

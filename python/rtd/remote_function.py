@@ -38,12 +38,13 @@ class RemoteFunction:
             f"try '{self.__name__}.remote()'."
         )
 
+    # Pickled as (function, options): a recursive remote function refers to itself
+    # through its globals, and the outer pickler's memo resolves that cycle.
     def __getstate__(self):
-        self._ensure_pickled()
-        return {"function": self._function, "options": self._options, "pickled": self._pickled}
+        return {"function": self._function, "options": self._options}
 
     def __setstate__(self, state):
-        self.__init__(state["function"], state["options"], state["pickled"])
+        self.__init__(state["function"], state["options"])
 
     def _ensure_pickled(self):
         if self._pickled is None:
