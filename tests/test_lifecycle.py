@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from time import monotonic as time_monotonic
 
 import pytest
 
@@ -204,11 +205,56 @@ def test_a_worker_that_dies_is_replaced(shared_runtime):
 
         return os.getpid()
 
-    dead = rtd.get(pid.remote())
     with pytest.raises(rtd.exceptions.WorkerCrashedError):
         rtd.get(die.remote())
     # Later tasks still run, on live workers, in parallel as before.
     pids = rtd.get([pid.remote() for _ in range(10)])
     assert all(pid_alive(p) for p in set(pids))
     assert len(_worker_pids(2)) == 2
-    del dead
+
+
+def test_shutdown_while_a_task_runs_stops_its_worker(start_runtime, tmp_path):
+    start_runtime(num_cpus=2)
+    session_dir = rtd.api._state.session_dir
+    pid_file = tmp_path / "pid"
+
+    @rtd.remote
+    def long_running(path):
+        import os
+        import time
+
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+
+    long_running.remote(str(pid_file))
+    wait_for_condition(lambda: pid_file.exists() and pid_file.read_text() != "")
+    worker = int(pid_file.read_text())
+    assert pid_alive(worker)
+    start = time_monotonic()
+    rtd.shutdown()
+    assert time_monotonic() - start < 10
+    assert_session_gone(session_dir, [worker])
+
+
+def test_shutdown_stops_extra_workers_started_for_blocked_tasks(start_runtime):
+    start_runtime(num_cpus=1)
+    session_dir = rtd.api._state.session_dir
+
+    @rtd.remote
+    def child():
+        import os
+
+        return os.getpid()
+
+    @rtd.remote
+    def parent():
+        import os
+
+        # Blocking in get releases this task's CPU, so the child needs another worker.
+        return os.getpid(), rtd.get(child.remote())
+
+    parent_pid, child_pid = rtd.get(parent.remote(), timeout=30)
+    assert parent_pid != child_pid
+    rtd.shutdown()
+    assert_session_gone(session_dir, [parent_pid, child_pid])

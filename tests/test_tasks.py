@@ -373,3 +373,60 @@ def test_object_ref_is_hashable_comparable_and_has_hex():
     assert {ref: "a"}[same] == "a"
     assert ref == same and ref != rtd.put(1)
     assert isinstance(ref.hex(), str) and int(ref.hex(), 16) >= 0
+
+
+def test_get_with_zero_timeout_on_a_pending_task_raises_at_once():
+    @rtd.remote
+    def slow():
+        import time
+
+        time.sleep(2)
+
+    ref = slow.remote()
+    with pytest.raises(rtd.exceptions.GetTimeoutError):
+        rtd.get(ref, timeout=0)
+    rtd.cancel(ref, force=True)
+
+
+def test_cancel_of_a_finished_task_keeps_its_value():
+    @rtd.remote
+    def done():
+        return "value"
+
+    ref = done.remote()
+    assert rtd.get(ref) == "value"
+    rtd.cancel(ref)
+    assert rtd.get(ref) == "value"
+
+
+def test_num_returns_mismatch_raises_value_error_at_get():
+    @rtd.remote(num_returns=2)
+    def only_one():
+        return 1
+
+    a, b = only_one.remote()
+    with pytest.raises(ValueError):
+        rtd.get(a)
+    with pytest.raises(ValueError):
+        rtd.get(b)
+
+
+def test_unpicklable_return_value_raises_type_error_at_get():
+    @rtd.remote
+    def returns_lock():
+        import threading
+
+        return threading.Lock()
+
+    with pytest.raises(rtd.exceptions.RayTaskError) as info:
+        rtd.get(returns_lock.remote())
+    assert isinstance(info.value, TypeError)
+    assert "lock" in str(info.value)
+
+
+def test_many_small_tasks_complete():
+    @rtd.remote
+    def inc(x):
+        return x + 1
+
+    assert rtd.get([inc.remote(i) for i in range(1000)], timeout=60) == list(range(1, 1001))

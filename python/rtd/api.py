@@ -170,7 +170,18 @@ def init(
         _state.session_dir = session_dir
         _state.namespace = namespace
         info = _core.runtime_info()
+        _publish_code_paths(info["job_id"])
         return RayContext(session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"])
+
+
+def _publish_code_paths(job_id):
+    """Tells this job's workers where the driver's own modules are (see worker.py)."""
+    paths = [os.getcwd()]
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if script:
+        paths.insert(0, os.path.dirname(os.path.abspath(script)))
+    _core.kv_put(f"job:{job_id}:sys_path", json.dumps(paths).encode())
 
 
 def _stop_local_node():

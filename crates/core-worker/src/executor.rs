@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rtd_common::proto::{frame::Body, PushTaskReply, TaskSpec};
-use rtd_common::TaskId;
+use rtd_common::{JobId, TaskId};
 use tokio::sync::oneshot;
 
 pub struct IncomingTask {
@@ -34,7 +34,7 @@ impl IncomingTask {
 pub struct TaskExecutor {
     tx: mpsc::Sender<IncomingTask>,
     rx: Mutex<mpsc::Receiver<IncomingTask>>,
-    current: Mutex<Option<TaskId>>,
+    current: Mutex<Option<(TaskId, JobId)>>,
     interrupt: OnceLock<fn()>,
 }
 
@@ -56,7 +56,8 @@ impl TaskExecutor {
     /// The next task, or `None` after `timeout`.
     pub fn next_task(&self, timeout: Duration) -> Option<IncomingTask> {
         let task = self.rx.lock().recv_timeout(timeout).ok()?;
-        *self.current.lock() = Some(task.task_id());
+        let job = JobId::from_bytes(&task.spec.job_id).unwrap_or_else(|_| JobId::nil());
+        *self.current.lock() = Some((task.task_id(), job));
         Some(task)
     }
 
@@ -65,7 +66,12 @@ impl TaskExecutor {
     }
 
     pub fn current_task(&self) -> Option<TaskId> {
-        *self.current.lock()
+        self.current.lock().map(|(t, _)| t)
+    }
+
+    /// The job of the running task (a worker serves whichever job leased it).
+    pub fn current_job(&self) -> Option<JobId> {
+        self.current.lock().map(|(_, j)| j)
     }
 
     /// How to interrupt the running task (set by the Python bindings).

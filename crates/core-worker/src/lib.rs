@@ -195,6 +195,11 @@ impl CoreWorker {
         self.executor.current_task().unwrap_or(self.driver_task)
     }
 
+    /// The driver's job, or in a worker the job of the task it runs.
+    pub fn job_id(&self) -> JobId {
+        self.executor.current_job().unwrap_or(self.ctx.job_id)
+    }
+
     pub fn current_task_id(&self) -> Option<TaskId> {
         if self.ctx.is_worker {
             self.executor.current_task()
@@ -375,7 +380,7 @@ impl CoreWorker {
             .collect();
         let spec = TaskSpec {
             task_id: task_id.to_vec().into(),
-            job_id: self.ctx.job_id.to_vec().into(),
+            job_id: self.job_id().to_vec().into(),
             function_id: req.function_id.into(),
             function_name: req.function_name,
             args: req.args.into(),

@@ -89,7 +89,7 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let core = core()?;
     let d = PyDict::new(py);
     d.set_item("node_id", core.ctx.node_id.hex())?;
-    d.set_item("job_id", core.ctx.job_id.hex())?;
+    d.set_item("job_id", core.job_id().hex())?;
     d.set_item("worker_id", core.ctx.worker_id.hex())?;
     d.set_item("task_id", core.current_task_id().map(|t| t.hex()))?;
     d.set_item("address", core.address())?;

@@ -30,7 +30,10 @@ pub struct Task {
     #[pyo3(get)]
     attempt: u32,
     #[pyo3(get)]
-    num_cpus: f64,
+    job_id: String,
+    /// The task's resource request, as floats.
+    #[pyo3(get)]
+    resources: std::collections::BTreeMap<String, f64>,
 }
 
 #[pymethods]
@@ -64,7 +67,6 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         return Ok(None);
     };
     let spec = &task.spec;
-    let num_cpus = spec.resources.get(rtd_common::resources::CPU).copied().unwrap_or(0);
     Ok(Some(Task {
         function_id: spec.function_id.to_vec(),
         function_name: spec.function_name.clone(),
@@ -72,7 +74,8 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         gpu_ids: task.gpu_ids.clone(),
         task_id: task.task_id().hex(),
         attempt: spec.attempt,
-        num_cpus: rtd_common::resources::to_float(num_cpus),
+        job_id: rtd_common::JobId::from_bytes(&spec.job_id).map(|j| j.hex()).unwrap_or_default(),
+        resources: rtd_common::ResourceSet::from_fixed_map(&spec.resources).to_floats(),
         inner: Mutex::new(Some(task)),
     }))
 }

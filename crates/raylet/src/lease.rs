@@ -183,15 +183,19 @@ impl Raylet {
                 st.resources.reacquire_cpu(&lease.allocation);
             }
             st.resources.release(&lease.allocation);
-            let surplus = st.workers.len() > self.pool_size;
             if let Some(worker) = st.workers.get_mut(&lease.worker) {
                 worker.lease = None;
                 worker.blocked = false;
-                if surplus {
-                    // Extra workers started for blocked parents are not kept around.
-                    kill(worker.pid);
-                } else {
-                    st.idle.push_back(lease.worker);
+                // Most recently used first: its caches (functions, imports) are warm.
+                st.idle.push_front(lease.worker);
+            }
+            // Workers started beyond the pool for blocked parents are not kept: stop
+            // the least recently used idle one once nothing waits for a worker.
+            if st.workers.len() > self.pool_size && st.pending.is_empty() {
+                if let Some(surplus) = st.idle.pop_back() {
+                    if let Some(worker) = st.workers.get(&surplus) {
+                        kill(worker.pid);
+                    }
                 }
             }
         }

@@ -7,6 +7,7 @@ the results or the error.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import sys
@@ -42,17 +43,32 @@ def _load_function(function_id: bytes):
     return fn
 
 
+_jobs_seen: set = set()
+
+
 def _set_environment(task):
     if task.gpu_ids:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in task.gpu_ids)
     else:
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, int(task.num_cpus)))
+    resources = task.resources
+    os.environ["OMP_NUM_THREADS"] = str(max(1, int(resources.get("CPU", 1))))
     _current["gpu_ids"] = tuple(task.gpu_ids)
-    resources = {"CPU": task.num_cpus} if task.num_cpus else {}
-    if task.gpu_ids:
-        resources["GPU"] = float(len(task.gpu_ids))
     _current["resources"] = resources
+    if task.job_id not in _jobs_seen:
+        _jobs_seen.add(task.job_id)
+        _add_job_paths(task.job_id)
+
+
+def _add_job_paths(job_id):
+    """Modules next to the driver's script import in tasks, as in Ray: the driver
+    publishes its script directory and working directory for its job's workers."""
+    paths = _core.kv_get(f"job:{job_id}:sys_path")
+    if not paths:
+        return
+    for path in reversed(json.loads(paths)):
+        if path not in sys.path:
+            sys.path.insert(1, path)
 
 
 class _UpstreamError(Exception):
@@ -139,7 +155,9 @@ def execute(task):
         return
     except BaseException as e:  # noqa: BLE001 - every error goes back to the owner
         tb = traceback.format_exc()
-        error = exceptions.RayTaskError(task.function_name, tb, e, os.getpid())
+        # An error from a nested get keeps its original cause (not wrapped twice).
+        cause = e.cause if isinstance(e, exceptions.RayTaskError) else e
+        error = exceptions.RayTaskError(task.function_name, tb, cause, os.getpid())
         _finish_with_error(task, error, _is_retryable(task, e))
         return
     _core.finish_task(task, results, False, False)
@@ -164,4 +182,8 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that state lives in `rtd._private.worker`
+    # (which the API imports) rather than in a second copy named __main__.
+    from rtd._private import worker
+
+    sys.exit(worker.main())
