@@ -126,16 +126,10 @@ impl RpcClient {
         let stream = UnixStream::connect(Path::new(addr))
             .await
             .map_err(|source| RpcError::Connect { addr: addr.to_string(), source })?;
-        Ok(Self::from_stream(addr, stream, None))
+        Ok(Self::from_stream(addr, stream))
     }
 
-    /// Wraps a connected stream. Frames that arrive with id 0 (one-way messages from
-    /// the peer) go to `inbound` when given.
-    pub fn from_stream(
-        addr: &str,
-        stream: UnixStream,
-        inbound: Option<mpsc::UnboundedSender<Body>>,
-    ) -> Self {
+    fn from_stream(addr: &str, stream: UnixStream) -> Self {
         let (read_half, write_half) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
@@ -147,12 +141,6 @@ impl RpcClient {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
                 let Some(body) = frame.body else { continue };
-                if frame.id == 0 {
-                    if let Some(inbound) = &inbound {
-                        let _ = inbound.send(body);
-                    }
-                    continue;
-                }
                 let waiter = reader_pending
                     .lock()
                     .ok()
@@ -258,22 +246,10 @@ pub enum Reply {
     Later(Pin<Box<dyn Future<Output = Body> + Send>>),
 }
 
-/// Per-connection handle given to a service: it can push one-way frames to the peer.
-#[derive(Clone)]
-pub struct Peer {
-    tx: mpsc::UnboundedSender<Frame>,
-}
-
-impl Peer {
-    pub fn send(&self, body: Body) -> bool {
-        self.tx.send(Frame { id: 0, body: Some(body) }).is_ok()
-    }
-}
-
 /// A server-side protocol. `State` lives as long as the connection.
 pub trait Service: Send + Sync + 'static {
     type State: Send + 'static;
-    fn connected(&self, peer: Peer) -> Self::State;
+    fn connected(&self) -> Self::State;
     fn handle(&self, state: &mut Self::State, body: Body) -> Reply;
     fn disconnected(&self, state: Self::State);
 }
@@ -297,7 +273,7 @@ pub async fn serve_connection<S: Service>(stream: UnixStream, service: Arc<S>) {
     let (read_half, write_half) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write_half, rx));
-    let mut state = service.connected(Peer { tx: tx.clone() });
+    let mut state = service.connected();
     let mut reader = read_half;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
@@ -341,7 +317,7 @@ mod tests {
 
     impl Service for Echo {
         type State = u32;
-        fn connected(&self, _peer: Peer) -> u32 {
+        fn connected(&self) -> u32 {
             0
         }
         fn handle(&self, count: &mut u32, body: Body) -> Reply {

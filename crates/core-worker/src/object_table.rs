@@ -163,13 +163,6 @@ impl ObjectTable {
         true
     }
 
-    /// Overwrites a pending or ready value (used when a task is re-run).
-    pub fn reset_pending(&self, id: &ObjectId) {
-        if let Some(entry) = self.entries.lock().get_mut(id) {
-            entry.value = None;
-        }
-    }
-
     pub fn get_value(&self, id: &ObjectId) -> Option<ObjectValue> {
         self.entries.lock().get(id).and_then(|e| e.value.clone())
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rtd_common::proto::{frame::Body, ErrorCode, GetObjectReply};
-use rtd_common::rpc::{error_body, Peer, Reply, Service};
+use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
 use crate::context::Context;
@@ -19,7 +19,7 @@ pub struct OwnerService {
 impl Service for OwnerService {
     type State = ();
 
-    fn connected(&self, _peer: Peer) {}
+    fn connected(&self) {}
 
     fn handle(&self, _state: &mut (), body: Body) -> Reply {
         match body {

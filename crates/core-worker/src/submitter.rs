@@ -212,7 +212,6 @@ impl Submitter {
         let wanted = state.queue.len().min(MAX_LEASE_REQUESTS_PER_CLASS);
         let new_requests = wanted.saturating_sub(state.requests_in_flight);
         state.requests_in_flight += new_requests;
-        let first_task = state.queue.front().map(|t| t.to_vec()).unwrap_or_default();
         let idle: Vec<u64> = state
             .leases
             .iter()
@@ -221,7 +220,7 @@ impl Submitter {
             .collect();
         let queue_empty = state.queue.is_empty();
         for _ in 0..new_requests {
-            self.request_lease(class.clone(), first_task.clone());
+            self.request_lease(class.clone());
         }
         if queue_empty {
             for lease_id in idle {
@@ -230,14 +229,14 @@ impl Submitter {
         }
     }
 
-    fn request_lease(&self, class: ClassKey, task_id: Vec<u8>) {
+    fn request_lease(&self, class: ClassKey) {
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
         let resources = class.iter().cloned().collect();
         self.ctx.rt.spawn(async move {
             let reply = ctx
                 .raylet
-                .call(Body::RequestLease(RequestLease { resources, task_id: task_id.into() }))
+                .call(Body::RequestLease(RequestLease { resources }))
                 .await;
             let event = match reply {
                 Ok(Body::RequestLeaseReply(r)) => match r.result {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rtd_common::proto::NodeInfo;
-use rtd_common::{JobId, NodeId};
+use rtd_common::JobId;
 
 #[derive(Default)]
 pub struct Gcs {
@@ -42,14 +42,6 @@ impl Gcs {
         nodes.push(node);
     }
 
-    pub fn mark_node_dead(&self, node_id: &NodeId) {
-        for node in self.nodes.lock().iter_mut() {
-            if node.node_id.as_ref() == node_id.as_bytes() {
-                node.alive = false;
-            }
-        }
-    }
-
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes.lock().clone()
     }
@@ -58,6 +50,7 @@ impl Gcs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtd_common::NodeId;
 
     #[test]
     fn job_ids_increase() {
@@ -79,7 +72,6 @@ mod tests {
         gcs.register_node(node.clone());
         gcs.register_node(node);
         assert_eq!(gcs.nodes().len(), 1);
-        gcs.mark_node_dead(&id);
-        assert!(!gcs.nodes()[0].alive);
+        assert!(gcs.nodes()[0].alive);
     }
 }

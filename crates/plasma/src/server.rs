@@ -16,7 +16,7 @@ use std::time::Duration;
 use rtd_common::ids::IdError;
 use rtd_common::proto::frame::Body;
 use rtd_common::proto::{Ack, ErrorCode, PlasmaCreateReply, PlasmaGetReply};
-use rtd_common::rpc::{error_body, Peer, Reply, Service};
+use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::ObjectId;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -184,7 +184,7 @@ fn wait_for_seal(state: &mut State, id: ObjectId, client: ClientId) -> oneshot::
 impl Service for PlasmaService {
     type State = ClientId;
 
-    fn connected(&self, _peer: Peer) -> ClientId {
+    fn connected(&self) -> ClientId {
         let client = ClientId(self.shared.next_client.fetch_add(1, Ordering::Relaxed));
         self.shared.lock().connected.insert(client);
         client

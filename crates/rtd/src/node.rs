@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use rtd_common::proto::{frame::Body, Ack, ErrorCode, GetNodesReply, KvGetReply, NodeInfo, RegisterClientReply, ResourceMap};
-use rtd_common::rpc::{error_body, Peer, Reply, Service};
+use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{NodeId, ResourceSet, WorkerId};
 use rtd_gcs::Gcs;
 use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
@@ -67,7 +67,7 @@ impl NodeService {
 impl Service for NodeService {
     type State = ConnState;
 
-    fn connected(&self, _peer: Peer) -> ConnState {
+    fn connected(&self) -> ConnState {
         ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
     }
 
