@@ -294,15 +294,18 @@ impl Submitter {
                 }
             }
             LeaseFailure::Rpc(e) => {
-                if self.ctx.raylet.is_closed() {
-                    // The node is gone: nothing can run these tasks.
+                // The node is gone, or it cannot start workers: nothing can run these
+                // tasks, and saying so beats waiting forever.
+                let fatal = self.ctx.raylet.is_closed() || matches!(e, RpcError::Remote { .. });
+                if fatal {
+                    let message = if self.ctx.raylet.is_closed() {
+                        format!("the node daemon is gone: {e}")
+                    } else {
+                        format!("the node cannot run tasks: {e}")
+                    };
                     let queued: Vec<TaskId> = state.queue.drain(..).collect();
                     for task_id in queued {
-                        self.fail_task(
-                            task_id,
-                            object_kind::WORKER_CRASHED,
-                            format!("the node daemon is gone: {e}"),
-                        );
+                        self.fail_task(task_id, object_kind::WORKER_CRASHED, message.clone());
                     }
                     return;
                 }

@@ -55,8 +55,13 @@ struct State {
     leases: HashMap<u64, Lease>,
     pending: VecDeque<PendingLease>,
     next_lease: u64,
+    /// Workers in a row that exited before registering (a broken interpreter or
+    /// environment); past a few, waiting requests fail instead of retrying forever.
+    failed_starts: u32,
     shutting_down: bool,
 }
+
+const MAX_FAILED_STARTS: u32 = 3;
 
 pub struct Raylet {
     state: Mutex<State>,
@@ -77,6 +82,7 @@ impl Raylet {
                 leases: HashMap::new(),
                 pending: VecDeque::new(),
                 next_lease: 1,
+                failed_starts: 0,
                 shutting_down: false,
             }),
             command,
@@ -140,6 +146,7 @@ impl Raylet {
             }
             worker.address = Some(address);
             st.starting = st.starting.saturating_sub(1);
+            st.failed_starts = 0;
             st.idle.push_back(worker_id);
         }
         self.schedule();
@@ -152,6 +159,7 @@ impl Raylet {
             let Some(worker) = st.workers.remove(&worker_id) else { return };
             if worker.address.is_none() {
                 st.starting = st.starting.saturating_sub(1);
+                st.failed_starts += 1;
             }
             st.idle.retain(|w| *w != worker_id);
             if let Some(lease_id) = worker.lease {
@@ -265,6 +273,22 @@ impl Raylet {
         {
             let mut st = self.lock();
             if st.shutting_down {
+                return;
+            }
+            if st.failed_starts >= MAX_FAILED_STARTS && st.idle.is_empty() {
+                st.failed_starts = 0;
+                let message = format!(
+                    "worker processes exit during start-up: `{} -m rtd._private.worker` failed \
+                     {MAX_FAILED_STARTS} times in a row (is rtd installed for that interpreter? \
+                     set it with --python or RTD_PYTHON)",
+                    self.command.python
+                );
+                for req in st.pending.drain(..) {
+                    let _ = req.reply.send(rtd_common::rpc::error_body(
+                        rtd_common::proto::ErrorCode::WorkerDied,
+                        message.clone(),
+                    ));
+                }
                 return;
             }
             let mut waiting_for_worker = 0;

@@ -16,8 +16,8 @@ commands:
   start --head [--num-cpus N] [--num-gpus N] [--resources JSON]
         [--object-store-memory BYTES] [--temp-dir DIR] [--block]
                       start a node daemon on this machine
-  stop                stop the node daemons started on this machine
-  status              show nodes and resource usage";
+  stop [--temp-dir DIR]    stop the node daemons started on this machine
+  status [--temp-dir DIR]  show nodes and resource usage";
 
 /// How to start a daemon in the background: the program and leading arguments that,
 /// followed by `start ... --block`, run a node in the foreground.
@@ -144,7 +144,12 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
             watch_stdin: parsed.watch_stdin,
         });
     }
-    // Background: run ourselves with --block, detached, and wait until it serves.
+    // Background: run ourselves with --block, detached, and wait until it serves. Its
+    // output (and its workers') goes to a log file, not to our caller's terminal.
+    let logs = session_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join("node.out");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = std::process::Command::new(&launcher.program);
     cmd.args(&launcher.args)
         .arg("start")
@@ -152,13 +157,17 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
         .arg("--block")
         .arg("--session-dir")
         .arg(&session_dir)
-        .stdin(std::process::Stdio::null());
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().context("duplicating the log file")?)
+        .stderr(log);
     let mut child = cmd.spawn().with_context(|| format!("starting {}", launcher.program))?;
     let socket = session_dir.join("sockets/raylet.sock");
     let deadline = Instant::now() + Duration::from_secs(15);
     while !session_dir.join("node.json").exists() {
         if let Some(status) = child.try_wait()? {
-            bail!("the node daemon exited during start-up ({status})");
+            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&session_dir);
+            bail!("the node daemon exited during start-up ({status}):\n{}", output.trim_end());
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -169,6 +178,7 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
     println!("Started an rtd head node (pid {}).", child.id());
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
+    println!("  log:     {}", log_path.display());
     println!("Connect with rtd.init(address=\"auto\"); stop with `rtd stop`.");
     Ok(())
 }
@@ -182,12 +192,17 @@ fn session_nodes(temp_dir: &Path) -> Vec<NodeFile> {
         .collect()
 }
 
+/// The only option of `stop` and `status`.
+fn temp_dir_arg(command: &str, args: &[String]) -> Result<PathBuf> {
+    match args {
+        [] => Ok(PathBuf::from(DEFAULT_TEMP_DIR)),
+        [flag, dir] if flag == "--temp-dir" => Ok(PathBuf::from(dir)),
+        _ => bail!("usage: rtd {command} [--temp-dir DIR]"),
+    }
+}
+
 fn stop(args: &[String]) -> Result<()> {
-    let temp_dir = match args {
-        [] => PathBuf::from(DEFAULT_TEMP_DIR),
-        [flag, dir] if flag == "--temp-dir" => PathBuf::from(dir),
-        _ => bail!("usage: rtd stop [--temp-dir DIR]"),
-    };
+    let temp_dir = temp_dir_arg("stop", args)?;
     let nodes = session_nodes(&temp_dir);
     let mut stopped = 0;
     for node in &nodes {
@@ -207,10 +222,7 @@ fn stop(args: &[String]) -> Result<()> {
 }
 
 fn status(args: &[String]) -> Result<()> {
-    if !args.is_empty() {
-        bail!("usage: rtd status");
-    }
-    let nodes = session_nodes(Path::new(DEFAULT_TEMP_DIR));
+    let nodes = session_nodes(&temp_dir_arg("status", args)?);
     if nodes.is_empty() {
         bail!("no rtd node is running on this machine (start one with `rtd start --head`)");
     }
@@ -230,9 +242,15 @@ fn status(args: &[String]) -> Result<()> {
             let avail = rtd_common::ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
             println!("Node {} ({})", rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default(), if n.alive { "alive" } else { "dead" });
             println!("Resources");
+            let avail = avail.to_floats();
             for (name, amount) in total.to_floats() {
-                let used = amount - avail.to_floats().get(&name).copied().unwrap_or(0.0);
-                println!("  {used:.1}/{amount:.1} {name}");
+                let used = amount - avail.get(&name).copied().unwrap_or(0.0);
+                if name == "memory" || name == "object_store_memory" {
+                    let gib = |b: f64| b / (1u64 << 30) as f64;
+                    println!("  {:.2}GiB/{:.2}GiB {name}", gib(used), gib(amount));
+                } else {
+                    println!("  {used:.1}/{amount:.1} {name}");
+                }
             }
         }
     }

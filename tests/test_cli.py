@@ -1,0 +1,127 @@
+"""The `rtd` command line (the console script runs the same Rust CLI as the binary)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import assert_session_gone, run_script
+
+RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
+
+
+def rtd_cli(*args, timeout=60):
+    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def temp_dir():
+    # Short: Unix socket paths inside it must stay under 108 bytes.
+    path = tempfile.mkdtemp(prefix="rtd-cli-", dir="/tmp")
+    yield path
+    rtd_cli("stop", "--temp-dir", path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _session_dir(temp_dir):
+    return os.path.realpath(os.path.join(temp_dir, "session_latest"))
+
+
+def test_start_head_then_driver_connects_with_auto_and_stop_cleans_up(temp_dir):
+    started = rtd_cli("start", "--head", "--num-cpus", "1", "--resources", '{"bob": 5}', "--temp-dir", temp_dir)
+    assert started.returncode == 0, started.stderr
+    session = _session_dir(temp_dir)
+    result = run_script(
+        f"""
+        import json, rtd
+        rtd.init(address="auto", _temp_dir={temp_dir!r})
+
+        @rtd.remote(resources={{"bob": 1}})
+        def f(x):
+            return x + 1
+
+        print(json.dumps([rtd.get(f.remote(1)), rtd.cluster_resources()["bob"]]))
+        rtd.shutdown()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[2, 5.0]"
+    # The driver's shutdown leaves the daemon it did not start running.
+    assert os.path.exists(os.path.join(session, "node.json"))
+    status = rtd_cli("status", "--temp-dir", temp_dir)
+    assert status.returncode == 0, status.stderr
+    assert "0.0/1.0 CPU" in status.stdout and "0.0/5.0 bob" in status.stdout
+    stopped = rtd_cli("stop", "--temp-dir", temp_dir)
+    assert stopped.returncode == 0
+    assert "Stopped 1" in stopped.stdout
+    assert_session_gone(session)
+
+
+def test_malformed_resources_json_is_a_cli_error_naming_the_flag(temp_dir):
+    result = rtd_cli("start", "--head", "--resources", "{bob: 5", "--temp-dir", temp_dir)
+    assert result.returncode != 0
+    assert "--resources" in result.stderr
+    assert not os.path.exists(os.path.join(temp_dir, "session_latest"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["frobnicate"], "unknown command"),
+        (["start", "--head", "--num-cpus", "many"], "--num-cpus"),
+        (["start", "--head", "--bogus"], "--bogus"),
+        (["start", "--head", "--resources", '{"CPU": 4}'], "--num-cpus"),
+    ],
+)
+def test_bad_arguments_exit_non_zero_with_a_message(args, message, temp_dir):
+    result = rtd_cli(*args, "--temp-dir", temp_dir) if args[0] == "start" else rtd_cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_multi_node_flags_say_they_are_not_implemented(temp_dir):
+    result = rtd_cli("start", "--address", "127.0.0.1:6379", "--temp-dir", temp_dir, timeout=10)
+    assert result.returncode != 0
+    assert "not implemented" in result.stderr
+
+
+def test_auto_without_a_running_node_raises_connection_error(tmp_path):
+    result = run_script(
+        f"""
+        import rtd
+        try:
+            rtd.init(address="auto", _temp_dir={str(tmp_path)!r})
+        except ConnectionError as e:
+            print("ConnectionError", e)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ConnectionError" in result.stdout
+
+
+def test_workers_that_cannot_start_fail_tasks_with_a_clear_error(temp_dir):
+    started = rtd_cli("start", "--head", "--num-cpus", "1", "--python", "/bin/false", "--temp-dir", temp_dir)
+    assert started.returncode == 0, started.stderr
+    result = run_script(
+        f"""
+        import rtd
+        rtd.init(address="auto", _temp_dir={temp_dir!r})
+
+        @rtd.remote
+        def f():
+            return 1
+
+        try:
+            rtd.get(f.remote(), timeout=30)
+        except rtd.exceptions.WorkerCrashedError as e:
+            print("WorkerCrashedError", e)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WorkerCrashedError" in result.stdout
+    assert "/bin/false" in result.stdout
