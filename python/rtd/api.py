@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 from rtd import _core, exceptions
 from rtd._core import ObjectRef
@@ -168,20 +169,31 @@ def init(
             _stop_local_node()
             raise
         _state.session_dir = session_dir
-        _state.namespace = namespace
+        # As in Ray, a driver without a namespace gets an anonymous one of its own.
+        _state.namespace = namespace or str(uuid.uuid4())
         info = _core.runtime_info()
-        _publish_code_paths(info["job_id"])
+        _publish_job_info(info["job_id"], _state.namespace)
         return RayContext(session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"])
 
 
-def _publish_code_paths(job_id):
-    """Tells this job's workers where the driver's own modules are (see worker.py)."""
+def _publish_job_info(job_id, namespace):
+    """Tells this job's workers its namespace and where the driver's own modules are
+    (see worker.py)."""
     paths = [os.getcwd()]
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if script:
         paths.insert(0, os.path.dirname(os.path.abspath(script)))
-    _core.kv_put(f"job:{job_id}:sys_path", json.dumps(paths).encode())
+    _core.kv_put(f"job:{job_id}", json.dumps({"sys_path": paths, "namespace": namespace}).encode())
+
+
+def current_namespace():
+    """The namespace of this job (the driver's, also inside its tasks and actors)."""
+    if _state.is_worker:
+        from rtd._private import worker
+
+        return worker.job_namespace()
+    return _state.namespace
 
 
 def _stop_local_node():

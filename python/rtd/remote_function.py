@@ -8,7 +8,6 @@ import hashlib
 import cloudpickle
 
 from rtd import _core, api
-from rtd._core import ObjectRef
 from rtd._private import options as opts
 from rtd._private import serialization
 
@@ -72,26 +71,7 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         api.auto_init()
         function_id = self._register()
-        arg_refs = []
-        if any(type(a) is ObjectRef for a in args):
-            placeholders = []
-            for a in args:
-                if type(a) is ObjectRef:
-                    placeholders.append(serialization.ArgRef(len(arg_refs)))
-                    arg_refs.append(a)
-                else:
-                    placeholders.append(a)
-            args = tuple(placeholders)
-        if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
-            new_kwargs = {}
-            for k, v in kwargs.items():
-                if type(v) is ObjectRef:
-                    new_kwargs[k] = serialization.ArgRef(len(arg_refs))
-                    arg_refs.append(v)
-                else:
-                    new_kwargs[k] = v
-            kwargs = new_kwargs
-        blob = serialization.dumps((args, kwargs))
+        blob, arg_refs = serialization.pack_args(args, kwargs)
         refs = _core.submit_task(
             function_id,
             self._name,

@@ -24,13 +24,15 @@ class RuntimeContext:
         return self._info()["task_id"]
 
     def get_actor_id(self):
-        return None
+        from rtd._private import worker
+
+        return worker.current_actor_id()
 
     @property
     def namespace(self):
         from rtd import api
 
-        return api._state.namespace
+        return api.current_namespace()
 
     @property
     def gcs_address(self):

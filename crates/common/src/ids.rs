@@ -73,6 +73,7 @@ macro_rules! define_id {
 }
 
 define_id!(JobId, 4);
+define_id!(ActorId, 16);
 define_id!(TaskId, 24);
 define_id!(ObjectId, 28);
 define_id!(NodeId, 28);

@@ -12,7 +12,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/rtd.rs"));
 }
 
-pub use ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use resources::{ResourceError, ResourceSet};
 
 /// What a stored object's bytes hold (the `metadata` of an object).
@@ -27,4 +27,6 @@ pub mod object_kind {
     pub const TASK_CANCELLED: u32 = 3;
     /// The value is gone (its owner died or it was freed); data is a UTF-8 message.
     pub const OBJECT_LOST: u32 = 4;
+    /// The actor is dead (or died running the call); data is a UTF-8 message.
+    pub const ACTOR_DIED: u32 = 5;
 }

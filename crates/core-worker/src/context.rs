@@ -61,6 +61,10 @@ impl Context {
         payload: &[u8],
         buffers: &[&[u8]],
     ) -> Result<ObjectValue, CoreError> {
+        if metadata >= object_kind::WORKER_CRASHED {
+            // System errors carry a bare UTF-8 message (the GCS reads it).
+            return Ok(system_error(metadata, String::from_utf8_lossy(payload).into_owned()));
+        }
         let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
         let layout = Layout::new(payload.len(), &lens);
         if layout.total <= RuntimeConfig::get().max_inline_bytes {

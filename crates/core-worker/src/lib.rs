@@ -2,6 +2,7 @@
 //! over worker leases, owns the objects it creates (reference counts, values, plasma
 //! copies), and, in a worker, receives the tasks that Python executes.
 
+pub mod actor_submitter;
 pub mod context;
 pub mod executor;
 pub mod layout;
@@ -14,17 +15,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, GetNodes, KvGet, KvPut, NodeInfo, NotifyBlocked, NotifyUnblocked,
-    ObjectRefProto, ObjectValue, PushTaskReply, RegisterClient, ReturnObject, TaskArg, TaskSpec,
+    frame::Body, object_value::Kind, ActorInfo, ActorOptions, CreateActor, GetNamedActor, GetNodes, KillActor,
+    KvGet, KvPut, ListActors, NodeInfo, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
+    RegisterClient, ReturnObject, TaskArg, TaskSpec,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
-use rtd_common::{JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
+use rtd_common::{ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
 use rtd_plasma::PlasmaClient;
 
 pub use context::Context;
 pub use executor::{IncomingTask, TaskExecutor};
 use object_table::{Lookup, ObjectTable};
 use owner_service::OwnerService;
+use actor_submitter::ActorSubmitter;
 use submitter::TaskSubmitter;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +65,23 @@ pub struct TaskRequest {
     pub resources: ResourceSet,
     pub max_retries: i32,
     pub retry_exceptions: Vec<u8>,
+    pub actor: Option<ActorCall>,
+}
+
+/// What makes a task an actor task.
+pub struct ActorCall {
+    pub actor_id: ActorId,
+    /// The constructor (else a method call).
+    pub creation: bool,
+    pub method_name: String,
+    pub concurrency_group: String,
+}
+
+/// How many handles to an actor this process holds, and whether one left it.
+#[derive(Default)]
+struct HandleCount {
+    count: u32,
+    escaped: bool,
 }
 
 /// A value ready for Python: inline bytes, or an object pinned in plasma.
@@ -104,6 +124,9 @@ pub struct CoreWorker {
     pub ctx: Arc<Context>,
     pub executor: Arc<TaskExecutor>,
     submitter: TaskSubmitter,
+    actor_submitter: ActorSubmitter,
+    /// Handles to actors this process created (the owner decides their end).
+    owned_actor_handles: parking_lot::Mutex<std::collections::HashMap<ActorId, HandleCount>>,
     /// The driver's pseudo task, naming its `put` objects.
     driver_task: TaskId,
     put_index: AtomicU32,
@@ -168,10 +191,13 @@ impl CoreWorker {
             });
         }
         let submitter = TaskSubmitter::start(ctx.clone());
+        let actor_submitter = ActorSubmitter::start(ctx.clone());
         Ok(Self {
             ctx,
             executor,
             submitter,
+            actor_submitter,
+            owned_actor_handles: Default::default(),
             driver_task: TaskId::random(),
             put_index: AtomicU32::new(0),
             runtime: Some(runtime),
@@ -361,11 +387,16 @@ impl CoreWorker {
 
     // ------------------------------------------------------------------ tasks
 
-    pub fn submit_task(&self, req: TaskRequest) -> Vec<ObjectId> {
+    /// The spec of a new task and the ids of its results (registered as pending).
+    fn build_spec(&self, req: TaskRequest) -> (TaskSpec, Vec<ObjectId>) {
         let task_id = TaskId::random();
         let return_ids: Vec<ObjectId> = (0..req.num_returns).map(|i| ObjectId::for_return(&task_id, i)).collect();
-        for id in &return_ids {
-            self.ctx.table.add_owned_pending(*id, &self.ctx.address);
+        // A constructor's result goes to the GCS, not to us.
+        let creation = req.actor.as_ref().is_some_and(|a| a.creation);
+        if !creation {
+            for id in &return_ids {
+                self.ctx.table.add_owned_pending(*id, &self.ctx.address);
+            }
         }
         let arg_refs = req
             .arg_refs
@@ -378,6 +409,10 @@ impl CoreWorker {
                 }
             })
             .collect();
+        let (actor_id, actor_creation, method_name, concurrency_group) = match req.actor {
+            Some(a) => (a.actor_id.to_vec().into(), a.creation, a.method_name, a.concurrency_group),
+            None => (Default::default(), false, String::new(), String::new()),
+        };
         let spec = TaskSpec {
             task_id: task_id.to_vec().into(),
             job_id: self.job_id().to_vec().into(),
@@ -391,9 +426,92 @@ impl CoreWorker {
             max_retries: req.max_retries,
             retry_exceptions: req.retry_exceptions.into(),
             attempt: 0,
+            actor_id,
+            actor_creation,
+            method_name,
+            concurrency_group,
         };
-        self.submitter.submit(spec);
+        (spec, return_ids)
+    }
+
+    pub fn submit_task(&self, req: TaskRequest) -> Vec<ObjectId> {
+        let actor_id = req.actor.as_ref().map(|a| a.actor_id);
+        let (spec, return_ids) = self.build_spec(req);
+        match actor_id {
+            Some(actor_id) => self.actor_submitter.submit(actor_id, spec),
+            None => self.submitter.submit(spec),
+        }
         return_ids
+    }
+
+    // ------------------------------------------------------------------ actors
+
+    /// Registers an actor with the GCS, which places it and runs its constructor.
+    /// Arguments are resolved first. Returns the actor's info (with `get_if_exists`,
+    /// possibly an existing actor's).
+    pub fn create_actor(&self, req: TaskRequest, options: ActorOptions) -> Result<ActorInfo, CoreError> {
+        let (spec, _) = self.build_spec(req);
+        let ctx = self.ctx.clone();
+        let spec = self.ctx.rt.block_on(submitter::resolve_args(ctx, spec));
+        // The arguments stay referenced for the actor's life: a restart re-runs the
+        // constructor with them.
+        let reply = self.node_call(Body::CreateActor(CreateActor { spec: Some(spec), options: Some(options) }));
+        match reply? {
+            Body::ActorInfo(info) => Ok(info),
+            _ => Err(CoreError::Internal("unexpected reply to CreateActor".into())),
+        }
+    }
+
+    pub fn get_named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorInfo>, CoreError> {
+        let reply = self.node_call(Body::GetNamedActor(GetNamedActor {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+        }));
+        match reply {
+            Ok(Body::ActorInfo(info)) => Ok(Some(info)),
+            Err(CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::NotFound, .. })) => Ok(None),
+            Err(e) => Err(e),
+            Ok(_) => Err(CoreError::Internal("unexpected reply to GetNamedActor".into())),
+        }
+    }
+
+    pub fn kill_actor(&self, actor_id: ActorId, no_restart: bool) -> Result<(), CoreError> {
+        self.node_call(Body::KillActor(KillActor { actor_id: actor_id.to_vec().into(), no_restart }))?;
+        Ok(())
+    }
+
+    pub fn list_actors(&self) -> Result<Vec<ActorInfo>, CoreError> {
+        match self.node_call(Body::ListActors(ListActors {}))? {
+            Body::ListActorsReply(r) => Ok(r.actors),
+            _ => Err(CoreError::Internal("unexpected reply to ListActors".into())),
+        }
+    }
+
+    /// A handle to an actor this process created was made.
+    pub fn add_actor_handle(&self, actor_id: ActorId) {
+        self.owned_actor_handles.lock().entry(actor_id).or_default().count += 1;
+    }
+
+    /// A handle was dropped; the last one (if none escaped) ends a non-detached actor
+    /// once its pending calls are done.
+    pub fn remove_actor_handle(&self, actor_id: ActorId) {
+        let mut handles = self.owned_actor_handles.lock();
+        let Some(h) = handles.get_mut(&actor_id) else { return };
+        h.count = h.count.saturating_sub(1);
+        if h.count == 0 {
+            let escaped = h.escaped;
+            handles.remove(&actor_id);
+            if !escaped {
+                self.actor_submitter.handles_gone(actor_id);
+            }
+        }
+    }
+
+    /// A handle was pickled: some other process may call the actor from now on.
+    pub fn mark_actor_handle_escaped(&self, actor_id: ActorId) {
+        if let Some(h) = self.owned_actor_handles.lock().get_mut(&actor_id) {
+            h.escaped = true;
+        }
     }
 
     /// Cancels the task that creates `id` (only the owner can).

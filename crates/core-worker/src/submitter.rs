@@ -466,7 +466,7 @@ impl Submitter {
 }
 
 /// Waits for every top-level ObjectRef argument and attaches its value.
-async fn resolve_args(ctx: Arc<Context>, mut spec: TaskSpec) -> TaskSpec {
+pub async fn resolve_args(ctx: Arc<Context>, mut spec: TaskSpec) -> TaskSpec {
     for arg in spec.arg_refs.iter_mut() {
         if arg.value.is_some() {
             continue;

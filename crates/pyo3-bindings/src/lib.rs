@@ -2,6 +2,7 @@
 //! Functions here convert types, release the GIL around anything that blocks, and map
 //! errors to Ray's exception classes; the logic lives in `rtd-core-worker`.
 
+mod actors;
 mod buffers;
 mod errors;
 mod object_ref;
@@ -204,6 +205,7 @@ fn submit_task(
         resources,
         max_retries,
         retry_exceptions,
+        actor: None,
     };
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();
@@ -282,6 +284,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::create_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::submit_actor_task, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::get_named_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::kill_actor, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::list_actors, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::add_actor_handle, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::remove_actor_handle, m)?)?;
+    m.add_function(wrap_pyfunction!(actors::mark_actor_handle_escaped, m)?)?;
     m.add_function(wrap_pyfunction!(object_ref::on_ready, m)?)?;
     m.add_function(wrap_pyfunction!(worker::next_task, m)?)?;
     m.add_function(wrap_pyfunction!(worker::finish_task, m)?)?;

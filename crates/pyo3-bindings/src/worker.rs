@@ -31,6 +31,15 @@ pub struct Task {
     attempt: u32,
     #[pyo3(get)]
     job_id: String,
+    #[pyo3(get)]
+    actor_creation: bool,
+    /// Hex id of the actor this task belongs to (empty for a plain task).
+    #[pyo3(get)]
+    actor_id: String,
+    #[pyo3(get)]
+    method_name: String,
+    #[pyo3(get)]
+    concurrency_group: String,
     /// The task's resource request, as floats.
     #[pyo3(get)]
     resources: std::collections::BTreeMap<String, f64>,
@@ -74,6 +83,10 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         gpu_ids: task.gpu_ids.clone(),
         task_id: task.task_id().hex(),
         attempt: spec.attempt,
+        actor_creation: spec.actor_creation,
+        actor_id: rtd_common::ActorId::from_bytes(&spec.actor_id).map(|a| a.hex()).unwrap_or_default(),
+        method_name: spec.method_name.clone(),
+        concurrency_group: spec.concurrency_group.clone(),
         job_id: rtd_common::JobId::from_bytes(&spec.job_id).map(|j| j.hex()).unwrap_or_default(),
         resources: rtd_common::ResourceSet::from_fixed_map(&spec.resources).to_floats(),
         inner: Mutex::new(Some(task)),

@@ -27,6 +27,13 @@ use crate::worker_pool::{kill, WorkerCommand};
 /// Identifies one client connection of the raylet.
 pub type ConnId = u64;
 
+/// The owner of leases the GCS takes for actors: never a client connection, so they
+/// are not revoked when a connection closes; the GCS ends them itself.
+pub const GCS_CONN: ConnId = 0;
+
+/// Told which lease was lost when a leased worker process exits.
+pub type LeaseLostHook = Box<dyn Fn(u64) + Send + Sync>;
+
 struct Worker {
     pid: u32,
     /// Socket address, known once the worker has registered.
@@ -65,6 +72,7 @@ const MAX_FAILED_STARTS: u32 = 3;
 
 pub struct Raylet {
     state: Mutex<State>,
+    lease_lost: std::sync::OnceLock<LeaseLostHook>,
     command: WorkerCommand,
     /// Idle workers kept alive; more are stopped when their lease returns.
     pool_size: usize,
@@ -87,6 +95,7 @@ impl Raylet {
             }),
             command,
             pool_size,
+            lease_lost: std::sync::OnceLock::new(),
         })
     }
 
@@ -153,7 +162,13 @@ impl Raylet {
         true
     }
 
+    /// Sets who hears about leases lost to a worker's exit (the GCS, for actors).
+    pub fn set_lease_lost_hook(&self, hook: LeaseLostHook) {
+        let _ = self.lease_lost.set(hook);
+    }
+
     fn on_worker_exit(self: &Arc<Self>, worker_id: WorkerId) {
+        let mut lost = None;
         {
             let mut st = self.lock();
             let Some(worker) = st.workers.remove(&worker_id) else { return };
@@ -168,8 +183,35 @@ impl Raylet {
                         st.resources.reacquire_cpu(&lease.allocation);
                     }
                     st.resources.release(&lease.allocation);
+                    lost = Some(lease_id);
                 }
             }
+        }
+        if let (Some(lease_id), Some(hook)) = (lost, self.lease_lost.get()) {
+            hook(lease_id);
+        }
+        self.schedule();
+    }
+
+    /// Shrinks a lease to `keep` while its worker stays leased: an actor needs its
+    /// placement resources (by default 1 CPU) to be placed, but by default holds
+    /// nothing while it runs.
+    pub fn shrink_lease(self: &Arc<Self>, lease_id: u64, keep: &ResourceSet) {
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(lease) = st.leases.get_mut(&lease_id) else { return };
+            let blocked = st.workers.get(&lease.worker).map(|w| w.blocked).unwrap_or(false);
+            if blocked {
+                st.resources.reacquire_cpu(&lease.allocation);
+            }
+            // GPU ids stay with the actor when it keeps its GPUs.
+            let keep_gpus = keep.get(rtd_common::resources::GPU) > 0;
+            let mut surplus = lease.allocation.resources.clone();
+            surplus.subtract(keep);
+            let gpu_ids = if keep_gpus { Vec::new() } else { std::mem::take(&mut lease.allocation.gpu_ids) };
+            st.resources.release(&Allocation { resources: surplus.clone(), gpu_ids });
+            lease.allocation.resources.subtract(&surplus);
         }
         self.schedule();
     }
@@ -199,7 +241,8 @@ impl Raylet {
             }
             // Workers started beyond the pool for blocked parents are not kept: stop
             // the least recently used idle one once nothing waits for a worker.
-            if st.workers.len() > self.pool_size && st.pending.is_empty() {
+            let dedicated = st.leases.values().filter(|l| l.owner == GCS_CONN).count();
+            if st.workers.len() - dedicated.min(st.workers.len()) > self.pool_size && st.pending.is_empty() {
                 if let Some(surplus) = st.idle.pop_back() {
                     if let Some(worker) = st.workers.get(&surplus) {
                         kill(worker.pid);
@@ -330,12 +373,12 @@ impl Raylet {
                 let Some(req) = st.pending.remove(i) else { break };
                 let lease_id = st.next_lease;
                 st.next_lease += 1;
-                let address = st
+                let (address, pid) = st
                     .workers
                     .get_mut(&worker_id)
                     .map(|w| {
                         w.lease = Some(lease_id);
-                        w.address.clone().unwrap_or_default()
+                        (w.address.clone().unwrap_or_default(), w.pid)
                     })
                     .unwrap_or_default();
                 let gpu_ids = allocation.gpu_ids.clone();
@@ -346,6 +389,7 @@ impl Raylet {
                         worker_address: address,
                         worker_id: worker_id.to_vec().into(),
                         gpu_ids,
+                        pid,
                     })),
                 }));
                 if granted.is_err() {

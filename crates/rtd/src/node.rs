@@ -13,12 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, GetNodesReply, KvGetReply, NodeInfo, RegisterClientReply, ResourceMap};
+use rtd_common::proto::{
+    frame::Body, request_lease_reply::Result as LeaseResult, Ack, ErrorCode, GetNodesReply, KvGetReply, LeaseGranted,
+    ListActorsReply, NodeInfo, RegisterClientReply, ResourceMap,
+};
+use rtd_common::ActorId;
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{NodeId, ResourceSet, WorkerId};
+use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
 use rtd_gcs::Gcs;
 use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
-use rtd_raylet::lease::{ConnId, Raylet};
+use rtd_raylet::lease::{ConnId, Raylet, GCS_CONN};
 use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::sync::Notify;
 
@@ -34,8 +39,40 @@ pub struct NodeOptions {
     pub watch_stdin: bool,
 }
 
+/// The GCS leases actor workers from this node's raylet.
+struct LocalLeaser(Arc<Raylet>);
+
+impl WorkerLeaser for LocalLeaser {
+    fn lease(
+        &self,
+        resources: ResourceSet,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LeaseGranted, String>> + Send>> {
+        let rx = self.0.request_lease(GCS_CONN, resources);
+        Box::pin(async move {
+            match rx.await {
+                Ok(Body::RequestLeaseReply(r)) => match r.result {
+                    Some(LeaseResult::Granted(g)) => Ok(g),
+                    Some(LeaseResult::Infeasible(i)) => Err(i.message),
+                    None => Err("empty lease reply".into()),
+                },
+                Ok(Body::Error(e)) => Err(e.message),
+                _ => Err("the node is shutting down".into()),
+            }
+        })
+    }
+
+    fn shrink(&self, lease_id: u64, keep: ResourceSet) {
+        self.0.shrink_lease(lease_id, &keep);
+    }
+
+    fn kill(&self, lease_id: u64) {
+        self.0.kill_leased_worker(lease_id);
+    }
+}
+
 struct NodeService {
     node_id: NodeId,
+    actors: Arc<ActorManager>,
     session: Session,
     shm_size: u64,
     gcs: Arc<Gcs>,
@@ -137,6 +174,38 @@ impl Service for NodeService {
                 Some(value) => KvGetReply { found: true, value },
                 None => KvGetReply { found: false, value: Default::default() },
             })),
+            Body::CreateActor(req) => match self.actors.create(conn.id, req) {
+                Ok(info) => Reply::Now(Body::ActorInfo(info)),
+                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+            },
+            Body::WaitActor(w) => {
+                let rx = ActorId::from_bytes(&w.actor_id).ok().and_then(|id| self.actors.wait(&id, w.after_epoch));
+                match rx {
+                    Some(rx) => Reply::Later(Box::pin(async move {
+                        match rx.await {
+                            Ok(info) => Body::ActorInfo(info),
+                            Err(_) => error_body(ErrorCode::Internal, "the node is shutting down"),
+                        }
+                    })),
+                    None => Reply::Now(error_body(ErrorCode::NotFound, "no such actor")),
+                }
+            }
+            Body::GetNamedActor(g) => match self.actors.get_named(&g.namespace, &g.name) {
+                Some(info) => Reply::Now(Body::ActorInfo(info)),
+                None => Reply::Now(error_body(
+                    ErrorCode::NotFound,
+                    format!("Failed to look up actor with name '{}' in namespace '{}'", g.name, g.namespace),
+                )),
+            },
+            Body::KillActor(k) => {
+                let killed = ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart)).unwrap_or(false);
+                if killed {
+                    Reply::Now(Body::Ack(Ack {}))
+                } else {
+                    Reply::Now(error_body(ErrorCode::NotFound, "no such actor"))
+                }
+            }
+            Body::ListActors(_) => Reply::Now(Body::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
             Body::Shutdown(_) => {
                 self.shutdown.notify_one();
                 Reply::Now(Body::Ack(Ack {}))
@@ -146,6 +215,7 @@ impl Service for NodeService {
     }
 
     fn disconnected(&self, conn: ConnState) {
+        self.actors.owner_disconnected(conn.id);
         self.raylet.client_disconnected(conn.id, conn.worker);
     }
 }
@@ -182,9 +252,13 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     };
     let raylet = Raylet::new(opts.resources.clone(), command);
     let gcs = Arc::new(Gcs::new());
+    let actors = ActorManager::new(Arc::new(LocalLeaser(raylet.clone())));
+    let hook_actors = actors.clone();
+    raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(lease_id)));
     let shutdown = Arc::new(Notify::new());
     let service = Arc::new(NodeService {
         node_id,
+        actors: actors.clone(),
         session: session.clone(),
         shm_size: opts.object_store_memory,
         gcs: gcs.clone(),
@@ -208,6 +282,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
 
     wait_for_stop(shutdown, opts.watch_stdin).await;
 
+    actors.shutdown();
     raylet.shutdown();
     raylet_task.abort();
     plasma_task.abort();

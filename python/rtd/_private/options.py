@@ -102,6 +102,67 @@ def validate_task_options(options: dict) -> dict:
     return options
 
 
+ACTOR_OPTIONS = {
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "resources",
+    "max_restarts",
+    "max_task_retries",
+    "max_concurrency",
+    "concurrency_groups",
+    "name",
+    "namespace",
+    "lifetime",
+    "get_if_exists",
+    "scheduling_strategy",
+    "runtime_env",
+    "accelerator_type",
+    "_metadata",
+}
+
+
+def validate_actor_options(options: dict) -> dict:
+    """Checks options given to an actor class; returns them unchanged."""
+    shared = {k: v for k, v in options.items() if k in TASK_OPTIONS}
+    for key, value in options.items():
+        if key not in ACTOR_OPTIONS:
+            if key in TASK_OPTIONS:
+                raise ValueError(f"The option {key!r} is only valid for tasks, not actors.")
+            raise ValueError(
+                f"Invalid option keyword {key!r} for actors. Valid ones are {sorted(ACTOR_OPTIONS)}."
+            )
+        if key in ("max_restarts", "max_task_retries"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+                raise ValueError(f"The option {key!r} must be an integer >= -1, got {value!r}.")
+        elif key == "max_concurrency":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"The option 'max_concurrency' must be a positive integer, got {value!r}.")
+        elif key == "concurrency_groups":
+            if value is None:
+                continue
+            if not isinstance(value, dict) or not all(
+                isinstance(k, str) and k and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                for k, n in value.items()
+            ):
+                raise ValueError(
+                    f"The option 'concurrency_groups' must map group names to positive integers, got {value!r}."
+                )
+        elif key in ("name", "namespace"):
+            if value is not None and (not isinstance(value, str) or (key == "name" and not value)):
+                raise ValueError(f"The option {key!r} must be a non-empty string, got {value!r}.")
+        elif key == "lifetime":
+            if value not in (None, "detached", "non_detached"):
+                raise ValueError(f"The option 'lifetime' must be None, 'detached' or 'non_detached', got {value!r}.")
+        elif key == "get_if_exists":
+            if not isinstance(value, bool):
+                raise ValueError(f"The option 'get_if_exists' must be a bool, got {value!r}.")
+    if options.get("get_if_exists") and not options.get("name"):
+        raise ValueError("The option 'get_if_exists' needs a 'name'.")
+    validate_task_options(shared)
+    return options
+
+
 def check_scheduling_strategy(value):
     if value in (None, "DEFAULT", "SPREAD"):
         return

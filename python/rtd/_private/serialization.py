@@ -22,6 +22,7 @@ ERROR = 1
 WORKER_CRASHED = 2
 TASK_CANCELLED = 3
 OBJECT_LOST = 4
+ACTOR_DIED = 5
 
 _PRIMITIVES = (int, float, str, bytes, bool, type(None))
 _ALIGN = 64
@@ -92,6 +93,8 @@ def deserialize(metadata: int, data):
         return exceptions.TaskCancelledError(message)
     if metadata == OBJECT_LOST:
         return exceptions.ObjectLostError(message)
+    if metadata == ACTOR_DIED:
+        return exceptions.ActorDiedError(message)
     return exceptions.RaySystemError(f"object of unknown kind {metadata}: {message}")
 
 
@@ -103,6 +106,35 @@ def raise_error(error: BaseException):
     if isinstance(error, exceptions.RayTaskError):
         raise error.as_instanceof_cause()
     raise error
+
+
+def pack_args(args, kwargs, extra=None):
+    """Pickles call arguments with top-level ObjectRefs replaced by ``ArgRef``
+    placeholders; returns ``(blob, refs)``. The worker resolves the refs to values.
+    ``extra`` (actor creation: the actor's configuration) rides along."""
+    from rtd._core import ObjectRef
+
+    refs = []
+    if any(type(a) is ObjectRef for a in args):
+        packed = []
+        for a in args:
+            if type(a) is ObjectRef:
+                packed.append(ArgRef(len(refs)))
+                refs.append(a)
+            else:
+                packed.append(a)
+        args = tuple(packed)
+    if kwargs and any(type(v) is ObjectRef for v in kwargs.values()):
+        packed_kwargs = {}
+        for k, v in kwargs.items():
+            if type(v) is ObjectRef:
+                packed_kwargs[k] = ArgRef(len(refs))
+                refs.append(v)
+            else:
+                packed_kwargs[k] = v
+        kwargs = packed_kwargs
+    call = (args, kwargs) if extra is None else (args, kwargs, extra)
+    return dumps(call), refs
 
 
 class ArgRef:

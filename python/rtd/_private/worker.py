@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 import traceback
 
 import cloudpickle
@@ -43,7 +44,8 @@ def _load_function(function_id: bytes):
     return fn
 
 
-_jobs_seen: set = set()
+_jobs: dict = {}  # job id -> {"sys_path": [...], "namespace": str}
+_current_job = {"id": None}
 
 
 def _set_environment(task):
@@ -55,20 +57,29 @@ def _set_environment(task):
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(resources.get("CPU", 1))))
     _current["gpu_ids"] = tuple(task.gpu_ids)
     _current["resources"] = resources
-    if task.job_id not in _jobs_seen:
-        _jobs_seen.add(task.job_id)
-        _add_job_paths(task.job_id)
+    _current_job["id"] = task.job_id
+    if task.job_id not in _jobs:
+        _load_job(task.job_id)
 
 
-def _add_job_paths(job_id):
+def _load_job(job_id):
     """Modules next to the driver's script import in tasks, as in Ray: the driver
-    publishes its script directory and working directory for its job's workers."""
-    paths = _core.kv_get(f"job:{job_id}:sys_path")
-    if not paths:
-        return
-    for path in reversed(json.loads(paths)):
+    publishes its script directory and working directory (and its namespace)."""
+    raw = _core.kv_get(f"job:{job_id}")
+    job = json.loads(raw) if raw else {"sys_path": [], "namespace": None}
+    _jobs[job_id] = job
+    for path in reversed(job["sys_path"]):
         if path not in sys.path:
             sys.path.insert(1, path)
+
+
+def job_namespace():
+    job = _jobs.get(_current_job["id"])
+    return job["namespace"] if job else None
+
+
+def current_actor_id():
+    return _actor.actor_id if _actor is not None else None
 
 
 class _UpstreamError(Exception):
@@ -78,18 +89,26 @@ class _UpstreamError(Exception):
         self.error = error
 
 
-def _resolve_args(task):
-    args, kwargs = pickle.loads(task.args)
+def _arg_values(task):
     values = []
     for metadata, data in _core.arg_values(task):
         value = serialization.deserialize(metadata, data)
         if metadata != serialization.VALUE:
             raise _UpstreamError(value)
         values.append(value)
+    return values
+
+
+def _substitute(args, kwargs, values):
     if values:
         args = tuple(values[a.index] if type(a) is serialization.ArgRef else a for a in args)
         kwargs = {k: values[v.index] if type(v) is serialization.ArgRef else v for k, v in kwargs.items()}
     return args, kwargs
+
+
+def _resolve_args(task):
+    args, kwargs = pickle.loads(task.args)
+    return _substitute(args, kwargs, _arg_values(task))
 
 
 def _split_returns(task, result):
@@ -135,32 +154,138 @@ def _finish_with_error(task, error, retryable):
     _core.finish_task(task, results, True, retryable)
 
 
-def execute(task):
-    _set_environment(task)
+class _ActorRuntime:
+    """The actor this worker is dedicated to, and how its calls run: one at a time in
+    arrival order (the default), on threads (``max_concurrency`` > 1 or concurrency
+    groups), or as coroutines on one event loop (async actors)."""
+
+    def __init__(self, task, instance, config):
+        self.actor_id = task.actor_id
+        self.instance = instance
+        self.class_name = config["class_name"]
+        groups = {"": config["max_concurrency"], **config["concurrency_groups"]}
+        self.loop = None
+        self.pools = None
+        if config["is_async"]:
+            import asyncio
+
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name="rtd-actor-loop", daemon=True).start()
+
+            async def make_semaphores():
+                return {name: asyncio.Semaphore(n) for name, n in groups.items()}
+
+            self.semaphores = asyncio.run_coroutine_threadsafe(make_semaphores(), self.loop).result()
+        elif config["max_concurrency"] > 1 or config["concurrency_groups"]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pools = {name: ThreadPoolExecutor(n, thread_name_prefix=f"rtd-{name or 'default'}") for name, n in groups.items()}
+
+    def dispatch(self, task):
+        if self.loop is not None:
+            import asyncio
+
+            sem = self.semaphores.get(task.concurrency_group, self.semaphores[""])
+            asyncio.run_coroutine_threadsafe(self._run_async(task, sem), self.loop)
+        elif self.pools is not None:
+            self.pools.get(task.concurrency_group, self.pools[""]).submit(_run_call, task, self._bound(task))
+        else:
+            _run_call(task, self._bound(task))
+
+    def _bound(self, task):
+        if task.method_name == "__ray_ready__":
+            return lambda: True
+        return getattr(self.instance, task.method_name)
+
+    async def _run_async(self, task, sem):
+        import inspect as _inspect
+
+        async with sem:
+            try:
+                fn = self._bound(task)
+                args, kwargs = _resolve_args(task)
+                result = fn(*args, **kwargs)
+                if _inspect.isawaitable(result):
+                    result = await result
+            except BaseException as e:  # noqa: BLE001
+                _finish_failed(task, e)
+                return
+            _finish_ok(task, result)
+
+
+_actor = None
+
+
+def _create_actor(task):
+    global _actor
     try:
-        fn = _load_function(task.function_id)
+        cls = _load_function(task.function_id)
+        args, kwargs, config = pickle.loads(task.args)
+        values = _arg_values(task)
+        args, kwargs = _substitute(args, kwargs, values)
+        instance = cls(*args, **kwargs)
+        _actor = _ActorRuntime(task, instance, config)
+    except BaseException as e:  # noqa: BLE001 - the creation error is the actor's death cause
+        cause = e.error if isinstance(e, _UpstreamError) else e
+        text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+        message = f"The actor died because of an error raised in its creation task, {task.function_name}:\n{text}"
+        _core.finish_task(task, [(serialization.ACTOR_DIED, message.encode(), [])], True, False)
+        return
+    _core.finish_task(task, [(serialization.VALUE, pickle.dumps(None), [])], False, False)
+
+
+def execute(task):
+    if task.method_name:
+        # An actor keeps the environment (GPUs, job) its creation task set up.
+        if _actor is None:
+            _finish_failed(task, exceptions.RaySystemError("this worker holds no actor"))
+        else:
+            _actor.dispatch(task)
+        return
+    _set_environment(task)
+    if task.actor_creation:
+        _create_actor(task)
+    else:
+        _run_call(task, None)
+
+
+def _run_call(task, fn):
+    """Runs a task (``fn`` None: the task's function) or a bound actor method."""
+    try:
+        if fn is None:
+            fn = _load_function(task.function_id)
         args, kwargs = _resolve_args(task)
         result = fn(*args, **kwargs)
-        returns = _split_returns(task, result)
+    except BaseException as e:  # noqa: BLE001 - every error goes back to the owner
+        _finish_failed(task, e)
+        return
+    _finish_ok(task, result)
+
+
+def _finish_ok(task, result):
+    try:
         results = []
-        for value in returns:
+        for value in _split_returns(task, result):
             payload, buffers = serialization.serialize(value)
             results.append((serialization.VALUE, payload, buffers))
-    except _UpstreamError as upstream:
-        _finish_with_error(task, upstream.error, False)
+    except BaseException as e:  # noqa: BLE001
+        _finish_failed(task, e)
         return
-    except KeyboardInterrupt:
+    _core.finish_task(task, results, False, False)
+
+
+def _finish_failed(task, e):
+    if isinstance(e, _UpstreamError):
+        _finish_with_error(task, e.error, False)
+    elif isinstance(e, KeyboardInterrupt):
         # rtd.cancel() interrupted the task.
         _finish_with_error(task, exceptions.TaskCancelledError(f"task {task.function_name} was cancelled"), False)
-        return
-    except BaseException as e:  # noqa: BLE001 - every error goes back to the owner
-        tb = traceback.format_exc()
+    else:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
         # An error from a nested get keeps its original cause (not wrapped twice).
         cause = e.cause if isinstance(e, exceptions.RayTaskError) else e
         error = exceptions.RayTaskError(task.function_name, tb, cause, os.getpid())
         _finish_with_error(task, error, _is_retryable(task, e))
-        return
-    _core.finish_task(task, results, False, False)
 
 
 def main():

@@ -1,0 +1,329 @@
+//! Calling actors.
+//!
+//! Method calls go straight to the actor's worker, in submission order: each caller
+//! keeps one queue per actor and pushes a call only after every earlier call has been
+//! pushed, so a call waiting for an argument holds back the calls behind it (a sync
+//! actor then runs them in the order they were made). Calls are pipelined: the caller
+//! does not wait for one reply before pushing the next.
+//!
+//! Where the actor lives comes from the GCS (`WaitActor`, a long poll on the actor's
+//! state epoch). When the connection to the actor breaks, the caller waits for the next
+//! state: calls that were in flight are pushed again to the restarted actor while they
+//! have retries left (`max_task_retries`), otherwise they fail with `ActorDiedError`,
+//! as does every call once the actor is dead.
+//!
+//! The process that created an actor also counts its handles; when the last one is
+//! dropped (and no handle left the process), the actor is killed once its queued calls
+//! are done.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rtd_common::proto::{frame::Body, ActorInfo, ActorState, KillActor, PushTask, PushTaskReply, TaskSpec, WaitActor};
+use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
+use tokio::sync::mpsc;
+
+use crate::context::Context;
+use crate::submitter::{resolve_args, system_error};
+
+pub enum ActorEvent {
+    Submit { actor_id: ActorId, spec: TaskSpec },
+    Resolved { actor_id: ActorId, spec: TaskSpec },
+    Info { actor_id: ActorId, info: ActorInfo, conn: Option<RpcClient> },
+    InfoFailed { actor_id: ActorId, error: RpcError },
+    Finished { actor_id: ActorId, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
+    /// The owner's last handle is gone.
+    HandlesGone { actor_id: ActorId },
+}
+
+struct ActorCall {
+    /// Submission order, kept when calls are pushed again after a restart.
+    seq: u64,
+    spec: TaskSpec,
+    resolved: bool,
+    /// Epoch of the incarnation it was pushed to.
+    pushed_in: Option<u64>,
+    retries_left: i32,
+}
+
+#[derive(Default)]
+struct ActorQueue {
+    epoch: u64,
+    alive: bool,
+    dead: Option<String>,
+    conn: Option<RpcClient>,
+    waiting_for_info: bool,
+    max_task_retries: i32,
+    /// Calls not pushed yet, in submission order.
+    unpushed: VecDeque<TaskId>,
+    calls: HashMap<TaskId, ActorCall>,
+    next_seq: u64,
+    kill_when_idle: bool,
+}
+
+#[derive(Clone)]
+pub struct ActorSubmitter {
+    tx: mpsc::UnboundedSender<ActorEvent>,
+}
+
+impl ActorSubmitter {
+    pub fn start(ctx: Arc<Context>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State { ctx: ctx.clone(), tx: tx.clone(), actors: HashMap::new() };
+        ctx.rt.spawn(state.run(rx));
+        Self { tx }
+    }
+
+    pub fn submit(&self, actor_id: ActorId, spec: TaskSpec) {
+        let _ = self.tx.send(ActorEvent::Submit { actor_id, spec });
+    }
+
+    pub fn handles_gone(&self, actor_id: ActorId) {
+        let _ = self.tx.send(ActorEvent::HandlesGone { actor_id });
+    }
+}
+
+struct State {
+    ctx: Arc<Context>,
+    tx: mpsc::UnboundedSender<ActorEvent>,
+    actors: HashMap<ActorId, ActorQueue>,
+}
+
+fn task_id_of(spec: &TaskSpec) -> TaskId {
+    TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ActorEvent>) {
+        while let Some(event) = rx.recv().await {
+            match event {
+                ActorEvent::Submit { actor_id, spec } => self.on_submit(actor_id, spec),
+                ActorEvent::Resolved { actor_id, spec } => {
+                    let task_id = task_id_of(&spec);
+                    if let Some(call) = self.actors.get_mut(&actor_id).and_then(|q| q.calls.get_mut(&task_id)) {
+                        call.spec = spec;
+                        call.resolved = true;
+                    }
+                    self.flush(actor_id);
+                }
+                ActorEvent::Info { actor_id, info, conn } => self.on_info(actor_id, info, conn),
+                ActorEvent::InfoFailed { actor_id, error } => {
+                    let message = format!("cannot reach the GCS for actor {actor_id}: {error}");
+                    self.on_dead(actor_id, message);
+                }
+                ActorEvent::Finished { actor_id, task_id, result } => self.on_finished(actor_id, task_id, result),
+                ActorEvent::HandlesGone { actor_id } => {
+                    if let Some(q) = self.actors.get_mut(&actor_id) {
+                        q.kill_when_idle = true;
+                    } else {
+                        self.actors.insert(actor_id, ActorQueue { kill_when_idle: true, ..Default::default() });
+                    }
+                    self.kill_if_idle(actor_id);
+                }
+            }
+        }
+    }
+
+    fn on_submit(&mut self, actor_id: ActorId, spec: TaskSpec) {
+        let task_id = task_id_of(&spec);
+        let q = self.actors.entry(actor_id).or_default();
+        if let Some(cause) = &q.dead {
+            let cause = cause.clone();
+            fail_call(&self.ctx, &spec, &cause);
+            return;
+        }
+        let resolved = spec.arg_refs.iter().all(|a| a.value.is_some());
+        if !resolved {
+            let ctx = self.ctx.clone();
+            let tx = self.tx.clone();
+            let pending = spec.clone();
+            self.ctx.rt.spawn(async move {
+                let spec = resolve_args(ctx, pending).await;
+                let _ = tx.send(ActorEvent::Resolved { actor_id, spec });
+            });
+        }
+        q.unpushed.push_back(task_id);
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        let retries_left = q.max_task_retries;
+        q.calls.insert(task_id, ActorCall { seq, spec, resolved, pushed_in: None, retries_left });
+        self.flush(actor_id);
+    }
+
+    /// Pushes ready calls in order, or asks where the actor is.
+    fn flush(&mut self, actor_id: ActorId) {
+        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        if q.dead.is_some() {
+            return;
+        }
+        let conn = match (&q.conn, q.alive) {
+            (Some(conn), true) => conn.clone(),
+            _ => {
+                self.request_info(actor_id);
+                return;
+            }
+        };
+        while let Some(task_id) = q.unpushed.front().copied() {
+            let Some(call) = q.calls.get_mut(&task_id) else {
+                q.unpushed.pop_front();
+                continue;
+            };
+            if !call.resolved {
+                break;
+            }
+            q.unpushed.pop_front();
+            call.pushed_in = Some(q.epoch);
+            let reply = conn.start_call(Body::PushTask(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() }));
+            let tx = self.tx.clone();
+            self.ctx.rt.spawn(async move {
+                let result = match reply.await {
+                    Ok(Body::PushTaskReply(r)) => Ok(r),
+                    Ok(_) => Err(RpcError::UnexpectedReply("actor".into())),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(ActorEvent::Finished { actor_id, task_id, result });
+            });
+        }
+    }
+
+    fn request_info(&mut self, actor_id: ActorId) {
+        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        if q.waiting_for_info {
+            return;
+        }
+        q.waiting_for_info = true;
+        let after_epoch = q.epoch;
+        let ctx = self.ctx.clone();
+        let tx = self.tx.clone();
+        self.ctx.rt.spawn(async move {
+            let reply = ctx
+                .raylet
+                .call(Body::WaitActor(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch }))
+                .await;
+            let event = match reply {
+                Ok(Body::ActorInfo(info)) => {
+                    let conn = if info.state == ActorState::Alive as i32 {
+                        ctx.peers.get(&info.address).await.ok()
+                    } else {
+                        None
+                    };
+                    ActorEvent::Info { actor_id, info, conn }
+                }
+                Ok(_) => ActorEvent::InfoFailed { actor_id, error: RpcError::UnexpectedReply("GCS".into()) },
+                Err(error) => ActorEvent::InfoFailed { actor_id, error },
+            };
+            let _ = tx.send(event);
+        });
+    }
+
+    fn on_info(&mut self, actor_id: ActorId, info: ActorInfo, conn: Option<RpcClient>) {
+        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        q.waiting_for_info = false;
+        if info.epoch <= q.epoch {
+            self.flush(actor_id);
+            return;
+        }
+        let first_info = q.epoch == 0;
+        q.epoch = info.epoch;
+        q.max_task_retries = info.options.as_ref().map(|o| o.max_task_retries).unwrap_or(0);
+        if first_info {
+            for call in q.calls.values_mut() {
+                call.retries_left = q.max_task_retries;
+            }
+        }
+        if info.state == ActorState::Dead as i32 {
+            self.on_dead(actor_id, format!("The actor {actor_id} is dead: {}", info.death_cause));
+            return;
+        }
+        q.alive = info.state == ActorState::Alive as i32 && conn.is_some();
+        q.conn = conn;
+        // Calls pushed to an earlier incarnation died with it: retry or fail them.
+        let lost: Vec<TaskId> = q
+            .calls
+            .iter()
+            .filter(|(_, c)| c.pushed_in.is_some_and(|e| e < q.epoch))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut retry = Vec::new();
+        let mut failed = Vec::new();
+        for task_id in lost {
+            let Some(call) = q.calls.get_mut(&task_id) else { continue };
+            if call.retries_left != 0 {
+                call.retries_left -= 1;
+                call.pushed_in = None;
+                retry.push((call.seq, task_id));
+            } else if let Some(call) = q.calls.remove(&task_id) {
+                failed.push(call.spec);
+            }
+        }
+        // Retried calls go first, in their original order.
+        retry.sort();
+        for (_, task_id) in retry.into_iter().rev() {
+            q.unpushed.push_front(task_id);
+        }
+        for spec in failed {
+            fail_call(
+                &self.ctx,
+                &spec,
+                &format!("The actor {actor_id} died while running {}; no retries left (max_task_retries)", spec.method_name),
+            );
+        }
+        self.flush(actor_id);
+    }
+
+    fn on_dead(&mut self, actor_id: ActorId, cause: String) {
+        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        q.waiting_for_info = false;
+        q.alive = false;
+        q.conn = None;
+        q.dead = Some(cause.clone());
+        q.unpushed.clear();
+        for (_, call) in q.calls.drain() {
+            fail_call(&self.ctx, &call.spec, &cause);
+        }
+    }
+
+    fn on_finished(&mut self, actor_id: ActorId, task_id: TaskId, result: Result<PushTaskReply, RpcError>) {
+        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        match result {
+            Ok(reply) => {
+                if let Some(call) = q.calls.remove(&task_id) {
+                    for ret in reply.returns {
+                        let (Ok(id), Some(value)) = (ObjectId::from_bytes(&ret.id), ret.value) else { continue };
+                        self.ctx.store_result(id, value);
+                    }
+                    self.ctx.release_task_args(&call.spec);
+                }
+                self.kill_if_idle(actor_id);
+            }
+            Err(_) => {
+                // The actor's process is gone; the next state decides the call's fate.
+                q.alive = false;
+                q.conn = None;
+                self.request_info(actor_id);
+            }
+        }
+    }
+
+    fn kill_if_idle(&mut self, actor_id: ActorId) {
+        let Some(q) = self.actors.get(&actor_id) else { return };
+        if !q.kill_when_idle || !q.calls.is_empty() || q.dead.is_some() {
+            return;
+        }
+        let raylet = self.ctx.raylet.clone();
+        self.ctx.rt.spawn(async move {
+            let _ = raylet.call(Body::KillActor(KillActor { actor_id: actor_id.to_vec().into(), no_restart: true })).await;
+        });
+        self.on_dead(actor_id, format!("The actor {actor_id} was destroyed: every handle to it was dropped"));
+    }
+}
+
+fn fail_call(ctx: &Context, spec: &TaskSpec, cause: &str) {
+    for id in &spec.return_ids {
+        if let Ok(id) = ObjectId::from_bytes(id) {
+            ctx.store_result(id, system_error(object_kind::ACTOR_DIED, cause.to_string()));
+        }
+    }
+    ctx.release_task_args(spec);
+}

@@ -1,0 +1,319 @@
+//! Actors: where they live, whether they are alive, and bringing them back.
+//!
+//! An actor is a dedicated worker process holding one instance of a class. The GCS
+//! owns its life cycle, as in Ray: it leases a worker for the actor's placement
+//! resources, pushes the creation task (the constructor) to it, and publishes the
+//! actor's state — PENDING, ALIVE at an address, RESTARTING, DEAD with a cause.
+//! Callers push method calls straight to the actor's worker; when that connection
+//! breaks they wait here for the next state (`wait`, a long poll on an epoch that
+//! every change bumps).
+//!
+//! When an actor's worker dies the actor is restarted (constructor re-run in a new
+//! worker) while restarts remain (`max_restarts`, -1 = forever), else it is DEAD.
+//! Non-detached actors die with the connection of the process that created them;
+//! detached ones live until killed. Named actors are found by (namespace, name).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, TaskSpec,
+};
+use rtd_common::rpc::RpcClient;
+use rtd_common::{ActorId, ResourceSet};
+use tokio::sync::oneshot;
+
+/// How the GCS gets worker processes for actors (the node's raylet).
+pub trait WorkerLeaser: Send + Sync + 'static {
+    /// A dedicated worker with `resources`, or why none can ever be granted.
+    fn lease(&self, resources: ResourceSet) -> Pin<Box<dyn Future<Output = Result<LeaseGranted, String>> + Send>>;
+    /// Shrinks the lease to what the actor holds while it runs; the worker stays.
+    fn shrink(&self, lease_id: u64, keep: ResourceSet);
+    /// Kills the lease's worker; its exit is reported through `lease_lost`.
+    fn kill(&self, lease_id: u64);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActorError {
+    #[error("the actor name {name:?} is already taken in namespace {namespace:?}")]
+    NameTaken { name: String, namespace: String },
+    #[error("invalid actor creation request: {0}")]
+    Invalid(String),
+}
+
+struct ActorEntry {
+    info: ActorInfo,
+    spec: TaskSpec,
+    owner: u64,
+    lease: Option<u64>,
+    waiters: Vec<oneshot::Sender<ActorInfo>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    actors: HashMap<ActorId, ActorEntry>,
+    named: HashMap<(String, String), ActorId>,
+    by_lease: HashMap<u64, ActorId>,
+}
+
+pub struct ActorManager {
+    tables: Mutex<Tables>,
+    leaser: Arc<dyn WorkerLeaser>,
+}
+
+const INFEASIBLE_RETRY: Duration = Duration::from_secs(1);
+
+fn state(s: ActorState) -> i32 {
+    s as i32
+}
+
+impl ActorManager {
+    pub fn new(leaser: Arc<dyn WorkerLeaser>) -> Arc<Self> {
+        Arc::new(Self { tables: Mutex::new(Tables::default()), leaser })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an actor and starts creating it. With `get_if_exists`, a live actor
+    /// of the same name is returned instead.
+    pub fn create(self: &Arc<Self>, owner: u64, req: CreateActor) -> Result<ActorInfo, ActorError> {
+        let spec = req.spec.ok_or_else(|| ActorError::Invalid("no creation task".into()))?;
+        let options = req.options.unwrap_or_default();
+        let actor_id = ActorId::from_bytes(&spec.actor_id).map_err(|e| ActorError::Invalid(e.to_string()))?;
+        let mut t = self.lock();
+        if !options.name.is_empty() {
+            let key = (options.namespace.clone(), options.name.clone());
+            if let Some(existing) = t.named.get(&key).and_then(|id| t.actors.get(id)) {
+                if options.get_if_exists {
+                    return Ok(existing.info.clone());
+                }
+                return Err(ActorError::NameTaken { name: options.name, namespace: options.namespace });
+            }
+            t.named.insert(key, actor_id);
+        }
+        let info = ActorInfo {
+            actor_id: actor_id.to_vec().into(),
+            state: state(ActorState::Pending),
+            epoch: 1,
+            options: Some(options),
+            ..Default::default()
+        };
+        t.actors.insert(actor_id, ActorEntry { info: info.clone(), spec, owner, lease: None, waiters: Vec::new() });
+        drop(t);
+        self.clone().start(actor_id);
+        Ok(info)
+    }
+
+    fn start(self: Arc<Self>, actor_id: ActorId) {
+        tokio::spawn(async move { self.schedule(actor_id).await });
+    }
+
+    /// Leases a worker and runs the constructor there.
+    async fn schedule(self: Arc<Self>, actor_id: ActorId) {
+        let Some(spec) = self.lock().actors.get(&actor_id).map(|e| e.spec.clone()) else { return };
+        let placement = ResourceSet::from_fixed_map(&spec.resources);
+        let grant = loop {
+            match self.leaser.lease(placement.clone()).await {
+                Ok(grant) => break grant,
+                Err(why) => {
+                    tracing::warn!("actor {actor_id} cannot be placed yet: {why}");
+                    tokio::time::sleep(INFEASIBLE_RETRY).await;
+                    if self.is_dead(&actor_id) {
+                        return;
+                    }
+                }
+            }
+        };
+        {
+            let mut t = self.lock();
+            let dead = t.actors.get(&actor_id).map(|e| e.info.state == state(ActorState::Dead)).unwrap_or(true);
+            if dead {
+                drop(t);
+                self.leaser.kill(grant.lease_id);
+                return;
+            }
+            t.by_lease.insert(grant.lease_id, actor_id);
+            if let Some(e) = t.actors.get_mut(&actor_id) {
+                e.lease = Some(grant.lease_id);
+            }
+        }
+        let reply = match RpcClient::connect(&grant.worker_address).await {
+            Ok(worker) => {
+                let mut spec = spec;
+                spec.attempt = self.lock().actors.get(&actor_id).map(|e| e.info.num_restarts).unwrap_or(0);
+                worker.call(Body::PushTask(PushTask { spec: Some(spec), gpu_ids: grant.gpu_ids.clone() })).await
+            }
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(Body::PushTaskReply(r)) if !r.app_error => {
+                let running = self
+                    .lock()
+                    .actors
+                    .get(&actor_id)
+                    .and_then(|e| e.info.options.as_ref().map(|o| ResourceSet::from_fixed_map(&o.running_resources)))
+                    .unwrap_or_default();
+                self.leaser.shrink(grant.lease_id, running);
+                self.update(&actor_id, |info| {
+                    info.state = state(ActorState::Alive);
+                    info.address = grant.worker_address.clone();
+                    info.pid = grant.pid;
+                });
+            }
+            Ok(Body::PushTaskReply(r)) => {
+                // The constructor raised: the actor is dead, with the error as cause.
+                let cause = r
+                    .returns
+                    .first()
+                    .and_then(|ret| match ret.value.as_ref().and_then(|v| v.kind.as_ref()) {
+                        Some(Kind::Inline(i)) => Some(String::from_utf8_lossy(&i.data).into_owned()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "the actor's constructor raised an exception".into());
+                self.mark_dead(&actor_id, cause);
+            }
+            // The worker died while constructing: `lease_lost` decides what follows.
+            _ => {}
+        }
+    }
+
+    fn is_dead(&self, actor_id: &ActorId) -> bool {
+        self.lock().actors.get(actor_id).map(|e| e.info.state == state(ActorState::Dead)).unwrap_or(true)
+    }
+
+    /// Applies a change to an actor's info, bumps its epoch and wakes waiters.
+    fn update(&self, actor_id: &ActorId, change: impl FnOnce(&mut ActorInfo)) {
+        let mut t = self.lock();
+        let Some(entry) = t.actors.get_mut(actor_id) else { return };
+        change(&mut entry.info);
+        entry.info.epoch += 1;
+        let info = entry.info.clone();
+        for waiter in entry.waiters.drain(..) {
+            let _ = waiter.send(info.clone());
+        }
+    }
+
+    /// Marks the actor dead (kills its worker if it has one) and frees its name.
+    fn mark_dead(&self, actor_id: &ActorId, cause: String) {
+        let lease = {
+            let mut t = self.lock();
+            let Some(entry) = t.actors.get_mut(actor_id) else { return };
+            if entry.info.state == state(ActorState::Dead) {
+                return;
+            }
+            let lease = entry.lease.take();
+            let name = entry.info.options.as_ref().map(|o| (o.namespace.clone(), o.name.clone()));
+            if let Some(key) = name {
+                if t.named.get(&key) == Some(actor_id) {
+                    t.named.remove(&key);
+                }
+            }
+            lease
+        };
+        self.update(actor_id, |info| {
+            info.state = state(ActorState::Dead);
+            info.death_cause = cause;
+            info.address.clear();
+        });
+        if let Some(lease) = lease {
+            self.leaser.kill(lease);
+        }
+    }
+
+    /// A leased worker exited. Its actor restarts if it may, else it is dead.
+    pub fn lease_lost(self: &Arc<Self>, lease_id: u64) {
+        let (actor_id, restart) = {
+            let mut t = self.lock();
+            let Some(actor_id) = t.by_lease.remove(&lease_id) else { return };
+            let Some(entry) = t.actors.get_mut(&actor_id) else { return };
+            if entry.lease == Some(lease_id) {
+                entry.lease = None;
+            }
+            if entry.info.state == state(ActorState::Dead) {
+                return;
+            }
+            let max = entry.info.options.as_ref().map(|o| o.max_restarts).unwrap_or(0);
+            (actor_id, max < 0 || (entry.info.num_restarts as i64) < max as i64)
+        };
+        if restart {
+            self.update(&actor_id, |info| {
+                info.state = state(ActorState::Restarting);
+                info.num_restarts += 1;
+                info.address.clear();
+            });
+            self.clone().start(actor_id);
+        } else {
+            self.mark_dead(&actor_id, "the actor's worker process died and no restarts are left (max_restarts)".into());
+        }
+    }
+
+    /// The actor's info once its epoch is newer than `after_epoch`.
+    pub fn wait(&self, actor_id: &ActorId, after_epoch: u64) -> Option<oneshot::Receiver<ActorInfo>> {
+        let mut t = self.lock();
+        let entry = t.actors.get_mut(actor_id)?;
+        let (tx, rx) = oneshot::channel();
+        if entry.info.epoch > after_epoch {
+            let _ = tx.send(entry.info.clone());
+        } else {
+            entry.waiters.push(tx);
+        }
+        Some(rx)
+    }
+
+    pub fn get_named(&self, namespace: &str, name: &str) -> Option<ActorInfo> {
+        let t = self.lock();
+        let id = t.named.get(&(namespace.to_string(), name.to_string()))?;
+        t.actors.get(id).map(|e| e.info.clone())
+    }
+
+    /// `rtd.kill`: with `no_restart` the actor is dead at once; otherwise its worker
+    /// is killed and the usual restart rules apply.
+    pub fn kill(self: &Arc<Self>, actor_id: &ActorId, no_restart: bool) -> bool {
+        if no_restart {
+            if !self.lock().actors.contains_key(actor_id) {
+                return false;
+            }
+            self.mark_dead(actor_id, "the actor was killed by rtd.kill()".into());
+            return true;
+        }
+        let lease = self.lock().actors.get(actor_id).and_then(|e| e.lease);
+        match lease {
+            Some(lease) => {
+                self.leaser.kill(lease);
+                true
+            }
+            None => self.lock().actors.contains_key(actor_id),
+        }
+    }
+
+    /// The process that created these actors is gone: non-detached ones die with it.
+    pub fn owner_disconnected(&self, owner: u64) {
+        let doomed: Vec<ActorId> = self
+            .lock()
+            .actors
+            .iter()
+            .filter(|(_, e)| e.owner == owner && !e.info.options.as_ref().map(|o| o.detached).unwrap_or(false))
+            .map(|(id, _)| *id)
+            .collect();
+        for actor_id in doomed {
+            self.mark_dead(&actor_id, "the actor's owner (the process that created it) has exited".into());
+        }
+    }
+
+    pub fn list(&self) -> Vec<ActorInfo> {
+        self.lock().actors.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Stops every actor (node shutdown).
+    pub fn shutdown(&self) {
+        let ids: Vec<ActorId> = self.lock().actors.keys().copied().collect();
+        for id in ids {
+            self.mark_dead(&id, "the node is shutting down".into());
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Actor calls from Python: creating actors, calling their methods, finding them by
+//! name, killing them, and counting the handles this process holds.
+
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use rtd_common::proto::{ActorInfo, ActorOptions, ActorState};
+use rtd_common::{ActorId, ResourceSet};
+use rtd_core_worker::{ActorCall, TaskRequest};
+
+use crate::errors::core_error;
+use crate::object_ref::ObjectRef;
+use crate::{core, core_if_connected};
+
+fn actor_id(bytes: &[u8]) -> PyResult<ActorId> {
+    ActorId::from_bytes(bytes).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+fn resources(map: HashMap<String, f64>) -> PyResult<ResourceSet> {
+    ResourceSet::from_floats(map.iter().map(|(k, v)| (k.as_str(), *v)))
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+/// An actor's state as a dict (Ray's state names).
+fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let state = match ActorState::try_from(info.state).unwrap_or(ActorState::Pending) {
+        ActorState::Pending => "PENDING_CREATION",
+        ActorState::Alive => "ALIVE",
+        ActorState::Restarting => "RESTARTING",
+        ActorState::Dead => "DEAD",
+    };
+    let options = info.options.unwrap_or_default();
+    d.set_item("actor_id", PyBytes::new(py, &info.actor_id))?;
+    d.set_item("state", state)?;
+    d.set_item("pid", info.pid)?;
+    d.set_item("num_restarts", info.num_restarts)?;
+    d.set_item("death_cause", info.death_cause)?;
+    d.set_item("name", options.name)?;
+    d.set_item("namespace", options.namespace)?;
+    d.set_item("class_name", options.class_name)?;
+    d.set_item("class_meta", PyBytes::new(py, &options.class_meta))?;
+    d.set_item("detached", options.detached)?;
+    Ok(d)
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (actor_id, class_id, class_name, args, arg_refs, placement, running, name, namespace,
+                    detached, max_restarts, max_task_retries, get_if_exists, class_meta))]
+pub fn create_actor<'py>(
+    py: Python<'py>,
+    actor_id: Vec<u8>,
+    class_id: Vec<u8>,
+    class_name: String,
+    args: Vec<u8>,
+    arg_refs: Vec<PyRef<'py, ObjectRef>>,
+    placement: HashMap<String, f64>,
+    running: HashMap<String, f64>,
+    name: String,
+    namespace: String,
+    detached: bool,
+    max_restarts: i32,
+    max_task_retries: i32,
+    get_if_exists: bool,
+    class_meta: Vec<u8>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let core = core()?;
+    let id = self::actor_id(&actor_id)?;
+    let request = TaskRequest {
+        function_id: class_id,
+        function_name: format!("{class_name}.__init__"),
+        args,
+        arg_refs: arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect(),
+        num_returns: 1,
+        resources: resources(placement)?,
+        max_retries: 0,
+        retry_exceptions: Vec::new(),
+        actor: Some(ActorCall { actor_id: id, creation: true, method_name: String::new(), concurrency_group: String::new() }),
+    };
+    let options = ActorOptions {
+        name,
+        namespace,
+        detached,
+        max_restarts,
+        max_task_retries,
+        get_if_exists,
+        class_name,
+        class_meta: class_meta.into(),
+        running_resources: resources(running)?.to_fixed_map(),
+    };
+    let info = py.allow_threads(|| core.create_actor(request, options)).map_err(core_error)?;
+    info_to_py(py, info)
+}
+
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn submit_actor_task(
+    py: Python<'_>,
+    actor_id: Vec<u8>,
+    method_name: String,
+    function_name: String,
+    args: Vec<u8>,
+    arg_refs: Vec<PyRef<'_, ObjectRef>>,
+    num_returns: u32,
+    concurrency_group: String,
+) -> PyResult<Vec<ObjectRef>> {
+    let core = core()?;
+    let id = self::actor_id(&actor_id)?;
+    let request = TaskRequest {
+        function_id: Vec::new(),
+        function_name,
+        args,
+        arg_refs: arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect(),
+        num_returns,
+        resources: ResourceSet::new(),
+        max_retries: 0,
+        retry_exceptions: Vec::new(),
+        actor: Some(ActorCall { actor_id: id, creation: false, method_name, concurrency_group }),
+    };
+    let ids = py.allow_threads(|| core.submit_task(request));
+    let owner = core.address().to_string();
+    Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
+}
+
+#[pyfunction]
+pub fn get_named_actor<'py>(py: Python<'py>, name: String, namespace: String) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let core = core()?;
+    match py.allow_threads(|| core.get_named_actor(&namespace, &name)).map_err(core_error)? {
+        Some(info) => Ok(Some(info_to_py(py, info)?)),
+        None => Ok(None),
+    }
+}
+
+#[pyfunction]
+pub fn kill_actor(py: Python<'_>, actor_id: Vec<u8>, no_restart: bool) -> PyResult<()> {
+    let core = core()?;
+    let id = self::actor_id(&actor_id)?;
+    py.allow_threads(|| core.kill_actor(id, no_restart)).map_err(core_error)
+}
+
+#[pyfunction]
+pub fn list_actors(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let core = core()?;
+    let actors = py.allow_threads(|| core.list_actors()).map_err(core_error)?;
+    actors.into_iter().map(|info| info_to_py(py, info)).collect()
+}
+
+#[pyfunction]
+pub fn add_actor_handle(actor_id: Vec<u8>) -> PyResult<()> {
+    core()?.add_actor_handle(self::actor_id(&actor_id)?);
+    Ok(())
+}
+
+/// Safe at interpreter exit: does nothing once disconnected.
+#[pyfunction]
+pub fn remove_actor_handle(actor_id: Vec<u8>) -> PyResult<()> {
+    if let Some(core) = core_if_connected() {
+        core.remove_actor_handle(self::actor_id(&actor_id)?);
+    }
+    Ok(())
+}
+
+#[pyfunction]
+pub fn mark_actor_handle_escaped(actor_id: Vec<u8>) -> PyResult<()> {
+    if let Some(core) = core_if_connected() {
+        core.mark_actor_handle_escaped(self::actor_id(&actor_id)?);
+    }
+    Ok(())
+}
