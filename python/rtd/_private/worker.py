@@ -57,6 +57,7 @@ def _set_environment(task):
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(resources.get("CPU", 1))))
     _current["gpu_ids"] = tuple(task.gpu_ids)
     _current["resources"] = resources
+    _current["name"] = task.function_name
     _current_job["id"] = task.job_id
     if task.job_id not in _jobs:
         _load_job(task.job_id)
@@ -216,8 +217,48 @@ class _ActorRuntime:
 _actor = None
 
 
+class _PrefixedStream:
+    """Prefixes every line a task or actor prints with its name and pid, as Ray's
+    driver output does: ``(Counter pid=4321) started``. Lines reach the driver's
+    terminal through the output the worker inherits from its node daemon."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._at_line_start = True
+        self._lock = threading.Lock()
+
+    def write(self, text):
+        if not text:
+            return 0
+        prefix = f"({_current_name()} pid={os.getpid()}) "
+        with self._lock:
+            out = []
+            for line in text.splitlines(keepends=True):
+                if self._at_line_start:
+                    out.append(prefix)
+                out.append(line)
+                self._at_line_start = line.endswith("\n")
+            self._stream.write("".join(out))
+            if "\n" in text:
+                self._stream.flush()
+        return len(text)
+
+    def flush(self):
+        self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _current_name():
+    if _actor is not None:
+        return _actor.class_name
+    return _current.get("name") or "worker"
+
+
 def _create_actor(task):
     global _actor
+    _current["name"] = task.function_name.removesuffix(".__init__")
     try:
         cls = _load_function(task.function_id)
         args, kwargs, config = pickle.loads(task.args)
@@ -289,6 +330,8 @@ def _finish_failed(task, e):
 
 
 def main():
+    sys.stdout = _PrefixedStream(sys.stdout)
+    sys.stderr = _PrefixedStream(sys.stderr)
     _core.connect(
         os.environ["RTD_RAYLET_SOCKET"],
         os.environ["RTD_SESSION_DIR"],
