@@ -239,6 +239,55 @@ def run_benchmarks(args):
 
     timeit("single client tasks async", small_task_async, 1000, **kw)
 
+    @rt.remote
+    class Actor:
+        def small_value(self):
+            return b"ok"
+
+    @rt.remote
+    class AsyncActor:
+        async def small_value(self):
+            return b"ok"
+
+    @rt.remote
+    class Client:
+        def __init__(self, servers):
+            self.servers = servers
+
+        def small_value_batch(self, n):
+            rt.get([s.small_value.remote() for s in self.servers for _ in range(n)])
+
+    actor = Actor.remote()
+    rt.get(actor.small_value.remote())
+
+    def actor_sync():
+        rt.get(actor.small_value.remote())
+
+    timeit("1:1 actor calls sync", actor_sync, **kw)
+
+    def actor_async():
+        rt.get([actor.small_value.remote() for _ in range(1000)])
+
+    timeit("1:1 actor calls async", actor_async, 1000, **kw)
+
+    async_actor = AsyncActor.remote()
+    rt.get(async_actor.small_value.remote())
+
+    def async_actor_async():
+        rt.get([async_actor.small_value.remote() for _ in range(1000)])
+
+    timeit("1:1 async-actor calls async", async_actor_async, 1000, **kw)
+
+    n = 2
+    servers = [Actor.remote() for _ in range(n)]
+    clients = [Client.remote([s]) for s in servers]
+    rt.get([c.small_value_batch.remote(1) for c in clients])
+
+    def actor_n_to_n():
+        rt.get([c.small_value_batch.remote(500) for c in clients])
+
+    timeit("n:n actor calls async", actor_n_to_n, 500 * n, **kw)
+
 
 def main(argv=None):
     global rt, _only
