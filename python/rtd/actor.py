@@ -134,8 +134,9 @@ class ActorClass:
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs = serialization.pack_args(args, kwargs, extra=self._meta)
+        actor_id = uuid.uuid4().bytes
         info = _core.create_actor(
-            uuid.uuid4().bytes,
+            actor_id,
             class_id,
             self.__name__,
             blob,
@@ -150,7 +151,10 @@ class ActorClass:
             bool(o.get("get_if_exists", False)),
             cloudpickle.dumps(self._meta),
         )
-        return ActorHandle(info["actor_id"], self._meta, owned=True)
+        # With get_if_exists the actor may be someone else's: only ours, and only if not
+        # detached, ends with our handles.
+        owned = info["actor_id"] == actor_id and lifetime != "detached"
+        return ActorHandle(info["actor_id"], self._meta, owned=owned)
 
 
 class ActorMethod:

@@ -571,8 +571,15 @@ impl CoreWorker {
 
     // ------------------------------------------------------------------ node
 
+    /// A request to the node daemon; a request it rejects is the caller's error.
     fn node_call(&self, body: Body) -> Result<Body, CoreError> {
-        Ok(self.ctx.rt.block_on(self.ctx.raylet.call(body))?)
+        match self.ctx.rt.block_on(self.ctx.raylet.call(body)) {
+            Ok(reply) => Ok(reply),
+            Err(RpcError::Remote { code: rtd_common::proto::ErrorCode::Invalid, message }) => {
+                Err(CoreError::Invalid(message))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn kv_put(&self, key: &str, value: Vec<u8>) -> Result<(), CoreError> {
