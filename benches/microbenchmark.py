@@ -288,6 +288,17 @@ def run_benchmarks(args):
 
     timeit("n:n actor calls async", actor_n_to_n, 500 * n, **kw)
 
+    placement_group, remove_placement_group = rt.util.placement_group, rt.util.remove_placement_group
+
+    def pg_create_removal():
+        groups = [placement_group([{"custom": 0.001} for _ in range(10)]) for _ in range(10)]
+        for g in groups:
+            g.wait(10)
+        for g in groups:
+            remove_placement_group(g)
+
+    timeit("placement group create/removal", pg_create_removal, 10, **kw)
+
 
 def main(argv=None):
     global rt, _only
@@ -314,7 +325,7 @@ def main(argv=None):
     measure_init(module_name, args.init_runs)
 
     t0 = time.perf_counter()
-    rt.init(num_cpus=2)
+    rt.init(num_cpus=2, resources={"custom": 100})
     try:
         rt.get(rt.put(1))
         print(f"# in-process init took {time.perf_counter() - t0:.3f}s", flush=True)

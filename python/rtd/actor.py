@@ -22,8 +22,9 @@ import uuid
 
 import cloudpickle
 
-from rtd import _core, api
+from rtd import _core, api, exceptions
 from rtd._private import options as opts
+from rtd._private import scheduling
 from rtd._private import serialization
 
 _METHOD_OPTIONS = "__rtd_method_options__"
@@ -131,6 +132,11 @@ class ActorClass:
         placement = {**extra, "CPU": 1.0 if num_cpus is None else float(num_cpus)}
         running = {**extra, **({"CPU": float(num_cpus)} if num_cpus else {})}
         placement = {k: v for k, v in placement.items() if v}
+        strategy = o.get("scheduling_strategy")
+        placement, _, unschedulable = scheduling.resolve(placement, strategy)
+        if unschedulable is not None:
+            raise exceptions.ActorUnschedulableError(f"Actor {self.__name__} cannot be scheduled: {unschedulable}")
+        running, _, _ = scheduling.resolve(running, strategy) if running else (running, None, None)
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs = serialization.pack_args(args, kwargs, extra=self._meta)

@@ -9,6 +9,7 @@ import cloudpickle
 
 from rtd import _core, api
 from rtd._private import options as opts
+from rtd._private import scheduling
 from rtd._private import serialization
 
 
@@ -20,6 +21,7 @@ class RemoteFunction:
         self._num_returns = merged["num_returns"]
         self._max_retries = merged["max_retries"]
         self._resources = opts.task_resources(merged)
+        self._strategy = merged["scheduling_strategy"]
         retry = merged["retry_exceptions"]
         self._retry_exceptions = b"" if retry is False else cloudpickle.dumps(
             True if retry is True else tuple(retry)
@@ -71,6 +73,10 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         api.auto_init()
         function_id = self._register()
+        resources, capture, unschedulable = scheduling.resolve(self._resources, self._strategy)
+        if unschedulable is not None:
+            error = _core.put_error(serialization.UNSCHEDULABLE, f"Task {self._name} cannot be scheduled: {unschedulable}")
+            return error if self._num_returns == 1 else [error] * self._num_returns or None
         blob, arg_refs = serialization.pack_args(args, kwargs)
         refs = _core.submit_task(
             function_id,
@@ -78,9 +84,10 @@ class RemoteFunction:
             blob,
             arg_refs,
             self._num_returns,
-            self._resources,
+            resources,
             self._max_retries,
             self._retry_exceptions,
+            capture,
         )
         if self._num_returns == 1:
             return refs[0]

@@ -29,4 +29,6 @@ pub mod object_kind {
     pub const OBJECT_LOST: u32 = 4;
     /// The actor is dead (or died running the call); data is a UTF-8 message.
     pub const ACTOR_DIED: u32 = 5;
+    /// The task can never be scheduled (e.g. hard node affinity to a dead node).
+    pub const UNSCHEDULABLE: u32 = 6;
 }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorOptions, CreateActor, GetNamedActor, GetNodes, KillActor,
-    KvGet, KvPut, ListActors, NodeInfo, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
+    frame::Body, object_value::Kind, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
+    GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
+    PlacementGroupInfo, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
     RegisterClient, ReturnObject, TaskArg, TaskSpec,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
@@ -66,6 +67,8 @@ pub struct TaskRequest {
     pub max_retries: i32,
     pub retry_exceptions: Vec<u8>,
     pub actor: Option<ActorCall>,
+    /// Placement group that tasks submitted by this task use by default (empty: none).
+    pub capture_placement_group: Vec<u8>,
 }
 
 /// What makes a task an actor task.
@@ -243,6 +246,14 @@ impl CoreWorker {
         let value = self.ctx.store_value(id, metadata, payload, buffers)?;
         self.ctx.table.add_owned_ready(id, &self.ctx.address, value);
         Ok(id)
+    }
+
+    /// A new object holding a system error (e.g. a task that can never be scheduled).
+    pub fn put_error(&self, kind: u32, message: String) -> ObjectId {
+        let index = self.put_index.fetch_add(1, Ordering::Relaxed);
+        let id = ObjectId::for_put(&self.current_task(), index);
+        self.ctx.table.add_owned_ready(id, &self.ctx.address, submitter::system_error(kind, message));
+        id
     }
 
     pub fn add_local_ref(&self, id: ObjectId, owner: &str) {
@@ -430,6 +441,7 @@ impl CoreWorker {
             actor_creation,
             method_name,
             concurrency_group,
+            capture_placement_group: req.capture_placement_group.into(),
         };
         (spec, return_ids)
     }
@@ -484,6 +496,48 @@ impl CoreWorker {
         match self.node_call(Body::ListActors(ListActors {}))? {
             Body::ListActorsReply(r) => Ok(r.actors),
             _ => Err(CoreError::Internal("unexpected reply to ListActors".into())),
+        }
+    }
+
+    // ------------------------------------------------------------------ placement groups
+
+    pub fn create_placement_group(&self, req: CreatePlacementGroup) -> Result<PlacementGroupInfo, CoreError> {
+        match self.node_call(Body::CreatePlacementGroup(req))? {
+            Body::PlacementGroupInfo(info) => Ok(info),
+            _ => Err(CoreError::Internal("unexpected reply to CreatePlacementGroup".into())),
+        }
+    }
+
+    pub fn remove_placement_group(&self, pg_id: &[u8]) -> Result<(), CoreError> {
+        self.node_call(Body::RemovePlacementGroup(RemovePlacementGroup { pg_id: pg_id.to_vec().into() }))?;
+        Ok(())
+    }
+
+    /// The group's info once it is created or removed; `None` after `timeout`.
+    pub fn wait_placement_group(&self, pg_id: &[u8], timeout: Duration) -> Result<Option<PlacementGroupInfo>, CoreError> {
+        let call = self.ctx.raylet.call(Body::WaitPlacementGroup(WaitPlacementGroup { pg_id: pg_id.to_vec().into() }));
+        match self.ctx.rt.block_on(async { tokio::time::timeout(timeout, call).await }) {
+            Err(_) => Ok(None),
+            Ok(Ok(Body::PlacementGroupInfo(info))) => Ok(Some(info)),
+            Ok(Ok(_)) => Err(CoreError::Internal("unexpected reply to WaitPlacementGroup".into())),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    pub fn get_placement_group(&self, pg_id: &[u8], name: &str) -> Result<Option<PlacementGroupInfo>, CoreError> {
+        let req = GetPlacementGroup { pg_id: pg_id.to_vec().into(), name: name.to_string() };
+        match self.node_call(Body::GetPlacementGroup(req)) {
+            Ok(Body::PlacementGroupInfo(info)) => Ok(Some(info)),
+            Err(CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::NotFound, .. })) => Ok(None),
+            Err(e) => Err(e),
+            Ok(_) => Err(CoreError::Internal("unexpected reply to GetPlacementGroup".into())),
+        }
+    }
+
+    pub fn list_placement_groups(&self) -> Result<Vec<PlacementGroupInfo>, CoreError> {
+        match self.node_call(Body::ListPlacementGroups(ListPlacementGroups {}))? {
+            Body::ListPlacementGroupsReply(r) => Ok(r.groups),
+            _ => Err(CoreError::Internal("unexpected reply to ListPlacementGroups".into())),
         }
     }
 

@@ -305,6 +305,21 @@ impl ActorManager {
         }
     }
 
+    /// Ends the actors placed in a removed placement group (`group` is its hex id).
+    pub fn end_actors_in_group(&self, group: &str) {
+        let suffix = format!("_group_{group}");
+        let doomed: Vec<ActorId> = self
+            .lock()
+            .actors
+            .iter()
+            .filter(|(_, e)| e.spec.resources.keys().any(|name| name.ends_with(&suffix)))
+            .map(|(id, _)| *id)
+            .collect();
+        for actor_id in doomed {
+            self.mark_dead(&actor_id, "the actor's placement group was removed".into());
+        }
+    }
+
     pub fn list(&self) -> Vec<ActorInfo> {
         self.lock().actors.values().map(|e| e.info.clone()).collect()
     }

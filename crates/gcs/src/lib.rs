@@ -1,9 +1,10 @@
-//! The control plane: nodes, jobs, actors and a key-value store (which holds the
+//! The control plane: nodes, jobs, actors, placement groups and a key-value store (which holds the
 //! function table: pickled remote functions by id). One GCS per cluster, hosted by the
 //! head node's daemon. Today it is served over the head's local socket; serving it to
 //! other nodes over gRPC comes with multi-node clusters.
 
 pub mod actor_manager;
+pub mod placement_group_manager;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -78,6 +78,7 @@ pub fn create_actor<'py>(
         max_retries: 0,
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: true, method_name: String::new(), concurrency_group: String::new() }),
+        capture_placement_group: Vec::new(),
     };
     let options = ActorOptions {
         name,
@@ -118,6 +119,7 @@ pub fn submit_actor_task(
         max_retries: 0,
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: false, method_name, concurrency_group }),
+        capture_placement_group: Vec::new(),
     };
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();

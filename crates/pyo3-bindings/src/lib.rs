@@ -6,6 +6,7 @@ mod actors;
 mod buffers;
 mod errors;
 mod object_ref;
+mod placement_groups;
 mod worker;
 
 use std::collections::HashMap;
@@ -181,6 +182,8 @@ fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, tim
 
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (function_id, function_name, args, arg_refs, num_returns, resources, max_retries,
+                    retry_exceptions, capture_placement_group=None))]
 fn submit_task(
     py: Python<'_>,
     function_id: Vec<u8>,
@@ -191,6 +194,7 @@ fn submit_task(
     resources: HashMap<String, f64>,
     max_retries: i32,
     retry_exceptions: Vec<u8>,
+    capture_placement_group: Option<Vec<u8>>,
 ) -> PyResult<Vec<ObjectRef>> {
     let core = core()?;
     let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
@@ -206,10 +210,19 @@ fn submit_task(
         max_retries,
         retry_exceptions,
         actor: None,
+        capture_placement_group: capture_placement_group.unwrap_or_default(),
     };
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();
     Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
+}
+
+/// A new object that raises `kind`'s exception with `message` at `get`.
+#[pyfunction]
+fn put_error(kind: u32, message: String) -> PyResult<ObjectRef> {
+    let core = core()?;
+    let id = core.put_error(kind, message);
+    Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
 #[pyfunction]
@@ -284,6 +297,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(put_error, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::create_placement_group, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::remove_placement_group, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::wait_placement_group, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::get_placement_group, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::list_placement_groups, m)?)?;
     m.add_function(wrap_pyfunction!(actors::create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::submit_actor_task, m)?)?;
     m.add_function(wrap_pyfunction!(actors::get_named_actor, m)?)?;

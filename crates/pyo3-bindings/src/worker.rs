@@ -38,6 +38,9 @@ pub struct Task {
     actor_id: String,
     #[pyo3(get)]
     method_name: String,
+    /// Placement group (raw id) this task's children use by default, if any.
+    #[pyo3(get)]
+    capture_placement_group: Option<Vec<u8>>,
     #[pyo3(get)]
     concurrency_group: String,
     /// The task's resource request, as floats.
@@ -86,6 +89,7 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         actor_creation: spec.actor_creation,
         actor_id: rtd_common::ActorId::from_bytes(&spec.actor_id).map(|a| a.hex()).unwrap_or_default(),
         method_name: spec.method_name.clone(),
+        capture_placement_group: (!spec.capture_placement_group.is_empty()).then(|| spec.capture_placement_group.to_vec()),
         concurrency_group: spec.concurrency_group.clone(),
         job_id: rtd_common::JobId::from_bytes(&spec.job_id).map(|j| j.hex()).unwrap_or_default(),
         resources: rtd_common::ResourceSet::from_fixed_map(&spec.resources).to_floats(),

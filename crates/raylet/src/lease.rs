@@ -54,8 +54,17 @@ struct PendingLease {
     reply: oneshot::Sender<Body>,
 }
 
+/// A placement-group bundle reserved on this node (two-phase: prepared, then
+/// committed as resources of its own).
+struct Bundle {
+    reserved: Allocation,
+    /// The node resources the committed bundle adds (empty while only prepared).
+    group_resources: ResourceSet,
+}
+
 struct State {
     resources: NodeResources,
+    bundles: HashMap<(String, u32), Bundle>,
     workers: HashMap<WorkerId, Worker>,
     idle: VecDeque<WorkerId>,
     starting: usize,
@@ -69,6 +78,14 @@ struct State {
 }
 
 const MAX_FAILED_STARTS: u32 = 3;
+
+/// Capacity of a bundle's `bundle_group_*` marker resource (as in Ray: 1000 units).
+const BUNDLE_MARKER: i64 = 1000 * rtd_common::resources::UNIT;
+
+/// Resources that exist only while a placement group is committed.
+fn is_group_resource(name: &str) -> bool {
+    name.contains("_group_")
+}
 
 pub struct Raylet {
     state: Mutex<State>,
@@ -84,6 +101,7 @@ impl Raylet {
         Arc::new(Self {
             state: Mutex::new(State {
                 resources: NodeResources::new(total),
+                bundles: HashMap::new(),
                 workers: HashMap::new(),
                 idle: VecDeque::new(),
                 starting: 0,
@@ -341,7 +359,9 @@ impl Raylet {
                     st.pending.remove(i);
                     continue;
                 }
-                if !st.resources.is_feasible(&st.pending[i].resources) {
+                // A bundle's resources appear when its group is committed: wait for them.
+                let waits_for_group = st.pending[i].resources.iter().any(|(name, _)| is_group_resource(name));
+                if !waits_for_group && !st.resources.is_feasible(&st.pending[i].resources) {
                     if let Some(req) = st.pending.remove(i) {
                         let message = format!(
                             "a task needs {} but no node can ever provide it; this node has {} in total. \
@@ -411,6 +431,68 @@ impl Raylet {
         for _ in 0..to_start {
             self.start_worker();
         }
+    }
+
+    /// Phase one of placing a bundle: reserve its resources. False if they are not
+    /// available now (the GCS then cancels the group's other bundles).
+    pub fn prepare_bundle(&self, group: &str, index: u32, resources: &ResourceSet) -> bool {
+        let mut st = self.lock();
+        if st.bundles.contains_key(&(group.to_string(), index)) {
+            return true;
+        }
+        match st.resources.try_allocate(resources) {
+            Some(reserved) => {
+                st.bundles.insert((group.to_string(), index), Bundle { reserved, group_resources: ResourceSet::new() });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Phase two: the reserved bundle becomes resources named after the group, for the
+    /// bundle (`CPU_group_<i>_<pg>`) and for any bundle (`CPU_group_<pg>`), plus a
+    /// `bundle_group_*` marker that zero-resource work in the group can ask for.
+    pub fn commit_bundle(self: &Arc<Self>, group: &str, index: u32) {
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(bundle) = st.bundles.get_mut(&(group.to_string(), index)) else { return };
+            if !bundle.group_resources.is_empty() {
+                return;
+            }
+            let mut added = ResourceSet::new();
+            for (name, amount) in bundle.reserved.resources.iter() {
+                added.set(&format!("{name}_group_{index}_{group}"), amount);
+                added.set(&format!("{name}_group_{group}"), amount);
+            }
+            added.set(&format!("bundle_group_{index}_{group}"), BUNDLE_MARKER);
+            added.set(&format!("bundle_group_{group}"), BUNDLE_MARKER);
+            st.resources.add_capacity(&added);
+            bundle.group_resources = added;
+        }
+        self.schedule();
+    }
+
+    /// Cancels a prepared bundle or removes a committed one: its resources return to
+    /// the node and the workers running in it are stopped.
+    pub fn return_bundle(self: &Arc<Self>, group: &str, index: u32) {
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let Some(bundle) = st.bundles.remove(&(group.to_string(), index)) else { return };
+            let suffix = format!("_group_{group}");
+            for lease in st.leases.values() {
+                let in_group = lease.allocation.resources.iter().any(|(name, _)| name.ends_with(&suffix));
+                if in_group {
+                    if let Some(worker) = st.workers.get(&lease.worker) {
+                        kill(worker.pid);
+                    }
+                }
+            }
+            st.resources.remove_capacity(&bundle.group_resources);
+            st.resources.release(&bundle.reserved);
+        }
+        self.schedule();
     }
 
     /// Stops every worker (daemon shutdown).

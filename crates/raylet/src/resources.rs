@@ -136,6 +136,35 @@ impl NodeResources {
         }
     }
 
+    /// Adds capacity to the node: a committed placement-group bundle becomes resources
+    /// of its own (`CPU_group_0_<pg>`, ...), so tasks in the bundle schedule as usual.
+    pub fn add_capacity(&mut self, extra: &ResourceSet) {
+        for (name, amount) in extra.iter() {
+            if name == GPU {
+                continue;
+            }
+            self.total.set(name, self.total.get(name) + amount);
+            *self.free.entry(name.to_string()).or_insert(0) += amount;
+        }
+    }
+
+    /// Takes back capacity added by [`NodeResources::add_capacity`]. Allocations that
+    /// still hold some of it release nothing later (their workers are being stopped).
+    pub fn remove_capacity(&mut self, extra: &ResourceSet) {
+        for (name, amount) in extra.iter() {
+            if name == GPU {
+                continue;
+            }
+            let total = self.total.get(name) - amount;
+            self.total.set(name, total);
+            if total <= 0 {
+                self.free.remove(name);
+            } else if let Some(free) = self.free.get_mut(name) {
+                *free -= amount;
+            }
+        }
+    }
+
     /// The worker holding `alloc` blocked: lend its CPU back to the pool.
     pub fn release_cpu(&mut self, alloc: &Allocation) {
         let cpu = alloc.resources.get(CPU);
@@ -199,6 +228,22 @@ mod tests {
 
     fn set(items: &[(&str, f64)]) -> ResourceSet {
         ResourceSet::from_floats(items.iter().copied()).expect("valid test resources")
+    }
+
+    #[test]
+    fn added_capacity_is_allocatable_and_removable() {
+        let mut node = NodeResources::new(set(&[("CPU", 2.0)]));
+        let bundle = node.try_allocate(&set(&[("CPU", 1.0)])).expect("fits");
+        let group = set(&[("CPU_group_0_pg", 1.0), ("CPU_group_pg", 1.0)]);
+        node.add_capacity(&group);
+        let task = node.try_allocate(&set(&[("CPU_group_0_pg", 1.0)])).expect("bundle resource");
+        assert!(node.try_allocate(&set(&[("CPU_group_pg", 1.0)])).is_some());
+        assert!(node.try_allocate(&set(&[("CPU_group_0_pg", 1.0)])).is_none());
+        node.remove_capacity(&group);
+        node.release(&task);
+        node.release(&bundle);
+        assert_eq!(node.available(), set(&[("CPU", 2.0)]));
+        assert_eq!(*node.total(), set(&[("CPU", 2.0)]));
     }
 
     #[test]

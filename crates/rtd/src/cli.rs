@@ -242,19 +242,51 @@ fn status(args: &[String]) -> Result<()> {
             let avail = rtd_common::ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
             println!("Node {} ({})", rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default(), if n.alive { "alive" } else { "dead" });
             println!("Resources");
-            let avail = avail.to_floats();
-            for (name, amount) in total.to_floats() {
-                let used = amount - avail.get(&name).copied().unwrap_or(0.0);
-                if name == "memory" || name == "object_store_memory" {
-                    let gib = |b: f64| b / (1u64 << 30) as f64;
-                    println!("  {:.2}GiB/{:.2}GiB {name}", gib(used), gib(amount));
-                } else {
-                    println!("  {used:.1}/{amount:.1} {name}");
-                }
+            for line in usage_lines(&total, &avail) {
+                println!("  {line}");
             }
         }
     }
     Ok(())
+}
+
+/// `rtd status` lines, as Ray's: `used/total NAME`, with what placement groups reserve
+/// (`1.0/2.0 CPU (1.0 used of 1.0 reserved in placement groups)`). A group's own
+/// resources (`CPU_group_...`) are folded into that note rather than listed.
+fn usage_lines(total: &rtd_common::ResourceSet, avail: &rtd_common::ResourceSet) -> Vec<String> {
+    let total = total.to_floats();
+    let avail = avail.to_floats();
+    let mut lines = Vec::new();
+    for (name, amount) in &total {
+        if name.contains("_group_") {
+            continue;
+        }
+        let used = amount - avail.get(name).copied().unwrap_or(0.0);
+        // Wildcard group resources (`CPU_group_<pg>`) sum what all groups reserve.
+        let prefix = format!("{name}_group_");
+        let (mut reserved, mut reserved_free) = (0.0, 0.0);
+        for (group_name, group_total) in &total {
+            let Some(rest) = group_name.strip_prefix(&prefix) else { continue };
+            if !rest.contains('_') {
+                reserved += group_total;
+                reserved_free += avail.get(group_name).copied().unwrap_or(0.0);
+            }
+        }
+        let mut line = if name == "memory" || name == "object_store_memory" {
+            let gib = |b: f64| b / (1u64 << 30) as f64;
+            format!("{:.2}GiB/{:.2}GiB {name}", gib(used), gib(*amount))
+        } else {
+            format!("{used:.1}/{amount:.1} {name}")
+        };
+        if reserved > 0.0 {
+            line.push_str(&format!(
+                " ({:.1} used of {reserved:.1} reserved in placement groups)",
+                reserved - reserved_free
+            ));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -283,6 +315,13 @@ mod tests {
         assert!(err.to_string().contains("--num-cpus"));
         let err = parse_start(&args(&["--bogus"])).err().unwrap();
         assert!(err.to_string().contains("--bogus"));
+    }
+
+    #[test]
+    fn status_folds_group_resources_into_a_reservation_note() {
+        let total = rtd_common::ResourceSet::from_floats([("CPU", 2.0), ("CPU_group_ab", 1.0), ("CPU_group_0_ab", 1.0)]).unwrap();
+        let avail = rtd_common::ResourceSet::from_floats([("CPU", 1.0), ("CPU_group_ab", 0.0), ("CPU_group_0_ab", 0.0)]).unwrap();
+        assert_eq!(usage_lines(&total, &avail), vec!["1.0/2.0 CPU (1.0 used of 1.0 reserved in placement groups)"]);
     }
 
     #[test]

@@ -15,12 +15,14 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, ErrorCode, GetNodesReply, KvGetReply, LeaseGranted,
-    ListActorsReply, NodeInfo, RegisterClientReply, ResourceMap,
+    ListActorsReply, ListPlacementGroupsReply, NodeInfo, RegisterClientReply, ResourceMap,
 };
 use rtd_common::ActorId;
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{NodeId, ResourceSet, WorkerId};
 use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
+use rtd_gcs::placement_group_manager::{BundleReserver, PlacementGroupManager};
+use rtd_raylet::policy::NodeView;
 use rtd_gcs::Gcs;
 use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
 use rtd_raylet::lease::{ConnId, Raylet, GCS_CONN};
@@ -70,9 +72,39 @@ impl WorkerLeaser for LocalLeaser {
     }
 }
 
+/// The GCS reserves placement-group bundles on this node's raylet.
+struct LocalReserver {
+    node_id: NodeId,
+    raylet: Arc<Raylet>,
+}
+
+impl BundleReserver for LocalReserver {
+    fn nodes(&self) -> Vec<NodeView> {
+        vec![NodeView {
+            node_id: self.node_id,
+            total: self.raylet.total(),
+            available: self.raylet.available(),
+            alive: true,
+        }]
+    }
+
+    fn prepare(&self, node: &NodeId, group: &str, index: u32, resources: &ResourceSet) -> bool {
+        *node == self.node_id && self.raylet.prepare_bundle(group, index, resources)
+    }
+
+    fn commit(&self, _node: &NodeId, group: &str, index: u32) {
+        self.raylet.commit_bundle(group, index);
+    }
+
+    fn release(&self, _node: &NodeId, group: &str, index: u32) {
+        self.raylet.return_bundle(group, index);
+    }
+}
+
 struct NodeService {
     node_id: NodeId,
     actors: Arc<ActorManager>,
+    groups: Arc<PlacementGroupManager>,
     session: Session,
     shm_size: u64,
     gcs: Arc<Gcs>,
@@ -206,6 +238,33 @@ impl Service for NodeService {
                 }
             }
             Body::ListActors(_) => Reply::Now(Body::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
+            Body::CreatePlacementGroup(req) => match self.groups.create(conn.id, req) {
+                Ok(info) => Reply::Now(Body::PlacementGroupInfo(info)),
+                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+            },
+            Body::WaitPlacementGroup(w) => match self.groups.wait(&w.pg_id) {
+                Some(rx) => Reply::Later(Box::pin(async move {
+                    match rx.await {
+                        Ok(info) => Body::PlacementGroupInfo(info),
+                        Err(_) => error_body(ErrorCode::Internal, "the node is shutting down"),
+                    }
+                })),
+                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            },
+            Body::RemovePlacementGroup(r) => match self.groups.remove(&r.pg_id) {
+                Some(group) => {
+                    self.actors.end_actors_in_group(&group);
+                    Reply::Now(Body::Ack(Ack {}))
+                }
+                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            },
+            Body::GetPlacementGroup(g) => match self.groups.get(&g.pg_id, &g.name) {
+                Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
+                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            },
+            Body::ListPlacementGroups(_) => {
+                Reply::Now(Body::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
+            }
             Body::Shutdown(_) => {
                 self.shutdown.notify_one();
                 Reply::Now(Body::Ack(Ack {}))
@@ -216,6 +275,9 @@ impl Service for NodeService {
 
     fn disconnected(&self, conn: ConnState) {
         self.actors.owner_disconnected(conn.id);
+        for group in self.groups.owner_disconnected(conn.id) {
+            self.actors.end_actors_in_group(&group);
+        }
         self.raylet.client_disconnected(conn.id, conn.worker);
     }
 }
@@ -255,10 +317,12 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let actors = ActorManager::new(Arc::new(LocalLeaser(raylet.clone())));
     let hook_actors = actors.clone();
     raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(lease_id)));
+    let groups = PlacementGroupManager::new(Arc::new(LocalReserver { node_id, raylet: raylet.clone() }));
     let shutdown = Arc::new(Notify::new());
     let service = Arc::new(NodeService {
         node_id,
         actors: actors.clone(),
+        groups,
         session: session.clone(),
         shm_size: opts.object_store_memory,
         gcs: gcs.clone(),

@@ -164,15 +164,15 @@ def validate_actor_options(options: dict) -> dict:
 
 
 def check_scheduling_strategy(value):
+    from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
     if value in (None, "DEFAULT", "SPREAD"):
         return
-    if isinstance(value, str):
-        raise ValueError(
-            f"Invalid scheduling_strategy {value!r}: use 'DEFAULT', 'SPREAD' or a strategy object."
-        )
-    raise NotImplementedError(
-        f"scheduling_strategy={type(value).__name__} needs multi-node scheduling, "
-        "which is not implemented in rtd yet."
+    if isinstance(value, (PlacementGroupSchedulingStrategy, NodeAffinitySchedulingStrategy)):
+        return
+    raise ValueError(
+        f"Invalid scheduling_strategy {value!r}: use 'DEFAULT', 'SPREAD', "
+        "PlacementGroupSchedulingStrategy or NodeAffinitySchedulingStrategy."
     )
 
 

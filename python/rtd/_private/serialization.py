@@ -23,6 +23,7 @@ WORKER_CRASHED = 2
 TASK_CANCELLED = 3
 OBJECT_LOST = 4
 ACTOR_DIED = 5
+UNSCHEDULABLE = 6
 
 _PRIMITIVES = (int, float, str, bytes, bool, type(None))
 _ALIGN = 64
@@ -95,6 +96,8 @@ def deserialize(metadata: int, data):
         return exceptions.ObjectLostError(message)
     if metadata == ACTOR_DIED:
         return exceptions.ActorDiedError(message)
+    if metadata == UNSCHEDULABLE:
+        return exceptions.TaskUnschedulableError(message)
     return exceptions.RaySystemError(f"object of unknown kind {metadata}: {message}")
 
 

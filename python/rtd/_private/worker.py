@@ -58,6 +58,7 @@ def _set_environment(task):
     _current["gpu_ids"] = tuple(task.gpu_ids)
     _current["resources"] = resources
     _current["name"] = task.function_name
+    _current["capture_pg"] = task.capture_placement_group
     _current_job["id"] = task.job_id
     if task.job_id not in _jobs:
         _load_job(task.job_id)
@@ -77,6 +78,11 @@ def _load_job(job_id):
 def job_namespace():
     job = _jobs.get(_current_job["id"])
     return job["namespace"] if job else None
+
+
+def current_capture_placement_group():
+    """Raw id of the placement group the running task captures for its children."""
+    return _current.get("capture_pg")
 
 
 def current_actor_id():
