@@ -28,6 +28,7 @@ from rtd.api import (
     wait,
 )
 from rtd.remote_function import RemoteFunction
+from rtd import util  # noqa: E402 - `rtd.util` is available after `import rtd`, as in Ray
 
 __version__ = "0.1.0"
 
@@ -72,5 +73,6 @@ __all__ = [
     "remote",
     "shutdown",
     "timeline",
+    "util",
     "wait",
 ]
