@@ -21,9 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::proto::{frame::Body, ErrorCode, ErrorReply, Frame};
@@ -56,7 +55,7 @@ pub fn error_body(code: ErrorCode, message: impl Into<String>) -> Body {
     Body::Error(ErrorReply { code: code as i32, message: message.into() })
 }
 
-async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
     loop {
         if buf.len() >= 4 {
             let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -82,7 +81,7 @@ async fn read_frame(reader: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::
 
 /// Drains `rx` into the socket, flushing only when no more frames are queued so that
 /// bursts of small messages go out in few syscalls.
-async fn write_loop(writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Frame>) {
+async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedReceiver<Frame>) {
     let mut writer = BufWriter::with_capacity(64 * 1024, writer);
     let mut scratch = Vec::with_capacity(4096);
     while let Some(frame) = rx.recv().await {
@@ -122,15 +121,21 @@ struct ClientInner {
 }
 
 impl RpcClient {
+    /// Connects to `addr`: a Unix socket path (starts with `/`) or a TCP `host:port`.
     pub async fn connect(addr: &str) -> Result<Self, RpcError> {
-        let stream = UnixStream::connect(Path::new(addr))
-            .await
-            .map_err(|source| RpcError::Connect { addr: addr.to_string(), source })?;
-        Ok(Self::from_stream(addr, stream))
+        let error = |source| RpcError::Connect { addr: addr.to_string(), source };
+        if is_unix_address(addr) {
+            let stream = UnixStream::connect(Path::new(addr)).await.map_err(error)?;
+            Ok(Self::from_stream(addr, stream))
+        } else {
+            let stream = TcpStream::connect(addr).await.map_err(error)?;
+            let _ = stream.set_nodelay(true);
+            Ok(Self::from_stream(addr, stream))
+        }
     }
 
-    fn from_stream(addr: &str, stream: UnixStream) -> Self {
-        let (read_half, write_half) = stream.into_split();
+    fn from_stream<S: AsyncRead + AsyncWrite + Send + 'static>(addr: &str, stream: S) -> Self {
+        let (read_half, write_half) = tokio::io::split(stream);
         let (tx, rx) = mpsc::unbounded_channel();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -254,23 +259,52 @@ pub trait Service: Send + Sync + 'static {
     fn disconnected(&self, state: Self::State);
 }
 
-/// Accepts connections on `listener` until the task is dropped.
-pub async fn serve<S: Service>(listener: UnixListener, service: Arc<S>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, service.clone()));
-            }
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
+/// Whether an address names a Unix socket (a path) rather than a TCP `host:port`.
+pub fn is_unix_address(addr: &str) -> bool {
+    addr.starts_with('/')
+}
+
+/// Where a server accepts connections: a Unix socket on this machine, or TCP for
+/// other nodes.
+pub enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Binds TCP on `host:port` (port 0: any free port).
+    pub async fn bind_tcp(addr: &str) -> std::io::Result<Self> {
+        Ok(Listener::Tcp(TcpListener::bind(addr).await?))
+    }
+
+    /// The TCP port actually bound (None for Unix sockets).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Listener::Unix(_) => None,
         }
     }
 }
 
-pub async fn serve_connection<S: Service>(stream: UnixStream, service: Arc<S>) {
-    let (read_half, write_half) = stream.into_split();
+/// Accepts connections on `listener` until the task is dropped.
+pub async fn serve<S: Service>(listener: Listener, service: Arc<S>) {
+    loop {
+        let accepted = match &listener {
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| tokio::spawn(serve_connection(s, service.clone()))),
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(serve_connection(s, service.clone()))
+            }),
+        };
+        if let Err(e) = accepted {
+            tracing::warn!("accept failed: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub async fn serve_connection<S: Service, T: AsyncRead + AsyncWrite + Send + 'static>(stream: T, service: Arc<S>) {
+    let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write_half, rx));
     let mut state = service.connected();
@@ -301,11 +335,11 @@ pub async fn serve_connection<S: Service>(stream: UnixStream, service: Arc<S>) {
 }
 
 /// Binds a Unix socket, replacing a stale socket file left by a dead process.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+pub fn bind(path: &Path) -> std::io::Result<Listener> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
-    UnixListener::bind(path)
+    Ok(Listener::Unix(UnixListener::bind(path)?))
 }
 
 #[cfg(test)]
@@ -366,6 +400,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("gone.sock");
         let listener = bind(&path).unwrap();
+        let Listener::Unix(listener) = listener else { panic!("a Unix listener") };
         let accept = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             drop(stream);
