@@ -84,10 +84,11 @@ def test_bad_arguments_exit_non_zero_with_a_message(args, message, temp_dir):
     assert message in result.stderr
 
 
-def test_multi_node_flags_say_they_are_not_implemented(temp_dir):
-    result = rtd_cli("start", "--address", "127.0.0.1:6379", "--temp-dir", temp_dir, timeout=10)
+def test_joining_a_head_that_is_not_there_fails_within_seconds(temp_dir):
+    # Nothing listens on port 1.
+    result = rtd_cli("start", "--address", "127.0.0.1:1", "--temp-dir", temp_dir, timeout=20)
     assert result.returncode != 0
-    assert "not implemented" in result.stderr
+    assert "cannot reach the head node" in result.stderr
 
 
 def test_auto_without_a_running_node_raises_connection_error(tmp_path):

@@ -133,10 +133,11 @@ class ActorClass:
         running = {**extra, **({"CPU": float(num_cpus)} if num_cpus else {})}
         placement = {k: v for k, v in placement.items() if v}
         strategy = o.get("scheduling_strategy")
-        placement, _, unschedulable = scheduling.resolve(placement, strategy)
+        placement, _ = scheduling.resolve(placement, strategy)
+        unschedulable = scheduling.check_affinity(strategy)
         if unschedulable is not None:
             raise exceptions.ActorUnschedulableError(f"Actor {self.__name__} cannot be scheduled: {unschedulable}")
-        running, _, _ = scheduling.resolve(running, strategy) if running else (running, None, None)
+        running = scheduling.resolve(running, strategy)[0] if running else running
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs = serialization.pack_args(args, kwargs, extra=self._meta)

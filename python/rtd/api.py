@@ -85,15 +85,30 @@ def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_d
 
 
 def _find_running_node(temp_dir):
+    """``(session_dir, node_ip)`` of the newest node started on this machine."""
     latest = os.path.join(temp_dir, "session_latest", "node.json")
     try:
         with open(latest) as f:
-            return json.load(f)["session_dir"]
+            node = json.load(f)
+        return node["session_dir"], node.get("node_ip") or None
     except (OSError, ValueError, KeyError):
         raise ConnectionError(
             "Could not find any running rtd instance. Start one with `rtd start --head`, "
             "or call rtd.init() without an address to start a local one."
         ) from None
+
+
+def _find_cluster_node(address):
+    """``(session_dir, node_ip)`` of a node of the cluster at ``address`` running on
+    this machine: a driver talks to its own machine's node (the head preferred)."""
+    nodes = [n for n in _core.query_nodes(address) if n["Alive"] and os.path.exists(n["RayletSocketName"])]
+    if not nodes:
+        raise ConnectionError(
+            f"The rtd cluster at {address} has no node on this machine; start one with "
+            f"`rtd start --address {address}` and connect again."
+        )
+    nodes.sort(key=lambda n: not n["IsHead"])
+    return nodes[0]["SessionDir"], nodes[0]["NodeManagerAddress"]
 
 
 def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
@@ -150,21 +165,22 @@ def init(
         temp_dir = _temp_dir or DEFAULT_TEMP_DIR
         if address is None:
             address = os.environ.get("RTD_ADDRESS") or None
+        node_ip = None
         if address in (None, "local"):
             process, session_dir = _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir)
             _state.node_process = process
-        elif address == "auto":
+        else:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
                 raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, resources "
                                  "and object_store_memory must not be given.")
-            session_dir = _find_running_node(temp_dir)
-        else:
-            raise NotImplementedError(
-                f"Connecting to a cluster at {address!r} needs multi-node support, which is not "
-                "implemented in rtd yet; use address=None or 'auto'."
-            )
+            if address == "auto":
+                session_dir, node_ip = _find_running_node(temp_dir)
+            elif isinstance(address, str) and ":" in address:
+                session_dir, node_ip = _find_cluster_node(address.removeprefix("rtd://").removeprefix("ray://"))
+            else:
+                raise ValueError(f"address must be None, 'auto' or 'HOST:PORT', got {address!r}")
         try:
-            _core.connect(os.path.join(session_dir, "sockets", "raylet.sock"), session_dir, False)
+            _core.connect(os.path.join(session_dir, "sockets", "raylet.sock"), session_dir, False, None, node_ip)
         except BaseException:
             _stop_local_node()
             raise

@@ -22,6 +22,7 @@ class RemoteFunction:
         self._max_retries = merged["max_retries"]
         self._resources = opts.task_resources(merged)
         self._strategy = merged["scheduling_strategy"]
+        self._placement = scheduling.placement_of(self._strategy)
         retry = merged["retry_exceptions"]
         self._retry_exceptions = b"" if retry is False else cloudpickle.dumps(
             True if retry is True else tuple(retry)
@@ -73,10 +74,7 @@ class RemoteFunction:
     def remote(self, *args, **kwargs):
         api.auto_init()
         function_id = self._register()
-        resources, capture, unschedulable = scheduling.resolve(self._resources, self._strategy)
-        if unschedulable is not None:
-            error = _core.put_error(serialization.UNSCHEDULABLE, f"Task {self._name} cannot be scheduled: {unschedulable}")
-            return error if self._num_returns == 1 else [error] * self._num_returns or None
+        resources, capture = scheduling.resolve(self._resources, self._strategy)
         blob, arg_refs = serialization.pack_args(args, kwargs)
         refs = _core.submit_task(
             function_id,
@@ -88,6 +86,9 @@ class RemoteFunction:
             self._max_retries,
             self._retry_exceptions,
             capture,
+            self._placement.strategy,
+            self._placement.affinity_node,
+            self._placement.affinity_soft,
         )
         if self._num_returns == 1:
             return refs[0]

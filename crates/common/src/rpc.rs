@@ -241,6 +241,28 @@ impl RpcClient {
     }
 }
 
+/// Open connections by address, reused across calls and re-opened once closed.
+#[derive(Default)]
+pub struct ConnectionCache {
+    clients: Mutex<HashMap<String, RpcClient>>,
+}
+
+impl ConnectionCache {
+    pub async fn get(&self, addr: &str) -> Result<RpcClient, RpcError> {
+        let cached = self.clients.lock().ok().and_then(|c| c.get(addr).cloned());
+        if let Some(client) = cached {
+            if !client.is_closed() {
+                return Ok(client);
+            }
+        }
+        let client = RpcClient::connect(addr).await?;
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.insert(addr.to_string(), client.clone());
+        }
+        Ok(client)
+    }
+}
+
 /// What a handler answers to one request.
 pub enum Reply {
     /// No reply (one-way message).

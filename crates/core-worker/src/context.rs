@@ -2,13 +2,11 @@
 //! plasma store, other core workers) and its object table, plus the object operations
 //! built on them (storing values, freeing them, fetching borrowed ones from owners).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectValue, PlasmaObject, TaskSpec};
-use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::rpc::{ConnectionCache, RpcClient};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
 
@@ -16,26 +14,6 @@ use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, ObjectTable};
 use crate::submitter::system_error;
 use crate::CoreError;
-
-/// Cached connections to other core workers (leased workers, object owners), by
-/// socket address.
-#[derive(Default)]
-pub struct PeerConnections {
-    clients: Mutex<HashMap<String, RpcClient>>,
-}
-
-impl PeerConnections {
-    pub async fn get(&self, addr: &str) -> Result<RpcClient, RpcError> {
-        if let Some(c) = self.clients.lock().get(addr) {
-            if !c.is_closed() {
-                return Ok(c.clone());
-            }
-        }
-        let client = RpcClient::connect(addr).await?;
-        self.clients.lock().insert(addr.to_string(), client.clone());
-        Ok(client)
-    }
-}
 
 pub struct Context {
     pub rt: tokio::runtime::Handle,
@@ -49,7 +27,8 @@ pub struct Context {
     pub raylet: RpcClient,
     pub plasma: PlasmaClient,
     pub table: ObjectTable,
-    pub peers: PeerConnections,
+    /// Connections to other core workers (leased workers, owners) and raylets.
+    pub peers: ConnectionCache,
 }
 
 impl Context {

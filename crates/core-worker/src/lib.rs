@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rtd_common::proto::{
     frame::Body, object_value::Kind, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
     GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
-    PlacementGroupInfo, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
+    PlacementGroupInfo, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
     RegisterClient, ReturnObject, TaskArg, TaskSpec,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
@@ -54,6 +54,9 @@ pub struct ConnectOptions {
     pub session_dir: String,
     pub is_worker: bool,
     pub worker_id: Option<WorkerId>,
+    /// In a multi-node cluster, this node's IP: the process then serves on TCP so that
+    /// other nodes can reach it (else on a Unix socket).
+    pub node_ip: Option<String>,
 }
 
 /// A task as the API hands it over.
@@ -69,6 +72,17 @@ pub struct TaskRequest {
     pub actor: Option<ActorCall>,
     /// Placement group that tasks submitted by this task use by default (empty: none).
     pub capture_placement_group: Vec<u8>,
+    pub placement: Placement,
+}
+
+/// Where a task may run, besides its resources.
+#[derive(Clone, Debug, Default)]
+pub struct Placement {
+    /// "DEFAULT" (or empty) or "SPREAD".
+    pub strategy: String,
+    /// Node affinity: a node's hex id (empty: none), and whether it is soft.
+    pub affinity_node: String,
+    pub affinity_soft: bool,
 }
 
 /// What makes a task an actor task.
@@ -148,11 +162,23 @@ impl CoreWorker {
             .build()
             .map_err(|e| CoreError::Internal(format!("cannot start the tokio runtime: {e}")))?;
         let worker_id = opts.worker_id.unwrap_or_else(WorkerId::random);
-        let address = format!("{}/sockets/cw-{}.sock", opts.session_dir, &worker_id.hex()[..16]);
         let executor = Arc::new(TaskExecutor::default());
         let ctx = runtime.block_on(async {
-            let listener = rtd_common::rpc::bind(std::path::Path::new(&address))
-                .map_err(|e| CoreError::Internal(format!("cannot listen on {address}: {e}")))?;
+            let (listener, address) = match &opts.node_ip {
+                Some(ip) => {
+                    let listener = rtd_common::rpc::Listener::bind_tcp(&format!("{ip}:0"))
+                        .await
+                        .map_err(|e| CoreError::Internal(format!("cannot listen on {ip}: {e}")))?;
+                    let port = listener.port().unwrap_or(0);
+                    (listener, format!("{ip}:{port}"))
+                }
+                None => {
+                    let address = format!("{}/sockets/cw-{}.sock", opts.session_dir, &worker_id.hex()[..16]);
+                    let listener = rtd_common::rpc::bind(std::path::Path::new(&address))
+                        .map_err(|e| CoreError::Internal(format!("cannot listen on {address}: {e}")))?;
+                    (listener, address)
+                }
+            };
             let raylet = RpcClient::connect(&opts.raylet_socket).await?;
             let reply = raylet
                 .call(Body::RegisterClient(RegisterClient {
@@ -213,7 +239,9 @@ impl CoreWorker {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(Duration::from_millis(200));
         }
-        let _ = std::fs::remove_file(&self.ctx.address);
+        if rtd_common::rpc::is_unix_address(&self.ctx.address) {
+            let _ = std::fs::remove_file(&self.ctx.address);
+        }
     }
 
     pub fn address(&self) -> &str {
@@ -246,14 +274,6 @@ impl CoreWorker {
         let value = self.ctx.store_value(id, metadata, payload, buffers)?;
         self.ctx.table.add_owned_ready(id, &self.ctx.address, value);
         Ok(id)
-    }
-
-    /// A new object holding a system error (e.g. a task that can never be scheduled).
-    pub fn put_error(&self, kind: u32, message: String) -> ObjectId {
-        let index = self.put_index.fetch_add(1, Ordering::Relaxed);
-        let id = ObjectId::for_put(&self.current_task(), index);
-        self.ctx.table.add_owned_ready(id, &self.ctx.address, submitter::system_error(kind, message));
-        id
     }
 
     pub fn add_local_ref(&self, id: ObjectId, owner: &str) {
@@ -363,7 +383,16 @@ impl CoreWorker {
     fn fetch_value(&self, id: ObjectId, value: ObjectValue) -> Result<FetchedValue, CoreError> {
         match value.kind {
             Some(Kind::Inline(inline)) => Ok(FetchedValue::Inline { metadata: inline.metadata, data: inline.data }),
-            Some(Kind::Plasma(_)) => self.pin(id).map(FetchedValue::Plasma),
+            Some(Kind::Plasma(at)) => {
+                if at.node_id.as_ref() != self.ctx.node_id.as_bytes() {
+                    // Another node's store holds it: have our raylet copy it here first.
+                    let pull = PullObject { id: id.to_vec().into(), node_id: at.node_id };
+                    self.node_call(Body::PullObject(pull)).map_err(|e| {
+                        CoreError::ObjectLost(format!("object {id} cannot be fetched from its node: {e}"))
+                    })?;
+                }
+                self.pin(id).map(FetchedValue::Plasma)
+            }
             None => Err(CoreError::Internal(format!("object {id} has no value"))),
         }
     }
@@ -442,6 +471,9 @@ impl CoreWorker {
             method_name,
             concurrency_group,
             capture_placement_group: req.capture_placement_group.into(),
+            scheduling_strategy: req.placement.strategy,
+            affinity_node: req.placement.affinity_node,
+            affinity_soft: req.placement.affinity_soft,
         };
         (spec, return_ids)
     }

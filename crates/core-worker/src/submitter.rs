@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask,
+    frame::Body, object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode,
     KillLeasedWorker, LeaseGranted, ObjectValue, PushTask, PushTaskReply, RequestLease,
     ReturnLease, TaskSpec,
 };
@@ -29,15 +29,14 @@ use tokio::sync::mpsc;
 
 use crate::context::Context;
 
-type ClassKey = Vec<(String, i64)>;
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
 const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
 
-pub enum Event {
+enum Event {
     Submit(TaskSpec),
     Resolved(TaskSpec),
-    Granted { class: ClassKey, grant: LeaseGranted, worker: RpcClient },
+    Granted { class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient },
     LeaseFailed { class: ClassKey, error: LeaseFailure },
     RetryLease { class: ClassKey },
     Finished { lease_id: u64, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
@@ -45,7 +44,7 @@ pub enum Event {
     Cancel { task_id: TaskId, force: bool },
 }
 
-pub enum LeaseFailure {
+enum LeaseFailure {
     Infeasible(String),
     Rpc(RpcError),
 }
@@ -69,6 +68,10 @@ struct ClassState {
 struct Lease {
     class: ClassKey,
     worker: RpcClient,
+    /// The raylet that granted it (this node's, or another after spillback).
+    raylet: RpcClient,
+    /// The id the granting raylet knows it by.
+    lease_id: u64,
     gpu_ids: Vec<u32>,
     in_flight: usize,
     idle_epoch: u64,
@@ -89,6 +92,7 @@ impl TaskSubmitter {
             tasks: HashMap::new(),
             classes: HashMap::new(),
             leases: HashMap::new(),
+            next_lease_key: 1,
         };
         ctx.rt.spawn(submitter.run(rx));
         Self { tx }
@@ -109,12 +113,27 @@ struct Submitter {
     tasks: HashMap<TaskId, PendingTask>,
     classes: HashMap<ClassKey, ClassState>,
     leases: HashMap<u64, Lease>,
+    next_lease_key: u64,
+}
+
+/// Tasks share leases when they have the same resource shape and placement.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClassKey {
+    resources: Vec<(String, i64)>,
+    strategy: String,
+    affinity_node: String,
+    affinity_soft: bool,
 }
 
 fn class_key(spec: &TaskSpec) -> ClassKey {
-    let mut key: ClassKey = spec.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    key.sort();
-    key
+    let mut resources: Vec<(String, i64)> = spec.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    resources.sort();
+    ClassKey {
+        resources,
+        strategy: spec.scheduling_strategy.clone(),
+        affinity_node: spec.affinity_node.clone(),
+        affinity_soft: spec.affinity_soft,
+    }
 }
 
 fn task_id_of(spec: &TaskSpec) -> TaskId {
@@ -137,7 +156,7 @@ impl Submitter {
             match event {
                 Event::Submit(spec) => self.on_submit(spec),
                 Event::Resolved(spec) => self.on_resolved(spec),
-                Event::Granted { class, grant, worker } => self.on_granted(class, grant, worker),
+                Event::Granted { class, grant, worker, raylet } => self.on_granted(class, grant, worker, raylet),
                 Event::LeaseFailed { class, error } => self.on_lease_failed(class, error),
                 Event::RetryLease { class } => self.dispatch(&class),
                 Event::Finished { lease_id, task_id, result } => {
@@ -232,52 +251,33 @@ impl Submitter {
     fn request_lease(&self, class: ClassKey) {
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
-        let resources = class.iter().cloned().collect();
         self.ctx.rt.spawn(async move {
-            let reply = ctx
-                .raylet
-                .call(Body::RequestLease(RequestLease { resources }))
-                .await;
-            let event = match reply {
-                Ok(Body::RequestLeaseReply(r)) => match r.result {
-                    Some(LeaseResult::Granted(grant)) => {
-                        match ctx.peers.get(&grant.worker_address).await {
-                            Ok(worker) => Event::Granted { class, grant, worker },
-                            Err(e) => {
-                                // The worker died between grant and connect: give the
-                                // lease back and ask again.
-                                let _ = ctx.raylet.send(Body::ReturnLease(ReturnLease {
-                                    lease_id: grant.lease_id,
-                                }));
-                                Event::LeaseFailed { class, error: LeaseFailure::Rpc(e) }
-                            }
-                        }
-                    }
-                    Some(LeaseResult::Infeasible(i)) => {
-                        Event::LeaseFailed { class, error: LeaseFailure::Infeasible(i.message) }
-                    }
-                    None => Event::LeaseFailed {
-                        class,
-                        error: LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into())),
-                    },
-                },
-                Ok(_) => Event::LeaseFailed {
-                    class,
-                    error: LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into())),
-                },
-                Err(e) => Event::LeaseFailed { class, error: LeaseFailure::Rpc(e) },
+            let event = match lease_from_cluster(&ctx, &class).await {
+                Ok((grant, worker, raylet)) => Event::Granted { class, grant, worker, raylet },
+                Err(error) => Event::LeaseFailed { class, error },
             };
             let _ = tx.send(event);
         });
     }
 
-    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: RpcClient) {
+    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient) {
         let state = self.classes.entry(class.clone()).or_default();
         state.requests_in_flight = state.requests_in_flight.saturating_sub(1);
-        state.leases.push(grant.lease_id);
+        // Lease ids are per raylet: key ours by a local counter.
+        let key = self.next_lease_key;
+        self.next_lease_key += 1;
+        state.leases.push(key);
         self.leases.insert(
-            grant.lease_id,
-            Lease { class: class.clone(), worker, gpu_ids: grant.gpu_ids, in_flight: 0, idle_epoch: 0 },
+            key,
+            Lease {
+                class: class.clone(),
+                worker,
+                raylet,
+                lease_id: grant.lease_id,
+                gpu_ids: grant.gpu_ids,
+                in_flight: 0,
+                idle_epoch: 0,
+            },
         );
         self.dispatch(&class);
     }
@@ -294,18 +294,20 @@ impl Submitter {
                 }
             }
             LeaseFailure::Rpc(e) => {
-                // The node is gone, or it cannot start workers: nothing can run these
-                // tasks, and saying so beats waiting forever.
+                // The node is gone, it cannot start workers, or the placement can never
+                // be met: nothing can run these tasks, and saying so beats waiting.
                 let fatal = self.ctx.raylet.is_closed() || matches!(e, RpcError::Remote { .. });
                 if fatal {
-                    let message = if self.ctx.raylet.is_closed() {
-                        format!("the node daemon is gone: {e}")
+                    let (kind, message) = if self.ctx.raylet.is_closed() {
+                        (object_kind::WORKER_CRASHED, format!("the node daemon is gone: {e}"))
+                    } else if e.code() == ErrorCode::Unschedulable {
+                        (object_kind::UNSCHEDULABLE, format!("the task cannot be scheduled: {e}"))
                     } else {
-                        format!("the node cannot run tasks: {e}")
+                        (object_kind::WORKER_CRASHED, format!("the node cannot run tasks: {e}"))
                     };
                     let queued: Vec<TaskId> = state.queue.drain(..).collect();
                     for task_id in queued {
-                        self.fail_task(task_id, object_kind::WORKER_CRASHED, message.clone());
+                        self.fail_task(task_id, kind, message.clone());
                     }
                     return;
                 }
@@ -341,16 +343,17 @@ impl Submitter {
         if self.classes.get(&class).map(|s| !s.queue.is_empty()).unwrap_or(false) {
             return;
         }
-        self.drop_lease(lease_id);
-        let _ = self.ctx.raylet.send(Body::ReturnLease(ReturnLease { lease_id }));
+        if let Some(lease) = self.drop_lease(lease_id) {
+            let _ = lease.raylet.send(Body::ReturnLease(ReturnLease { lease_id: lease.lease_id }));
+        }
     }
 
-    fn drop_lease(&mut self, lease_id: u64) {
-        if let Some(lease) = self.leases.remove(&lease_id) {
-            if let Some(state) = self.classes.get_mut(&lease.class) {
-                state.leases.retain(|l| *l != lease_id);
-            }
+    fn drop_lease(&mut self, lease_id: u64) -> Option<Lease> {
+        let lease = self.leases.remove(&lease_id)?;
+        if let Some(state) = self.classes.get_mut(&lease.class) {
+            state.leases.retain(|l| *l != lease_id);
         }
+        Some(lease)
     }
 
     fn on_finished(&mut self, lease_id: u64, task_id: TaskId, result: Result<PushTaskReply, RpcError>) {
@@ -455,12 +458,54 @@ impl Submitter {
                 // Otherwise it is still resolving arguments; `on_resolved` fails it.
             }
             Some(lease_id) => {
-                if force {
-                    let _ = self.ctx.raylet.send(Body::KillLeasedWorker(KillLeasedWorker { lease_id }));
-                } else if let Some(lease) = self.leases.get(&lease_id) {
-                    let _ = lease.worker.send(Body::CancelTask(CancelTask { task_id: task_id.to_vec().into() }));
+                if let Some(lease) = self.leases.get(&lease_id) {
+                    if force {
+                        let kill = KillLeasedWorker { lease_id: lease.lease_id };
+                        let _ = lease.raylet.send(Body::KillLeasedWorker(kill));
+                    } else {
+                        let _ = lease.worker.send(Body::CancelTask(CancelTask { task_id: task_id.to_vec().into() }));
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Asks this node's raylet for a lease, following a spillback to another node's raylet.
+/// Returns the grant, the worker's connection and the granting raylet's.
+async fn lease_from_cluster(
+    ctx: &Arc<Context>,
+    class: &ClassKey,
+) -> Result<(LeaseGranted, RpcClient, RpcClient), LeaseFailure> {
+    let mut raylet = ctx.raylet.clone();
+    let mut request = RequestLease {
+        resources: class.resources.iter().cloned().collect(),
+        strategy: class.strategy.clone(),
+        affinity_node: class.affinity_node.clone(),
+        affinity_soft: class.affinity_soft,
+        no_spillback: false,
+        dedicated: false,
+    };
+    loop {
+        let reply = raylet.call(Body::RequestLease(request.clone())).await.map_err(LeaseFailure::Rpc)?;
+        let Body::RequestLeaseReply(reply) = reply else {
+            return Err(LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into())));
+        };
+        match reply.result {
+            Some(LeaseResult::Granted(grant)) => match ctx.peers.get(&grant.worker_address).await {
+                Ok(worker) => return Ok((grant, worker, raylet)),
+                Err(e) => {
+                    // The worker died between grant and connect: give the lease back.
+                    let _ = raylet.send(Body::ReturnLease(ReturnLease { lease_id: grant.lease_id }));
+                    return Err(LeaseFailure::Rpc(e));
+                }
+            },
+            Some(LeaseResult::Spillback(to)) => {
+                raylet = ctx.peers.get(&to.raylet_address).await.map_err(LeaseFailure::Rpc)?;
+                request.no_spillback = true;
+            }
+            Some(LeaseResult::Infeasible(i)) => return Err(LeaseFailure::Infeasible(i.message)),
+            None => return Err(LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into()))),
         }
     }
 }

@@ -23,17 +23,17 @@ use rtd_common::proto::{
     frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
-use rtd_common::{ActorId, ResourceSet};
+use rtd_common::{ActorId, NodeId, ResourceSet};
 use tokio::sync::oneshot;
 
-/// How the GCS gets worker processes for actors (the node's raylet).
+/// How the GCS gets worker processes for actors (the raylets).
 pub trait WorkerLeaser: Send + Sync + 'static {
-    /// A dedicated worker with `resources`, or why none can ever be granted.
-    fn lease(&self, resources: ResourceSet) -> Pin<Box<dyn Future<Output = Result<LeaseGranted, String>> + Send>>;
+    /// A dedicated worker with `resources` on some node, or why none can be granted now.
+    fn lease(&self, resources: ResourceSet) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
     /// Shrinks the lease to what the actor holds while it runs; the worker stays.
-    fn shrink(&self, lease_id: u64, keep: ResourceSet);
+    fn shrink(&self, node: NodeId, lease_id: u64, keep: ResourceSet);
     /// Kills the lease's worker; its exit is reported through `lease_lost`.
-    fn kill(&self, lease_id: u64);
+    fn kill(&self, node: NodeId, lease_id: u64);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ struct ActorEntry {
     info: ActorInfo,
     spec: TaskSpec,
     owner: u64,
-    lease: Option<u64>,
+    lease: Option<(NodeId, u64)>,
     waiters: Vec<oneshot::Sender<ActorInfo>>,
 }
 
@@ -56,7 +56,7 @@ struct ActorEntry {
 struct Tables {
     actors: HashMap<ActorId, ActorEntry>,
     named: HashMap<(String, String), ActorId>,
-    by_lease: HashMap<u64, ActorId>,
+    by_lease: HashMap<(NodeId, u64), ActorId>,
 }
 
 pub struct ActorManager {
@@ -117,9 +117,9 @@ impl ActorManager {
     async fn schedule(self: Arc<Self>, actor_id: ActorId) {
         let Some(spec) = self.lock().actors.get(&actor_id).map(|e| e.spec.clone()) else { return };
         let placement = ResourceSet::from_fixed_map(&spec.resources);
-        let grant = loop {
+        let (node, grant) = loop {
             match self.leaser.lease(placement.clone()).await {
-                Ok(grant) => break grant,
+                Ok(granted) => break granted,
                 Err(why) => {
                     tracing::warn!("actor {actor_id} cannot be placed yet: {why}");
                     tokio::time::sleep(INFEASIBLE_RETRY).await;
@@ -134,12 +134,12 @@ impl ActorManager {
             let dead = t.actors.get(&actor_id).map(|e| e.info.state == state(ActorState::Dead)).unwrap_or(true);
             if dead {
                 drop(t);
-                self.leaser.kill(grant.lease_id);
+                self.leaser.kill(node, grant.lease_id);
                 return;
             }
-            t.by_lease.insert(grant.lease_id, actor_id);
+            t.by_lease.insert((node, grant.lease_id), actor_id);
             if let Some(e) = t.actors.get_mut(&actor_id) {
-                e.lease = Some(grant.lease_id);
+                e.lease = Some((node, grant.lease_id));
             }
         }
         let reply = match RpcClient::connect(&grant.worker_address).await {
@@ -158,7 +158,7 @@ impl ActorManager {
                     .get(&actor_id)
                     .and_then(|e| e.info.options.as_ref().map(|o| ResourceSet::from_fixed_map(&o.running_resources)))
                     .unwrap_or_default();
-                self.leaser.shrink(grant.lease_id, running);
+                self.leaser.shrink(node, grant.lease_id, running);
                 self.update(&actor_id, |info| {
                     info.state = state(ActorState::Alive);
                     info.address = grant.worker_address.clone();
@@ -220,18 +220,26 @@ impl ActorManager {
             info.death_cause = cause;
             info.address.clear();
         });
-        if let Some(lease) = lease {
-            self.leaser.kill(lease);
+        if let Some((node, lease)) = lease {
+            self.leaser.kill(node, lease);
+        }
+    }
+
+    /// Every actor on a dead node lost its worker.
+    pub fn node_dead(self: &Arc<Self>, node: NodeId) {
+        let leases: Vec<u64> = self.lock().by_lease.keys().filter(|(n, _)| *n == node).map(|(_, l)| *l).collect();
+        for lease in leases {
+            self.lease_lost(node, lease);
         }
     }
 
     /// A leased worker exited. Its actor restarts if it may, else it is dead.
-    pub fn lease_lost(self: &Arc<Self>, lease_id: u64) {
+    pub fn lease_lost(self: &Arc<Self>, node: NodeId, lease_id: u64) {
         let (actor_id, restart) = {
             let mut t = self.lock();
-            let Some(actor_id) = t.by_lease.remove(&lease_id) else { return };
+            let Some(actor_id) = t.by_lease.remove(&(node, lease_id)) else { return };
             let Some(entry) = t.actors.get_mut(&actor_id) else { return };
-            if entry.lease == Some(lease_id) {
+            if entry.lease == Some((node, lease_id)) {
                 entry.lease = None;
             }
             if entry.info.state == state(ActorState::Dead) {
@@ -283,8 +291,8 @@ impl ActorManager {
         }
         let lease = self.lock().actors.get(actor_id).and_then(|e| e.lease);
         match lease {
-            Some(lease) => {
-                self.leaser.kill(lease);
+            Some((node, lease)) => {
+                self.leaser.kill(node, lease);
                 true
             }
             None => self.lock().actors.contains_key(actor_id),

@@ -8,16 +8,19 @@ pub mod placement_group_manager;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rtd_common::proto::NodeInfo;
-use rtd_common::JobId;
+use rtd_common::proto::{NodeInfo, ResourceMap};
+use rtd_common::{JobId, NodeId};
 
 #[derive(Default)]
 pub struct Gcs {
     kv: Mutex<HashMap<String, Bytes>>,
     nodes: Mutex<Vec<NodeInfo>>,
+    /// When each node last reported (heartbeat).
+    last_seen: Mutex<HashMap<Vec<u8>, Instant>>,
     next_job: AtomicU32,
 }
 
@@ -40,9 +43,46 @@ impl Gcs {
     }
 
     pub fn register_node(&self, node: NodeInfo) {
+        self.last_seen.lock().insert(node.node_id.to_vec(), Instant::now());
         let mut nodes = self.nodes.lock();
         nodes.retain(|n| n.node_id != node.node_id);
         nodes.push(node);
+    }
+
+    /// A node's heartbeat with its free resources; false if the node is unknown or
+    /// already declared dead (it must not come back under the same id).
+    pub fn report(&self, node_id: &[u8], available: ResourceMap) -> bool {
+        let mut nodes = self.nodes.lock();
+        let Some(node) = nodes.iter_mut().find(|n| n.node_id.as_ref() == node_id && n.alive) else {
+            return false;
+        };
+        node.available = Some(available);
+        self.last_seen.lock().insert(node_id.to_vec(), Instant::now());
+        true
+    }
+
+    /// Marks a node dead; true if it was alive.
+    pub fn mark_dead(&self, node_id: &NodeId) -> bool {
+        let mut nodes = self.nodes.lock();
+        match nodes.iter_mut().find(|n| n.node_id.as_ref() == node_id.as_bytes() && n.alive) {
+            Some(node) => {
+                node.alive = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Alive nodes (other than `except`) that have not reported within `timeout`.
+    pub fn silent_nodes(&self, timeout: Duration, except: &NodeId) -> Vec<NodeId> {
+        let seen = self.last_seen.lock();
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|n| n.alive && n.node_id.as_ref() != except.as_bytes())
+            .filter(|n| seen.get(n.node_id.as_ref()).is_none_or(|t| t.elapsed() > timeout))
+            .filter_map(|n| NodeId::from_bytes(&n.node_id).ok())
+            .collect()
     }
 
     pub fn nodes(&self) -> Vec<NodeInfo> {
@@ -53,7 +93,6 @@ impl Gcs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rtd_common::NodeId;
 
     #[test]
     fn job_ids_increase() {
@@ -76,5 +115,10 @@ mod tests {
         gcs.register_node(node);
         assert_eq!(gcs.nodes().len(), 1);
         assert!(gcs.nodes()[0].alive);
+        assert!(gcs.report(&id.to_vec(), ResourceMap::default()));
+        assert!(gcs.silent_nodes(Duration::from_secs(60), &NodeId::nil()).is_empty());
+        assert_eq!(gcs.silent_nodes(Duration::ZERO, &NodeId::nil()), vec![id]);
+        assert!(gcs.mark_dead(&id));
+        assert!(!gcs.report(&id.to_vec(), ResourceMap::default()));
     }
 }

@@ -12,6 +12,8 @@
 //! Non-detached groups are removed with the connection of the process that made them.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -21,13 +23,17 @@ use rtd_raylet::bundle_policy::{place_bundles, BundleStrategy};
 use rtd_raylet::policy::NodeView;
 use tokio::sync::oneshot;
 
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 /// The raylets, as the placement group manager needs them.
 pub trait BundleReserver: Send + Sync + 'static {
     fn nodes(&self) -> Vec<NodeView>;
-    fn prepare(&self, node: &NodeId, group: &str, index: u32, resources: &ResourceSet) -> bool;
-    fn commit(&self, node: &NodeId, group: &str, index: u32);
+    fn prepare(&self, node: NodeId, group: String, index: u32, resources: ResourceSet) -> BoxFuture<bool>;
+    fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()>;
     /// Cancels a prepared bundle or removes a committed one.
-    fn release(&self, node: &NodeId, group: &str, index: u32);
+    fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()>;
+    /// Tells a node the group is gone for good.
+    fn group_removed(&self, node: NodeId, group: String) -> BoxFuture<()>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,10 @@ pub struct PlacementGroupManager {
 
 const RETRY_PENDING: Duration = Duration::from_millis(100);
 
+fn waiting_for_placement(info: &PlacementGroupInfo) -> bool {
+    info.state == PlacementGroupState::PgPending as i32 || info.state == PlacementGroupState::PgRescheduling as i32
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -66,7 +76,7 @@ impl PlacementGroupManager {
             loop {
                 tokio::time::sleep(RETRY_PENDING).await;
                 let Some(manager) = weak.upgrade() else { return };
-                manager.schedule_pending();
+                manager.schedule_pending().await;
             }
         });
         manager
@@ -76,7 +86,7 @@ impl PlacementGroupManager {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(&self, owner: u64, req: CreatePlacementGroup) -> Result<PlacementGroupInfo, PlacementGroupError> {
+    pub async fn create(&self, owner: u64, req: CreatePlacementGroup) -> Result<PlacementGroupInfo, PlacementGroupError> {
         let strategy: BundleStrategy = req.strategy.parse().map_err(PlacementGroupError::Invalid)?;
         if req.bundles.is_empty() {
             return Err(PlacementGroupError::Invalid("a placement group needs at least one bundle".into()));
@@ -105,7 +115,7 @@ impl PlacementGroupManager {
             };
             groups.insert(id.clone(), GroupEntry { info, strategy, bundles, owner, waiters: Vec::new() });
         }
-        self.try_place(&id);
+        self.try_place(&id).await;
         self.info(&id).ok_or_else(|| PlacementGroupError::Invalid("the group vanished".into()))
     }
 
@@ -113,49 +123,48 @@ impl PlacementGroupManager {
         self.lock().get(id).map(|g| g.info.clone())
     }
 
-    fn schedule_pending(&self) {
+    async fn schedule_pending(&self) {
         let pending: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(_, g)| g.info.state == PlacementGroupState::PgPending as i32)
+            .filter(|(_, g)| waiting_for_placement(&g.info))
             .map(|(id, _)| id.clone())
             .collect();
         for id in pending {
-            self.try_place(&id);
+            self.try_place(&id).await;
         }
     }
 
     /// Places and reserves a pending group: all bundles, or none.
-    fn try_place(&self, id: &str) {
-        let Some((strategy, bundles)) = self.lock().get(id).and_then(|g| {
-            (g.info.state == PlacementGroupState::PgPending as i32).then(|| (g.strategy, g.bundles.clone()))
-        }) else {
+    async fn try_place(&self, id: &str) {
+        let Some((strategy, bundles)) = self
+            .lock()
+            .get(id)
+            .and_then(|g| waiting_for_placement(&g.info).then(|| (g.strategy, g.bundles.clone())))
+        else {
             return;
         };
         let Some(placement) = place_bundles(&self.reserver.nodes(), &bundles, strategy) else { return };
         let mut prepared = Vec::new();
         for (index, (node, bundle)) in placement.iter().zip(&bundles).enumerate() {
-            if !self.reserver.prepare(node, id, index as u32, bundle) {
+            if !self.reserver.prepare(*node, id.to_string(), index as u32, bundle.clone()).await {
                 for (i, n) in prepared {
-                    self.reserver.release(n, id, i);
+                    self.reserver.release(n, id.to_string(), i).await;
                 }
                 return;
             }
-            prepared.push((index as u32, node));
+            prepared.push((index as u32, *node));
         }
         // Removed while we prepared: give everything back.
-        let still_pending = self
-            .lock()
-            .get(id)
-            .is_some_and(|g| g.info.state == PlacementGroupState::PgPending as i32);
+        let still_pending = self.lock().get(id).is_some_and(|g| waiting_for_placement(&g.info));
         if !still_pending {
             for (i, n) in prepared {
-                self.reserver.release(n, id, i);
+                self.reserver.release(n, id.to_string(), i).await;
             }
             return;
         }
         for (i, n) in &prepared {
-            self.reserver.commit(n, id, *i);
+            self.reserver.commit(*n, id.to_string(), *i).await;
         }
         let mut groups = self.lock();
         if let Some(g) = groups.get_mut(id) {
@@ -173,7 +182,7 @@ impl PlacementGroupManager {
         let mut groups = self.lock();
         let g = groups.get_mut(&hex(id))?;
         let (tx, rx) = oneshot::channel();
-        if g.info.state == PlacementGroupState::PgPending as i32 {
+        if waiting_for_placement(&g.info) {
             g.waiters.push(tx);
         } else {
             let _ = tx.send(g.info.clone());
@@ -182,7 +191,7 @@ impl PlacementGroupManager {
     }
 
     /// Returns the group's resources. The caller ends actors placed in it.
-    pub fn remove(&self, id: &[u8]) -> Option<String> {
+    pub async fn remove(&self, id: &[u8]) -> Option<String> {
         let key = hex(id);
         let nodes = {
             let mut groups = self.lock();
@@ -199,8 +208,11 @@ impl PlacementGroupManager {
         };
         for (index, node) in nodes.iter().enumerate() {
             if let Ok(node) = NodeId::from_bytes(node) {
-                self.reserver.release(&node, &key, index as u32);
+                self.reserver.release(node, key.clone(), index as u32).await;
             }
+        }
+        for node in self.reserver.nodes() {
+            self.reserver.group_removed(node.node_id, key.clone()).await;
         }
         Some(key)
     }
@@ -221,13 +233,49 @@ impl PlacementGroupManager {
     }
 
     /// Groups (not detached) of a process that has gone; returns their ids.
-    pub fn owner_disconnected(&self, owner: u64) -> Vec<String> {
+    pub async fn owner_disconnected(&self, owner: u64) -> Vec<String> {
         let ids: Vec<Vec<u8>> = self
             .lock()
             .values()
             .filter(|g| g.owner == owner && !g.info.detached && g.info.state != PlacementGroupState::PgRemoved as i32)
             .map(|g| g.info.pg_id.to_vec())
             .collect();
-        ids.iter().filter_map(|id| self.remove(id)).collect()
+        let mut removed = Vec::new();
+        for id in ids {
+            if let Some(group) = self.remove(&id).await {
+                removed.push(group);
+            }
+        }
+        removed
+    }
+
+    /// A node died: groups with a bundle there give back their other bundles and are
+    /// placed again (RESCHEDULING) before new groups. Returns their ids; the caller
+    /// ends the actors placed in them.
+    pub async fn node_dead(&self, node: NodeId) -> Vec<String> {
+        let hit: Vec<(String, Vec<Vec<u8>>)> = {
+            let mut groups = self.lock();
+            groups
+                .iter_mut()
+                .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
+                .map(|(id, g)| {
+                    g.info.state = PlacementGroupState::PgRescheduling as i32;
+                    (id.clone(), std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect())
+                })
+                .collect()
+        };
+        for (id, nodes) in &hit {
+            for (index, at) in nodes.iter().enumerate() {
+                if let Ok(at) = NodeId::from_bytes(at) {
+                    if at != node {
+                        self.reserver.release(at, id.clone(), index as u32).await;
+                    }
+                }
+            }
+        }
+        for (id, _) in &hit {
+            self.try_place(id).await;
+        }
+        hit.into_iter().map(|(id, _)| id).collect()
     }
 }

@@ -79,6 +79,7 @@ pub fn create_actor<'py>(
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: true, method_name: String::new(), concurrency_group: String::new() }),
         capture_placement_group: Vec::new(),
+        placement: Default::default(),
     };
     let options = ActorOptions {
         name,
@@ -120,6 +121,7 @@ pub fn submit_actor_task(
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: false, method_name, concurrency_group }),
         capture_placement_group: Vec::new(),
+        placement: Default::default(),
     };
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();

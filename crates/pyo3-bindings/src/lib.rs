@@ -39,13 +39,14 @@ fn core_if_connected() -> Option<Arc<CoreWorker>> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (raylet_socket, session_dir, is_worker, worker_id=None))]
+#[pyo3(signature = (raylet_socket, session_dir, is_worker, worker_id=None, node_ip=None))]
 fn connect(
     py: Python<'_>,
     raylet_socket: String,
     session_dir: String,
     is_worker: bool,
     worker_id: Option<String>,
+    node_ip: Option<String>,
 ) -> PyResult<()> {
     let worker_id = match worker_id {
         Some(hex) => Some(parse_worker_id(&hex)?),
@@ -53,7 +54,7 @@ fn connect(
     };
     let core = py
         .allow_threads(|| {
-            CoreWorker::connect(ConnectOptions { raylet_socket, session_dir, is_worker, worker_id })
+            CoreWorker::connect(ConnectOptions { raylet_socket, session_dir, is_worker, worker_id, node_ip })
         })
         .map_err(core_error)?;
     core.executor.set_interrupt(worker::interrupt_main_thread);
@@ -183,7 +184,8 @@ fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, tim
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (function_id, function_name, args, arg_refs, num_returns, resources, max_retries,
-                    retry_exceptions, capture_placement_group=None))]
+                    retry_exceptions, capture_placement_group=None, strategy=String::new(),
+                    affinity_node=String::new(), affinity_soft=false))]
 fn submit_task(
     py: Python<'_>,
     function_id: Vec<u8>,
@@ -195,6 +197,9 @@ fn submit_task(
     max_retries: i32,
     retry_exceptions: Vec<u8>,
     capture_placement_group: Option<Vec<u8>>,
+    strategy: String,
+    affinity_node: String,
+    affinity_soft: bool,
 ) -> PyResult<Vec<ObjectRef>> {
     let core = core()?;
     let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
@@ -211,18 +216,11 @@ fn submit_task(
         retry_exceptions,
         actor: None,
         capture_placement_group: capture_placement_group.unwrap_or_default(),
+        placement: rtd_core_worker::Placement { strategy, affinity_node, affinity_soft },
     };
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();
     Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
-}
-
-/// A new object that raises `kind`'s exception with `message` at `get`.
-#[pyfunction]
-fn put_error(kind: u32, message: String) -> PyResult<ObjectRef> {
-    let core = core()?;
-    let id = core.put_error(kind, message);
-    Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
 #[pyfunction]
@@ -243,29 +241,54 @@ fn kv_get<'py>(py: Python<'py>, key: String) -> PyResult<Option<Bound<'py, PyByt
     Ok(value.map(|v| PyBytes::new(py, &v)))
 }
 
+fn node_to_py(py: Python<'_>, n: rtd_common::proto::NodeInfo) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let node_id = rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default();
+    let total = ResourceSet::from_fixed_map(&n.total.map(|t| t.amounts).unwrap_or_default());
+    let available = ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
+    d.set_item("NodeID", node_id)?;
+    d.set_item("Alive", n.alive)?;
+    d.set_item("NodeManagerAddress", n.address)?;
+    d.set_item("Resources", total.to_floats())?;
+    d.set_item("AvailableResources", available.to_floats())?;
+    d.set_item("SessionDir", n.session_dir)?;
+    d.set_item("RayletSocketName", n.raylet_socket)?;
+    d.set_item("ObjectStoreSocketName", n.plasma_socket)?;
+    d.set_item("RayletAddress", n.raylet_address)?;
+    d.set_item("IsHead", n.is_head)?;
+    Ok(d)
+}
+
 /// The cluster's nodes as dicts shaped like Ray's `ray.nodes()`.
 #[pyfunction]
 fn nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let core = core()?;
     let nodes = py.allow_threads(|| core.nodes()).map_err(core_error)?;
-    nodes
-        .into_iter()
-        .map(|n| {
-            let d = PyDict::new(py);
-            let node_id = rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default();
-            let total = ResourceSet::from_fixed_map(&n.total.map(|t| t.amounts).unwrap_or_default());
-            let available = ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
-            d.set_item("NodeID", node_id)?;
-            d.set_item("Alive", n.alive)?;
-            d.set_item("NodeManagerAddress", n.address)?;
-            d.set_item("Resources", total.to_floats())?;
-            d.set_item("AvailableResources", available.to_floats())?;
-            d.set_item("SessionDir", n.session_dir)?;
-            d.set_item("RayletSocketName", n.raylet_socket)?;
-            d.set_item("ObjectStoreSocketName", n.plasma_socket)?;
-            Ok(d)
+    nodes.into_iter().map(|n| node_to_py(py, n)).collect()
+}
+
+/// The nodes of the cluster whose head is at `address` (`host:port`), asked without
+/// connecting a core worker (how a driver finds its local node).
+#[pyfunction]
+fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let reply = py.allow_threads(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let connect = rtd_common::rpc::RpcClient::connect(&address);
+            let client = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| format!("timed out connecting to {address}"))?
+                .map_err(|e| e.to_string())?;
+            client.call(rtd_common::proto::frame::Body::GetNodes(Default::default())).await.map_err(|e| e.to_string())
         })
-        .collect()
+    });
+    match reply {
+        Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
+        Ok(_) => Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node"))),
+        Err(e) => Err(pyo3::exceptions::PyConnectionError::new_err(format!(
+            "Could not reach an rtd cluster at {address}: {e}"
+        ))),
+    }
 }
 
 /// Runs the `rtd` command line (blocks while a foreground daemon runs).
@@ -296,8 +319,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(query_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
-    m.add_function(wrap_pyfunction!(put_error, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::create_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::remove_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::wait_placement_group, m)?)?;

@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply,
+    frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply, Spillback,
 };
-use rtd_common::{ResourceSet, WorkerId};
+use rtd_common::{NodeId, ResourceSet, WorkerId};
 use tokio::sync::oneshot;
 
+use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
 use crate::resources::{Allocation, NodeResources};
 use crate::worker_pool::{kill, WorkerCommand};
 
@@ -31,7 +32,7 @@ pub type ConnId = u64;
 /// are not revoked when a connection closes; the GCS ends them itself.
 pub const GCS_CONN: ConnId = 0;
 
-/// Told which lease was lost when a leased worker process exits.
+/// Told which dedicated (actor) lease was lost when its worker process exits.
 pub type LeaseLostHook = Box<dyn Fn(u64) + Send + Sync>;
 
 struct Worker {
@@ -40,18 +41,42 @@ struct Worker {
     address: Option<String>,
     lease: Option<u64>,
     blocked: bool,
+    /// Killed, exit not yet seen: never handed out again.
+    doomed: bool,
 }
 
 struct Lease {
     worker: WorkerId,
     allocation: Allocation,
     owner: ConnId,
+    dedicated: bool,
 }
 
 struct PendingLease {
     resources: ResourceSet,
+    dedicated: bool,
+    strategy: Strategy,
+    /// Decide here: this request was already forwarded by another raylet.
+    no_spillback: bool,
     owner: ConnId,
     reply: oneshot::Sender<Body>,
+}
+
+/// Another node as this raylet last heard of it (from the GCS).
+#[derive(Clone, Debug)]
+pub struct RemoteNode {
+    pub view: NodeView,
+    pub raylet_address: String,
+}
+
+/// What a lease request asks for, besides resources.
+#[derive(Clone, Debug)]
+pub struct LeaseRequest {
+    pub resources: ResourceSet,
+    pub strategy: Strategy,
+    pub no_spillback: bool,
+    /// For an actor: the worker stays with it (not returned to the pool).
+    pub dedicated: bool,
 }
 
 /// A placement-group bundle reserved on this node (two-phase: prepared, then
@@ -65,6 +90,8 @@ struct Bundle {
 struct State {
     resources: NodeResources,
     bundles: HashMap<(String, u32), Bundle>,
+    /// Placement groups that were removed: work asking for them can never run.
+    removed_groups: std::collections::HashSet<String>,
     workers: HashMap<WorkerId, Worker>,
     idle: VecDeque<WorkerId>,
     starting: usize,
@@ -79,6 +106,17 @@ struct State {
 
 const MAX_FAILED_STARTS: u32 = 3;
 
+impl State {
+    /// Kills a worker; it is out of the pool at once, before its exit is seen.
+    fn stop_worker(&mut self, worker_id: &WorkerId) {
+        if let Some(worker) = self.workers.get_mut(worker_id) {
+            worker.doomed = true;
+            kill(worker.pid);
+        }
+        self.idle.retain(|w| w != worker_id);
+    }
+}
+
 /// Capacity of a bundle's `bundle_group_*` marker resource (as in Ray: 1000 units).
 const BUNDLE_MARKER: i64 = 1000 * rtd_common::resources::UNIT;
 
@@ -87,8 +125,17 @@ fn is_group_resource(name: &str) -> bool {
     name.contains("_group_")
 }
 
+/// The group (hex id) a group resource belongs to: its last `_`-separated part.
+fn group_of(name: &str) -> Option<&str> {
+    is_group_resource(name).then(|| name.rsplit('_').next()).flatten()
+}
+
 pub struct Raylet {
+    node_id: NodeId,
     state: Mutex<State>,
+    /// The other nodes of the cluster (empty on a lone node).
+    cluster: Mutex<Vec<RemoteNode>>,
+    policy: Mutex<SchedulingPolicy>,
     lease_lost: std::sync::OnceLock<LeaseLostHook>,
     command: WorkerCommand,
     /// Idle workers kept alive; more are stopped when their lease returns.
@@ -96,12 +143,18 @@ pub struct Raylet {
 }
 
 impl Raylet {
-    pub fn new(total: ResourceSet, command: WorkerCommand) -> Arc<Self> {
+    pub fn new(node_id: NodeId, total: ResourceSet, command: WorkerCommand) -> Arc<Self> {
         let pool_size = (total.get(rtd_common::resources::CPU) / rtd_common::resources::UNIT).max(1) as usize;
         Arc::new(Self {
+            node_id,
+            cluster: Mutex::new(Vec::new()),
+            policy: Mutex::new(SchedulingPolicy::new(u64::from_le_bytes(
+                node_id.0[..8].try_into().unwrap_or([7; 8]),
+            ))),
             state: Mutex::new(State {
                 resources: NodeResources::new(total),
                 bundles: HashMap::new(),
+                removed_groups: Default::default(),
                 workers: HashMap::new(),
                 idle: VecDeque::new(),
                 starting: 0,
@@ -150,7 +203,7 @@ impl Raylet {
         {
             let mut st = self.lock();
             st.starting += 1;
-            st.workers.insert(worker_id, Worker { pid, address: None, lease: None, blocked: false });
+            st.workers.insert(worker_id, Worker { pid, address: None, lease: None, blocked: false, doomed: false });
         }
         let raylet = self.clone();
         tokio::spawn(async move {
@@ -201,7 +254,9 @@ impl Raylet {
                         st.resources.reacquire_cpu(&lease.allocation);
                     }
                     st.resources.release(&lease.allocation);
-                    lost = Some(lease_id);
+                    if lease.dedicated {
+                        lost = Some(lease_id);
+                    }
                 }
             }
         }
@@ -235,11 +290,63 @@ impl Raylet {
     }
 
     /// Queues a lease request; the receiver yields the reply when it is decided.
-    pub fn request_lease(self: &Arc<Self>, owner: ConnId, resources: ResourceSet) -> oneshot::Receiver<Body> {
+    pub fn request_lease(self: &Arc<Self>, owner: ConnId, request: LeaseRequest) -> oneshot::Receiver<Body> {
         let (reply, rx) = oneshot::channel();
-        self.lock().pending.push_back(PendingLease { resources, owner, reply });
+        self.lock().pending.push_back(PendingLease {
+            resources: request.resources,
+            dedicated: request.dedicated,
+            strategy: request.strategy,
+            no_spillback: request.no_spillback,
+            owner,
+            reply,
+        });
         self.schedule();
         rx
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// Replaces the view of the other nodes (from a GCS heartbeat reply).
+    pub fn set_cluster(self: &Arc<Self>, nodes: Vec<RemoteNode>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) =
+            nodes.into_iter().filter(|n| n.view.node_id != self.node_id).collect();
+        self.schedule();
+    }
+
+    pub fn cluster(&self) -> Vec<RemoteNode> {
+        self.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Where a request that this node should not (or cannot) run goes: `Some(Ok(node))`
+    /// to spill back, `Some(Err(why))` if no node ever can, `None` to decide locally.
+    fn route(&self, st: &State, req: &PendingLease) -> Option<Result<RemoteNode, String>> {
+        let cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        let lone = cluster.is_empty();
+        if req.no_spillback || (lone && req.strategy == Strategy::Default) {
+            return None;
+        }
+        let mut views: Vec<NodeView> = vec![NodeView {
+            node_id: self.node_id,
+            total: st.resources.total().clone(),
+            available: st.resources.available(),
+            alive: true,
+        }];
+        views.extend(cluster.iter().map(|n| n.view.clone()));
+        let decision =
+            self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(&views, &req.resources, &req.strategy, self.node_id);
+        match decision {
+            Decision::Node(n) if n != self.node_id => cluster.iter().find(|c| c.view.node_id == n).cloned().map(Ok),
+            Decision::Infeasible => match req.strategy {
+                Strategy::NodeAffinity { node_id, soft: false } => Some(Err(format!(
+                    "node {node_id} named by a hard NodeAffinitySchedulingStrategy is not alive or cannot fit {}",
+                    req.resources
+                ))),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     pub fn return_lease(self: &Arc<Self>, lease_id: u64) {
@@ -254,17 +361,17 @@ impl Raylet {
             if let Some(worker) = st.workers.get_mut(&lease.worker) {
                 worker.lease = None;
                 worker.blocked = false;
-                // Most recently used first: its caches (functions, imports) are warm.
-                st.idle.push_front(lease.worker);
+                if !worker.doomed {
+                    // Most recently used first: its caches (functions, imports) are warm.
+                    st.idle.push_front(lease.worker);
+                }
             }
             // Workers started beyond the pool for blocked parents are not kept: stop
             // the least recently used idle one once nothing waits for a worker.
-            let dedicated = st.leases.values().filter(|l| l.owner == GCS_CONN).count();
+            let dedicated = st.leases.values().filter(|l| l.dedicated).count();
             if st.workers.len() - dedicated.min(st.workers.len()) > self.pool_size && st.pending.is_empty() {
-                if let Some(surplus) = st.idle.pop_back() {
-                    if let Some(worker) = st.workers.get(&surplus) {
-                        kill(worker.pid);
-                    }
+                if let Some(surplus) = st.idle.back().copied() {
+                    st.stop_worker(&surplus);
                 }
             }
         }
@@ -273,11 +380,9 @@ impl Raylet {
 
     /// Force-cancel: the process dies and its exit frees the lease.
     pub fn kill_leased_worker(&self, lease_id: u64) {
-        let st = self.lock();
-        if let Some(lease) = st.leases.get(&lease_id) {
-            if let Some(worker) = st.workers.get(&lease.worker) {
-                kill(worker.pid);
-            }
+        let mut st = self.lock();
+        if let Some(worker) = st.leases.get(&lease_id).map(|l| l.worker) {
+            st.stop_worker(&worker);
         }
     }
 
@@ -312,16 +417,9 @@ impl Raylet {
         {
             let mut st = self.lock();
             st.pending.retain(|p| p.owner != conn);
-            let owned: Vec<u64> = st.leases.iter().filter(|(_, l)| l.owner == conn).map(|(id, _)| *id).collect();
-            for lease_id in owned {
-                if let Some(lease) = st.leases.get(&lease_id) {
-                    if let Some(worker) = st.workers.get(&lease.worker) {
-                        kill(worker.pid);
-                    }
-                }
-            }
-            if let Some(worker) = worker_id.and_then(|w| st.workers.get(&w)) {
-                kill(worker.pid);
+            let owned: Vec<WorkerId> = st.leases.values().filter(|l| l.owner == conn).map(|l| l.worker).collect();
+            for worker in owned.iter().chain(worker_id.as_ref()) {
+                st.stop_worker(worker);
             }
         }
         self.schedule();
@@ -359,8 +457,57 @@ impl Raylet {
                     st.pending.remove(i);
                     continue;
                 }
-                // A bundle's resources appear when its group is committed: wait for them.
+                // A bundle's resources appear when its group is committed: wait for them,
+                // unless the group was removed.
                 let waits_for_group = st.pending[i].resources.iter().any(|(name, _)| is_group_resource(name));
+                if waits_for_group {
+                    let removed = st.pending[i]
+                        .resources
+                        .iter()
+                        .find_map(|(name, _)| group_of(name).filter(|g| st.removed_groups.contains(*g)).map(str::to_string));
+                    if let Some(group) = removed {
+                        if let Some(req) = st.pending.remove(i) {
+                            let _ = req.reply.send(rtd_common::rpc::error_body(
+                                rtd_common::proto::ErrorCode::Unschedulable,
+                                format!("its placement group {group} was removed"),
+                            ));
+                        }
+                        continue;
+                    }
+                }
+                if !waits_for_group {
+                    match self.route(&st, &st.pending[i]) {
+                        Some(Ok(node)) => {
+                            if let Some(req) = st.pending.remove(i) {
+                                let _ = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
+                                    result: Some(LeaseResult::Spillback(Spillback {
+                                        node_id: node.view.node_id.to_vec().into(),
+                                        raylet_address: node.raylet_address,
+                                    })),
+                                }));
+                            }
+                            continue;
+                        }
+                        Some(Err(why)) => {
+                            if let Some(req) = st.pending.remove(i) {
+                                let _ = req.reply.send(rtd_common::rpc::error_body(
+                                    rtd_common::proto::ErrorCode::Unschedulable,
+                                    why,
+                                ));
+                            }
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+                let feasible_elsewhere = !self.cluster.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|n| {
+                    !(n.view.alive && st.pending[i].resources.fits_in(&n.view.total))
+                });
+                if !waits_for_group && !st.resources.is_feasible(&st.pending[i].resources) && feasible_elsewhere {
+                    // Another node can run it once it has room: wait for the next view.
+                    i += 1;
+                    continue;
+                }
                 if !waits_for_group && !st.resources.is_feasible(&st.pending[i].resources) {
                     if let Some(req) = st.pending.remove(i) {
                         let message = format!(
@@ -402,7 +549,7 @@ impl Raylet {
                     })
                     .unwrap_or_default();
                 let gpu_ids = allocation.gpu_ids.clone();
-                st.leases.insert(lease_id, Lease { worker: worker_id, allocation, owner: req.owner });
+                st.leases.insert(lease_id, Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated });
                 let granted = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
                     result: Some(LeaseResult::Granted(LeaseGranted {
                         lease_id,
@@ -481,17 +628,24 @@ impl Raylet {
             let st = &mut *st;
             let Some(bundle) = st.bundles.remove(&(group.to_string(), index)) else { return };
             let suffix = format!("_group_{group}");
-            for lease in st.leases.values() {
-                let in_group = lease.allocation.resources.iter().any(|(name, _)| name.ends_with(&suffix));
-                if in_group {
-                    if let Some(worker) = st.workers.get(&lease.worker) {
-                        kill(worker.pid);
-                    }
-                }
+            let in_group: Vec<WorkerId> = st
+                .leases
+                .values()
+                .filter(|l| l.allocation.resources.iter().any(|(name, _)| name.ends_with(&suffix)))
+                .map(|l| l.worker)
+                .collect();
+            for worker in &in_group {
+                st.stop_worker(worker);
             }
             st.resources.remove_capacity(&bundle.group_resources);
             st.resources.release(&bundle.reserved);
         }
+        self.schedule();
+    }
+
+    /// A placement group was removed: fail what waits for it, now and later.
+    pub fn group_removed(self: &Arc<Self>, group: &str) {
+        self.lock().removed_groups.insert(group.to_string());
         self.schedule();
     }
 

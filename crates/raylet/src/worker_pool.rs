@@ -16,6 +16,8 @@ pub struct WorkerCommand {
     pub python: String,
     pub raylet_socket: String,
     pub session_dir: String,
+    /// In a multi-node cluster, workers serve on TCP at this IP.
+    pub node_ip: Option<String>,
 }
 
 impl WorkerCommand {
@@ -25,6 +27,7 @@ impl WorkerCommand {
             .env("RTD_WORKER_ID", worker_id.hex())
             .env("RTD_RAYLET_SOCKET", &self.raylet_socket)
             .env("RTD_SESSION_DIR", &self.session_dir)
+            .env("RTD_NODE_IP", self.node_ip.as_deref().unwrap_or(""))
             .stdin(Stdio::null())
             .kill_on_drop(false);
         cmd.spawn()

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions};
+use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions, NodeRole};
 use crate::session::{NodeFile, Session, DEFAULT_TEMP_DIR};
 
 const USAGE: &str = "usage: rtd <command> [options]
 
 commands:
-  start --head [--num-cpus N] [--num-gpus N] [--resources JSON]
+  start (--head [--port P] | --address HOST:P) [--node-ip-address IP]
+        [--num-cpus N] [--num-gpus N] [--resources JSON]
         [--object-store-memory BYTES] [--temp-dir DIR] [--block]
-                      start a node daemon on this machine
+                      start a head node (a new cluster) or a node joining one
   stop [--temp-dir DIR]    stop the node daemons started on this machine
   status [--temp-dir DIR]  show nodes and resource usage";
 
@@ -62,6 +63,9 @@ fn run(argv: &[String], launcher: &Launcher) -> Result<()> {
 #[derive(Default)]
 struct StartArgs {
     head: bool,
+    port: Option<u16>,
+    address: Option<String>,
+    node_ip_address: Option<String>,
     block: bool,
     watch_stdin: bool,
     num_cpus: Option<f64>,
@@ -104,9 +108,15 @@ fn parse_start(args: &[String]) -> Result<StartArgs> {
             "--temp-dir" => out.temp_dir = Some(PathBuf::from(value()?)),
             "--session-dir" => out.session_dir = Some(PathBuf::from(value()?)),
             "--python" => out.python = Some(value()?),
-            "--address" | "--port" | "--node-ip-address" => bail!(
-                "{flag}: multi-node clusters are not implemented yet; rtd runs single-node (start --head)"
-            ),
+            "--port" => out.port = Some(parse_number(&flag, &value()?)?),
+            "--address" => {
+                let address = value()?;
+                if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    bail!("--address must be HOST:PORT of the head node, got {address:?}");
+                }
+                out.address = Some(address);
+            }
+            "--node-ip-address" => out.node_ip_address = Some(value()?),
             other => bail!("unknown option {other:?} for rtd start"),
         }
     }
@@ -120,9 +130,12 @@ fn parse_start(args: &[String]) -> Result<StartArgs> {
 
 fn start(args: &[String], launcher: &Launcher) -> Result<()> {
     let parsed = parse_start(args)?;
-    if !parsed.head {
-        bail!("rtd start needs --head (joining a cluster with --address is not implemented yet)");
-    }
+    let role = match (parsed.head, &parsed.address) {
+        (true, None) => NodeRole::Head { port: parsed.port },
+        (false, Some(address)) => NodeRole::Worker { head_address: address.clone() },
+        (true, Some(_)) => bail!("rtd start takes either --head or --address HOST:PORT, not both"),
+        (false, None) => bail!("rtd start needs --head (a new cluster) or --address HOST:PORT (join one)"),
+    };
     let temp_dir = parsed.temp_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
     let session_dir = parsed.session_dir.clone().unwrap_or_else(|| Session::new_path(&temp_dir));
     if parsed.block {
@@ -142,6 +155,8 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
                 .or_else(|| std::env::var("RTD_PYTHON").ok())
                 .unwrap_or_else(|| "python3".into()),
             watch_stdin: parsed.watch_stdin,
+            role,
+            node_ip: parsed.node_ip_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
         });
     }
     // Background: run ourselves with --block, detached, and wait until it serves. Its
@@ -175,11 +190,16 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    println!("Started an rtd head node (pid {}).", child.id());
+    let kind = if parsed.head { "head" } else { "worker" };
+    println!("Started an rtd {kind} node (pid {}).", child.id());
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
     println!("  log:     {}", log_path.display());
-    println!("Connect with rtd.init(address=\"auto\"); stop with `rtd stop`.");
+    if let (true, Some(port)) = (parsed.head, parsed.port) {
+        let ip = parsed.node_ip_address.as_deref().unwrap_or("127.0.0.1");
+        println!("Add nodes with `rtd start --address {ip}:{port}`; connect with rtd.init(address=\"{ip}:{port}\").");
+    }
+    println!("Connect from this machine with rtd.init(address=\"auto\"); stop with `rtd stop`.");
     Ok(())
 }
 
@@ -329,5 +349,7 @@ mod tests {
         let launcher = Launcher { program: "true".into(), args: vec![] };
         assert_eq!(cli_main(&args(&["rtd", "frobnicate"]), &launcher), 1);
         assert_eq!(cli_main(&args(&["rtd", "start"]), &launcher), 1);
+        assert_eq!(cli_main(&args(&["rtd", "start", "--head", "--address", "h:1"]), &launcher), 1);
+        assert!(parse_start(&args(&["--address", "nohost"])).is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! extension, so both run the same code.
 
 pub mod cli;
+pub mod gcs_server;
 pub mod node;
+pub mod node_service;
 pub mod session;
 
 pub use cli::{cli_main, Launcher};

@@ -9,27 +9,31 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context as _, Result};
-use rtd_common::proto::{
-    frame::Body, request_lease_reply::Result as LeaseResult, Ack, ErrorCode, GetNodesReply, KvGetReply, LeaseGranted,
-    ListActorsReply, ListPlacementGroupsReply, NodeInfo, RegisterClientReply, ResourceMap,
-};
-use rtd_common::ActorId;
-use rtd_common::rpc::{error_body, Reply, Service};
-use rtd_common::{NodeId, ResourceSet, WorkerId};
-use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
-use rtd_gcs::placement_group_manager::{BundleReserver, PlacementGroupManager};
+use anyhow::{anyhow, Context as _, Result};
+use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ReportResources, ResourceMap};
+use rtd_common::rpc::{ConnectionCache, Listener, RpcClient};
+use rtd_common::{NodeId, ResourceSet};
+use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
+use rtd_raylet::lease::{Raylet, RemoteNode};
 use rtd_raylet::policy::NodeView;
-use rtd_gcs::Gcs;
-use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
-use rtd_raylet::lease::{ConnId, Raylet, GCS_CONN};
 use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::sync::Notify;
 
+use crate::gcs_server::{resources, GcsServer};
+use crate::node_service::{describe_node, GcsLink, NodeService};
 use crate::session::{NodeFile, Session};
+
+#[derive(Debug, Clone)]
+pub enum NodeRole {
+    /// Hosts the GCS; other nodes join it on `port` (None: a lone local node).
+    Head { port: Option<u16> },
+    /// Joins the cluster whose head is at `head_address` (`host:port`).
+    Worker { head_address: String },
+}
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -39,248 +43,32 @@ pub struct NodeOptions {
     pub python: String,
     /// Stop when stdin reaches EOF (the parent process is gone).
     pub watch_stdin: bool,
+    pub role: NodeRole,
+    /// The address other nodes reach this one at.
+    pub node_ip: String,
 }
 
-/// The GCS leases actor workers from this node's raylet.
-struct LocalLeaser(Arc<Raylet>);
-
-impl WorkerLeaser for LocalLeaser {
-    fn lease(
-        &self,
-        resources: ResourceSet,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<LeaseGranted, String>> + Send>> {
-        let rx = self.0.request_lease(GCS_CONN, resources);
-        Box::pin(async move {
-            match rx.await {
-                Ok(Body::RequestLeaseReply(r)) => match r.result {
-                    Some(LeaseResult::Granted(g)) => Ok(g),
-                    Some(LeaseResult::Infeasible(i)) => Err(i.message),
-                    None => Err("empty lease reply".into()),
+/// Every alive node but this one, as a raylet's view of the cluster.
+pub fn remote_nodes(nodes: &[NodeInfo]) -> Vec<RemoteNode> {
+    nodes
+        .iter()
+        .filter(|n| n.alive && !n.raylet_address.is_empty())
+        .filter_map(|n| {
+            Some(RemoteNode {
+                view: NodeView {
+                    node_id: NodeId::from_bytes(&n.node_id).ok()?,
+                    total: resources(&n.total),
+                    available: resources(&n.available),
+                    alive: true,
                 },
-                Ok(Body::Error(e)) => Err(e.message),
-                _ => Err("the node is shutting down".into()),
-            }
+                raylet_address: n.raylet_address.clone(),
+            })
         })
-    }
-
-    fn shrink(&self, lease_id: u64, keep: ResourceSet) {
-        self.0.shrink_lease(lease_id, &keep);
-    }
-
-    fn kill(&self, lease_id: u64) {
-        self.0.kill_leased_worker(lease_id);
-    }
+        .collect()
 }
 
-/// The GCS reserves placement-group bundles on this node's raylet.
-struct LocalReserver {
-    node_id: NodeId,
-    raylet: Arc<Raylet>,
-}
-
-impl BundleReserver for LocalReserver {
-    fn nodes(&self) -> Vec<NodeView> {
-        vec![NodeView {
-            node_id: self.node_id,
-            total: self.raylet.total(),
-            available: self.raylet.available(),
-            alive: true,
-        }]
-    }
-
-    fn prepare(&self, node: &NodeId, group: &str, index: u32, resources: &ResourceSet) -> bool {
-        *node == self.node_id && self.raylet.prepare_bundle(group, index, resources)
-    }
-
-    fn commit(&self, _node: &NodeId, group: &str, index: u32) {
-        self.raylet.commit_bundle(group, index);
-    }
-
-    fn release(&self, _node: &NodeId, group: &str, index: u32) {
-        self.raylet.return_bundle(group, index);
-    }
-}
-
-struct NodeService {
-    node_id: NodeId,
-    actors: Arc<ActorManager>,
-    groups: Arc<PlacementGroupManager>,
-    session: Session,
-    shm_size: u64,
-    gcs: Arc<Gcs>,
-    raylet: Arc<Raylet>,
-    next_conn: AtomicU64,
-    shutdown: Arc<Notify>,
-}
-
-struct ConnState {
-    id: ConnId,
-    worker: Option<WorkerId>,
-}
-
-impl NodeService {
-    fn node_info(&self) -> NodeInfo {
-        NodeInfo {
-            node_id: self.node_id.to_vec().into(),
-            address: "127.0.0.1".into(),
-            alive: true,
-            total: Some(ResourceMap { amounts: self.raylet.total().to_fixed_map() }),
-            available: Some(ResourceMap { amounts: self.raylet.available().to_fixed_map() }),
-            session_dir: self.session.dir.display().to_string(),
-            raylet_socket: self.session.raylet_socket().display().to_string(),
-            plasma_socket: self.session.plasma_socket().display().to_string(),
-        }
-    }
-}
-
-impl Service for NodeService {
-    type State = ConnState;
-
-    fn connected(&self) -> ConnState {
-        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
-    }
-
-    fn handle(&self, conn: &mut ConnState, body: Body) -> Reply {
-        match body {
-            Body::RegisterClient(reg) => {
-                let job_id = if reg.is_worker {
-                    let Ok(worker_id) = WorkerId::from_bytes(&reg.worker_id) else {
-                        return Reply::Now(error_body(ErrorCode::Invalid, "bad worker id"));
-                    };
-                    if !self.raylet.register_worker(worker_id, reg.address) {
-                        return Reply::Now(error_body(ErrorCode::Invalid, "unknown or duplicate worker id"));
-                    }
-                    conn.worker = Some(worker_id);
-                    Default::default()
-                } else {
-                    self.gcs.next_job_id().to_vec().into()
-                };
-                Reply::Now(Body::RegisterClientReply(RegisterClientReply {
-                    node_id: self.node_id.to_vec().into(),
-                    job_id,
-                    plasma_socket: self.session.plasma_socket().display().to_string(),
-                    shm_path: self.session.shm_path().display().to_string(),
-                    shm_size: self.shm_size,
-                    session_dir: self.session.dir.display().to_string(),
-                }))
-            }
-            Body::RequestLease(req) => {
-                let rx = self.raylet.request_lease(conn.id, ResourceSet::from_fixed_map(&req.resources));
-                Reply::Later(Box::pin(async move {
-                    rx.await.unwrap_or_else(|_| error_body(ErrorCode::Internal, "the node is shutting down"))
-                }))
-            }
-            Body::ReturnLease(r) => {
-                self.raylet.return_lease(r.lease_id);
-                Reply::Now(Body::Ack(Ack {}))
-            }
-            Body::KillLeasedWorker(k) => {
-                self.raylet.kill_leased_worker(k.lease_id);
-                Reply::Now(Body::Ack(Ack {}))
-            }
-            Body::NotifyBlocked(_) => {
-                if let Some(w) = &conn.worker {
-                    self.raylet.worker_blocked(w);
-                }
-                Reply::None
-            }
-            Body::NotifyUnblocked(_) => {
-                if let Some(w) = &conn.worker {
-                    self.raylet.worker_unblocked(w);
-                }
-                Reply::None
-            }
-            Body::GetNodes(_) => {
-                // The head's own entry carries live availability from its raylet.
-                let own = self.node_info();
-                let mut nodes: Vec<NodeInfo> =
-                    self.gcs.nodes().into_iter().filter(|n| n.node_id != own.node_id).collect();
-                nodes.insert(0, own);
-                Reply::Now(Body::GetNodesReply(GetNodesReply { nodes }))
-            }
-            Body::KvPut(kv) => {
-                self.gcs.kv_put(kv.key, kv.value);
-                Reply::Now(Body::Ack(Ack {}))
-            }
-            Body::KvGet(kv) => Reply::Now(Body::KvGetReply(match self.gcs.kv_get(&kv.key) {
-                Some(value) => KvGetReply { found: true, value },
-                None => KvGetReply { found: false, value: Default::default() },
-            })),
-            Body::CreateActor(req) => match self.actors.create(conn.id, req) {
-                Ok(info) => Reply::Now(Body::ActorInfo(info)),
-                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
-            },
-            Body::WaitActor(w) => {
-                let rx = ActorId::from_bytes(&w.actor_id).ok().and_then(|id| self.actors.wait(&id, w.after_epoch));
-                match rx {
-                    Some(rx) => Reply::Later(Box::pin(async move {
-                        match rx.await {
-                            Ok(info) => Body::ActorInfo(info),
-                            Err(_) => error_body(ErrorCode::Internal, "the node is shutting down"),
-                        }
-                    })),
-                    None => Reply::Now(error_body(ErrorCode::NotFound, "no such actor")),
-                }
-            }
-            Body::GetNamedActor(g) => match self.actors.get_named(&g.namespace, &g.name) {
-                Some(info) => Reply::Now(Body::ActorInfo(info)),
-                None => Reply::Now(error_body(
-                    ErrorCode::NotFound,
-                    format!("Failed to look up actor with name '{}' in namespace '{}'", g.name, g.namespace),
-                )),
-            },
-            Body::KillActor(k) => {
-                let killed = ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart)).unwrap_or(false);
-                if killed {
-                    Reply::Now(Body::Ack(Ack {}))
-                } else {
-                    Reply::Now(error_body(ErrorCode::NotFound, "no such actor"))
-                }
-            }
-            Body::ListActors(_) => Reply::Now(Body::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
-            Body::CreatePlacementGroup(req) => match self.groups.create(conn.id, req) {
-                Ok(info) => Reply::Now(Body::PlacementGroupInfo(info)),
-                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
-            },
-            Body::WaitPlacementGroup(w) => match self.groups.wait(&w.pg_id) {
-                Some(rx) => Reply::Later(Box::pin(async move {
-                    match rx.await {
-                        Ok(info) => Body::PlacementGroupInfo(info),
-                        Err(_) => error_body(ErrorCode::Internal, "the node is shutting down"),
-                    }
-                })),
-                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
-            },
-            Body::RemovePlacementGroup(r) => match self.groups.remove(&r.pg_id) {
-                Some(group) => {
-                    self.actors.end_actors_in_group(&group);
-                    Reply::Now(Body::Ack(Ack {}))
-                }
-                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
-            },
-            Body::GetPlacementGroup(g) => match self.groups.get(&g.pg_id, &g.name) {
-                Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
-                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
-            },
-            Body::ListPlacementGroups(_) => {
-                Reply::Now(Body::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
-            }
-            Body::Shutdown(_) => {
-                self.shutdown.notify_one();
-                Reply::Now(Body::Ack(Ack {}))
-            }
-            _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for the node daemon")),
-        }
-    }
-
-    fn disconnected(&self, conn: ConnState) {
-        self.actors.owner_disconnected(conn.id);
-        for group in self.groups.owner_disconnected(conn.id) {
-            self.actors.end_actors_in_group(&group);
-        }
-        self.raylet.client_disconnected(conn.id, conn.worker);
-    }
-}
+const HEARTBEAT: Duration = Duration::from_millis(100);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is told to stop. Blocks the calling thread.
 pub fn run_node(opts: NodeOptions) -> Result<()> {
@@ -296,6 +84,19 @@ pub fn run_node(opts: NodeOptions) -> Result<()> {
 }
 
 async fn serve_node(opts: NodeOptions) -> Result<()> {
+    // A worker node first makes sure it can reach the head.
+    let head = match &opts.role {
+        NodeRole::Worker { head_address } => Some(
+            tokio::time::timeout(JOIN_TIMEOUT, RpcClient::connect(head_address))
+                .await
+                .map_err(|_| anyhow!("cannot reach the head node at {head_address}: timed out"))?
+                .map_err(|e| anyhow!("cannot reach the head node at {head_address}: {e}"))?,
+        ),
+        NodeRole::Head { .. } => None,
+    };
+    let cluster_mode = matches!(opts.role, NodeRole::Worker { .. } | NodeRole::Head { port: Some(_) });
+    let node_ip = cluster_mode.then(|| opts.node_ip.clone());
+
     let session = Session::create(&opts.session_dir)?;
     let node_id = NodeId::random();
     let region = Arc::new(
@@ -306,49 +107,101 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let store = ObjectStore::new(region, session.dir.join("spill"));
     let plasma = PlasmaService::new(store);
     let plasma_listener = rtd_common::rpc::bind(&session.plasma_socket()).context("binding plasma.sock")?;
+    let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma));
+    let plasma_client = PlasmaClient::connect(&session.plasma_socket().display().to_string(), &session.shm_path())
+        .await
+        .map_err(|e| anyhow!("connecting to this node's object store: {e}"))?;
+
+    // Other nodes reach this one over TCP: the head on its --port, others anywhere.
+    let tcp_listener = match (&opts.role, &node_ip) {
+        (NodeRole::Head { port: Some(port) }, Some(ip)) => {
+            Some(Listener::bind_tcp(&format!("{ip}:{port}")).await.with_context(|| format!("binding {ip}:{port}"))?)
+        }
+        (NodeRole::Worker { .. }, Some(ip)) => {
+            Some(Listener::bind_tcp(&format!("{ip}:0")).await.with_context(|| format!("binding {ip}"))?)
+        }
+        _ => None,
+    };
+    let raylet_address = match (&tcp_listener, &node_ip) {
+        (Some(l), Some(ip)) => format!("{ip}:{}", l.port().unwrap_or(0)),
+        _ => String::new(),
+    };
 
     let command = WorkerCommand {
         python: opts.python.clone(),
         raylet_socket: session.raylet_socket().display().to_string(),
         session_dir: session.dir.display().to_string(),
+        node_ip: node_ip.clone(),
     };
-    let raylet = Raylet::new(opts.resources.clone(), command);
-    let gcs = Arc::new(Gcs::new());
-    let actors = ActorManager::new(Arc::new(LocalLeaser(raylet.clone())));
-    let hook_actors = actors.clone();
-    raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(lease_id)));
-    let groups = PlacementGroupManager::new(Arc::new(LocalReserver { node_id, raylet: raylet.clone() }));
+    let raylet = Raylet::new(node_id, opts.resources.clone(), command);
+    let peers = Arc::new(ConnectionCache::default());
     let shutdown = Arc::new(Notify::new());
-    let service = Arc::new(NodeService {
+    let gcs = match &head {
+        None => Some(GcsServer::start(
+            describe_node(&raylet, &session, &node_ip, &raylet_address, true),
+            raylet.clone(),
+            peers.clone(),
+        )),
+        Some(head) => {
+            let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
+            head.call(Body::RegisterNode(RegisterNode { node: Some(me) }))
+                .await
+                .map_err(|e| anyhow!("joining the cluster: {e}"))?;
+            let lost_to = head.clone();
+            raylet.set_lease_lost_hook(Box::new(move |lease_id| {
+                let lost = rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id };
+                let _ = lost_to.send(Body::LeaseLost(lost));
+            }));
+            tokio::spawn(heartbeat(head.clone(), raylet.clone(), shutdown.clone()));
+            None
+        }
+    };
+    let gcs_link = match (&gcs, &head) {
+        (Some(gcs), _) => GcsLink::Local(gcs.clone()),
+        (None, Some(head)) => GcsLink::Remote(head.clone()),
+        (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
+    };
+    let service = NodeService {
         node_id,
-        actors: actors.clone(),
-        groups,
         session: session.clone(),
         shm_size: opts.object_store_memory,
-        gcs: gcs.clone(),
+        node_ip: node_ip.clone(),
         raylet: raylet.clone(),
+        plasma: plasma_client,
+        peers: peers.clone(),
+        gcs: gcs_link,
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
-    });
-    gcs.register_node(service.node_info());
+    };
+    let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
-    let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma));
-    let raylet_task = tokio::spawn(rtd_common::rpc::serve(raylet_listener, service));
+    let raylet_task = tokio::spawn(rtd_common::rpc::serve(raylet_listener, service.clone()));
+    let tcp_task = tcp_listener.map(|l| tokio::spawn(rtd_common::rpc::serve(l, service.clone())));
     raylet.prestart_workers();
     NodeFile {
         pid: std::process::id(),
         node_id: node_id.hex(),
         raylet_socket: session.raylet_socket().display().to_string(),
         session_dir: session.dir.display().to_string(),
+        node_ip: node_ip.clone().unwrap_or_default(),
+        head_address: match &opts.role {
+            NodeRole::Worker { head_address } => head_address.clone(),
+            NodeRole::Head { .. } => raylet_address.clone(),
+        },
     }
     .write(&session)?;
     tracing::info!("node {node_id} ready in {}", session.dir.display());
 
     wait_for_stop(shutdown, opts.watch_stdin).await;
 
-    actors.shutdown();
+    if let Some(gcs) = &gcs {
+        gcs.shutdown();
+    }
     raylet.shutdown();
     raylet_task.abort();
+    if let Some(t) = tcp_task {
+        t.abort();
+    }
     plasma_task.abort();
     // Give the kills a moment to land so no worker touches removed files.
     for _ in 0..50 {
@@ -359,6 +212,26 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     }
     session.remove();
     Ok(())
+}
+
+/// A worker node's heartbeat: report free resources, learn the cluster. Losing the
+/// head (or being declared dead by it) stops the node.
+async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notify>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let report = ReportResources {
+            node_id: raylet.node_id().to_vec().into(),
+            available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
+        };
+        match head.call(Body::ReportResources(report)).await {
+            Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),
+            other => {
+                tracing::warn!("lost the head node ({:?}); stopping", other.err());
+                shutdown.notify_one();
+                return;
+            }
+        }
+    }
 }
 
 fn process_alive(pid: u32) -> bool {

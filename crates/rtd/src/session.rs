@@ -71,6 +71,10 @@ pub struct NodeFile {
     pub node_id: String,
     pub raylet_socket: String,
     pub session_dir: String,
+    /// Set in a multi-node cluster: clients of this node serve on this IP.
+    pub node_ip: String,
+    /// The head's `host:port` in a multi-node cluster.
+    pub head_address: String,
 }
 
 impl NodeFile {
@@ -80,6 +84,8 @@ impl NodeFile {
             "node_id": self.node_id,
             "raylet_socket": self.raylet_socket,
             "session_dir": self.session_dir,
+            "node_ip": self.node_ip,
+            "head_address": self.head_address,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
@@ -96,6 +102,8 @@ impl NodeFile {
             node_id: field("node_id"),
             raylet_socket: field("raylet_socket"),
             session_dir: field("session_dir"),
+            node_ip: field("node_ip"),
+            head_address: field("head_address"),
         })
     }
 }

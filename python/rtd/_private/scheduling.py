@@ -15,6 +15,20 @@ from rtd import _core
 _MARKER = 0.001
 
 
+def check_affinity(strategy):
+    """Why hard node affinity can never be met (the node is not alive), or None."""
+    from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not isinstance(strategy, NodeAffinitySchedulingStrategy) or strategy.soft:
+        return None
+    if strategy.node_id in {n["NodeID"] for n in _core.nodes() if n["Alive"]}:
+        return None
+    return (
+        f"node {strategy.node_id} named by a hard NodeAffinitySchedulingStrategy is not alive "
+        "(use soft=True to run elsewhere)"
+    )
+
+
 def _in_group(resources, pg_hex, index):
     out = {}
     for name, amount in resources.items():
@@ -28,10 +42,35 @@ def _in_group(resources, pg_hex, index):
     return out
 
 
+class Placement:
+    """Where work may run, as the raylets read it."""
+
+    __slots__ = ("strategy", "affinity_node", "affinity_soft")
+
+    def __init__(self, strategy="", affinity_node="", affinity_soft=False):
+        self.strategy = strategy
+        self.affinity_node = affinity_node
+        self.affinity_soft = affinity_soft
+
+
+DEFAULT = Placement()
+
+
+def placement_of(strategy):
+    """The raylet-level placement for a strategy string or NodeAffinity object."""
+    from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        return Placement("", strategy.node_id, bool(strategy.soft))
+    if strategy == "SPREAD":
+        return Placement("SPREAD")
+    return DEFAULT
+
+
 def resolve(resources, strategy):
-    """``(resources, capture_pg, unschedulable)`` for work with this strategy:
-    the resource request to submit, the group its children should use (raw id or None),
-    and why it can never run (or None)."""
+    """``(resources, capture_pg)`` for work with this strategy: the resource request to
+    submit, and the group its children should use (raw id or None). Node affinity is
+    left to the raylets (see ``placement_of``)."""
     from rtd.util.placement_group import PlacementGroup
     from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
@@ -40,10 +79,10 @@ def resolve(resources, strategy):
 
         captured = worker.current_capture_placement_group()
         if captured is None:
-            return resources, None, None
+            return resources, None
         strategy = PlacementGroupSchedulingStrategy(PlacementGroup(captured), -1, True)
     if isinstance(strategy, str):
-        return resources, None, None
+        return resources, None
     if isinstance(strategy, PlacementGroupSchedulingStrategy):
         pg = strategy.placement_group
         if not isinstance(pg, PlacementGroup):
@@ -55,13 +94,7 @@ def resolve(resources, strategy):
                 f"{pg.bundle_count} bundle(s) (use -1 for any bundle)."
             )
         capture = bytes(pg.id) if strategy.placement_group_capture_child_tasks else None
-        return _in_group(resources, pg.id.hex(), index), capture, None
+        return _in_group(resources, pg.id.hex(), index), capture
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
-        alive = {n["NodeID"] for n in _core.nodes() if n["Alive"]}
-        if strategy.node_id in alive or strategy.soft:
-            return resources, None, None
-        return resources, None, (
-            f"node {strategy.node_id} named by a hard NodeAffinitySchedulingStrategy is not alive "
-            "(use soft=True to run elsewhere)"
-        )
+        return resources, None
     raise ValueError(f"Unknown scheduling_strategy {strategy!r}.")

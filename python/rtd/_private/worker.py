@@ -343,6 +343,7 @@ def main():
         os.environ["RTD_SESSION_DIR"],
         True,
         os.environ["RTD_WORKER_ID"],
+        os.environ.get("RTD_NODE_IP") or None,
     )
     api._state.is_worker = True
     while True:

@@ -2,6 +2,7 @@
 
 from rtd.util import scheduling_strategies
 from rtd.util.placement_group import (
+    get_current_placement_group,
     get_placement_group,
     placement_group,
     placement_group_table,
@@ -13,5 +14,6 @@ __all__ = [
     "remove_placement_group",
     "placement_group_table",
     "get_placement_group",
+    "get_current_placement_group",
     "scheduling_strategies",
 ]

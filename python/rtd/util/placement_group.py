@@ -152,11 +152,15 @@ def get_placement_group(placement_group_name):
 
 
 def get_current_placement_group():
-    """The placement group the current task captures for its children, or None."""
+    """The placement group the current task or actor runs in, or None (also in the
+    driver)."""
     from rtd._private import worker
 
-    pg_id = worker.current_capture_placement_group()
-    return PlacementGroup(pg_id) if pg_id else None
+    for name in worker.current_resources():
+        # Work in a group asks for its `bundle_group_[<index>_]<pg hex>` marker.
+        if name.startswith("bundle_group_"):
+            return PlacementGroup(bytes.fromhex(name.rsplit("_", 1)[1]))
+    return None
 
 
 def _init_ready_check():

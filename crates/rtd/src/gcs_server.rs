@@ -1,0 +1,401 @@
+//! The GCS as the head node serves it: the tables (`rtd_gcs`), the actor and
+//! placement-group managers, and how they reach the cluster's raylets — this node's
+//! in-process, other nodes' over their TCP address. Nodes join with `RegisterNode` and
+//! keep reporting their free resources; one that stops (its connection closes or its
+//! reports stop for `RTD_NODE_TIMEOUT_MS`) is declared dead, its actors restart
+//! elsewhere and its placement-group bundles are placed again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rtd_common::proto::{
+    frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
+    KillLeasedWorker, KvGetReply, LeaseGranted, ListActorsReply, ListPlacementGroupsReply, NodeInfo,
+    PlacementGroupRemoved, PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply};
+use rtd_common::{ActorId, NodeId, ResourceSet};
+use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
+use rtd_gcs::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use rtd_gcs::Gcs;
+use rtd_raylet::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
+use rtd_raylet::policy::{NodeView, Strategy};
+
+/// The cluster's raylets as the GCS reaches them.
+struct Raylets {
+    local_id: NodeId,
+    local: Arc<Raylet>,
+    tables: Arc<Gcs>,
+    peers: Arc<ConnectionCache>,
+}
+
+impl Raylets {
+    fn address_of(&self, node: &NodeId) -> Option<String> {
+        self.tables
+            .nodes()
+            .into_iter()
+            .find(|n| n.node_id.as_ref() == node.as_bytes() && n.alive)
+            .map(|n| n.raylet_address)
+    }
+
+    /// Sends a request to another node's raylet; `Err` with why it failed.
+    fn call_remote(&self, node: NodeId, body: Body) -> BoxFuture<Result<Body, String>> {
+        let address = self.address_of(&node);
+        let peers = self.peers.clone();
+        Box::pin(async move {
+            let address = address.ok_or_else(|| format!("node {node} is not alive"))?;
+            let client = peers.get(&address).await.map_err(|e| e.to_string())?;
+            client.call(body).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn send_remote(&self, node: NodeId, body: Body) {
+        let call = self.call_remote(node, body);
+        tokio::spawn(async move {
+            if let Err(e) = call.await {
+                tracing::warn!("request to a raylet failed: {e}");
+            }
+        });
+    }
+}
+
+fn dedicated_request(resources: ResourceSet, no_spillback: bool) -> LeaseRequest {
+    LeaseRequest { resources, strategy: Strategy::Default, no_spillback, dedicated: true }
+}
+
+impl WorkerLeaser for Raylets {
+    fn lease(
+        &self,
+        resources: ResourceSet,
+    ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>> {
+        let rx = self.local.request_lease(GCS_CONN, dedicated_request(resources.clone(), false));
+        let local_id = self.local_id;
+        let peers = self.peers.clone();
+        Box::pin(async move {
+            match rx.await {
+                Ok(Body::RequestLeaseReply(r)) => match r.result {
+                    Some(LeaseResult::Granted(g)) => Ok((local_id, g)),
+                    Some(LeaseResult::Spillback(to)) => {
+                        let node = NodeId::from_bytes(&to.node_id).map_err(|e| e.to_string())?;
+                        let client = peers.get(&to.raylet_address).await.map_err(|e| e.to_string())?;
+                        let request = RequestLease {
+                            resources: resources.to_fixed_map(),
+                            no_spillback: true,
+                            dedicated: true,
+                            ..Default::default()
+                        };
+                        match client.call(Body::RequestLease(request)).await {
+                            Ok(Body::RequestLeaseReply(r)) => match r.result {
+                                Some(LeaseResult::Granted(g)) => Ok((node, g)),
+                                _ => Err("the other node could not grant the lease".into()),
+                            },
+                            Ok(_) => Err("unexpected reply to RequestLease".into()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Some(LeaseResult::Infeasible(i)) => Err(i.message),
+                    None => Err("empty lease reply".into()),
+                },
+                Ok(Body::Error(e)) => Err(e.message),
+                _ => Err("the node is shutting down".into()),
+            }
+        })
+    }
+
+    fn shrink(&self, node: NodeId, lease_id: u64, keep: ResourceSet) {
+        if node == self.local_id {
+            self.local.shrink_lease(lease_id, &keep);
+        } else {
+            self.send_remote(node, Body::ShrinkLease(ShrinkLease { lease_id, keep: keep.to_fixed_map() }));
+        }
+    }
+
+    fn kill(&self, node: NodeId, lease_id: u64) {
+        if node == self.local_id {
+            self.local.kill_leased_worker(lease_id);
+        } else {
+            self.send_remote(node, Body::KillLeasedWorker(KillLeasedWorker { lease_id }));
+        }
+    }
+}
+
+impl BundleReserver for Raylets {
+    fn group_removed(&self, node: NodeId, group: String) -> BoxFuture<()> {
+        if node == self.local_id {
+            self.local.group_removed(&group);
+            return Box::pin(async {});
+        }
+        let call = self.call_remote(node, Body::PlacementGroupRemoved(PlacementGroupRemoved { group }));
+        Box::pin(async move {
+            let _ = call.await;
+        })
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        self.tables
+            .nodes()
+            .into_iter()
+            .filter(|n| n.alive)
+            .filter_map(|n| {
+                let node_id = NodeId::from_bytes(&n.node_id).ok()?;
+                let (total, available) = if node_id == self.local_id {
+                    (self.local.total(), self.local.available())
+                } else {
+                    (resources(&n.total), resources(&n.available))
+                };
+                Some(NodeView { node_id, total, available, alive: true })
+            })
+            .collect()
+    }
+
+    fn prepare(&self, node: NodeId, group: String, index: u32, bundle: ResourceSet) -> BoxFuture<bool> {
+        if node == self.local_id {
+            let ok = self.local.prepare_bundle(&group, index, &bundle);
+            return Box::pin(async move { ok });
+        }
+        let call = self.call_remote(node, Body::PrepareBundle(PrepareBundle { group, index, resources: bundle.to_fixed_map() }));
+        Box::pin(async move { matches!(call.await, Ok(Body::Ack(_))) })
+    }
+
+    fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+        if node == self.local_id {
+            self.local.commit_bundle(&group, index);
+            return Box::pin(async {});
+        }
+        let call = self.call_remote(node, Body::CommitBundle(CommitBundle { group, index }));
+        Box::pin(async move {
+            let _ = call.await;
+        })
+    }
+
+    fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+        if node == self.local_id {
+            self.local.return_bundle(&group, index);
+            return Box::pin(async {});
+        }
+        let call = self.call_remote(node, Body::ReleaseBundle(ReleaseBundle { group, index }));
+        Box::pin(async move {
+            let _ = call.await;
+        })
+    }
+}
+
+pub fn resources(map: &Option<ResourceMap>) -> ResourceSet {
+    ResourceSet::from_fixed_map(&map.as_ref().map(|m| m.amounts.clone()).unwrap_or_default())
+}
+
+pub struct GcsServer {
+    node_id: NodeId,
+    raylet: Arc<Raylet>,
+    tables: Arc<Gcs>,
+    actors: Arc<ActorManager>,
+    groups: Arc<PlacementGroupManager>,
+    /// Connections over which a node registered: their close means the node is gone.
+    node_conns: Mutex<HashMap<ConnId, NodeId>>,
+}
+
+fn node_timeout() -> Duration {
+    Duration::from_millis(std::env::var("RTD_NODE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000))
+}
+
+impl GcsServer {
+    /// Starts the GCS for the head node `own` (already registered in the tables).
+    pub fn start(own: NodeInfo, raylet: Arc<Raylet>, peers: Arc<ConnectionCache>) -> Arc<Self> {
+        let node_id = raylet.node_id();
+        let tables = Arc::new(Gcs::new());
+        tables.register_node(own);
+        let raylets = Arc::new(Raylets { local_id: node_id, local: raylet.clone(), tables: tables.clone(), peers });
+        let actors = ActorManager::new(raylets.clone());
+        let hook_actors = actors.clone();
+        raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
+        let groups = PlacementGroupManager::new(raylets);
+        let server = Arc::new(Self {
+            node_id,
+            raylet,
+            tables,
+            actors,
+            groups,
+            node_conns: Mutex::new(HashMap::new()),
+        });
+        // Keep the head's raylet's view of the cluster fresh, publish the head's own
+        // free resources, and declare silent nodes dead.
+        let weak = Arc::downgrade(&server);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(server) = weak.upgrade() else { return };
+                let available = ResourceMap { amounts: server.raylet.available().to_fixed_map() };
+                server.tables.report(server.node_id.as_bytes(), available);
+                server.raylet.set_cluster(crate::node::remote_nodes(&server.tables.nodes()));
+                for node in server.tables.silent_nodes(node_timeout(), &server.node_id) {
+                    tracing::warn!("node {node} stopped reporting; marking it dead");
+                    server.node_dead(node);
+                }
+            }
+        });
+        server
+    }
+
+    fn node_dead(&self, node: NodeId) {
+        if !self.tables.mark_dead(&node) {
+            return;
+        }
+        self.raylet.set_cluster(crate::node::remote_nodes(&self.tables.nodes()));
+        self.actors.node_dead(node);
+        let groups = self.groups.clone();
+        tokio::spawn(async move {
+            groups.node_dead(node).await;
+        });
+    }
+
+    /// Cluster nodes, with this node's free resources as of now.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut nodes = self.tables.nodes();
+        for node in nodes.iter_mut() {
+            if node.node_id.as_ref() == self.node_id.as_bytes() {
+                node.available = Some(ResourceMap { amounts: self.raylet.available().to_fixed_map() });
+                node.total = Some(ResourceMap { amounts: self.raylet.total().to_fixed_map() });
+            }
+        }
+        nodes
+    }
+
+    /// Handles a GCS request; `None` if `body` is not one.
+    pub fn handle(self: &Arc<Self>, conn: ConnId, body: Body) -> Result<Reply, Body> {
+        let reply = match body {
+            Body::RegisterClient(_) => Reply::Now(Body::RegisterClientReply(RegisterClientReply {
+                job_id: self.tables.next_job_id().to_vec().into(),
+                ..Default::default()
+            })),
+            Body::GetNodes(_) => Reply::Now(Body::GetNodesReply(GetNodesReply { nodes: self.nodes() })),
+            Body::RegisterNode(reg) => {
+                let Some(node) = reg.node else {
+                    return Ok(Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node")));
+                };
+                if let Ok(id) = NodeId::from_bytes(&node.node_id) {
+                    self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, id);
+                    tracing::info!("node {id} joined at {}", node.raylet_address);
+                }
+                self.tables.register_node(node);
+                // The head's raylet can send work there right away.
+                self.raylet.set_cluster(crate::node::remote_nodes(&self.tables.nodes()));
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::ReportResources(report) => {
+                if self.tables.report(&report.node_id, report.available.unwrap_or_default()) {
+                    Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
+                } else {
+                    Reply::Now(error_body(ErrorCode::NotFound, "this node is not (or no longer) part of the cluster"))
+                }
+            }
+            Body::LeaseLost(lost) => {
+                if let Ok(node) = NodeId::from_bytes(&lost.node_id) {
+                    self.actors.lease_lost(node, lost.lease_id);
+                }
+                Reply::None
+            }
+            Body::KvPut(kv) => {
+                self.tables.kv_put(kv.key, kv.value);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::KvGet(kv) => Reply::Now(Body::KvGetReply(match self.tables.kv_get(&kv.key) {
+                Some(value) => KvGetReply { found: true, value },
+                None => KvGetReply { found: false, value: Default::default() },
+            })),
+            Body::CreateActor(req) => match self.actors.create(conn, req) {
+                Ok(info) => Reply::Now(Body::ActorInfo(info)),
+                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+            },
+            Body::WaitActor(w) => {
+                match ActorId::from_bytes(&w.actor_id).ok().and_then(|id| self.actors.wait(&id, w.after_epoch)) {
+                    Some(rx) => Reply::Later(Box::pin(async move {
+                        match rx.await {
+                            Ok(info) => Body::ActorInfo(info),
+                            Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
+                        }
+                    })),
+                    None => Reply::Now(error_body(ErrorCode::NotFound, "no such actor")),
+                }
+            }
+            Body::GetNamedActor(g) => match self.actors.get_named(&g.namespace, &g.name) {
+                Some(info) => Reply::Now(Body::ActorInfo(info)),
+                None => Reply::Now(error_body(
+                    ErrorCode::NotFound,
+                    format!("Failed to look up actor with name '{}' in namespace '{}'", g.name, g.namespace),
+                )),
+            },
+            Body::KillActor(k) => {
+                let killed =
+                    ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart)).unwrap_or(false);
+                if killed {
+                    Reply::Now(Body::Ack(Ack {}))
+                } else {
+                    Reply::Now(error_body(ErrorCode::NotFound, "no such actor"))
+                }
+            }
+            Body::ListActors(_) => Reply::Now(Body::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
+            Body::CreatePlacementGroup(req) => {
+                let groups = self.groups.clone();
+                Reply::Later(Box::pin(async move {
+                    match groups.create(conn, req).await {
+                        Ok(info) => Body::PlacementGroupInfo(info),
+                        Err(e) => error_body(ErrorCode::Invalid, e.to_string()),
+                    }
+                }))
+            }
+            Body::WaitPlacementGroup(w) => match self.groups.wait(&w.pg_id) {
+                Some(rx) => Reply::Later(Box::pin(async move {
+                    match rx.await {
+                        Ok(info) => Body::PlacementGroupInfo(info),
+                        Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
+                    }
+                })),
+                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            },
+            Body::RemovePlacementGroup(r) => {
+                let server = self.clone();
+                Reply::Later(Box::pin(async move {
+                    match server.groups.remove(&r.pg_id).await {
+                        Some(group) => {
+                            server.actors.end_actors_in_group(&group);
+                            Body::Ack(Ack {})
+                        }
+                        None => error_body(ErrorCode::NotFound, "no such placement group"),
+                    }
+                }))
+            }
+            Body::GetPlacementGroup(g) => match self.groups.get(&g.pg_id, &g.name) {
+                Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
+                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            },
+            Body::ListPlacementGroups(_) => {
+                Reply::Now(Body::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
+            }
+            other => return Err(other),
+        };
+        Ok(reply)
+    }
+
+    /// A client or node connection closed: what it owned goes with it.
+    pub fn disconnected(self: &Arc<Self>, conn: ConnId) {
+        self.actors.owner_disconnected(conn);
+        let server = self.clone();
+        tokio::spawn(async move {
+            for group in server.groups.owner_disconnected(conn).await {
+                server.actors.end_actors_in_group(&group);
+            }
+        });
+        let node = self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);
+        if let Some(node) = node {
+            tracing::warn!("node {node} disconnected; marking it dead");
+            self.node_dead(node);
+        }
+    }
+
+    pub fn shutdown(&self) {
+        self.actors.shutdown();
+    }
+}

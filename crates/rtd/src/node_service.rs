@@ -1,0 +1,322 @@
+//! What a node daemon answers on its sockets: the raylet's requests (registration,
+//! leases, blocked workers, placement-group bundles, object transfer) and the GCS's.
+//! The head serves GCS requests itself; another node forwards them to the head, so a
+//! client never needs to know which node hosts the GCS.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rtd_common::proto::{
+    frame::Body, Ack, ErrorCode, NodeInfo, ObjectChunk, ReadObjectChunk, RegisterClientReply, ResourceMap,
+};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, Service};
+use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
+use rtd_plasma::PlasmaClient;
+use rtd_raylet::lease::{ConnId, LeaseRequest, Raylet};
+use rtd_raylet::policy::Strategy;
+use tokio::sync::Notify;
+
+use crate::gcs_server::GcsServer;
+use crate::session::Session;
+
+/// Objects move between nodes in pieces of this size.
+const CHUNK: u64 = 8 << 20;
+
+pub enum GcsLink {
+    /// This is the head: the GCS runs here.
+    Local(Arc<GcsServer>),
+    /// Another node: GCS requests go to the head.
+    Remote(RpcClient),
+}
+
+pub struct NodeService {
+    pub node_id: NodeId,
+    pub session: Session,
+    pub shm_size: u64,
+    /// This node's IP when it is part of a multi-node cluster.
+    pub node_ip: Option<String>,
+    pub raylet: Arc<Raylet>,
+    /// The daemon's own client of its object store (object transfer).
+    pub plasma: PlasmaClient,
+    pub peers: Arc<ConnectionCache>,
+    pub gcs: GcsLink,
+    pub next_conn: AtomicU64,
+    pub shutdown: Arc<Notify>,
+}
+
+pub struct ConnState {
+    id: ConnId,
+    worker: Option<WorkerId>,
+}
+
+/// How a node describes itself to the GCS.
+pub fn describe_node(
+    raylet: &Raylet,
+    session: &Session,
+    node_ip: &Option<String>,
+    raylet_address: &str,
+    is_head: bool,
+) -> NodeInfo {
+    NodeInfo {
+        node_id: raylet.node_id().to_vec().into(),
+        address: node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+        alive: true,
+        total: Some(ResourceMap { amounts: raylet.total().to_fixed_map() }),
+        available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
+        session_dir: session.dir.display().to_string(),
+        raylet_socket: session.raylet_socket().display().to_string(),
+        plasma_socket: session.plasma_socket().display().to_string(),
+        raylet_address: raylet_address.to_string(),
+        is_head,
+    }
+}
+
+impl NodeService {
+    fn register_reply(&self, job_id: Bytes) -> RegisterClientReply {
+        RegisterClientReply {
+            node_id: self.node_id.to_vec().into(),
+            job_id,
+            plasma_socket: self.session.plasma_socket().display().to_string(),
+            shm_path: self.session.shm_path().display().to_string(),
+            shm_size: self.shm_size,
+            session_dir: self.session.dir.display().to_string(),
+            node_ip: self.node_ip.clone().unwrap_or_default(),
+        }
+    }
+
+    /// A GCS request: served here on the head, forwarded elsewhere.
+    fn to_gcs(&self, conn: ConnId, body: Body) -> Reply {
+        match &self.gcs {
+            GcsLink::Local(gcs) => gcs.handle(conn, body).unwrap_or_else(|_| {
+                Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for the node daemon"))
+            }),
+            GcsLink::Remote(head) => {
+                let call = head.start_call(body);
+                Reply::Later(Box::pin(async move {
+                    call.await.unwrap_or_else(|e| error_body(ErrorCode::Internal, format!("the head node is unreachable: {e}")))
+                }))
+            }
+        }
+    }
+
+    /// Copies an object from another node's store into this node's.
+    async fn pull(
+        plasma: PlasmaClient,
+        peers: Arc<ConnectionCache>,
+        source: Option<String>,
+        id: ObjectId,
+    ) -> Result<(), String> {
+        if let Ok(Some(_)) = plasma.get(&id, 0).await {
+            plasma.release(&id);
+            return Ok(());
+        }
+        let source = source.ok_or_else(|| format!("the node holding object {id} is not alive"))?;
+        let client = peers.get(&source).await.map_err(|e| e.to_string())?;
+        let mut offset = 0u64;
+        let mut base = None;
+        loop {
+            let read = ReadObjectChunk { id: id.to_vec().into(), offset, length: CHUNK };
+            let chunk = match client.call(Body::ReadObjectChunk(read)).await.map_err(|e| e.to_string())? {
+                Body::ObjectChunk(c) if c.found => c,
+                _ => return Err(format!("object {id} is no longer on its node")),
+            };
+            let start = match base {
+                Some(start) => start,
+                None => match plasma.create(&id, chunk.total_size, chunk.metadata).await {
+                    Ok(start) => {
+                        base = Some(start);
+                        start
+                    }
+                    Err(rtd_plasma::PlasmaError::Full(m)) => return Err(m),
+                    // Another pull of the same object is writing it: wait for its seal.
+                    Err(_) => {
+                        return match plasma.get(&id, 30_000).await {
+                            Ok(Some(_)) => {
+                                plasma.release(&id);
+                                Ok(())
+                            }
+                            _ => Err(format!("object {id} could not be copied to this node")),
+                        };
+                    }
+                },
+            };
+            let len = chunk.data.len() as u64;
+            // SAFETY: the store gave us [start, start + total) until we seal it.
+            let dst = unsafe { plasma.region().slice_mut(start + offset, len) }
+                .ok_or_else(|| "chunk outside the object".to_string())?;
+            dst.copy_from_slice(&chunk.data);
+            offset += len;
+            if offset >= chunk.total_size || len == 0 {
+                break;
+            }
+        }
+        plasma.seal(&id).await.map_err(|e| e.to_string())
+    }
+
+    async fn read_chunk(plasma: PlasmaClient, read: ReadObjectChunk) -> Body {
+        let Ok(id) = ObjectId::from_bytes(&read.id) else {
+            return error_body(ErrorCode::Invalid, "bad object id");
+        };
+        let Ok(Some(info)) = plasma.get(&id, 0).await else {
+            return Body::ObjectChunk(ObjectChunk::default());
+        };
+        let start = read.offset.min(info.size);
+        let len = read.length.min(info.size - start);
+        // SAFETY: pinned until the release below.
+        let data = unsafe { plasma.region().slice(info.offset + start, len) }.map(Bytes::copy_from_slice);
+        plasma.release(&id);
+        Body::ObjectChunk(ObjectChunk {
+            found: data.is_some(),
+            total_size: info.size,
+            metadata: info.metadata,
+            data: data.unwrap_or_default(),
+        })
+    }
+}
+
+fn strategy_of(req: &rtd_common::proto::RequestLease) -> Strategy {
+    if !req.affinity_node.is_empty() {
+        let node_id = parse_node_id(&req.affinity_node).unwrap_or_else(NodeId::nil);
+        return Strategy::NodeAffinity { node_id, soft: req.affinity_soft };
+    }
+    match req.strategy.as_str() {
+        "SPREAD" => Strategy::Spread,
+        _ => Strategy::Default,
+    }
+}
+
+fn parse_node_id(hex: &str) -> Option<NodeId> {
+    let bytes: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
+    NodeId::from_bytes(&bytes?).ok()
+}
+
+impl Service for NodeService {
+    type State = ConnState;
+
+    fn connected(&self) -> ConnState {
+        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
+    }
+
+    fn handle(&self, conn: &mut ConnState, body: Body) -> Reply {
+        match body {
+            Body::RegisterClient(reg) => {
+                if reg.is_worker {
+                    let Ok(worker_id) = WorkerId::from_bytes(&reg.worker_id) else {
+                        return Reply::Now(error_body(ErrorCode::Invalid, "bad worker id"));
+                    };
+                    if !self.raylet.register_worker(worker_id, reg.address) {
+                        return Reply::Now(error_body(ErrorCode::Invalid, "unknown or duplicate worker id"));
+                    }
+                    conn.worker = Some(worker_id);
+                    return Reply::Now(Body::RegisterClientReply(self.register_reply(Bytes::new())));
+                }
+                // A driver: its job id comes from the GCS.
+                let mut reply = self.register_reply(Bytes::new());
+                match self.to_gcs(conn.id, Body::RegisterClient(reg)) {
+                    Reply::Now(Body::RegisterClientReply(r)) => {
+                        reply.job_id = r.job_id;
+                        Reply::Now(Body::RegisterClientReply(reply))
+                    }
+                    Reply::Later(fut) => Reply::Later(Box::pin(async move {
+                        match fut.await {
+                            Body::RegisterClientReply(r) => {
+                                reply.job_id = r.job_id;
+                                Body::RegisterClientReply(reply)
+                            }
+                            other => other,
+                        }
+                    })),
+                    other => other,
+                }
+            }
+            Body::RequestLease(req) => {
+                let request = LeaseRequest {
+                    resources: ResourceSet::from_fixed_map(&req.resources),
+                    strategy: strategy_of(&req),
+                    no_spillback: req.no_spillback,
+                    dedicated: req.dedicated,
+                };
+                let rx = self.raylet.request_lease(conn.id, request);
+                Reply::Later(Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| error_body(ErrorCode::Internal, "the node is shutting down"))
+                }))
+            }
+            Body::ReturnLease(r) => {
+                self.raylet.return_lease(r.lease_id);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::KillLeasedWorker(k) => {
+                self.raylet.kill_leased_worker(k.lease_id);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::ShrinkLease(s) => {
+                self.raylet.shrink_lease(s.lease_id, &ResourceSet::from_fixed_map(&s.keep));
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::NotifyBlocked(_) => {
+                if let Some(w) = &conn.worker {
+                    self.raylet.worker_blocked(w);
+                }
+                Reply::None
+            }
+            Body::NotifyUnblocked(_) => {
+                if let Some(w) = &conn.worker {
+                    self.raylet.worker_unblocked(w);
+                }
+                Reply::None
+            }
+            Body::PrepareBundle(p) => {
+                if self.raylet.prepare_bundle(&p.group, p.index, &ResourceSet::from_fixed_map(&p.resources)) {
+                    Reply::Now(Body::Ack(Ack {}))
+                } else {
+                    Reply::Now(error_body(ErrorCode::Invalid, "the bundle's resources are not available"))
+                }
+            }
+            Body::CommitBundle(c) => {
+                self.raylet.commit_bundle(&c.group, c.index);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::ReleaseBundle(r) => {
+                self.raylet.return_bundle(&r.group, r.index);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::PlacementGroupRemoved(g) => {
+                self.raylet.group_removed(&g.group);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::PullObject(p) => {
+                let Ok(id) = ObjectId::from_bytes(&p.id) else {
+                    return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
+                };
+                let source = self
+                    .raylet
+                    .cluster()
+                    .into_iter()
+                    .find(|n| n.view.node_id.as_bytes() == p.node_id.as_ref() && n.view.alive)
+                    .map(|n| n.raylet_address);
+                let (plasma, peers) = (self.plasma.clone(), self.peers.clone());
+                Reply::Later(Box::pin(async move {
+                    match Self::pull(plasma, peers, source, id).await {
+                        Ok(()) => Body::Ack(Ack {}),
+                        Err(e) => error_body(ErrorCode::NotFound, e),
+                    }
+                }))
+            }
+            Body::ReadObjectChunk(read) => Reply::Later(Box::pin(Self::read_chunk(self.plasma.clone(), read))),
+            Body::Shutdown(_) => {
+                self.shutdown.notify_one();
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            other => self.to_gcs(conn.id, other),
+        }
+    }
+
+    fn disconnected(&self, conn: ConnState) {
+        if let GcsLink::Local(gcs) = &self.gcs {
+            gcs.disconnected(conn.id);
+        }
+        self.raylet.client_disconnected(conn.id, conn.worker);
+    }
+}
