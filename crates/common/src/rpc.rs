@@ -99,6 +99,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedRec
             return;
         }
     }
+    // Every sender is gone: close our direction so the peer sees the end even though
+    // the read half (held by the reader task) keeps the socket open.
+    let _ = writer.shutdown().await;
 }
 
 /// Waiters by request id; `None` once the connection is closed, so a late call fails
