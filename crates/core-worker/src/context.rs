@@ -2,7 +2,10 @@
 //! plasma store, other core workers) and its object table, plus the object operations
 //! built on them (storing values, freeing them, fetching borrowed ones from owners).
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectValue, PlasmaObject, TaskSpec};
@@ -29,6 +32,8 @@ pub struct Context {
     pub table: ObjectTable,
     /// Connections to other core workers (leased workers, owners) and raylets.
     pub peers: ConnectionCache,
+    /// How to rebuild owned objects held in plasma: the task that made them.
+    pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
 }
 
 impl Context {
@@ -74,11 +79,16 @@ impl Context {
         }
     }
 
+    pub fn remember_lineage(&self, id: ObjectId, spec: &TaskSpec) {
+        self.lineage.lock().insert(id, spec.clone());
+    }
+
     /// Drops what an unreferenced object holds outside this process.
     pub fn free(&self, freed: Freed) {
         if !freed.owned {
             return;
         }
+        self.lineage.lock().remove(&freed.id);
         if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = freed.value {
             let plasma = self.plasma.clone();
             self.rt.spawn(async move {

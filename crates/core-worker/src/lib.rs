@@ -206,6 +206,7 @@ impl CoreWorker {
                 plasma,
                 table: ObjectTable::new(),
                 peers: Default::default(),
+                lineage: Default::default(),
             });
             let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone() });
             tokio::spawn(rtd_common::rpc::serve(listener, service));
@@ -298,13 +299,39 @@ impl CoreWorker {
         timeout: Option<Duration>,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Vec<FetchedValue>, CoreError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         self.wait_until(ids, ids.len(), timeout, interrupted)?;
         ids.iter()
             .map(|id| {
                 let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
-                self.fetch_value(*id, value)
+                match self.fetch_value(*id, value) {
+                    Err(CoreError::ObjectLost(why)) if self.reconstruct(id) => {
+                        tracing::info!("object {id} was lost ({why}); re-running the task that made it");
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        self.wait_until(&[*id], 1, left, interrupted)?;
+                        let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
+                        self.fetch_value(*id, value)
+                    }
+                    other => other,
+                }
             })
             .collect()
+    }
+
+    /// Re-runs the task that made a lost object, if this process owns it and the task
+    /// has retries left (lineage reconstruction). True if a re-run was started.
+    fn reconstruct(&self, id: &ObjectId) -> bool {
+        let Some(mut spec) = self.ctx.lineage.lock().remove(id) else { return false };
+        spec.max_retries = if spec.max_retries < 0 { -1 } else { spec.max_retries - 1 };
+        spec.attempt += 1;
+        for ret in &spec.return_ids {
+            if let Ok(ret) = ObjectId::from_bytes(ret) {
+                self.ctx.lineage.lock().remove(&ret);
+                self.ctx.table.reset_pending(&ret);
+            }
+        }
+        self.submitter.reconstruct(spec);
+        true
     }
 
     /// Indices of ready objects in the order they became ready, at most `num_returns`.

@@ -163,6 +163,13 @@ impl ObjectTable {
         true
     }
 
+    /// The value is gone and will be produced again (lineage reconstruction).
+    pub fn reset_pending(&self, id: &ObjectId) {
+        if let Some(entry) = self.entries.lock().get_mut(id) {
+            entry.value = None;
+        }
+    }
+
     pub fn get_value(&self, id: &ObjectId) -> Option<ObjectValue> {
         self.entries.lock().get(id).and_then(|e| e.value.clone())
     }

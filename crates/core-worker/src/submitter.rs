@@ -35,6 +35,8 @@ const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
 
 enum Event {
     Submit(TaskSpec),
+    /// Re-run a finished task whose results were lost (lineage reconstruction).
+    Reconstruct(TaskSpec),
     Resolved(TaskSpec),
     Granted { class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient },
     LeaseFailed { class: ClassKey, error: LeaseFailure },
@@ -55,6 +57,8 @@ struct PendingTask {
     retries_left: i32,
     lease: Option<u64>,
     cancelled: bool,
+    /// A re-run: its arguments were released when it first finished.
+    reconstruction: bool,
 }
 
 #[derive(Default)]
@@ -100,6 +104,10 @@ impl TaskSubmitter {
 
     pub fn submit(&self, spec: TaskSpec) {
         let _ = self.tx.send(Event::Submit(spec));
+    }
+
+    pub fn reconstruct(&self, spec: TaskSpec) {
+        let _ = self.tx.send(Event::Reconstruct(spec));
     }
 
     pub fn cancel(&self, task_id: TaskId, force: bool) {
@@ -154,7 +162,8 @@ impl Submitter {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
         while let Some(event) = rx.recv().await {
             match event {
-                Event::Submit(spec) => self.on_submit(spec),
+                Event::Submit(spec) => self.on_submit(spec, false),
+                Event::Reconstruct(spec) => self.on_submit(spec, true),
                 Event::Resolved(spec) => self.on_resolved(spec),
                 Event::Granted { class, grant, worker, raylet } => self.on_granted(class, grant, worker, raylet),
                 Event::LeaseFailed { class, error } => self.on_lease_failed(class, error),
@@ -168,13 +177,13 @@ impl Submitter {
         }
     }
 
-    fn on_submit(&mut self, spec: TaskSpec) {
+    fn on_submit(&mut self, spec: TaskSpec, reconstruction: bool) {
         let task_id = task_id_of(&spec);
         let class = class_key(&spec);
         let retries_left = spec.max_retries;
         self.tasks.insert(
             task_id,
-            PendingTask { spec: spec.clone(), class, retries_left, lease: None, cancelled: false },
+            PendingTask { spec: spec.clone(), class, retries_left, lease: None, cancelled: false, reconstruction },
         );
         if spec.arg_refs.iter().all(|a| a.value.is_some()) {
             self.on_resolved(spec);
@@ -390,11 +399,20 @@ impl Submitter {
             return;
         }
         let Some(task) = self.tasks.remove(&task_id) else { return };
+        let mut spec = task.spec;
         for ret in reply.returns {
             let (Ok(id), Some(value)) = (ObjectId::from_bytes(&ret.id), ret.value) else { continue };
+            // A result in some node's store can be rebuilt from this spec if that node
+            // dies, while retries remain.
+            if matches!(value.kind, Some(Kind::Plasma(_))) && task.retries_left != 0 {
+                spec.max_retries = task.retries_left;
+                self.ctx.remember_lineage(id, &spec);
+            }
             self.ctx.store_result(id, value);
         }
-        self.ctx.release_task_args(&task.spec);
+        if !task.reconstruction {
+            self.ctx.release_task_args(&spec);
+        }
     }
 
     fn on_worker_died(&mut self, task_id: TaskId, error: RpcError) {
@@ -439,7 +457,9 @@ impl Submitter {
                 self.ctx.store_result(id, system_error(kind, message.clone()));
             }
         }
-        self.ctx.release_task_args(&task.spec);
+        if !task.reconstruction {
+            self.ctx.release_task_args(&task.spec);
+        }
     }
 
     fn on_cancel(&mut self, task_id: TaskId, force: bool) {
