@@ -14,10 +14,9 @@ import uuid
 
 from rtd import _core, exceptions
 from rtd._core import ObjectRef
-from rtd._private import serialization
+from rtd._private import node, serialization
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
-_NODE_START_TIMEOUT_S = 30.0
 
 
 class _State:
@@ -57,31 +56,8 @@ def is_initialized() -> bool:
 def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir):
     os.makedirs(temp_dir, exist_ok=True)
     session_dir = os.path.join(temp_dir, f"session_{int(time.time() * 1000)}_{os.getpid()}")
-    cmd = [
-        sys.executable, "-m", "rtd._private.node", "start", "--head", "--block", "--watch-stdin",
-        "--session-dir", session_dir, "--python", sys.executable,
-    ]
-    if num_cpus is not None:
-        cmd += ["--num-cpus", str(num_cpus)]
-    if num_gpus is not None:
-        cmd += ["--num-gpus", str(num_gpus)]
-    if resources:
-        cmd += ["--resources", json.dumps(resources)]
-    if object_store_memory is not None:
-        cmd += ["--object-store-memory", str(int(object_store_memory))]
-    # The daemon stops when this pipe closes, so it never outlives the driver.
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-    node_file = os.path.join(session_dir, "node.json")
-    deadline = time.monotonic() + _NODE_START_TIMEOUT_S
-    while not os.path.exists(node_file):
-        code = process.poll()
-        if code is not None:
-            raise RuntimeError(f"The rtd node daemon failed to start (exit code {code}); see its output above.")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"The rtd node daemon did not start within {_NODE_START_TIMEOUT_S:.0f} s.")
-        time.sleep(0.002)
-    return process, session_dir
+    args = ["--head", *node.node_args(num_cpus, num_gpus, resources, object_store_memory)]
+    return node.spawn_node(session_dir, args), session_dir
 
 
 def _find_running_node(temp_dir):
@@ -89,8 +65,8 @@ def _find_running_node(temp_dir):
     latest = os.path.join(temp_dir, "session_latest", "node.json")
     try:
         with open(latest) as f:
-            node = json.load(f)
-        return node["session_dir"], node.get("node_ip") or None
+            info = json.load(f)
+        return info["session_dir"], info.get("node_ip") or None
     except (OSError, ValueError, KeyError):
         raise ConnectionError(
             "Could not find any running rtd instance. Start one with `rtd start --head`, "

@@ -15,13 +15,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 from rtd import _core
-
-_START_TIMEOUT_S = 30.0
+from rtd._private.node import node_args, spawn_node
 
 
 def _free_port() -> int:
@@ -80,30 +78,14 @@ class Cluster:
             raise TypeError(f"add_node() got unexpected keyword argument(s): {sorted(unknown)}")
         is_head = self.head_node is None
         session_dir = os.path.join(self._temp_dir, f"session_{len(self.list_all_nodes())}_{os.getpid()}")
-        cmd = [sys.executable, "-m", "rtd._private.node", "start", "--block", "--watch-stdin",
-               "--session-dir", session_dir, "--python", sys.executable, "--node-ip-address", "127.0.0.1"]
+        args = ["--node-ip-address", "127.0.0.1"]
         if is_head:
             self._port = _free_port()
-            cmd += ["--head", "--port", str(self._port)]
+            args += ["--head", "--port", str(self._port)]
         else:
-            cmd += ["--address", self.address]
-        cmd += ["--num-cpus", str(num_cpus)]
-        if num_gpus is not None:
-            cmd += ["--num-gpus", str(num_gpus)]
-        if resources:
-            cmd += ["--resources", json.dumps(resources)]
-        if object_store_memory is not None:
-            cmd += ["--object-store-memory", str(int(object_store_memory))]
-        process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
-        node_file = os.path.join(session_dir, "node.json")
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not os.path.exists(node_file):
-            if process.poll() is not None:
-                raise RuntimeError(f"The node daemon exited during start-up (exit code {process.returncode}).")
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError("The node daemon did not start in time.")
-            time.sleep(0.005)
+            args += ["--address", self.address]
+        args += node_args(num_cpus, num_gpus, resources, object_store_memory)
+        process = spawn_node(session_dir, args)
         node = Node(process, session_dir, is_head)
         if is_head:
             self.head_node = node
