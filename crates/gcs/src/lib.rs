@@ -51,12 +51,13 @@ impl Gcs {
 
     /// A node's heartbeat with its free resources; false if the node is unknown or
     /// already declared dead (it must not come back under the same id).
-    pub fn report(&self, node_id: &[u8], available: ResourceMap) -> bool {
+    pub fn report(&self, node_id: &[u8], available: ResourceMap, pending_demands: Vec<ResourceMap>) -> bool {
         let mut nodes = self.nodes.lock();
         let Some(node) = nodes.iter_mut().find(|n| n.node_id.as_ref() == node_id && n.alive) else {
             return false;
         };
         node.available = Some(available);
+        node.pending_demands = pending_demands;
         self.last_seen.lock().insert(node_id.to_vec(), Instant::now());
         true
     }
@@ -115,10 +116,10 @@ mod tests {
         gcs.register_node(node);
         assert_eq!(gcs.nodes().len(), 1);
         assert!(gcs.nodes()[0].alive);
-        assert!(gcs.report(&id.to_vec(), ResourceMap::default()));
+        assert!(gcs.report(&id.to_vec(), ResourceMap::default(), Vec::new()));
         assert!(gcs.silent_nodes(Duration::from_secs(60), &NodeId::nil()).is_empty());
         assert_eq!(gcs.silent_nodes(Duration::ZERO, &NodeId::nil()), vec![id]);
         assert!(gcs.mark_dead(&id));
-        assert!(!gcs.report(&id.to_vec(), ResourceMap::default()));
+        assert!(!gcs.report(&id.to_vec(), ResourceMap::default(), Vec::new()));
     }
 }

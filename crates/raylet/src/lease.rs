@@ -659,6 +659,11 @@ impl Raylet {
         }
     }
 
+    /// Resource shapes of the lease requests waiting here.
+    pub fn pending_demands(&self) -> Vec<ResourceSet> {
+        self.lock().pending.iter().map(|p| p.resources.clone()).collect()
+    }
+
     /// Pids of the node's worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.lock().workers.values().map(|w| w.pid).collect()

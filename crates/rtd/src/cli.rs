@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use rtd_common::proto::frame::Body;
+use rtd_common::rpc::RpcClient;
 
 use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions, NodeRole};
 use crate::session::{NodeFile, Session, DEFAULT_TEMP_DIR};
@@ -18,7 +20,8 @@ commands:
         [--object-store-memory BYTES] [--temp-dir DIR] [--block]
                       start a head node (a new cluster) or a node joining one
   stop [--temp-dir DIR]    stop the node daemons started on this machine
-  status [--temp-dir DIR]  show nodes and resource usage";
+  status [--temp-dir DIR]  show nodes and resource usage
+  list nodes|actors|placement-groups [--temp-dir DIR]";
 
 /// How to start a daemon in the background: the program and leading arguments that,
 /// followed by `start ... --block`, run a node in the foreground.
@@ -52,6 +55,7 @@ fn run(argv: &[String], launcher: &Launcher) -> Result<()> {
         "start" => start(rest, launcher),
         "stop" => stop(rest),
         "status" => status(rest),
+        "list" => list(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(())
@@ -241,30 +245,109 @@ fn stop(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn status(args: &[String]) -> Result<()> {
-    let nodes = session_nodes(&temp_dir_arg("status", args)?);
+/// Asks this machine's node daemons `body`, once per cluster: nodes of one cluster
+/// forward to the same GCS, so a cluster already answered (same node set) is skipped.
+fn ask_clusters(temp_dir: &Path, body: impl Fn() -> Body) -> Result<Vec<(NodeFile, Body)>> {
+    let nodes = session_nodes(temp_dir);
     if nodes.is_empty() {
         bail!("no rtd node is running on this machine (start one with `rtd start --head`)");
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut seen: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut answers = Vec::new();
     for node in nodes {
-        let reply = runtime.block_on(async {
-            let client = rtd_common::rpc::RpcClient::connect(&node.raylet_socket).await?;
-            client.call(rtd_common::proto::frame::Body::GetNodes(Default::default())).await
-        });
-        let Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) = reply else {
-            println!("node {} (pid {}): not answering", node.node_id, node.pid);
-            continue;
-        };
+        let (ids, reply) = runtime.block_on(async {
+            let client = RpcClient::connect(&node.raylet_socket).await?;
+            let ids = match client.call(Body::GetNodes(Default::default())).await? {
+                Body::GetNodesReply(r) => {
+                    let mut ids: Vec<Vec<u8>> = r.nodes.iter().map(|n| n.node_id.to_vec()).collect();
+                    ids.sort();
+                    ids
+                }
+                _ => Vec::new(),
+            };
+            Ok::<_, rtd_common::rpc::RpcError>((ids, client.call(body()).await?))
+        })?;
+        if !seen.contains(&ids) {
+            seen.push(ids);
+            answers.push((node, reply));
+        }
+    }
+    Ok(answers)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn status(args: &[String]) -> Result<()> {
+    for (node, reply) in ask_clusters(&temp_dir_arg("status", args)?, || Body::GetNodes(Default::default()))? {
+        let Body::GetNodesReply(r) = reply else { continue };
         println!("======== rtd status: {} ========", node.session_dir);
+        let mut demands: std::collections::BTreeMap<String, usize> = Default::default();
         for n in r.nodes {
+            for d in &n.pending_demands {
+                *demands.entry(rtd_common::ResourceSet::from_fixed_map(&d.amounts).to_string()).or_default() += 1;
+            }
             let total = rtd_common::ResourceSet::from_fixed_map(&n.total.map(|t| t.amounts).unwrap_or_default());
             let avail = rtd_common::ResourceSet::from_fixed_map(&n.available.map(|t| t.amounts).unwrap_or_default());
-            println!("Node {} ({})", rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default(), if n.alive { "alive" } else { "dead" });
+            let role = if n.is_head { ", head" } else { "" };
+            println!("Node {} ({}{role})", hex(&n.node_id), if n.alive { "alive" } else { "dead" });
             println!("Resources");
             for line in usage_lines(&total, &avail) {
                 println!("  {line}");
             }
+        }
+        println!("Demands");
+        if demands.is_empty() {
+            println!("  (no resource demands)");
+        }
+        for (shape, count) in demands {
+            println!("  {shape}: {count}+ pending tasks/actors");
+        }
+    }
+    Ok(())
+}
+
+/// `rtd list nodes|actors|placement-groups [--temp-dir DIR]`.
+fn list(args: &[String]) -> Result<()> {
+    let (what, rest) = args.split_first().ok_or_else(|| anyhow!("usage: rtd list nodes|actors|placement-groups"))?;
+    let temp_dir = temp_dir_arg("list", rest)?;
+    let body = match what.as_str() {
+        "nodes" => || Body::GetNodes(Default::default()),
+        "actors" => || Body::ListActors(Default::default()),
+        "placement-groups" => || Body::ListPlacementGroups(Default::default()),
+        other => bail!("cannot list {other:?}: choose nodes, actors or placement-groups"),
+    };
+    for (_, reply) in ask_clusters(&temp_dir, body)? {
+        match reply {
+            Body::GetNodesReply(r) => {
+                println!("{:<56}  {:<5}  {:<4}  ADDRESS", "NODE_ID", "STATE", "HEAD");
+                for n in r.nodes {
+                    let state = if n.alive { "ALIVE" } else { "DEAD" };
+                    println!("{:<56}  {state:<5}  {:<4}  {}", hex(&n.node_id), if n.is_head { "yes" } else { "" }, n.address);
+                }
+            }
+            Body::ListActorsReply(r) => {
+                println!("{:<32}  {:<20}  {:<16}  {:<8}  NAME", "ACTOR_ID", "CLASS", "STATE", "RESTARTS");
+                for a in r.actors {
+                    let options = a.options.unwrap_or_default();
+                    let state = rtd_common::proto::ActorState::try_from(a.state)
+                        .map(|s| s.as_str_name())
+                        .unwrap_or("UNKNOWN");
+                    println!("{:<32}  {:<20}  {state:<16}  {:<8}  {}", hex(&a.actor_id), options.class_name, a.num_restarts, options.name);
+                }
+            }
+            Body::ListPlacementGroupsReply(r) => {
+                println!("{:<36}  {:<14}  {:<16}  {:<7}  NAME", "PLACEMENT_GROUP_ID", "STRATEGY", "STATE", "BUNDLES");
+                for g in r.groups {
+                    let state = rtd_common::proto::PlacementGroupState::try_from(g.state)
+                        .map(|s| s.as_str_name().trim_start_matches("PG_"))
+                        .unwrap_or("UNKNOWN");
+                    println!("{:<36}  {:<14}  {state:<16}  {:<7}  {}", hex(&g.pg_id), g.strategy, g.bundles.len(), g.name);
+                }
+            }
+            _ => bail!("unexpected reply from the node"),
         }
     }
     Ok(())

@@ -183,6 +183,11 @@ impl BundleReserver for Raylets {
     }
 }
 
+/// What a raylet's waiting lease requests ask for.
+pub fn demands(raylet: &Raylet) -> Vec<ResourceMap> {
+    raylet.pending_demands().iter().map(|d| ResourceMap { amounts: d.to_fixed_map() }).collect()
+}
+
 pub fn resources(map: &Option<ResourceMap>) -> ResourceSet {
     ResourceSet::from_fixed_map(&map.as_ref().map(|m| m.amounts.clone()).unwrap_or_default())
 }
@@ -228,7 +233,7 @@ impl GcsServer {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let Some(server) = weak.upgrade() else { return };
                 let available = ResourceMap { amounts: server.raylet.available().to_fixed_map() };
-                server.tables.report(server.node_id.as_bytes(), available);
+                server.tables.report(server.node_id.as_bytes(), available, demands(&server.raylet));
                 server.raylet.set_cluster(crate::node::remote_nodes(&server.tables.nodes()));
                 for node in server.tables.silent_nodes(node_timeout(), &server.node_id) {
                     tracing::warn!("node {node} stopped reporting; marking it dead");
@@ -258,6 +263,7 @@ impl GcsServer {
             if node.node_id.as_ref() == self.node_id.as_bytes() {
                 node.available = Some(ResourceMap { amounts: self.raylet.available().to_fixed_map() });
                 node.total = Some(ResourceMap { amounts: self.raylet.total().to_fixed_map() });
+                node.pending_demands = demands(&self.raylet);
             }
         }
         nodes
@@ -285,7 +291,8 @@ impl GcsServer {
                 Reply::Now(Body::Ack(Ack {}))
             }
             Body::ReportResources(report) => {
-                if self.tables.report(&report.node_id, report.available.unwrap_or_default()) {
+                let available = report.available.unwrap_or_default();
+                if self.tables.report(&report.node_id, available, report.pending_demands) {
                     Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
                 } else {
                     Reply::Now(error_body(ErrorCode::NotFound, "this node is not (or no longer) part of the cluster"))

@@ -222,6 +222,7 @@ async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notify>) 
         let report = ReportResources {
             node_id: raylet.node_id().to_vec().into(),
             available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
+            pending_demands: crate::gcs_server::demands(&raylet),
         };
         match head.call(Body::ReportResources(report)).await {
             Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),

@@ -69,6 +69,7 @@ pub fn describe_node(
         plasma_socket: session.plasma_socket().display().to_string(),
         raylet_address: raylet_address.to_string(),
         is_head,
+        pending_demands: Vec::new(),
     }
 }
 
