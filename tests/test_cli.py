@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,3 +127,62 @@ def test_workers_that_cannot_start_fail_tasks_with_a_clear_error(temp_dir):
     assert result.returncode == 0, result.stderr
     assert "WorkerCrashedError" in result.stdout
     assert "/bin/false" in result.stdout
+
+
+def test_list_shows_nodes_actors_and_placement_groups(temp_dir):
+    started = rtd_cli("start", "--head", "--num-cpus", "2", "--temp-dir", temp_dir)
+    assert started.returncode == 0, started.stderr
+    result = run_script(
+        f"""
+        import rtd
+        from rtd.util import placement_group
+        rtd.init(address="auto", _temp_dir={temp_dir!r})
+
+        @rtd.remote
+        class Keeper:
+            def ping(self):
+                return "pong"
+
+        k = Keeper.options(name="keeper", lifetime="detached").remote()
+        assert rtd.get(k.ping.remote()) == "pong"
+        pg = placement_group([{{"CPU": 1}}], name="kept", lifetime="detached")
+        assert pg.wait(10)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    nodes = rtd_cli("list", "nodes", "--temp-dir", temp_dir)
+    assert nodes.returncode == 0, nodes.stderr
+    assert "ALIVE" in nodes.stdout
+    actors = rtd_cli("list", "actors", "--temp-dir", temp_dir)
+    assert re.search(r"Keeper\s+ALIVE\s+0\s+keeper", actors.stdout), actors.stdout
+    groups = rtd_cli("list", "placement-groups", "--temp-dir", temp_dir)
+    assert re.search(r"PACK\s+CREATED\s+1\s+kept", groups.stdout), groups.stdout
+    bogus = rtd_cli("list", "tasks-and-more", "--temp-dir", temp_dir)
+    assert bogus.returncode != 0 and "cannot list" in bogus.stderr
+
+
+def test_status_shows_pending_demands(temp_dir):
+    started = rtd_cli("start", "--head", "--num-cpus", "1", "--temp-dir", temp_dir)
+    assert started.returncode == 0, started.stderr
+    result = run_script(
+        f"""
+        import subprocess, time, rtd
+        rtd.init(address="auto", _temp_dir={temp_dir!r})
+
+        @rtd.remote(num_cpus=1)
+        def hold():
+            time.sleep(5)
+
+        refs = [hold.remote() for _ in range(3)]
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            out = subprocess.run([{RTD!r}, "status", "--temp-dir", {temp_dir!r}], capture_output=True, text=True).stdout
+            if "pending" in out:
+                print(out)
+                break
+            time.sleep(0.1)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1.0/1.0 CPU" in result.stdout
+    assert re.search(r"\{CPU: 1\}: \d\+ pending", result.stdout), result.stdout
