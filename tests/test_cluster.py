@@ -32,7 +32,14 @@ from rtd.cluster_utils import Cluster, _free_port
 from rtd.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from conftest import assert_session_gone, last_json_line, pid_alive, run_script, wait_for_condition
+from conftest import (
+    assert_session_gone,
+    last_json_line,
+    pid_alive,
+    run_script,
+    session_processes,
+    wait_for_condition,
+)
 
 # A node id of the right shape (28 bytes, hex) that no node has.
 MISSING_NODE = "ab" * 28
@@ -107,6 +114,8 @@ def nodes(_shared_cluster):
         except BaseException:
             cluster.shutdown()
             raise
+        # Let every node hear of the others (see test_a_node_that_just_joined_can_fetch_objects).
+        time.sleep(VIEW_REFRESH_S)
         _shared["nodes"] = Nodes(cluster, b, c)
     _connect(_shared["nodes"].cluster.address)
     yield _shared["nodes"]
@@ -125,10 +134,16 @@ def _where():
     return where
 
 
+# Nodes report to the head every 100 ms, and the head's raylet refreshes its view of the
+# other nodes every 100 ms: decisions taken within that window see the cluster as it was.
+VIEW_REFRESH_S = 0.3
+
+
 def _wait_idle(expected_cpus):
     """Waits until every CPU of the cluster is free (leases are returned a few ms after
-    their last task, and the head hears of other nodes every 100 ms)."""
+    their last task), then until every raylet's view of the cluster shows it free."""
     wait_for_condition(lambda: rtd.available_resources().get("CPU") == expected_cpus, timeout=10)
+    time.sleep(VIEW_REFRESH_S)
 
 
 # --- nodes and resources --------------------------------------------------------------
@@ -269,11 +284,37 @@ def test_spread_actors_land_on_distinct_nodes(nodes):
 
 
 def test_hard_node_affinity_runs_on_that_node(nodes):
+    _wait_idle(5.0)
     where = _where()
     for target in (nodes.c, nodes.b, nodes.head):
         strategy = NodeAffinitySchedulingStrategy(node_id=target, soft=False)
         ran_on = rtd.get([where.options(scheduling_strategy=strategy).remote() for _ in range(3)], timeout=TIMEOUT)
         assert ran_on == [target] * 3, (nodes.name[target], nodes.names(ran_on))
+
+
+def test_hard_node_affinity_to_a_busy_node_waits_for_it(nodes):
+    """Hard affinity never runs elsewhere, not even while the named node is busy."""
+    _wait_idle(5.0)
+    where = _where()
+    busy = where.options(num_cpus=2, resources={"alice": 1}).remote(2.0)  # all of B
+    wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
+    time.sleep(VIEW_REFRESH_S)  # every view shows B full
+    strategy = NodeAffinitySchedulingStrategy(node_id=nodes.b, soft=False)
+    pinned = where.options(scheduling_strategy=strategy).remote()
+    assert rtd.get(busy, timeout=TIMEOUT) == nodes.b
+    got = rtd.get(pinned, timeout=TIMEOUT)
+    assert got == nodes.b, f"the task pinned to busy B ran on {nodes.name.get(got, got)}"
+
+
+def test_spread_tasks_avoid_a_busy_node_only_while_it_is_busy(nodes):
+    _wait_idle(5.0)
+    where = _where()
+    busy = where.options(num_cpus=2, resources={"alice": 1}).remote(1.5)  # all of B
+    wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
+    time.sleep(VIEW_REFRESH_S)
+    ran_on = rtd.get([where.options(scheduling_strategy="SPREAD").remote(0.3) for _ in range(3)], timeout=TIMEOUT)
+    assert set(ran_on) == {nodes.head, nodes.c}, nodes.names(ran_on)
+    assert rtd.get(busy, timeout=TIMEOUT) == nodes.b
 
 
 def test_soft_node_affinity_to_an_unknown_node_runs_somewhere(nodes):
@@ -298,6 +339,10 @@ def test_hard_node_affinity_to_a_node_without_the_resources_is_unschedulable(nod
 
 
 def test_hard_node_affinity_places_an_actor_on_that_node(nodes):
+    # With the cluster idle, DEFAULT would place the actor on the head: only the
+    # strategy can send it to C.
+    _wait_idle(5.0)
+
     @rtd.remote
     class Where:
         def node(self):
@@ -689,13 +734,16 @@ def failure_cluster(monkeypatch, _shared_cluster):
     monkeypatch.setenv("RTD_NODE_TIMEOUT_MS", "1500")
     made = []
 
-    def make(*worker_args):
+    def make(*worker_args, settle=True):
         _disconnect()
         _shared_down()
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
         made.append(cluster)
         workers = [cluster.add_node(**args) for args in worker_args]
         cluster.wait_for_nodes()
+        if settle:
+            # Let every node hear of the others (see test_a_node_that_just_joined_can_fetch_objects).
+            time.sleep(VIEW_REFRESH_S)
         _connect(cluster.address)
         return cluster, workers
 
@@ -717,6 +765,28 @@ def _alive_ids():
 def _started_marker(tmp_path):
     path = tmp_path / "started"
     return str(path)
+
+
+def test_a_node_that_just_joined_can_fetch_objects(failure_cluster):
+    """Work may reach a node as soon as the head lists it; its arguments must be
+    fetchable then, not only once the node has heard of the others."""
+    import numpy as np
+
+    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"x": 1}}, {"num_cpus": 1, "resources": {"y": 1}}, settle=False)
+    put_ref = rtd.put(np.arange(1_000_000, dtype=np.float64))
+
+    @rtd.remote
+    def total(a):
+        import rtd
+
+        return rtd.get_runtime_context().get_node_id(), float(a.sum())
+
+    expected = float(np.arange(1_000_000).sum())
+    refs = [total.options(resources={"y": 1}).remote(put_ref), total.options(resources={"x": 1}).remote(put_ref)]
+    assert rtd.get(refs, timeout=TIMEOUT) == [(y.node_id, expected), (x.node_id, expected)]
+    # And a node added later, to a cluster that is up.
+    z = cluster.add_node(num_cpus=1, resources={"z": 1})
+    assert rtd.get(total.options(resources={"z": 1}).remote(put_ref), timeout=TIMEOUT) == (z.node_id, expected)
 
 
 def test_a_killed_node_is_marked_dead_and_its_running_task_is_retried_elsewhere(failure_cluster, tmp_path):
@@ -794,6 +864,65 @@ def test_a_node_that_stops_reporting_is_declared_dead_after_the_timeout(failure_
     except subprocess.TimeoutExpired:
         pytest.fail("a node declared dead kept running after it resumed")
     assert x.node_id not in _alive_ids()
+
+
+def test_work_on_a_frozen_node_fails_over_once_the_node_is_declared_dead(failure_cluster, tmp_path):
+    """A node whose daemon and workers all hang (as behind a network partition) closes no
+    connection; once the head declares it dead, its work must still move, as in Ray: the
+    running retriable task is retried and the actor restarts on the other node."""
+    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 2}}, {"num_cpus": 1, "resources": {"pin": 2}})
+    counter = _counter_class().options(resources={"pin": 1}, max_restarts=1).remote()
+    victim_id = rtd.get(counter.node.remote(), timeout=TIMEOUT)
+    victim, survivor = (x, y) if victim_id == x.node_id else (y, x)
+    marker = _started_marker(tmp_path)
+
+    @rtd.remote(resources={"pin": 1}, max_retries=2)
+    def long_task(marker):
+        import time
+
+        import rtd
+
+        node = rtd.get_runtime_context().get_node_id()
+        with open(marker, "a") as f:
+            f.write(node + "\n")
+        time.sleep(3)
+        return node
+
+    strategy = NodeAffinitySchedulingStrategy(node_id=victim.node_id, soft=True)
+    ref = long_task.options(scheduling_strategy=strategy).remote(marker)
+    wait_for_condition(lambda: os.path.exists(marker) and open(marker).read().strip(), timeout=20)
+    assert open(marker).read().split() == [victim.node_id]
+    frozen = [victim.process.pid] + session_processes(victim.session_dir)
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+        # Both get the same 15 s.
+        task_node = actor_node = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (task_node is None or actor_node is None):
+            if task_node is None and rtd.wait([ref], timeout=0.2)[0]:
+                task_node = rtd.get(ref)
+            if actor_node is None:
+                call = counter.node.remote()
+                if rtd.wait([call], timeout=1.0)[0]:
+                    try:
+                        actor_node = rtd.get(call)
+                    except rtd.exceptions.RayActorError:
+                        pass
+        problems = []
+        if task_node != survivor.node_id:
+            problems.append(f"the task that ran on the dead node returned {task_node!r} (None: never retried)")
+        if actor_node != survivor.node_id:
+            problems.append(f"the actor answered from {actor_node!r} (None: calls never reached it again)")
+        assert not problems, "; ".join(problems)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        cluster.remove_node(victim, allow_graceful=False)
 
 
 def test_an_actor_on_a_killed_node_restarts_on_another_node(failure_cluster):

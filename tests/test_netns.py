@@ -6,8 +6,10 @@ they reach one another only over a virtual Ethernet (a bridge in a "switch" name
     A      10.200.0.2   num_cpus=1, {"wa": 1, "any": 2}
     B      10.200.0.3   num_cpus=1, {"wb": 1, "any": 2}
 
-Then A's link is cut (its interface goes down: no FIN, no RST, its packets just stop),
-and the head must notice on its own (RTD_NODE_TIMEOUT_MS=1500) while the job goes on.
+Then the link of the worker node an actor lives on is cut (its interface goes down: no
+FIN, no RST, its packets just stop). The head must notice on its own
+(RTD_NODE_TIMEOUT_MS=1500) while the job goes on, and the work that was on the lost
+node (a retriable task, the actor) must fail over to the other worker node.
 
 Needs root and `ip netns`; skipped otherwise.
 """
@@ -27,7 +29,7 @@ import time
 import pytest
 
 import rtd
-from conftest import last_json_line, pid_alive, session_processes
+from conftest import pid_alive, session_processes
 
 IP = shutil.which("ip")
 SUBNET = "10.200.0"
@@ -195,7 +197,6 @@ def make_on_a():
     return np.full(1_000_000, 2.0)
 
 out["a_to_b"] = rtd.get(total.options(resources={"wb": 1}).remote(make_on_a.remote()), timeout=30)
-node_a = out["on_a"][0]
 print(json.dumps({"phase": 1, **out}), flush=True)
 
 # What runs when A is cut off: tasks on B, a retriable task on A, and an actor on A
@@ -206,29 +207,36 @@ class Where:
         import rtd
         return rtd.get_runtime_context().get_node_id()
 
-actor = Where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_a, soft=True)).remote()
-out = {"phase": 2, "actor_before": rtd.get(actor.node.remote(), timeout=30)}
-on_b = [where.options(resources={"wb": 1}).remote(1.0) for _ in range(3)]
+# The actor goes wherever the cluster puts it ("any" is on A and B); that node is the
+# one cut off, and the other one, the survivor, keeps working.
+actor = Where.remote()
+victim_id = rtd.get(actor.node.remote(), timeout=30)
+victim, survivor = ("a", "b") if victim_id == out["on_a"][0] else ("b", "a")
+survivor_id = out["on_" + survivor][0]
+label = {"a": {"wa": 1}, "b": {"wb": 1}}
+out = {"phase": 2, "victim": victim}
+on_survivor = [where.options(resources=label[survivor]).remote(1.0) for _ in range(3)]
 stranded = where.options(
     resources={"any": 1}, max_retries=2,
-    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_a, soft=True),
+    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=victim_id, soft=True),
 ).remote(3.0)
-time.sleep(1.0)  # the stranded task is running on A by now
-subprocess.run(CUT, check=True)
+ready, _ = rtd.wait([stranded], timeout=1.0)
+out["stranded_done_before_cut"] = bool(ready)
+subprocess.run(CUTS[victim], check=True)
 cut_at = time.monotonic()
 dead_after = None
 while time.monotonic() - cut_at < 20:
-    if not [n for n in rtd.nodes() if n["NodeID"] == node_a and n["Alive"]]:
+    if not [n for n in rtd.nodes() if n["NodeID"] == victim_id and n["Alive"]]:
         dead_after = time.monotonic() - cut_at
         break
     time.sleep(0.05)
 out["dead_after"] = dead_after
-out["on_b_after_cut"] = rtd.get(on_b, timeout=30)
-out["new_on_b"] = rtd.get(where.options(resources={"wb": 1}).remote(), timeout=30)
+out["on_survivor_after_cut"] = rtd.get(on_survivor, timeout=30)
+out["new_on_survivor"] = rtd.get(where.options(resources=label[survivor]).remote(), timeout=30)
 out["cluster_cpus"] = rtd.cluster_resources().get("CPU")
 print(json.dumps(out), flush=True)
 
-# Both should fail over to B; each gets the same 15 s.
+# Both should fail over to the survivor; each gets the same 15 s.
 out = {"phase": 3}
 deadline = time.monotonic() + 15
 while time.monotonic() < deadline and ("stranded" not in out or "actor_after" not in out):
@@ -262,12 +270,12 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         head = net.start_node("head", port, "--num-cpus", "1")
         node_a = net.start_node("a", port, "--num-cpus", "1", "--resources", '{"wa": 1, "any": 2}')
         node_b = net.start_node("b", port, "--num-cpus", "1", "--resources", '{"wb": 1, "any": 2}')
-        cut = [IP, "-n", net.names["a"], "link", "set", net.veth["a"][0], "down"]
+        cuts = {role: [IP, "-n", net.names[role], "link", "set", net.veth[role][0], "down"] for role in ("a", "b")}
         source = (
             textwrap.dedent(DRIVER)
             .replace("HEAD_IP", net.ips["head"])
             .replace("PORT", str(port))
-            .replace("CUT", repr(cut))
+            .replace("CUTS", repr(cuts))
         )
         env = dict(os.environ)
         env.pop("RTD_ADDRESS", None)
@@ -300,24 +308,25 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         assert one["sum_on_a"] == [ids["a"], float(sum(range(2_000_000)))]
         assert one["a_to_b"] == [ids["b"], 2_000_000.0]
 
-        # Phase 2: A is cut off; the head declares it dead after the timeout and the
-        # job's work on B finishes.
+        # Phase 2: the node the actor lives on is cut off; the head declares it dead
+        # after the timeout, and the job's work on the other node finishes.
         assert 2 in phases, context
         two = phases[2]
+        victim, survivor = two["victim"], "b" if two["victim"] == "a" else "a"
+        assert not two["stranded_done_before_cut"]
         assert two["dead_after"] is not None, "the head never declared the cut-off node dead\n" + context
         assert 1.0 <= two["dead_after"] <= 10.0, context
-        assert two["on_b_after_cut"] == [ids["b"]] * 3
-        assert two["new_on_b"] == ids["b"]
+        assert two["on_survivor_after_cut"] == [ids[survivor]] * 3
+        assert two["new_on_survivor"] == ids[survivor]
         assert two["cluster_cpus"] == 2.0
 
-        # Phase 3: the task that was running on A is retried on B and the actor restarts
-        # there (as in Ray, work on a node declared dead fails over even when no
-        # connection to it ever closed).
-        assert two["actor_before"] == ids["a"]
+        # Phase 3: the task that was running on the lost node is retried on the survivor
+        # and the actor restarts there (as in Ray, work on a node declared dead fails
+        # over even when no connection to it ever closed).
         assert 3 in phases, context
         three = phases[3]
-        assert three.get("stranded") == ids["b"], context
-        assert three.get("actor_after") == ids["b"], context
+        assert three.get("stranded") == ids[survivor], context
+        assert three.get("actor_after") == ids[survivor], context
         assert driver.returncode == 0, context
     finally:
         net.close()

@@ -138,6 +138,7 @@ class ActorClass:
         if unschedulable is not None:
             raise exceptions.ActorUnschedulableError(f"Actor {self.__name__} cannot be scheduled: {unschedulable}")
         running = scheduling.resolve(running, strategy)[0] if running else running
+        placement_hint = scheduling.placement_of(strategy)
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs = serialization.pack_args(args, kwargs, extra=self._meta)
@@ -157,6 +158,9 @@ class ActorClass:
             o.get("max_task_retries", 0),
             bool(o.get("get_if_exists", False)),
             cloudpickle.dumps(self._meta),
+            placement_hint.strategy,
+            placement_hint.affinity_node,
+            placement_hint.affinity_soft,
         )
         # With get_if_exists the actor may be someone else's: only ours, and only if not
         # detached, ends with our handles.

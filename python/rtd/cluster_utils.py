@@ -52,7 +52,11 @@ class Cluster:
         self.head_node = None
         self.worker_nodes = []
         if initialize_head:
-            self.add_node(**(head_node_args or {}))
+            try:
+                self.add_node(**(head_node_args or {}))
+            except BaseException:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+                raise
             if connect:
                 import rtd
 
@@ -77,7 +81,9 @@ class Cluster:
         if unknown:
             raise TypeError(f"add_node() got unexpected keyword argument(s): {sorted(unknown)}")
         is_head = self.head_node is None
-        session_dir = os.path.join(self._temp_dir, f"session_{len(self.list_all_nodes())}_{os.getpid()}")
+        # Unique across clusters: the session name also names the node's /dev/shm file.
+        cluster_tag = os.path.basename(self._temp_dir).removeprefix("rtdc-")
+        session_dir = os.path.join(self._temp_dir, f"session_{cluster_tag}_{len(self.list_all_nodes())}")
         args = ["--node-ip-address", "127.0.0.1"]
         if is_head:
             self._port = _free_port()
@@ -133,9 +139,12 @@ class Cluster:
             time.sleep(0.05)
 
     def shutdown(self):
+        """Stops every node (and disconnects this process if it is a driver of this
+        cluster)."""
         import rtd
+        from rtd import api
 
-        if rtd.is_initialized():
+        if rtd.is_initialized() and (api._state.session_dir or "").startswith(self._temp_dir):
             rtd.shutdown()
         for node in reversed(self.list_all_nodes()):
             self.remove_node(node)

@@ -41,6 +41,15 @@ macro_rules! define_id {
                 Ok(Self(arr))
             }
 
+            /// Parses the lowercase (or uppercase) hex form `hex()` prints.
+            pub fn from_hex(hex: &str) -> Option<Self> {
+                let bytes: Option<Vec<u8>> = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                    .collect();
+                Self::from_bytes(&bytes?).ok()
+            }
+
             pub fn as_bytes(&self) -> &[u8] {
                 &self.0
             }
@@ -130,5 +139,8 @@ mod tests {
         let err = ObjectId::from_bytes(&[1, 2, 3]).unwrap_err();
         assert_eq!(err.got, 3);
         assert_eq!(ObjectId::random().hex().len(), 56);
+        let id = NodeId::random();
+        assert_eq!(NodeId::from_hex(&id.hex()), Some(id));
+        assert_eq!(NodeId::from_hex("zz"), None);
     }
 }

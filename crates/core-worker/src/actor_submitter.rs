@@ -35,6 +35,8 @@ pub enum ActorEvent {
     Finished { actor_id: ActorId, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
     /// The owner's last handle is gone.
     HandlesGone { actor_id: ActorId },
+    /// Some node died: actors with calls in flight may have moved.
+    NodesDied,
 }
 
 struct ActorCall {
@@ -82,6 +84,10 @@ impl ActorSubmitter {
     pub fn handles_gone(&self, actor_id: ActorId) {
         let _ = self.tx.send(ActorEvent::HandlesGone { actor_id });
     }
+
+    pub fn nodes_died(&self) {
+        let _ = self.tx.send(ActorEvent::NodesDied);
+    }
 }
 
 struct State {
@@ -113,6 +119,16 @@ impl State {
                     self.on_dead(actor_id, message);
                 }
                 ActorEvent::Finished { actor_id, task_id, result } => self.on_finished(actor_id, task_id, result),
+                ActorEvent::NodesDied => {
+                    // A frozen or cut-off node never closes our connection: ask the GCS,
+                    // which has moved such actors to a new epoch, where they are now
+                    // (the answer waits until an actor's state changes).
+                    let live: Vec<ActorId> =
+                        self.actors.iter().filter(|(_, q)| q.dead.is_none()).map(|(id, _)| *id).collect();
+                    for actor_id in live {
+                        self.request_info(actor_id);
+                    }
+                }
                 ActorEvent::HandlesGone { actor_id } => {
                     if let Some(q) = self.actors.get_mut(&actor_id) {
                         q.kill_when_idle = true;

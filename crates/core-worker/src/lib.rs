@@ -222,6 +222,9 @@ impl CoreWorker {
         }
         let submitter = TaskSubmitter::start(ctx.clone());
         let actor_submitter = ActorSubmitter::start(ctx.clone());
+        if opts.node_ip.is_some() {
+            runtime.spawn(watch_node_deaths(ctx.clone(), submitter.clone(), actor_submitter.clone()));
+        }
         Ok(Self {
             ctx,
             executor,
@@ -711,6 +714,27 @@ impl CoreWorker {
         match self.node_call(Body::GetNodes(GetNodes {}))? {
             Body::GetNodesReply(r) => Ok(r.nodes),
             _ => Err(CoreError::Internal("unexpected reply to GetNodes".into())),
+        }
+    }
+}
+
+/// In a cluster, learns which nodes died so that work stuck on them (a node that froze
+/// or was cut off never closes its connections) is retried elsewhere.
+async fn watch_node_deaths(ctx: Arc<Context>, tasks: TaskSubmitter, actors: ActorSubmitter) {
+    let mut known_dead: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(Body::GetNodesReply(r)) = ctx.raylet.call(Body::GetNodes(GetNodes {})).await else { continue };
+        let newly_dead: Vec<String> = r
+            .nodes
+            .into_iter()
+            .filter(|n| !n.alive && !n.raylet_address.is_empty())
+            .map(|n| n.raylet_address)
+            .filter(|a| known_dead.insert(a.clone()))
+            .collect();
+        if !newly_dead.is_empty() {
+            tasks.nodes_dead(newly_dead);
+            actors.nodes_died();
         }
     }
 }

@@ -44,6 +44,8 @@ enum Event {
     Finished { lease_id: u64, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
     IdleCheck { lease_id: u64, epoch: u64 },
     Cancel { task_id: TaskId, force: bool },
+    /// These raylets' nodes were declared dead: work leased there is lost.
+    NodesDead(Vec<String>),
 }
 
 enum LeaseFailure {
@@ -113,6 +115,10 @@ impl TaskSubmitter {
     pub fn cancel(&self, task_id: TaskId, force: bool) {
         let _ = self.tx.send(Event::Cancel { task_id, force });
     }
+
+    pub fn nodes_dead(&self, raylet_addresses: Vec<String>) {
+        let _ = self.tx.send(Event::NodesDead(raylet_addresses));
+    }
 }
 
 struct Submitter {
@@ -173,6 +179,7 @@ impl Submitter {
                 }
                 Event::IdleCheck { lease_id, epoch } => self.on_idle_check(lease_id, epoch),
                 Event::Cancel { task_id, force } => self.on_cancel(task_id, force),
+                Event::NodesDead(addresses) => self.on_nodes_dead(&addresses),
             }
         }
     }
@@ -459,6 +466,26 @@ impl Submitter {
         }
         if !task.reconstruction {
             self.ctx.release_task_args(&task.spec);
+        }
+    }
+
+    /// A dead node may never close its connections (frozen, cut off): treat the tasks
+    /// in flight on its leases as if their workers died.
+    fn on_nodes_dead(&mut self, addresses: &[String]) {
+        let lost: Vec<u64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| addresses.iter().any(|a| a == l.raylet.addr()))
+            .map(|(id, _)| *id)
+            .collect();
+        for lease_id in lost {
+            let Some(lease) = self.drop_lease(lease_id) else { continue };
+            let tasks: Vec<TaskId> =
+                self.tasks.iter().filter(|(_, t)| t.lease == Some(lease_id)).map(|(id, _)| *id).collect();
+            for task_id in tasks {
+                self.on_worker_died(task_id, RpcError::Disconnected(lease.raylet.addr().to_string()));
+            }
+            self.dispatch(&lease.class);
         }
     }
 

@@ -20,16 +20,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, TaskSpec,
+    frame::Body, object_value::Kind, ActorInfo, ActorOptions, ActorState, CreateActor, LeaseGranted, PushTask,
+    TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
 use rtd_common::{ActorId, NodeId, ResourceSet};
+use rtd_raylet::policy::Strategy;
 use tokio::sync::oneshot;
 
 /// How the GCS gets worker processes for actors (the raylets).
 pub trait WorkerLeaser: Send + Sync + 'static {
-    /// A dedicated worker with `resources` on some node, or why none can be granted now.
-    fn lease(&self, resources: ResourceSet) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
+    /// A dedicated worker with `resources` on some node chosen by `strategy`, or why
+    /// none can be granted now.
+    fn lease(
+        &self,
+        resources: ResourceSet,
+        strategy: Strategy,
+    ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
     /// Shrinks the lease to what the actor holds while it runs; the worker stays.
     fn shrink(&self, node: NodeId, lease_id: u64, keep: ResourceSet);
     /// Kills the lease's worker; its exit is reported through `lease_lost`.
@@ -65,6 +72,19 @@ pub struct ActorManager {
 }
 
 const INFEASIBLE_RETRY: Duration = Duration::from_secs(1);
+
+/// The placement an actor asked for.
+fn strategy_of(options: Option<&ActorOptions>) -> Strategy {
+    let Some(o) = options else { return Strategy::Default };
+    if !o.affinity_node.is_empty() {
+        let node_id = NodeId::from_hex(&o.affinity_node).unwrap_or_else(NodeId::nil);
+        return Strategy::NodeAffinity { node_id, soft: o.affinity_soft };
+    }
+    match o.strategy.as_str() {
+        "SPREAD" => Strategy::Spread,
+        _ => Strategy::Default,
+    }
+}
 
 fn state(s: ActorState) -> i32 {
     s as i32
@@ -115,10 +135,14 @@ impl ActorManager {
 
     /// Leases a worker and runs the constructor there.
     async fn schedule(self: Arc<Self>, actor_id: ActorId) {
-        let Some(spec) = self.lock().actors.get(&actor_id).map(|e| e.spec.clone()) else { return };
+        let Some((spec, strategy)) =
+            self.lock().actors.get(&actor_id).map(|e| (e.spec.clone(), strategy_of(e.info.options.as_ref())))
+        else {
+            return;
+        };
         let placement = ResourceSet::from_fixed_map(&spec.resources);
         let (node, grant) = loop {
-            match self.leaser.lease(placement.clone()).await {
+            match self.leaser.lease(placement.clone(), strategy.clone()).await {
                 Ok(granted) => break granted,
                 Err(why) => {
                     tracing::warn!("actor {actor_id} cannot be placed yet: {why}");

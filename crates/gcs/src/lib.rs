@@ -15,6 +15,14 @@ use parking_lot::Mutex;
 use rtd_common::proto::{NodeInfo, ResourceMap};
 use rtd_common::{JobId, NodeId};
 
+/// What a node reports about its resources in a heartbeat.
+#[derive(Default)]
+pub struct NodeUsage {
+    pub total: ResourceMap,
+    pub available: ResourceMap,
+    pub pending_demands: Vec<ResourceMap>,
+}
+
 #[derive(Default)]
 pub struct Gcs {
     kv: Mutex<HashMap<String, Bytes>>,
@@ -51,13 +59,15 @@ impl Gcs {
 
     /// A node's heartbeat with its free resources; false if the node is unknown or
     /// already declared dead (it must not come back under the same id).
-    pub fn report(&self, node_id: &[u8], available: ResourceMap, pending_demands: Vec<ResourceMap>) -> bool {
+    pub fn report(&self, node_id: &[u8], usage: NodeUsage) -> bool {
         let mut nodes = self.nodes.lock();
         let Some(node) = nodes.iter_mut().find(|n| n.node_id.as_ref() == node_id && n.alive) else {
             return false;
         };
-        node.available = Some(available);
-        node.pending_demands = pending_demands;
+        node.total = Some(usage.total);
+        node.available = Some(usage.available);
+        node.pending_demands = usage.pending_demands;
+
         self.last_seen.lock().insert(node_id.to_vec(), Instant::now());
         true
     }
@@ -116,10 +126,10 @@ mod tests {
         gcs.register_node(node);
         assert_eq!(gcs.nodes().len(), 1);
         assert!(gcs.nodes()[0].alive);
-        assert!(gcs.report(&id.to_vec(), ResourceMap::default(), Vec::new()));
+        assert!(gcs.report(&id.to_vec(), NodeUsage::default()));
         assert!(gcs.silent_nodes(Duration::from_secs(60), &NodeId::nil()).is_empty());
         assert_eq!(gcs.silent_nodes(Duration::ZERO, &NodeId::nil()), vec![id]);
         assert!(gcs.mark_dead(&id));
-        assert!(!gcs.report(&id.to_vec(), ResourceMap::default(), Vec::new()));
+        assert!(!gcs.report(&id.to_vec(), NodeUsage::default()));
     }
 }

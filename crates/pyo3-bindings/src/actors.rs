@@ -48,7 +48,8 @@ fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (actor_id, class_id, class_name, args, arg_refs, placement, running, name, namespace,
-                    detached, max_restarts, max_task_retries, get_if_exists, class_meta))]
+                    detached, max_restarts, max_task_retries, get_if_exists, class_meta,
+                    strategy=String::new(), affinity_node=String::new(), affinity_soft=false))]
 pub fn create_actor<'py>(
     py: Python<'py>,
     actor_id: Vec<u8>,
@@ -65,6 +66,9 @@ pub fn create_actor<'py>(
     max_task_retries: i32,
     get_if_exists: bool,
     class_meta: Vec<u8>,
+    strategy: String,
+    affinity_node: String,
+    affinity_soft: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
@@ -91,6 +95,9 @@ pub fn create_actor<'py>(
         class_name,
         class_meta: class_meta.into(),
         running_resources: resources(running)?.to_fixed_map(),
+        strategy,
+        affinity_node,
+        affinity_soft,
     };
     let info = py.allow_threads(|| core.create_actor(request, options)).map_err(core_error)?;
     info_to_py(py, info)

@@ -336,6 +336,14 @@ impl Raylet {
         views.extend(cluster.iter().map(|n| n.view.clone()));
         let decision =
             self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(&views, &req.resources, &req.strategy, self.node_id);
+        // Hard affinity to another node that could run it: queue there, even if busy.
+        if let (Strategy::NodeAffinity { node_id, soft: false }, Decision::Wait) = (&req.strategy, decision) {
+            return cluster
+                .iter()
+                .find(|c| c.view.node_id == *node_id && req.resources.fits_in(&c.view.total))
+                .cloned()
+                .map(Ok);
+        }
         match decision {
             Decision::Node(n) if n != self.node_id => cluster.iter().find(|c| c.view.node_id == n).cloned().map(Ok),
             Decision::Infeasible => match req.strategy {
@@ -475,7 +483,8 @@ impl Raylet {
                         continue;
                     }
                 }
-                if !waits_for_group {
+                // A bundle on another node is reached through the cluster view too.
+                {
                     match self.route(&st, &st.pending[i]) {
                         Some(Ok(node)) => {
                             if let Some(req) = st.pending.remove(i) {

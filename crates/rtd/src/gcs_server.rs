@@ -20,7 +20,7 @@ use rtd_common::rpc::{error_body, ConnectionCache, Reply};
 use rtd_common::{ActorId, NodeId, ResourceSet};
 use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
 use rtd_gcs::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
-use rtd_gcs::Gcs;
+use rtd_gcs::{Gcs, NodeUsage};
 use rtd_raylet::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
 use rtd_raylet::policy::{NodeView, Strategy};
 
@@ -62,16 +62,17 @@ impl Raylets {
     }
 }
 
-fn dedicated_request(resources: ResourceSet, no_spillback: bool) -> LeaseRequest {
-    LeaseRequest { resources, strategy: Strategy::Default, no_spillback, dedicated: true }
+fn dedicated_request(resources: ResourceSet, strategy: Strategy) -> LeaseRequest {
+    LeaseRequest { resources, strategy, no_spillback: false, dedicated: true }
 }
 
 impl WorkerLeaser for Raylets {
     fn lease(
         &self,
         resources: ResourceSet,
+        strategy: Strategy,
     ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>> {
-        let rx = self.local.request_lease(GCS_CONN, dedicated_request(resources.clone(), false));
+        let rx = self.local.request_lease(GCS_CONN, dedicated_request(resources.clone(), strategy));
         let local_id = self.local_id;
         let peers = self.peers.clone();
         Box::pin(async move {
@@ -188,6 +189,15 @@ pub fn demands(raylet: &Raylet) -> Vec<ResourceMap> {
     raylet.pending_demands().iter().map(|d| ResourceMap { amounts: d.to_fixed_map() }).collect()
 }
 
+/// A raylet's heartbeat contents.
+pub fn usage(raylet: &Raylet) -> NodeUsage {
+    NodeUsage {
+        total: ResourceMap { amounts: raylet.total().to_fixed_map() },
+        available: ResourceMap { amounts: raylet.available().to_fixed_map() },
+        pending_demands: demands(raylet),
+    }
+}
+
 pub fn resources(map: &Option<ResourceMap>) -> ResourceSet {
     ResourceSet::from_fixed_map(&map.as_ref().map(|m| m.amounts.clone()).unwrap_or_default())
 }
@@ -232,8 +242,7 @@ impl GcsServer {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let Some(server) = weak.upgrade() else { return };
-                let available = ResourceMap { amounts: server.raylet.available().to_fixed_map() };
-                server.tables.report(server.node_id.as_bytes(), available, demands(&server.raylet));
+                server.tables.report(server.node_id.as_bytes(), usage(&server.raylet));
                 server.raylet.set_cluster(crate::node::remote_nodes(&server.tables.nodes()));
                 for node in server.tables.silent_nodes(node_timeout(), &server.node_id) {
                     tracing::warn!("node {node} stopped reporting; marking it dead");
@@ -286,13 +295,18 @@ impl GcsServer {
                     tracing::info!("node {id} joined at {}", node.raylet_address);
                 }
                 self.tables.register_node(node);
-                // The head's raylet can send work there right away.
+                // The head's raylet can send work there right away, and the new node
+                // learns the cluster before its first heartbeat.
                 self.raylet.set_cluster(crate::node::remote_nodes(&self.tables.nodes()));
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
             }
             Body::ReportResources(report) => {
-                let available = report.available.unwrap_or_default();
-                if self.tables.report(&report.node_id, available, report.pending_demands) {
+                let usage = NodeUsage {
+                    total: report.total.unwrap_or_default(),
+                    available: report.available.unwrap_or_default(),
+                    pending_demands: report.pending_demands,
+                };
+                if self.tables.report(&report.node_id, usage) {
                     Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
                 } else {
                     Reply::Now(error_body(ErrorCode::NotFound, "this node is not (or no longer) part of the cluster"))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ReportResources, ResourceMap};
+use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ReportResources};
 use rtd_common::rpc::{ConnectionCache, Listener, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
@@ -144,9 +144,11 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         )),
         Some(head) => {
             let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
-            head.call(Body::RegisterNode(RegisterNode { node: Some(me) }))
-                .await
-                .map_err(|e| anyhow!("joining the cluster: {e}"))?;
+            match head.call(Body::RegisterNode(RegisterNode { node: Some(me) })).await {
+                Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),
+                Ok(_) => return Err(anyhow!("joining the cluster: unexpected reply from the head")),
+                Err(e) => return Err(anyhow!("joining the cluster: {e}")),
+            }
             let lost_to = head.clone();
             raylet.set_lease_lost_hook(Box::new(move |lease_id| {
                 let lost = rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id };
@@ -219,10 +221,12 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
 async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notify>) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
+        let usage = crate::gcs_server::usage(&raylet);
         let report = ReportResources {
             node_id: raylet.node_id().to_vec().into(),
-            available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
-            pending_demands: crate::gcs_server::demands(&raylet),
+            total: Some(usage.total),
+            available: Some(usage.available),
+            pending_demands: usage.pending_demands,
         };
         match head.call(Body::ReportResources(report)).await {
             Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),

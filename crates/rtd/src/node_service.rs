@@ -178,19 +178,13 @@ impl NodeService {
 
 fn strategy_of(req: &rtd_common::proto::RequestLease) -> Strategy {
     if !req.affinity_node.is_empty() {
-        let node_id = parse_node_id(&req.affinity_node).unwrap_or_else(NodeId::nil);
+        let node_id = NodeId::from_hex(&req.affinity_node).unwrap_or_else(NodeId::nil);
         return Strategy::NodeAffinity { node_id, soft: req.affinity_soft };
     }
     match req.strategy.as_str() {
         "SPREAD" => Strategy::Spread,
         _ => Strategy::Default,
     }
-}
-
-fn parse_node_id(hex: &str) -> Option<NodeId> {
-    let bytes: Option<Vec<u8>> =
-        (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
-    NodeId::from_bytes(&bytes?).ok()
 }
 
 impl Service for NodeService {
