@@ -3,7 +3,7 @@
 import sys
 
 from rtd import _core
-from rtd._private.node import launcher
+from rtd._private.services import launcher
 
 
 def main():

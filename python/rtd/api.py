@@ -14,7 +14,7 @@ import uuid
 
 from rtd import _core, exceptions
 from rtd._core import ObjectRef
-from rtd._private import node, serialization
+from rtd._private import serialization, services
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
 
@@ -56,8 +56,8 @@ def is_initialized() -> bool:
 def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir):
     os.makedirs(temp_dir, exist_ok=True)
     session_dir = os.path.join(temp_dir, f"session_{int(time.time() * 1000)}_{os.getpid()}")
-    args = ["--head", *node.node_args(num_cpus, num_gpus, resources, object_store_memory)]
-    return node.spawn_node(session_dir, args), session_dir
+    args = ["--head", *services.node_args(num_cpus, num_gpus, resources, object_store_memory)]
+    return services.spawn_node(session_dir, args), session_dir
 
 
 def _find_running_node(temp_dir):

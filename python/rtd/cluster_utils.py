@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from rtd import _core
-from rtd._private.node import node_args, spawn_node
+from rtd._private.services import node_args, spawn_node
 
 
 def _free_port() -> int:

@@ -1,0 +1,52 @@
+"""Starting node daemons: ``python -m rtd._private.node ARGS`` runs the `rtd` command
+line in a fresh process (``rtd start``, ``rtd.init()``, ``Cluster``)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from rtd import _core
+
+_START_TIMEOUT_S = 30.0
+
+
+def launcher():
+    # Workers of daemons started from here run on this same interpreter.
+    os.environ.setdefault("RTD_PYTHON", sys.executable)
+    return [sys.executable, "-m", "rtd._private.node"]
+
+
+def node_args(num_cpus=None, num_gpus=None, resources=None, object_store_memory=None):
+    """`rtd start` options for a node's resources."""
+    args = []
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    if resources:
+        args += ["--resources", json.dumps(resources)]
+    if object_store_memory is not None:
+        args += ["--object-store-memory", str(int(object_store_memory))]
+    return args
+
+
+def spawn_node(session_dir, args):
+    """Starts a node daemon in the foreground of a child process and waits until it
+    serves. It stops when the returned process's stdin is closed (or its parent dies),
+    so it never outlives whoever started it."""
+    cmd = [*launcher(), "start", "--block", "--watch-stdin", "--session-dir", session_dir,
+           "--python", sys.executable, *args]
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    node_file = os.path.join(session_dir, "node.json")
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while not os.path.exists(node_file):
+        code = process.poll()
+        if code is not None:
+            raise RuntimeError(f"The rtd node daemon failed to start (exit code {code}); see its output above.")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"The rtd node daemon did not start within {_START_TIMEOUT_S:.0f} s.")
+        time.sleep(0.002)
+    return process
