@@ -1158,3 +1158,27 @@ def test_a_worker_node_stops_when_its_head_is_stopped(_shared_cluster):
         for d in (worker_dir, head_dir):
             _rtd_cli("stop", "--temp-dir", d)
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_task_runs_where_its_large_argument_lives(nodes):
+    """Locality: DEFAULT prefers the node holding a task's largest argument."""
+    _wait_idle(5.0)
+
+    @rtd.remote(resources={"alice": 1})
+    def produce():
+        import numpy as np
+
+        return np.ones(5_000_000)
+
+    @rtd.remote
+    def consume(array):
+        import rtd
+
+        return rtd.get_runtime_context().get_node_id(), float(array.sum())
+
+    data = produce.remote()
+    rtd.wait([data], timeout=TIMEOUT)
+    for _ in range(3):
+        node, total = rtd.get(consume.remote(data), timeout=TIMEOUT)
+        assert total == 5_000_000.0
+        assert node == nodes.b, nodes.names([node])

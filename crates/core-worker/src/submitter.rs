@@ -137,16 +137,30 @@ struct ClassKey {
     strategy: String,
     affinity_node: String,
     affinity_soft: bool,
+    /// Locality: where the task's largest resolved argument lives (DEFAULT only).
+    preferred_node: Vec<u8>,
 }
 
 fn class_key(spec: &TaskSpec) -> ClassKey {
     let mut resources: Vec<(String, i64)> = spec.resources.iter().map(|(k, v)| (k.clone(), *v)).collect();
     resources.sort();
+    let default = spec.affinity_node.is_empty() && spec.scheduling_strategy != "SPREAD";
+    let preferred_node = spec
+        .arg_refs
+        .iter()
+        .filter_map(|a| match a.value.as_ref().and_then(|v| v.kind.as_ref()) {
+            Some(Kind::Plasma(p)) if default => Some((p.size, p.node_id.to_vec())),
+            _ => None,
+        })
+        .max()
+        .map(|(_, node)| node)
+        .unwrap_or_default();
     ClassKey {
         resources,
         strategy: spec.scheduling_strategy.clone(),
         affinity_node: spec.affinity_node.clone(),
         affinity_soft: spec.affinity_soft,
+        preferred_node,
     }
 }
 
@@ -211,6 +225,8 @@ impl Submitter {
             self.fail_task(task_id, object_kind::TASK_CANCELLED, "task was cancelled".into());
             return;
         }
+        // Resolved arguments tell where the task would find its data.
+        task.class = class_key(&spec);
         task.spec = spec;
         let class = task.class.clone();
         self.classes.entry(class.clone()).or_default().queue.push_back(task_id);
@@ -532,6 +548,7 @@ async fn lease_from_cluster(
         affinity_soft: class.affinity_soft,
         no_spillback: false,
         dedicated: false,
+        preferred_node: class.preferred_node.clone().into(),
     };
     loop {
         let reply = raylet.call(Body::RequestLease(request.clone())).await.map_err(LeaseFailure::Rpc)?;

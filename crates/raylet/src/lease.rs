@@ -55,6 +55,7 @@ struct Lease {
 struct PendingLease {
     resources: ResourceSet,
     dedicated: bool,
+    preferred: Option<NodeId>,
     strategy: Strategy,
     /// Decide here: this request was already forwarded by another raylet.
     no_spillback: bool,
@@ -77,6 +78,8 @@ pub struct LeaseRequest {
     pub no_spillback: bool,
     /// For an actor: the worker stays with it (not returned to the pool).
     pub dedicated: bool,
+    /// Locality: the node holding the task's data, preferred when it has room.
+    pub preferred: Option<NodeId>,
 }
 
 /// A placement-group bundle reserved on this node (two-phase: prepared, then
@@ -295,6 +298,7 @@ impl Raylet {
         self.lock().pending.push_back(PendingLease {
             resources: request.resources,
             dedicated: request.dedicated,
+            preferred: request.preferred,
             strategy: request.strategy,
             no_spillback: request.no_spillback,
             owner,
@@ -326,6 +330,18 @@ impl Raylet {
         let lone = cluster.is_empty();
         if req.no_spillback || (lone && req.strategy == Strategy::Default) {
             return None;
+        }
+        // Locality: run where the task's data is, if that node has room now.
+        if let (Strategy::Default, Some(preferred)) = (&req.strategy, req.preferred) {
+            if preferred == self.node_id && req.resources.fits_in(&st.resources.available()) {
+                return None;
+            }
+            if let Some(node) = cluster
+                .iter()
+                .find(|c| c.view.node_id == preferred && c.view.alive && req.resources.fits_in(&c.view.available))
+            {
+                return Some(Ok(node.clone()));
+            }
         }
         let mut views: Vec<NodeView> = vec![NodeView {
             node_id: self.node_id,

@@ -63,7 +63,7 @@ impl Raylets {
 }
 
 fn dedicated_request(resources: ResourceSet, strategy: Strategy) -> LeaseRequest {
-    LeaseRequest { resources, strategy, no_spillback: false, dedicated: true }
+    LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None }
 }
 
 impl WorkerLeaser for Raylets {

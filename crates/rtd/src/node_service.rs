@@ -232,6 +232,7 @@ impl Service for NodeService {
                     strategy: strategy_of(&req),
                     no_spillback: req.no_spillback,
                     dedicated: req.dedicated,
+                    preferred: NodeId::from_bytes(&req.preferred_node).ok(),
                 };
                 let rx = self.raylet.request_lease(conn.id, request);
                 Reply::Later(Box::pin(async move {
