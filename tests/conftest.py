@@ -195,3 +195,23 @@ bump = _define_bump()
 def read_counter(path: str) -> int:
     with open(path) as f:
         return int(f.read() or 0)
+
+
+def barrier_task():
+    """A remote function ``meet(path, i, n, timeout)`` (1 CPU): announces itself in
+    ``path`` and waits for ``n`` arrivals; True only if ``n`` ran at the same time."""
+
+    @rtd.remote(num_cpus=1)
+    def meet(path, i, n, timeout):
+        import os
+        import time
+
+        open(os.path.join(path, f"arrived_{i}"), "w").close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len([f for f in os.listdir(path) if f.startswith("arrived_")]) >= n:
+                return True
+            time.sleep(0.02)
+        return False
+
+    return meet

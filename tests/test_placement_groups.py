@@ -18,7 +18,7 @@ import time
 import pytest
 
 import rtd
-from conftest import _shared, last_json_line, run_script, wait_for_condition
+from conftest import _shared, barrier_task, last_json_line, run_script, wait_for_condition
 from rtd.util.placement_group import (
     get_current_placement_group,
     get_placement_group,
@@ -77,26 +77,6 @@ def _interval_task():
         return start, time.time()
 
     return interval
-
-
-def _barrier_task():
-    """Announces itself in ``path`` and waits until ``n`` tasks have: True only if ``n``
-    of them ran at the same time."""
-
-    @rtd.remote(num_cpus=1)
-    def meet(path, i, n, timeout):
-        import os
-        import time
-
-        open(os.path.join(path, f"arrived_{i}"), "w").close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len([f for f in os.listdir(path) if f.startswith("arrived_")]) >= n:
-                return True
-            time.sleep(0.02)
-        return False
-
-    return meet
 
 
 def _in_bundle(pg, index=-1, capture=None):
@@ -225,7 +205,7 @@ def test_two_one_cpu_tasks_in_one_one_cpu_bundle_do_not_overlap(pg_runtime):
 def test_tasks_in_different_bundles_run_at_the_same_time(pg_runtime, tmp_path):
     pg = placement_group([{"CPU": 1}, {"CPU": 1}])
     assert pg.wait(5)
-    meet = _barrier_task()
+    meet = barrier_task()
     refs = [meet.options(scheduling_strategy=_in_bundle(pg, i)).remote(str(tmp_path), i, 2, 15) for i in range(2)]
     assert rtd.get(refs, timeout=30) == [True, True]
 
@@ -252,7 +232,7 @@ def test_task_in_a_bundle_is_assigned_that_bundles_resources(pg_runtime):
 def test_tasks_with_bundle_index_minus_one_use_any_bundle(pg_runtime, tmp_path):
     pg = placement_group([{"CPU": 1}, {"CPU": 1}])
     assert pg.wait(5)
-    meet = _barrier_task().options(scheduling_strategy=_in_bundle(pg, -1))
+    meet = barrier_task().options(scheduling_strategy=_in_bundle(pg, -1))
     # Two 1-CPU tasks fit only if they go to different bundles.
     assert rtd.get([meet.remote(str(tmp_path), i, 2, 15) for i in range(2)], timeout=30) == [True, True]
 

@@ -7,27 +7,7 @@ import time
 import pytest
 
 import rtd
-from conftest import run_script, wait_for_condition
-
-
-def _barrier_task():
-    """A task that announces itself in ``path`` and waits until ``n`` tasks have: it
-    returns True only if ``n`` of them ran at the same time."""
-
-    @rtd.remote
-    def meet(path, i, n, timeout):
-        import os
-        import time
-
-        open(os.path.join(path, f"arrived_{i}"), "w").close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len([f for f in os.listdir(path) if f.startswith("arrived_")]) >= n:
-                return True
-            time.sleep(0.02)
-        return False
-
-    return meet
+from conftest import barrier_task, run_script, wait_for_condition
 
 
 def _interval_task():
@@ -46,7 +26,7 @@ def _interval_task():
 
 
 def test_half_cpu_tasks_run_four_at_a_time_on_two_cpus(shared_runtime, tmp_path):
-    meet = _barrier_task().options(num_cpus=0.5)
+    meet = barrier_task().options(num_cpus=0.5)
     assert rtd.get([meet.remote(str(tmp_path), i, 4, 15) for i in range(4)], timeout=30) == [True] * 4
 
 

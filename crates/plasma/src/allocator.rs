@@ -88,11 +88,6 @@ impl Allocator {
         true
     }
 
-    /// Size of the block at `offset` as reserved (rounded up), if one is live there.
-    pub fn block_len(&self, offset: u64) -> Option<u64> {
-        self.live.get(&offset).copied()
-    }
-
     /// Bytes in live blocks (rounded sizes).
     pub fn used(&self) -> u64 {
         self.used

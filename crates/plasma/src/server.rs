@@ -71,13 +71,6 @@ impl PlasmaService {
         self.shared.lock().store.stats()
     }
 
-    /// Runs `f` on the store under the service's lock (for the node daemon's own use,
-    /// e.g. deleting objects whose owner freed them). A seal made this way does not wake
-    /// gets waiting for it; seal through a client for that.
-    pub fn with_store<R>(&self, f: impl FnOnce(&mut ObjectStore) -> R) -> R {
-        f(&mut self.shared.lock().store)
-    }
-
     fn create(&self, client: ClientId, id: &[u8], size: u64, metadata: u32) -> Body {
         let id = match parse_id(id) {
             Ok(id) => id,
