@@ -1,11 +1,11 @@
-//! Generates the protobuf messages with a vendored `protoc`, so building needs no
-//! system protobuf compiler.
+//! Generates the protobuf messages and the tonic services with a vendored `protoc`, so
+//! building needs no system protobuf compiler.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto/rtd.proto");
-    prost_build::Config::new()
-        .bytes(["."])
+    tonic_prost_build::configure()
+        .bytes(".")
         .compile_protos(&["proto/rtd.proto"], &["proto"])?;
     Ok(())
 }

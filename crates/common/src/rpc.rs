@@ -1,12 +1,17 @@
-//! Request/reply over a Unix socket with length-prefixed protobuf frames.
+//! Request/reply between rtd processes: protobuf `Frame`s over a Unix socket on one
+//! machine, and over a tonic gRPC stream between machines.
 //!
-//! Every same-node conversation in rtd (driver and workers with their node daemon, plasma
-//! clients with the store, a submitter with the worker it leased, a borrower with an
-//! object's owner) is a stream of `Frame`s: a little-endian `u32` length, then the
-//! encoded message. A request carries a non-zero id and its reply the same id, so many
-//! requests can be in flight on one connection and replies may come back in any order
-//! (a lease request waits for resources while a plasma seal does not). Id 0 marks a
-//! one-way message.
+//! Every conversation in rtd (driver and workers with their node daemon, plasma clients
+//! with the store, a submitter with the worker it leased, a borrower with an object's
+//! owner, a node with the head's GCS) is a stream of `Frame`s. A request carries a
+//! non-zero id and its reply the same id, so many requests can be in flight on one
+//! connection and replies may come back in any order (a lease request waits for
+//! resources while a plasma seal does not). Id 0 marks a one-way message.
+//!
+//! On a Unix socket a frame is a little-endian `u32` length, then the encoded message.
+//! Between machines the same frames travel as the messages of one bidirectional gRPC
+//! call (`NodeLink.Converse`) per connection: HTTP/2 does the framing and flow control,
+//! and the call's lifetime is the connection's, so a server still sees its peer leave.
 //!
 //! The server side calls the handler inline, in arrival order, so state changes keep
 //! the order the client sent them in; a handler that must wait returns a future, which
@@ -18,16 +23,29 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Router;
+use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::proto::node_link_client::NodeLinkClient;
+use crate::proto::node_link_server::{NodeLink, NodeLinkServer};
 use crate::proto::{frame::Body, ErrorCode, ErrorReply, Frame};
 
 const MAX_FRAME: usize = 1 << 31;
+/// How long connecting to another machine may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control windows between nodes: large enough that streaming an object's
+/// chunks is not throttled to one round trip per 64 KiB.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -53,6 +71,21 @@ impl RpcError {
 
 pub fn error_body(code: ErrorCode, message: impl Into<String>) -> Body {
     Body::Error(ErrorReply { code: code as i32, message: message.into() })
+}
+
+/// An error and its causes on one line (tonic's own message is only "transport error").
+pub fn describe_error(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
@@ -104,6 +137,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(writer: W, mut rx: mpsc::UnboundedRec
     let _ = writer.shutdown().await;
 }
 
+/// Where a connection's incoming frames come from.
+enum Inbound {
+    Socket { reader: Box<dyn AsyncRead + Unpin + Send>, buf: BytesMut },
+    Grpc(tonic::Streaming<Frame>),
+}
+
+impl Inbound {
+    fn socket(reader: impl AsyncRead + Unpin + Send + 'static) -> Self {
+        Inbound::Socket { reader: Box::new(reader), buf: BytesMut::with_capacity(64 * 1024) }
+    }
+
+    /// The next frame; `None` once the peer has gone (closed, reset or garbled).
+    async fn next(&mut self) -> Option<Frame> {
+        match self {
+            Inbound::Socket { reader, buf } => read_frame(reader, buf).await.ok().flatten(),
+            Inbound::Grpc(stream) => stream.message().await.ok().flatten(),
+        }
+    }
+}
+
 /// Waiters by request id; `None` once the connection is closed, so a late call fails
 /// instead of waiting forever.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Body>>>>>;
@@ -121,33 +174,57 @@ struct ClientInner {
     pending: Pending,
     next_id: AtomicU64,
     closed: watch::Receiver<bool>,
+    /// The HTTP/2 connection to a peer on another machine, which its other gRPC
+    /// services (the object manager) share.
+    channel: Option<Channel>,
 }
 
 impl RpcClient {
-    /// Connects to `addr`: a Unix socket path (starts with `/`) or a TCP `host:port`.
+    /// Connects to `addr`: a Unix socket path (starts with `/`) or a TCP `host:port`
+    /// of another machine's gRPC server.
     pub async fn connect(addr: &str) -> Result<Self, RpcError> {
-        let error = |source| RpcError::Connect { addr: addr.to_string(), source };
         if is_unix_address(addr) {
-            let stream = UnixStream::connect(Path::new(addr)).await.map_err(error)?;
-            Ok(Self::from_stream(addr, stream))
+            let stream = UnixStream::connect(Path::new(addr))
+                .await
+                .map_err(|source| RpcError::Connect { addr: addr.to_string(), source })?;
+            let (read_half, write_half) = tokio::io::split(stream);
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_loop(write_half, rx));
+            Ok(Self::start(addr, tx, Inbound::socket(read_half), None))
         } else {
-            let stream = TcpStream::connect(addr).await.map_err(error)?;
-            let _ = stream.set_nodelay(true);
-            Ok(Self::from_stream(addr, stream))
+            Self::connect_grpc(addr).await
         }
     }
 
-    fn from_stream<S: AsyncRead + AsyncWrite + Send + 'static>(addr: &str, stream: S) -> Self {
-        let (read_half, write_half) = tokio::io::split(stream);
+    async fn connect_grpc(addr: &str) -> Result<Self, RpcError> {
+        let error = |message: String| RpcError::Connect { addr: addr.to_string(), source: std::io::Error::other(message) };
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| error(format!("not a host:port address ({})", describe_error(&e))))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .connect()
+            .await
+            .map_err(|e| error(describe_error(&e)))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let replies = NodeLinkClient::new(channel.clone())
+            .max_decoding_message_size(MAX_FRAME)
+            .max_encoding_message_size(MAX_FRAME)
+            .converse(UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|status| error(status.message().to_string()))?
+            .into_inner();
+        Ok(Self::start(addr, tx, Inbound::Grpc(replies), Some(channel)))
+    }
+
+    /// Starts the task that hands each reply to its waiter.
+    fn start(addr: &str, tx: mpsc::UnboundedSender<Frame>, mut inbound: Inbound, channel: Option<Channel>) -> Self {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (closed_tx, closed_rx) = watch::channel(false);
-        tokio::spawn(write_loop(write_half, rx));
         let reader_pending = pending.clone();
         tokio::spawn(async move {
-            let mut reader = read_half;
-            let mut buf = BytesMut::with_capacity(64 * 1024);
-            while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
+            while let Some(frame) = inbound.next().await {
                 let Some(body) = frame.body else { continue };
                 let waiter = reader_pending
                     .lock()
@@ -170,6 +247,7 @@ impl RpcClient {
                 pending,
                 next_id: AtomicU64::new(1),
                 closed: closed_rx,
+                channel,
             }),
         }
     }
@@ -178,6 +256,10 @@ impl RpcClient {
         &self.inner.addr
     }
 
+    /// The gRPC channel of a connection to another machine (None for a Unix socket).
+    pub fn channel(&self) -> Option<Channel> {
+        self.inner.channel.clone()
+    }
     /// Sends a request and returns a future for its reply. The request is queued
     /// before this returns, so calls made in order are sent in order.
     pub fn start_call(&self, body: Body) -> impl Future<Output = Result<Body, RpcError>> + Send + 'static {
@@ -289,8 +371,8 @@ pub fn is_unix_address(addr: &str) -> bool {
     addr.starts_with('/')
 }
 
-/// Where a server accepts connections: a Unix socket on this machine, or TCP for
-/// other nodes.
+/// Where a server accepts connections: a Unix socket on this machine, or TCP (gRPC)
+/// for other machines.
 pub enum Listener {
     Unix(UnixListener),
     Tcp(TcpListener),
@@ -311,20 +393,67 @@ impl Listener {
     }
 }
 
-/// Accepts connections on `listener` until the task is dropped.
+/// Accepts connections on `listener` until the task is dropped. On TCP the service is
+/// offered as the gRPC `NodeLink` service.
 pub async fn serve<S: Service>(listener: Listener, service: Arc<S>) {
-    loop {
-        let accepted = match &listener {
-            Listener::Unix(l) => l.accept().await.map(|(s, _)| tokio::spawn(serve_connection(s, service.clone()))),
-            Listener::Tcp(l) => l.accept().await.map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                tokio::spawn(serve_connection(s, service.clone()))
-            }),
-        };
-        if let Err(e) = accepted {
-            tracing::warn!("accept failed: {e}");
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    match listener {
+        Listener::Unix(listener) => loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, service.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        },
+        Listener::Tcp(listener) => serve_grpc(listener, grpc_server().add_service(link_service(service))).await,
+    }
+}
+
+/// A gRPC server configured as every rtd node-to-node server is.
+pub fn grpc_server() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+}
+
+/// `service` as the gRPC `NodeLink` service, for a router that offers more services.
+pub fn link_service<S: Service>(service: Arc<S>) -> NodeLinkServer<Link<S>> {
+    NodeLinkServer::new(Link(service)).max_decoding_message_size(MAX_FRAME).max_encoding_message_size(MAX_FRAME)
+}
+
+/// Serves gRPC on an already bound TCP listener until the task is dropped.
+pub async fn serve_grpc(listener: TcpListener, router: Router) {
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(s) = &stream {
+            let _ = s.set_nodelay(true);
         }
+        stream
+    });
+    if let Err(e) = router.serve_with_incoming(incoming).await {
+        tracing::warn!("gRPC server stopped: {}", describe_error(&e));
+    }
+}
+
+/// The gRPC face of a `Service`: each `Converse` call is one connection.
+pub struct Link<S>(Arc<S>);
+
+type FrameStream = Pin<Box<dyn Stream<Item = Result<Frame, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Service> NodeLink for Link<S> {
+    type ConverseStream = FrameStream;
+
+    async fn converse(
+        &self,
+        request: tonic::Request<tonic::Streaming<Frame>>,
+    ) -> Result<tonic::Response<FrameStream>, tonic::Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_connection(self.0.clone(), Inbound::Grpc(request.into_inner()), tx));
+        Ok(tonic::Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
     }
 }
 
@@ -332,10 +461,14 @@ pub async fn serve_connection<S: Service, T: AsyncRead + AsyncWrite + Send + 'st
     let (read_half, write_half) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(write_half, rx));
+    run_connection(service, Inbound::socket(read_half), tx).await;
+}
+
+/// Serves one connection: each request to the handler in arrival order, each reply
+/// into `tx`, until the peer goes away.
+async fn run_connection<S: Service>(service: Arc<S>, mut inbound: Inbound, tx: mpsc::UnboundedSender<Frame>) {
     let mut state = service.connected();
-    let mut reader = read_half;
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    while let Ok(Some(frame)) = read_frame(&mut reader, &mut buf).await {
+    while let Some(frame) = inbound.next().await {
         let Some(body) = frame.body else { continue };
         let id = frame.id;
         match service.handle(&mut state, body) {
@@ -371,8 +504,13 @@ pub fn bind(path: &Path) -> std::io::Result<Listener> {
 mod tests {
     use super::*;
     use crate::proto::{KvGet, KvGetReply};
+    use tokio::sync::Notify;
 
-    struct Echo;
+    /// Echoes keys back ("slow" after a delay) and signals when a connection ends.
+    #[derive(Default)]
+    struct Echo {
+        gone: Notify,
+    }
 
     impl Service for Echo {
         type State = u32;
@@ -383,7 +521,7 @@ mod tests {
             *count += 1;
             match body {
                 Body::KvGet(KvGet { key }) if key == "slow" => Reply::Later(Box::pin(async {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     Body::KvGetReply(KvGetReply { found: true, value: "slow".into() })
                 })),
                 Body::KvGet(KvGet { key }) => {
@@ -392,31 +530,70 @@ mod tests {
                 _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported")),
             }
         }
-        fn disconnected(&self, _count: u32) {}
+        fn disconnected(&self, _count: u32) {
+            self.gone.notify_one();
+        }
+    }
+
+    fn value_of(reply: Body) -> Vec<u8> {
+        match reply {
+            Body::KvGetReply(r) => r.value.to_vec(),
+            _ => panic!("wrong reply"),
+        }
+    }
+
+    /// A slow request answered after a fast one, a large frame, an error reply, and the
+    /// server noticing the client leave.
+    async fn exercise(client: RpcClient, echo: &Echo) {
+        let slow = client.start_call(Body::KvGet(KvGet { key: "slow".into() }));
+        assert_eq!(value_of(client.call(Body::KvGet(KvGet { key: "fast".into() })).await.unwrap()), b"fast");
+        assert_eq!(value_of(slow.await.unwrap()), b"slow");
+        let big = "x".repeat(6 << 20);
+        assert_eq!(value_of(client.call(Body::KvGet(KvGet { key: big.clone() })).await.unwrap()).len(), big.len());
+        let err = client.call(Body::Ack(Default::default())).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Invalid);
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), echo.gone.notified()).await.expect("server saw the client leave");
     }
 
     #[tokio::test]
-    async fn replies_match_requests_out_of_order() {
+    async fn unix_socket_requests_and_replies() {
         let dir = std::env::temp_dir().join(format!("rtd-rpc-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("echo.sock");
-        let listener = bind(&path).unwrap();
-        let server = tokio::spawn(serve(listener, Arc::new(Echo)));
+        let echo = Arc::new(Echo::default());
+        let server = tokio::spawn(serve(bind(&path).unwrap(), echo.clone()));
         let client = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
-        let slow = client.start_call(Body::KvGet(KvGet { key: "slow".into() }));
-        let fast = client.call(Body::KvGet(KvGet { key: "fast".into() })).await.unwrap();
-        match fast {
-            Body::KvGetReply(r) => assert_eq!(&r.value[..], b"fast"),
-            _ => panic!("wrong reply"),
-        }
-        match slow.await.unwrap() {
-            Body::KvGetReply(r) => assert_eq!(&r.value[..], b"slow"),
-            _ => panic!("wrong reply"),
-        }
-        let err = client.call(Body::Ack(Default::default())).await.unwrap_err();
-        assert_eq!(err.code(), ErrorCode::Invalid);
+        assert!(client.channel().is_none());
+        exercise(client, &echo).await;
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn grpc_requests_and_replies() {
+        let listener = Listener::bind_tcp("127.0.0.1:0").await.unwrap();
+        let addr = format!("127.0.0.1:{}", listener.port().unwrap());
+        let echo = Arc::new(Echo::default());
+        let server = tokio::spawn(serve(listener, echo.clone()));
+        let client = RpcClient::connect(&addr).await.unwrap();
+        assert!(client.channel().is_some());
+        exercise(client, &echo).await;
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn grpc_connect_to_nothing_fails_fast_and_says_why() {
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = free.local_addr().unwrap().to_string();
+        drop(free);
+        let started = std::time::Instant::now();
+        let err = RpcClient::connect(&addr).await.err().expect("nothing listens there");
+        assert!(started.elapsed() < CONNECT_TIMEOUT);
+        let text = err.to_string();
+        assert!(text.contains(&addr) && text.to_lowercase().contains("refused"), "{text}");
+        let err = RpcClient::connect("not an address").await.err().expect("a bad address");
+        assert!(err.to_string().contains("not an address"), "{err}");
     }
 
     #[tokio::test]

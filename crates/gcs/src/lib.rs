@@ -1,7 +1,7 @@
 //! The control plane: nodes, jobs, actors, placement groups and a key-value store (which holds the
 //! function table: pickled remote functions by id). One GCS per cluster, hosted by the
-//! head node's daemon. Today it is served over the head's local socket; serving it to
-//! other nodes over gRPC comes with multi-node clusters.
+//! head node's daemon, which serves it on its local socket and to other nodes over gRPC
+//! (`rtd_node::gcs_server`).
 
 pub mod actor_manager;
 pub mod placement_group_manager;

@@ -1,6 +1,6 @@
 //! The GCS as the head node serves it: the tables (`rtd_gcs`), the actor and
 //! placement-group managers, and how they reach the cluster's raylets — this node's
-//! in-process, other nodes' over their TCP address. Nodes join with `RegisterNode` and
+//! in-process, other nodes' over gRPC at their TCP address. Nodes join with `RegisterNode` and
 //! keep reporting their free resources; one that stops (its connection closes or its
 //! reports stop for `RTD_NODE_TIMEOUT_MS`) is declared dead, its actors restart
 //! elsewhere and its placement-group bundles are placed again.

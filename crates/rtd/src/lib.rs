@@ -6,6 +6,7 @@ pub mod cli;
 pub mod gcs_server;
 pub mod node;
 pub mod node_service;
+pub mod object_manager;
 pub mod session;
 
 pub use cli::{cli_main, Launcher};

@@ -15,16 +15,18 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ReportResources};
-use rtd_common::rpc::{ConnectionCache, Listener, RpcClient};
+use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
 use rtd_raylet::lease::{Raylet, RemoteNode};
 use rtd_raylet::policy::NodeView;
 use rtd_raylet::worker_pool::WorkerCommand;
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::gcs_server::{resources, GcsServer};
 use crate::node_service::{describe_node, GcsLink, NodeService};
+use crate::object_manager::ObjectServer;
 use crate::session::{NodeFile, Session};
 
 #[derive(Debug, Clone)]
@@ -115,15 +117,15 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // Other nodes reach this one over TCP: the head on its --port, others anywhere.
     let tcp_listener = match (&opts.role, &node_ip) {
         (NodeRole::Head { port: Some(port) }, Some(ip)) => {
-            Some(Listener::bind_tcp(&format!("{ip}:{port}")).await.with_context(|| format!("binding {ip}:{port}"))?)
+            Some(TcpListener::bind(format!("{ip}:{port}")).await.with_context(|| format!("binding {ip}:{port}"))?)
         }
         (NodeRole::Worker { .. }, Some(ip)) => {
-            Some(Listener::bind_tcp(&format!("{ip}:0")).await.with_context(|| format!("binding {ip}"))?)
+            Some(TcpListener::bind(format!("{ip}:0")).await.with_context(|| format!("binding {ip}"))?)
         }
         _ => None,
     };
     let raylet_address = match (&tcp_listener, &node_ip) {
-        (Some(l), Some(ip)) => format!("{ip}:{}", l.port().unwrap_or(0)),
+        (Some(l), Some(ip)) => format!("{ip}:{}", l.local_addr().map(|a| a.port()).unwrap_or(0)),
         _ => String::new(),
     };
 
@@ -178,7 +180,13 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
     let raylet_task = tokio::spawn(rtd_common::rpc::serve(raylet_listener, service.clone()));
-    let tcp_task = tcp_listener.map(|l| tokio::spawn(rtd_common::rpc::serve(l, service.clone())));
+    // Other nodes see the raylet (and the GCS on the head) and the object manager.
+    let tcp_task = tcp_listener.map(|l| {
+        let router = rpc::grpc_server()
+            .add_service(rpc::link_service(service.clone()))
+            .add_service(ObjectServer::new(service.plasma.clone()));
+        tokio::spawn(rpc::serve_grpc(l, router))
+    });
     raylet.prestart_workers();
     NodeFile {
         pid: std::process::id(),

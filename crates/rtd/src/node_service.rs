@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rtd_common::proto::{
-    frame::Body, Ack, ErrorCode, NodeInfo, ObjectChunk, ReadObjectChunk, RegisterClientReply, ResourceMap,
-};
+use rtd_common::proto::{frame::Body, Ack, ErrorCode, NodeInfo, RegisterClientReply, ResourceMap};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, Service};
 use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
 use rtd_plasma::PlasmaClient;
@@ -19,9 +17,6 @@ use tokio::sync::Notify;
 
 use crate::gcs_server::GcsServer;
 use crate::session::Session;
-
-/// Objects move between nodes in pieces of this size.
-const CHUNK: u64 = 8 << 20;
 
 pub enum GcsLink {
     /// This is the head: the GCS runs here.
@@ -99,80 +94,6 @@ impl NodeService {
                 }))
             }
         }
-    }
-
-    /// Copies an object from another node's store into this node's.
-    async fn pull(
-        plasma: PlasmaClient,
-        peers: Arc<ConnectionCache>,
-        source: Option<String>,
-        id: ObjectId,
-    ) -> Result<(), String> {
-        if let Ok(Some(_)) = plasma.get(&id, 0).await {
-            plasma.release(&id);
-            return Ok(());
-        }
-        let source = source.ok_or_else(|| format!("the node holding object {id} is not alive"))?;
-        let client = peers.get(&source).await.map_err(|e| e.to_string())?;
-        let mut offset = 0u64;
-        let mut base = None;
-        loop {
-            let read = ReadObjectChunk { id: id.to_vec().into(), offset, length: CHUNK };
-            let chunk = match client.call(Body::ReadObjectChunk(read)).await.map_err(|e| e.to_string())? {
-                Body::ObjectChunk(c) if c.found => c,
-                _ => return Err(format!("object {id} is no longer on its node")),
-            };
-            let start = match base {
-                Some(start) => start,
-                None => match plasma.create(&id, chunk.total_size, chunk.metadata).await {
-                    Ok(start) => {
-                        base = Some(start);
-                        start
-                    }
-                    Err(rtd_plasma::PlasmaError::Full(m)) => return Err(m),
-                    // Another pull of the same object is writing it: wait for its seal.
-                    Err(_) => {
-                        return match plasma.get(&id, 30_000).await {
-                            Ok(Some(_)) => {
-                                plasma.release(&id);
-                                Ok(())
-                            }
-                            _ => Err(format!("object {id} could not be copied to this node")),
-                        };
-                    }
-                },
-            };
-            let len = chunk.data.len() as u64;
-            // SAFETY: the store gave us [start, start + total) until we seal it.
-            let dst = unsafe { plasma.region().slice_mut(start + offset, len) }
-                .ok_or_else(|| "chunk outside the object".to_string())?;
-            dst.copy_from_slice(&chunk.data);
-            offset += len;
-            if offset >= chunk.total_size || len == 0 {
-                break;
-            }
-        }
-        plasma.seal(&id).await.map_err(|e| e.to_string())
-    }
-
-    async fn read_chunk(plasma: PlasmaClient, read: ReadObjectChunk) -> Body {
-        let Ok(id) = ObjectId::from_bytes(&read.id) else {
-            return error_body(ErrorCode::Invalid, "bad object id");
-        };
-        let Ok(Some(info)) = plasma.get(&id, 0).await else {
-            return Body::ObjectChunk(ObjectChunk::default());
-        };
-        let start = read.offset.min(info.size);
-        let len = read.length.min(info.size - start);
-        // SAFETY: pinned until the release below.
-        let data = unsafe { plasma.region().slice(info.offset + start, len) }.map(Bytes::copy_from_slice);
-        plasma.release(&id);
-        Body::ObjectChunk(ObjectChunk {
-            found: data.is_some(),
-            total_size: info.size,
-            metadata: info.metadata,
-            data: data.unwrap_or_default(),
-        })
     }
 }
 
@@ -294,13 +215,18 @@ impl Service for NodeService {
                     .map(|n| n.raylet_address);
                 let (plasma, peers) = (self.plasma.clone(), self.peers.clone());
                 Reply::Later(Box::pin(async move {
-                    match Self::pull(plasma, peers, source, id).await {
+                    let pulled = async {
+                        let source = source.ok_or_else(|| format!("the node holding object {id} is not alive"))?;
+                        let peer = peers.get(&source).await.map_err(|e| e.to_string())?;
+                        let channel = peer.channel().ok_or_else(|| format!("{source} is not another node's address"))?;
+                        crate::object_manager::pull_object(&plasma, channel, &source, id).await
+                    };
+                    match pulled.await {
                         Ok(()) => Body::Ack(Ack {}),
                         Err(e) => error_body(ErrorCode::NotFound, e),
                     }
                 }))
             }
-            Body::ReadObjectChunk(read) => Reply::Later(Box::pin(Self::read_chunk(self.plasma.clone(), read))),
             Body::Shutdown(_) => {
                 self.shutdown.notify_one();
                 Reply::Now(Body::Ack(Ack {}))

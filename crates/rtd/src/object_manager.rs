@@ -1,0 +1,277 @@
+//! The object manager: copies objects between nodes' stores over gRPC. Every node in a
+//! cluster serves `ObjectManager.Pull` from its store, and pulls from another node
+//! when a client on this node needs an object that lives there.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use rtd_common::proto::object_manager_client::ObjectManagerClient;
+use rtd_common::proto::object_manager_server::{ObjectManager, ObjectManagerServer};
+use rtd_common::proto::{ObjectChunk, PullChunks};
+use rtd_common::rpc::describe_error;
+use rtd_common::ObjectId;
+use rtd_plasma::{PlasmaClient, PlasmaError};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Objects move between nodes in pieces of this size.
+const CHUNK: u64 = 8 << 20;
+/// Chunks a server reads ahead of a slow reader.
+const READ_AHEAD: usize = 2;
+/// The most a single chunk may be; a larger request is served in pieces of this size.
+const MAX_CHUNK: u64 = 64 << 20;
+/// Largest gRPC message either side accepts: one chunk plus its header.
+const MAX_MESSAGE: usize = (MAX_CHUNK as usize) + 4096;
+/// How long a second pull of an object waits for the first one to finish writing it.
+const CONCURRENT_PULL_WAIT_MS: u64 = 30_000;
+
+/// Serves this node's objects to other nodes.
+pub struct ObjectServer {
+    plasma: PlasmaClient,
+}
+
+impl ObjectServer {
+    pub fn new(plasma: PlasmaClient) -> ObjectManagerServer<ObjectServer> {
+        ObjectManagerServer::new(ObjectServer { plasma }).max_decoding_message_size(MAX_MESSAGE)
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ObjectManager for ObjectServer {
+    type PullStream = ChunkStream;
+
+    async fn pull(&self, request: Request<PullChunks>) -> Result<Response<ChunkStream>, Status> {
+        let request = request.into_inner();
+        let id = ObjectId::from_bytes(&request.id).map_err(|e| Status::invalid_argument(format!("bad object id: {e}")))?;
+        let chunk_size = request.chunk_size.clamp(1, MAX_CHUNK);
+        // Pinned here, released once the last chunk is copied or the reader went away.
+        let info = match self.plasma.get(&id, 0).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return Err(Status::not_found(format!("object {id} is not in this node's store"))),
+            Err(e) => return Err(Status::internal(format!("reading object {id}: {e}"))),
+        };
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let plasma = self.plasma.clone();
+        tokio::spawn(async move {
+            let mut offset = 0;
+            // An empty object still sends one chunk: it carries the size and kind.
+            loop {
+                let len = chunk_size.min(info.size - offset);
+                // SAFETY: the object stays pinned (immutable, in place) until the release below.
+                let chunk = unsafe { plasma.region().slice(info.offset + offset, len) }
+                    .map(|data| ObjectChunk {
+                        total_size: info.size,
+                        metadata: info.metadata,
+                        offset,
+                        data: Bytes::copy_from_slice(data),
+                    })
+                    .ok_or_else(|| Status::internal(format!("object {id} lies outside the store")));
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    break;
+                }
+                offset += len;
+                if offset >= info.size {
+                    break;
+                }
+            }
+            plasma.release(&id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Copies object `id` from the node at the other end of `source` (a gRPC connection to
+/// `source_addr`) into this node's store. Returns once the object is sealed here (or
+/// already was).
+pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &str, id: ObjectId) -> Result<(), String> {
+    if let Ok(Some(_)) = plasma.get(&id, 0).await {
+        plasma.release(&id);
+        return Ok(());
+    }
+    let mut chunks = ObjectManagerClient::new(source)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .pull(PullChunks { id: id.to_vec().into(), chunk_size: CHUNK })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::NotFound => format!("object {id} is no longer on its node"),
+            _ => format!("pulling object {id} from {source_addr}: {}", status.message()),
+        })?
+        .into_inner();
+    let first = next_chunk(&mut chunks, id).await?;
+    let start = match plasma.create(&id, first.total_size, first.metadata).await {
+        Ok(start) => start,
+        Err(PlasmaError::Full(m)) => return Err(m),
+        // Another pull of the same object is writing it: wait for its seal.
+        Err(_) => {
+            return match plasma.get(&id, CONCURRENT_PULL_WAIT_MS).await {
+                Ok(Some(_)) => {
+                    plasma.release(&id);
+                    Ok(())
+                }
+                _ => Err(format!("object {id} could not be copied to this node")),
+            };
+        }
+    };
+    let total = first.total_size;
+    let copied: Result<(), String> = async {
+        let mut chunk = first;
+        let mut received = 0u64;
+        loop {
+            let len = chunk.data.len() as u64;
+            if chunk.total_size != total || chunk.offset != received || received + len > total {
+                return Err(format!("object {id} arrived garbled (chunk at {} of {total} bytes)", chunk.offset));
+            }
+            // SAFETY: the store gave us [start, start + total) to write until we seal it.
+            let dst = unsafe { plasma.region().slice_mut(start + received, len) }
+                .ok_or_else(|| format!("object {id} lies outside the store"))?;
+            dst.copy_from_slice(&chunk.data);
+            received += len;
+            if received == total {
+                return Ok(());
+            }
+            chunk = next_chunk(&mut chunks, id).await?;
+        }
+    }
+    .await;
+    match copied {
+        Ok(()) => plasma.seal(&id).await.map_err(|e| e.to_string()),
+        Err(e) => {
+            // Abort the half-written copy: deleted while unsealed, the seal frees it.
+            let _ = plasma.delete(&[id]).await;
+            let _ = plasma.seal(&id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn next_chunk(chunks: &mut tonic::Streaming<ObjectChunk>, id: ObjectId) -> Result<ObjectChunk, String> {
+    match chunks.message().await {
+        Ok(Some(chunk)) => Ok(chunk),
+        Ok(None) => Err(format!("object {id} ended early: its node stopped sending")),
+        Err(status) => Err(format!("object {id} could not be read from its node: {}", describe_error(&status))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
+    use tokio::net::TcpListener;
+
+    /// A real store on its own socket and shared-memory file.
+    struct Store {
+        dir: PathBuf,
+        client: PlasmaClient,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Store {
+        async fn start(tag: &str) -> Store {
+            let dir = std::env::temp_dir().join(format!("rtd-om-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let shm = dir.join("plasma.shm");
+            let region = Arc::new(ShmRegion::create(&shm, 64 << 20).expect("region"));
+            let service = PlasmaService::new(ObjectStore::new(region, dir.join("spill")));
+            let socket = dir.join("plasma.sock");
+            let listener = rtd_common::rpc::bind(&socket).expect("bind");
+            let server = tokio::spawn(rtd_common::rpc::serve(listener, service));
+            let client = PlasmaClient::connect(&socket.display().to_string(), &shm).await.expect("connect");
+            Store { dir, client, server }
+        }
+
+        fn bytes(&self, info: &rtd_plasma::ObjectInfo) -> Vec<u8> {
+            // SAFETY: the caller holds the pin from the get that returned `info`.
+            unsafe { self.client.region().slice(info.offset, info.size) }.expect("in region").to_vec()
+        }
+    }
+
+    impl Drop for Store {
+        fn drop(&mut self) {
+            self.server.abort();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Serves `store` over gRPC on a free port and returns a channel to it.
+    async fn serve_objects(store: &Store) -> (Channel, String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let router = rtd_common::rpc::grpc_server().add_service(ObjectServer::new(store.client.clone()));
+        let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        (channel, addr, server)
+    }
+
+    #[tokio::test]
+    async fn objects_of_every_size_arrive_whole_with_their_kind() {
+        let (source, target) = (Store::start("src").await, Store::start("dst").await);
+        let (channel, addr, server) = serve_objects(&source).await;
+        for (size, kind) in [(0usize, 0u32), (1, 1), (CHUNK as usize, 0), (2 * CHUNK as usize + 12_345, 2)] {
+            let id = ObjectId::random();
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            source.client.put(&id, &data, kind).await.expect("put");
+            pull_object(&target.client, channel.clone(), &addr, id).await.expect("pulled");
+            // A second pull finds it already there.
+            pull_object(&target.client, channel.clone(), &addr, id).await.expect("pulled again");
+            let info = target.client.get(&id, 0).await.expect("get").expect("sealed on the target");
+            assert_eq!((info.size as usize, info.metadata), (size, kind));
+            assert!(target.bytes(&info) == data, "{size} bytes arrived intact");
+            target.client.release(&id);
+        }
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_missing_object_is_reported_and_leaves_nothing_behind() {
+        let (source, target) = (Store::start("src-missing").await, Store::start("dst-missing").await);
+        let (channel, addr, server) = serve_objects(&source).await;
+        let id = ObjectId::random();
+        let err = pull_object(&target.client, channel, &addr, id).await.expect_err("nothing to pull");
+        assert!(err.contains("no longer on its node"), "{err}");
+        assert_eq!(target.client.get(&id, 0).await.expect("get"), None);
+        server.abort();
+    }
+
+    /// A peer that stops after the first of several chunks.
+    struct Truncating;
+
+    #[tonic::async_trait]
+    impl ObjectManager for Truncating {
+        type PullStream = ChunkStream;
+
+        async fn pull(&self, _request: Request<PullChunks>) -> Result<Response<ChunkStream>, Status> {
+            let first = ObjectChunk { total_size: 100, metadata: 0, offset: 0, data: Bytes::from_static(&[7; 10]) };
+            Ok(Response::new(Box::pin(tokio_stream::iter([Ok(first)]))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transfer_cut_short_is_aborted_so_the_object_can_arrive_later() {
+        let target = Store::start("dst-cut").await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let router = rtd_common::rpc::grpc_server().add_service(ObjectManagerServer::new(Truncating));
+        let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        let id = ObjectId::random();
+        let err = pull_object(&target.client, channel, &addr, id).await.expect_err("cut short");
+        assert!(err.contains("ended early"), "{err}");
+        assert_eq!(target.client.get(&id, 0).await.expect("get"), None);
+        target.client.put(&id, &[1; 100], 0).await.expect("the aborted copy left no entry behind");
+        server.abort();
+    }
+}
