@@ -2,9 +2,8 @@
 (python/ray/_private/ray_perf.py), so figures can be compared line by line.
 
     python benches/microbenchmark.py [--duration S] [--repeats N] [--only SUBSTRING]
-                                     [--json out.json] [--ray]
+                                     [--json out.json] [--ray] [--cross-node]
 
-Only tasks and objects are measured (actors and placement groups are not in rtd yet).
 Each throughput metric is run like Ray's ``timeit``: warm up, then ``--repeats`` rounds of
 ``--duration`` seconds each, printed as ``NAME per second MEAN +- SD``. ``multiplier`` turns
 calls into the unit counted (e.g. 1000 tasks per batch, or GB per put).
@@ -18,6 +17,11 @@ Two extra figures that Ray's script has not got:
   ``init(num_cpus=2)`` and 1 s idle. The driver itself is not counted.
 
 ``--ray`` runs the same script against real Ray (``import ray``) when it is installed.
+
+``--cross-node`` measures what crosses nodes instead (not in Ray's list): a two-node
+``cluster_utils.Cluster`` on this machine, the driver on a head with no CPUs, so every
+task and actor runs on the other node and every result travels between the two over
+gRPC (``cross-node ...`` metrics).
 """
 
 from __future__ import annotations
@@ -300,6 +304,63 @@ def run_benchmarks(args):
     timeit("placement group create/removal", pg_create_removal, 10, **kw)
 
 
+def run_cross_node_benchmarks(args):
+    import numpy as np
+
+    kw = {"duration": args.duration, "repeats": args.repeats, "warmup": min(1.0, args.duration)}
+
+    @rt.remote
+    def small_value():
+        return b"ok"
+
+    @rt.remote
+    def large_value():
+        return np.zeros(100 * 1024 * 1024, dtype=np.uint8)
+
+    @rt.remote
+    class Actor:
+        def small_value(self):
+            return b"ok"
+
+    def tasks_sync():
+        rt.get(small_value.remote())
+
+    timeit("cross-node tasks sync", tasks_sync, **kw)
+
+    def tasks_async():
+        rt.get([small_value.remote() for _ in range(1000)])
+
+    timeit("cross-node tasks async", tasks_async, 1000, **kw)
+
+    actor = Actor.remote()
+    rt.get(actor.small_value.remote())
+
+    def actor_async():
+        rt.get([actor.small_value.remote() for _ in range(1000)])
+
+    timeit("cross-node 1:1 actor calls async", actor_async, 1000, **kw)
+
+    def pull_large():
+        x = rt.get(large_value.remote())
+        assert x.nbytes == 100 * 1024 * 1024
+
+    # Made on the worker node, copied into the head's store, then read zero-copy.
+    timeit("cross-node get gigabytes (100MiB task result)", pull_large, 0.1, **kw)
+
+
+def main_cross_node(args):
+    cluster_utils = __import__(f"{rt.__name__}.cluster_utils", fromlist=["Cluster"])
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        cluster.add_node(num_cpus=2, object_store_memory=1 << 30)
+        cluster.wait_for_nodes()
+        rt.init(address=cluster.address)
+        run_cross_node_benchmarks(args)
+    finally:
+        rt.shutdown()
+        cluster.shutdown()
+
+
 def main(argv=None):
     global rt, _only
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -310,6 +371,8 @@ def main(argv=None):
                         help="run only metrics whose name contains this substring")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--ray", action="store_true", help="benchmark real Ray (import ray) instead of rtd")
+    parser.add_argument("--cross-node", action="store_true",
+                        help="measure a two-node cluster on this machine instead (cross-node metrics)")
     args = parser.parse_args(argv)
     _only = args.only
 
@@ -321,6 +384,11 @@ def main(argv=None):
     version = getattr(rt, "__version__", "?")
     print(f"# {module_name} {version}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
           f"duration {args.duration}s x {args.repeats}", flush=True)
+
+    if args.cross_node:
+        main_cross_node(args)
+        write_json(args, module_name, version)
+        return
 
     measure_init(module_name, args.init_runs)
 
@@ -334,6 +402,10 @@ def main(argv=None):
     finally:
         rt.shutdown()
 
+    write_json(args, module_name, version)
+
+
+def write_json(args, module_name, version):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"module": module_name, "version": version, "cpus": os.cpu_count(),

@@ -11,16 +11,12 @@ use rtd_common::proto::{ObjectChunk, PullChunks};
 use rtd_common::rpc::describe_error;
 use rtd_common::ObjectId;
 use rtd_plasma::{PlasmaClient, PlasmaError};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Objects move between nodes in pieces of this size.
 const CHUNK: u64 = 8 << 20;
-/// Chunks a server reads ahead of a slow reader.
-const READ_AHEAD: usize = 2;
 /// The most a single chunk may be; a larger request is served in pieces of this size.
 const MAX_CHUNK: u64 = 64 << 20;
 /// Largest gRPC message either side accepts: one chunk plus its header.
@@ -39,6 +35,34 @@ impl ObjectServer {
     }
 }
 
+/// A sealed object pinned in this node's store, released when dropped.
+struct PinnedObject {
+    plasma: PlasmaClient,
+    id: ObjectId,
+    offset: u64,
+    size: u64,
+}
+
+impl PinnedObject {
+    fn bytes(&self) -> Option<&[u8]> {
+        // SAFETY: sealed objects are immutable and stay in place while pinned, and the
+        // pin lasts as long as `self`.
+        unsafe { self.plasma.region().slice(self.offset, self.size) }
+    }
+}
+
+impl AsRef<[u8]> for PinnedObject {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes().unwrap_or_default()
+    }
+}
+
+impl Drop for PinnedObject {
+    fn drop(&mut self) {
+        self.plasma.release(&self.id);
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ObjectChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -49,40 +73,28 @@ impl ObjectManager for ObjectServer {
         let request = request.into_inner();
         let id = ObjectId::from_bytes(&request.id).map_err(|e| Status::invalid_argument(format!("bad object id: {e}")))?;
         let chunk_size = request.chunk_size.clamp(1, MAX_CHUNK);
-        // Pinned here, released once the last chunk is copied or the reader went away.
         let info = match self.plasma.get(&id, 0).await {
             Ok(Some(info)) => info,
             Ok(None) => return Err(Status::not_found(format!("object {id} is not in this node's store"))),
             Err(e) => return Err(Status::internal(format!("reading object {id}: {e}"))),
         };
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
-        let plasma = self.plasma.clone();
-        tokio::spawn(async move {
-            let mut offset = 0;
-            // An empty object still sends one chunk: it carries the size and kind.
-            loop {
-                let len = chunk_size.min(info.size - offset);
-                // SAFETY: the object stays pinned (immutable, in place) until the release below.
-                let chunk = unsafe { plasma.region().slice(info.offset + offset, len) }
-                    .map(|data| ObjectChunk {
-                        total_size: info.size,
-                        metadata: info.metadata,
-                        offset,
-                        data: Bytes::copy_from_slice(data),
-                    })
-                    .ok_or_else(|| Status::internal(format!("object {id} lies outside the store")));
-                let failed = chunk.is_err();
-                if tx.send(chunk).await.is_err() || failed {
-                    break;
-                }
-                offset += len;
-                if offset >= info.size {
-                    break;
-                }
-            }
-            plasma.release(&id);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let pinned = PinnedObject { plasma: self.plasma.clone(), id, offset: info.offset, size: info.size };
+        if pinned.bytes().is_none() {
+            return Err(Status::internal(format!("object {id} lies outside the store")));
+        }
+        // Chunks are views of the store's memory, not copies; the pin is released when
+        // the last of them is gone (sent, or the reader went away).
+        let whole = Bytes::from_owner(pinned);
+        let step = chunk_size as usize;
+        // An empty object still sends one chunk: it carries the size and kind.
+        let chunks: Vec<_> = (0..whole.len().max(1))
+            .step_by(step)
+            .map(|start| {
+                let end = whole.len().min(start + step);
+                Ok(ObjectChunk { total_size: info.size, metadata: info.metadata, offset: start as u64, data: whole.slice(start..end) })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 }
 
@@ -170,6 +182,7 @@ mod tests {
     /// A real store on its own socket and shared-memory file.
     struct Store {
         dir: PathBuf,
+        service: Arc<PlasmaService>,
         client: PlasmaClient,
         server: tokio::task::JoinHandle<()>,
     }
@@ -183,9 +196,9 @@ mod tests {
             let service = PlasmaService::new(ObjectStore::new(region, dir.join("spill")));
             let socket = dir.join("plasma.sock");
             let listener = rtd_common::rpc::bind(&socket).expect("bind");
-            let server = tokio::spawn(rtd_common::rpc::serve(listener, service));
+            let server = tokio::spawn(rtd_common::rpc::serve(listener, service.clone()));
             let client = PlasmaClient::connect(&socket.display().to_string(), &shm).await.expect("connect");
-            Store { dir, client, server }
+            Store { dir, service, client, server }
         }
 
         fn bytes(&self, info: &rtd_plasma::ObjectInfo) -> Vec<u8> {
@@ -231,6 +244,14 @@ mod tests {
             assert!(target.bytes(&info) == data, "{size} bytes arrived intact");
             target.client.release(&id);
         }
+        // Serving pins each object only while its chunks are in flight.
+        for _ in 0..500 {
+            if source.service.stats().pinned_bytes == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(source.service.stats().pinned_bytes, 0, "the source released every pin");
         server.abort();
     }
 
