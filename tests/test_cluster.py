@@ -306,15 +306,38 @@ def test_hard_node_affinity_to_a_busy_node_waits_for_it(nodes):
     assert got == nodes.b, f"the task pinned to busy B ran on {nodes.name.get(got, got)}"
 
 
-def test_spread_tasks_avoid_a_busy_node_only_while_it_is_busy(nodes):
+def test_spread_tasks_avoid_a_busy_node_only_while_it_is_busy(nodes, tmp_path):
     _wait_idle(5.0)
     where = _where()
-    busy = where.options(num_cpus=2, resources={"alice": 1}).remote(1.5)  # all of B
-    wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
-    time.sleep(VIEW_REFRESH_S)
-    ran_on = rtd.get([where.options(scheduling_strategy="SPREAD").remote(0.3) for _ in range(3)], timeout=TIMEOUT)
+    release = tmp_path / "release"
+
+    @rtd.remote
+    def hold(path):
+        """Occupies its node until the test creates ``path`` (at most 30 s)."""
+        import os
+        import time
+
+        import rtd
+
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return rtd.get_runtime_context().get_node_id()
+
+    # B stays full for as long as the spread tasks take, however slow the machine.
+    busy = hold.options(num_cpus=2, resources={"alice": 1}).remote(str(release))
+    try:
+        wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
+        time.sleep(VIEW_REFRESH_S)
+        ran_on = rtd.get([where.options(scheduling_strategy="SPREAD").remote(0.3) for _ in range(3)], timeout=TIMEOUT)
+    finally:
+        release.touch()
     assert set(ran_on) == {nodes.head, nodes.c}, nodes.names(ran_on)
     assert rtd.get(busy, timeout=TIMEOUT) == nodes.b
+    # Free again, B takes its share.
+    _wait_idle(5.0)
+    ran_on = rtd.get([where.options(scheduling_strategy="SPREAD").remote(0.5) for _ in range(9)], timeout=TIMEOUT)
+    assert nodes.b in ran_on, nodes.names(ran_on)
 
 
 def test_soft_node_affinity_to_an_unknown_node_runs_somewhere(nodes):

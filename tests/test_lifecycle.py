@@ -213,6 +213,40 @@ def test_a_worker_that_dies_is_replaced(shared_runtime):
     assert len(_worker_pids(2)) == 2
 
 
+def test_the_pool_refills_without_waiting_for_work_after_a_worker_or_actor_dies(start_runtime):
+    start_runtime(num_cpus=2)
+    session_dir = rtd.api._state.session_dir
+    daemon = rtd.api._state.node_process.pid
+
+    def task_workers():
+        return set(session_processes(session_dir)) - {daemon}
+
+    wait_for_condition(lambda: len(task_workers()) == 2, timeout=10)
+
+    @rtd.remote(max_retries=0)
+    def die():
+        os._exit(1)
+
+    with pytest.raises(rtd.exceptions.WorkerCrashedError):
+        rtd.get(die.remote())
+    # Nothing is submitted: the node starts the replacement on its own.
+    wait_for_condition(lambda: len(task_workers()) == 2, timeout=10)
+
+    @rtd.remote
+    class Actor:
+        def pid(self):
+            return os.getpid()
+
+    before = task_workers()
+    actor = Actor.remote()
+    actor_pid = rtd.get(actor.pid.remote())
+    rtd.kill(actor)
+    wait_for_condition(lambda: not pid_alive(actor_pid), timeout=10)
+    # The actor took a pool worker; once it is gone the pool is back to its size.
+    wait_for_condition(lambda: len(task_workers()) == 2 and actor_pid not in task_workers(), timeout=10)
+    assert before != task_workers()
+
+
 def test_shutdown_while_a_task_runs_stops_its_worker(start_runtime, tmp_path):
     start_runtime(num_cpus=2)
     session_dir = rtd.api._state.session_dir

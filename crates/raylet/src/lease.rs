@@ -110,6 +110,13 @@ struct State {
 const MAX_FAILED_STARTS: u32 = 3;
 
 impl State {
+    /// Workers that run tasks (idle, starting or leased): not those dedicated to
+    /// actors, nor those being stopped.
+    fn task_workers(&self) -> usize {
+        let dedicated = |w: &Worker| w.lease.and_then(|l| self.leases.get(&l)).is_some_and(|l| l.dedicated);
+        self.workers.values().filter(|w| !w.doomed && !dedicated(w)).count()
+    }
+
     /// Kills a worker; it is out of the pool at once, before its exit is seen.
     fn stop_worker(&mut self, worker_id: &WorkerId) {
         if let Some(worker) = self.workers.get_mut(worker_id) {
@@ -243,10 +250,12 @@ impl Raylet {
 
     fn on_worker_exit(self: &Arc<Self>, worker_id: WorkerId) {
         let mut lost = None;
+        let replace;
         {
             let mut st = self.lock();
             let Some(worker) = st.workers.remove(&worker_id) else { return };
-            if worker.address.is_none() {
+            let started = worker.address.is_some();
+            if !started {
                 st.starting = st.starting.saturating_sub(1);
                 st.failed_starts += 1;
             }
@@ -262,9 +271,16 @@ impl Raylet {
                     }
                 }
             }
+            // A worker that ran (a killed task, a dead actor) is replaced while the pool of
+            // task workers is below its size, so the next task finds one warm. One that
+            // never started is not: the start failures are reported instead.
+            replace = started && !st.shutting_down && st.task_workers() < self.pool_size;
         }
         if let (Some(lease_id), Some(hook)) = (lost, self.lease_lost.get()) {
             hook(lease_id);
+        }
+        if replace {
+            self.start_worker();
         }
         self.schedule();
     }
@@ -392,8 +408,7 @@ impl Raylet {
             }
             // Workers started beyond the pool for blocked parents are not kept: stop
             // the least recently used idle one once nothing waits for a worker.
-            let dedicated = st.leases.values().filter(|l| l.dedicated).count();
-            if st.workers.len() - dedicated.min(st.workers.len()) > self.pool_size && st.pending.is_empty() {
+            if st.task_workers() > self.pool_size && st.pending.is_empty() {
                 if let Some(surplus) = st.idle.back().copied() {
                     st.stop_worker(&surplus);
                 }
