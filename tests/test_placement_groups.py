@@ -725,3 +725,78 @@ def test_rtd_status_shows_what_placement_groups_reserve(cli_node):
         raise AssertionError(status_line()[0])
     stdout, _ = status_line()
     assert "_group_" not in stdout, stdout
+
+
+# --- GPUs in bundles -------------------------------------------------------------------------
+
+
+def test_work_in_gpu_bundles_sees_only_the_gpus_its_bundle_reserved(start_runtime, tmp_path):
+    start_runtime(num_cpus=4, num_gpus=4)
+    # Bundle 0 takes one GPU, bundle 1 two: three distinct devices in all.
+    pg = placement_group([{"CPU": 1, "GPU": 1}, {"CPU": 1, "GPU": 2}], strategy="PACK")
+    assert pg.wait(10)
+
+    @rtd.remote(num_cpus=0)
+    def gpus(path=None, n=0):
+        import os
+        import time
+
+        if path:
+            # Hold the GPUs until n tasks hold theirs, so none reuses another's share.
+            open(os.path.join(path, f"arrived_{os.getpid()}"), "w").close()
+            deadline = time.monotonic() + 10
+            while len(os.listdir(path)) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), [int(i) for i in rtd.get_gpu_ids()]
+
+    def devices(visible):
+        assert visible is not None
+        return sorted(int(d) for d in visible.split(","))
+
+    whole0 = rtd.get(gpus.options(num_gpus=1, scheduling_strategy=_in_bundle(pg, 0)).remote(), timeout=30)
+    whole1 = rtd.get(gpus.options(num_gpus=2, scheduling_strategy=_in_bundle(pg, 1)).remote(), timeout=30)
+    assert devices(whole0[0]) == whole0[1] and len(whole0[1]) == 1
+    assert devices(whole1[0]) == sorted(whole1[1]) and len(whole1[1]) == 2
+    assert not set(whole0[1]) & set(whole1[1]), (whole0, whole1)
+    reserved = set(whole0[1]) | set(whole1[1])
+
+    # Two half-GPU tasks at once in bundle 0 share its one device.
+    halves = rtd.get(
+        [gpus.options(num_gpus=0.5, scheduling_strategy=_in_bundle(pg, 0)).remote(str(tmp_path), 2) for _ in range(2)],
+        timeout=30,
+    )
+    assert [h[1] for h in halves] == [whole0[1], whole0[1]], halves
+    # Two one-GPU tasks at once in bundle 1 get its two devices, one each.
+    ones_dir = tmp_path / "ones"
+    ones_dir.mkdir()
+    ones = rtd.get(
+        [gpus.options(num_gpus=1, scheduling_strategy=_in_bundle(pg, 1)).remote(str(ones_dir), 2) for _ in range(2)],
+        timeout=30,
+    )
+    assert sorted(o[1][0] for o in ones) == sorted(whole1[1]), ones
+    # Any bundle (index -1): still one of the group's devices.
+    anywhere = rtd.get(gpus.options(num_gpus=1, scheduling_strategy=_in_bundle(pg)).remote(), timeout=30)
+    assert set(anywhere[1]) <= reserved and len(anywhere[1]) == 1, anywhere
+    # Outside the group, work gets the device nobody reserved.
+    outside = rtd.get(gpus.options(num_gpus=1).remote(), timeout=30)
+    assert outside[1] and not set(outside[1]) & reserved, (outside, reserved)
+
+
+def test_an_actor_in_a_gpu_bundle_holds_that_bundles_gpu(start_runtime):
+    start_runtime(num_cpus=2, num_gpus=2)
+    pg = placement_group([{"CPU": 1, "GPU": 1}])
+    assert pg.wait(10)
+
+    @rtd.remote(num_gpus=1)
+    class GpuActor:
+        def gpus(self):
+            import os
+
+            return os.environ.get("CUDA_VISIBLE_DEVICES"), [int(i) for i in rtd.get_gpu_ids()]
+
+    actor = GpuActor.options(scheduling_strategy=_in_bundle(pg, 0)).remote()
+    visible, ids = rtd.get(actor.gpus.remote(), timeout=30)
+    assert len(ids) == 1 and visible == str(ids[0])
+    # The bundle's GPU is the actor's; the node's other GPU is left for everyone else.
+    assert rtd.available_resources().get("GPU") == 1.0
+    rtd.kill(actor)

@@ -22,7 +22,7 @@ use rtd_common::{NodeId, ResourceSet, WorkerId};
 use tokio::sync::oneshot;
 
 use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
-use crate::resources::{Allocation, NodeResources};
+use crate::resources::{Allocation, GpuPool, NodeResources};
 use crate::worker_pool::{kill, WorkerCommand};
 
 /// Identifies one client connection of the raylet.
@@ -50,6 +50,14 @@ struct Lease {
     allocation: Allocation,
     owner: ConnId,
     dedicated: bool,
+    /// GPUs this lease was given out of a placement-group bundle's reservation.
+    bundle_gpus: Option<BundleGpus>,
+}
+
+struct BundleGpus {
+    bundle: (String, u32),
+    ids: Vec<u32>,
+    amount: i64,
 }
 
 struct PendingLease {
@@ -88,6 +96,8 @@ struct Bundle {
     reserved: Allocation,
     /// The node resources the committed bundle adds (empty while only prepared).
     group_resources: ResourceSet,
+    /// The reserved GPUs, shared out by id to work in the bundle (`GPU_group_*`).
+    gpus: GpuPool,
 }
 
 struct State {
@@ -117,6 +127,29 @@ impl State {
         self.workers.values().filter(|w| !w.doomed && !dedicated(w)).count()
     }
 
+    /// Returns what an ended lease held: node resources and any bundle GPUs.
+    fn release_lease(&mut self, lease: &Lease) {
+        self.resources.release(&lease.allocation);
+        if let Some(held) = &lease.bundle_gpus {
+            if let Some(bundle) = self.bundles.get_mut(&held.bundle) {
+                bundle.gpus.give_back(&held.ids, held.amount);
+            }
+        }
+    }
+
+    /// For a request that asks for GPUs of a placement-group bundle, the bundle on this
+    /// node and GPU ids it can give now: `Some(None)` when it cannot, `None` when the
+    /// request wants no bundle GPUs.
+    fn choose_bundle_gpus(&self, request: &ResourceSet) -> Option<Option<BundleGpus>> {
+        let (group, index, amount) = bundle_gpu_request(request)?;
+        let chosen = self
+            .bundles
+            .iter()
+            .filter(|((g, i), b)| *g == group && index.is_none_or(|index| *i == index) && !b.group_resources.is_empty())
+            .find_map(|(key, b)| b.gpus.choose(amount).map(|ids| BundleGpus { bundle: key.clone(), ids, amount }));
+        Some(chosen)
+    }
+
     /// Kills a worker; it is out of the pool at once, before its exit is seen.
     fn stop_worker(&mut self, worker_id: &WorkerId) {
         if let Some(worker) = self.workers.get_mut(worker_id) {
@@ -129,6 +162,21 @@ impl State {
 
 /// Capacity of a bundle's `bundle_group_*` marker resource (as in Ray: 1000 units).
 const BUNDLE_MARKER: i64 = 1000 * rtd_common::resources::UNIT;
+
+/// The GPUs a request asks of a placement group: its group, the bundle index (None:
+/// any bundle of the group) and the amount, from `GPU_group_<i>_<pg>` (preferred) or
+/// `GPU_group_<pg>`.
+fn bundle_gpu_request(request: &ResourceSet) -> Option<(String, Option<u32>, i64)> {
+    let mut any_bundle = None;
+    for (name, amount) in request.iter() {
+        let Some(rest) = name.strip_prefix("GPU_group_") else { continue };
+        match rest.split_once('_').and_then(|(index, group)| Some((index.parse::<u32>().ok()?, group))) {
+            Some((index, group)) => return Some((group.to_string(), Some(index), amount)),
+            None => any_bundle = Some((rest.to_string(), None, amount)),
+        }
+    }
+    any_bundle
+}
 
 /// Resources that exist only while a placement group is committed.
 fn is_group_resource(name: &str) -> bool {
@@ -265,7 +313,7 @@ impl Raylet {
                     if worker.blocked {
                         st.resources.reacquire_cpu(&lease.allocation);
                     }
-                    st.resources.release(&lease.allocation);
+                    st.release_lease(&lease);
                     if lease.dedicated {
                         lost = Some(lease_id);
                     }
@@ -397,7 +445,7 @@ impl Raylet {
             if blocked {
                 st.resources.reacquire_cpu(&lease.allocation);
             }
-            st.resources.release(&lease.allocation);
+            st.release_lease(&lease);
             if let Some(worker) = st.workers.get_mut(&lease.worker) {
                 worker.lease = None;
                 worker.blocked = false;
@@ -572,11 +620,26 @@ impl Raylet {
                     continue;
                 };
                 let request = st.pending[i].resources.clone();
+                let bundle_gpus = match st.choose_bundle_gpus(&request) {
+                    Some(None) => {
+                        // The group has the GPU amount free but not on one device.
+                        st.idle.push_front(worker_id);
+                        i += 1;
+                        continue;
+                    }
+                    Some(chosen) => chosen,
+                    None => None,
+                };
                 let Some(allocation) = st.resources.try_allocate(&request) else {
                     st.idle.push_front(worker_id);
                     i += 1;
                     continue;
                 };
+                if let Some(held) = &bundle_gpus {
+                    if let Some(bundle) = st.bundles.get_mut(&held.bundle) {
+                        bundle.gpus.take(&held.ids, held.amount);
+                    }
+                }
                 let Some(req) = st.pending.remove(i) else { break };
                 let lease_id = st.next_lease;
                 st.next_lease += 1;
@@ -588,8 +651,10 @@ impl Raylet {
                         (w.address.clone().unwrap_or_default(), w.pid)
                     })
                     .unwrap_or_default();
-                let gpu_ids = allocation.gpu_ids.clone();
-                st.leases.insert(lease_id, Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated });
+                let mut gpu_ids = allocation.gpu_ids.clone();
+                gpu_ids.extend(bundle_gpus.iter().flat_map(|held| held.ids.iter().copied()));
+                let lease = Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated, bundle_gpus };
+                st.leases.insert(lease_id, lease);
                 let granted = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
                     result: Some(LeaseResult::Granted(LeaseGranted {
                         lease_id,
@@ -602,7 +667,7 @@ impl Raylet {
                 if granted.is_err() {
                     // The requester left while we decided; take the lease back.
                     if let Some(lease) = st.leases.remove(&lease_id) {
-                        st.resources.release(&lease.allocation);
+                        st.release_lease(&lease);
                     }
                     if let Some(w) = st.workers.get_mut(&worker_id) {
                         w.lease = None;
@@ -629,7 +694,8 @@ impl Raylet {
         }
         match st.resources.try_allocate(resources) {
             Some(reserved) => {
-                st.bundles.insert((group.to_string(), index), Bundle { reserved, group_resources: ResourceSet::new() });
+                let gpus = GpuPool::of(&reserved);
+                st.bundles.insert((group.to_string(), index), Bundle { reserved, group_resources: ResourceSet::new(), gpus });
                 true
             }
             None => false,
@@ -707,5 +773,30 @@ impl Raylet {
     /// Pids of the node's worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.lock().workers.values().map(|w| w.pid).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtd_common::resources::UNIT;
+
+    fn set(items: &[(String, f64)]) -> ResourceSet {
+        ResourceSet::from_floats(items.iter().map(|(name, amount)| (name.as_str(), *amount))).expect("valid test resources")
+    }
+
+    #[test]
+    fn bundle_gpu_requests_name_their_group_and_bundle() {
+        let pg = "8a1f00000000000000000000000000000000".to_string();
+        let indexed = set(&[
+            (format!("CPU_group_1_{pg}"), 1.0),
+            (format!("GPU_group_1_{pg}"), 0.5),
+            (format!("GPU_group_{pg}"), 0.5),
+        ]);
+        assert_eq!(bundle_gpu_request(&indexed), Some((pg.clone(), Some(1), UNIT / 2)));
+        let any = set(&[(format!("GPU_group_{pg}"), 2.0)]);
+        assert_eq!(bundle_gpu_request(&any), Some((pg.clone(), None, 2 * UNIT)));
+        let no_bundle_gpus = set(&[("GPU".to_string(), 1.0), (format!("CPU_group_{pg}"), 1.0)]);
+        assert_eq!(bundle_gpu_request(&no_bundle_gpus), None);
     }
 }

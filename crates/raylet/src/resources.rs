@@ -53,8 +53,8 @@ pub struct NodeResources {
     /// Free amount of every resource except GPU. CPU goes negative while resumed blocked
     /// workers over-commit the node.
     free: BTreeMap<String, i64>,
-    /// Free share of each GPU, indexed by GPU id, each within `0..=UNIT`.
-    gpu_free: Vec<i64>,
+    /// Free share of each GPU, GPU ids `0..n`.
+    gpus: GpuPool,
 }
 
 impl NodeResources {
@@ -68,8 +68,8 @@ impl NodeResources {
             .filter(|(name, _)| *name != GPU)
             .map(|(name, amount)| (name.to_string(), amount))
             .collect();
-        let gpu_free = vec![UNIT; usize::try_from(gpus).unwrap_or(0)];
-        Self { total, free, gpu_free }
+        let gpus = GpuPool::new(0..u32::try_from(gpus).unwrap_or(0), UNIT);
+        Self { total, free, gpus }
     }
 
     pub fn total(&self) -> &ResourceSet {
@@ -82,7 +82,7 @@ impl NodeResources {
         for (name, amount) in &self.free {
             out.set(name, *amount);
         }
-        out.set(GPU, self.gpu_free.iter().sum());
+        out.set(GPU, self.gpus.free_total());
         out
     }
 
@@ -103,18 +103,13 @@ impl NodeResources {
             return None;
         }
         let gpu = request.get(GPU);
-        let gpu_ids = self.choose_gpus(gpu)?;
+        let gpu_ids = self.gpus.choose(gpu)?;
         for (name, amount) in request.iter() {
             if let Some(free) = self.free.get_mut(name) {
                 *free -= amount;
             }
         }
-        let share = gpu_share(gpu);
-        for id in &gpu_ids {
-            if let Some(free) = self.gpu_free.get_mut(*id as usize) {
-                *free -= share;
-            }
-        }
+        self.gpus.take(&gpu_ids, gpu);
         Some(Allocation { resources: request.clone(), gpu_ids })
     }
 
@@ -125,15 +120,7 @@ impl NodeResources {
                 self.credit(name, amount);
             }
         }
-        let share = gpu_share(alloc.resources.get(GPU));
-        for id in &alloc.gpu_ids {
-            if let Some(free) = self.gpu_free.get_mut(*id as usize) {
-                if *free + share > UNIT {
-                    tracing::warn!(gpu_id = id, "GPU released more than it was allocated");
-                }
-                *free = (*free + share).min(UNIT);
-            }
-        }
+        self.gpus.give_back(&alloc.gpu_ids, alloc.resources.get(GPU));
     }
 
     /// Adds capacity to the node: a committed placement-group bundle becomes resources
@@ -192,15 +179,38 @@ impl NodeResources {
             *free = (*free + amount).min(total);
         }
     }
+}
+
+/// The free share of each of a set of GPU ids (each within `0..=UNIT`): a node's GPUs,
+/// or the GPUs a placement-group bundle reserved, shared out to the work inside it.
+#[derive(Clone, Debug, Default)]
+pub struct GpuPool {
+    free: Vec<(u32, i64)>,
+}
+
+impl GpuPool {
+    /// `ids`, each with `share` of it free.
+    pub fn new(ids: impl IntoIterator<Item = u32>, share: i64) -> Self {
+        Self { free: ids.into_iter().map(|id| (id, share)).collect() }
+    }
+
+    /// The GPUs a grant of `reserved` holds, as a pool of their own.
+    pub fn of(reserved: &Allocation) -> Self {
+        Self::new(reserved.gpu_ids.iter().copied(), gpu_share(reserved.resources.get(GPU)))
+    }
+
+    pub fn free_total(&self) -> i64 {
+        self.free.iter().map(|(_, free)| free).sum()
+    }
 
     /// GPU ids for a request of `amount` (fixed point), or `None` if not possible now.
-    fn choose_gpus(&self, amount: i64) -> Option<Vec<u32>> {
+    pub fn choose(&self, amount: i64) -> Option<Vec<u32>> {
         if amount == 0 {
             return Some(Vec::new());
         }
-        let ids = self.gpu_free.iter().enumerate().map(|(id, free)| (id as u32, *free));
+        let ids = self.free.iter().copied();
         if amount < UNIT {
-            // Best fit: the most-used GPU that still has room (lowest id on ties).
+            // Best fit: the most-used GPU that still has room (first on ties).
             return ids
                 .filter(|(_, free)| *free >= amount)
                 .min_by_key(|(_, free)| *free)
@@ -210,9 +220,37 @@ impl NodeResources {
             return None;
         }
         let wanted = usize::try_from(amount / UNIT).ok()?;
-        let chosen: Vec<u32> =
-            ids.filter(|(_, free)| *free == UNIT).map(|(id, _)| id).take(wanted).collect();
+        let chosen: Vec<u32> = ids.filter(|(_, free)| *free == UNIT).map(|(id, _)| id).take(wanted).collect();
         (chosen.len() == wanted).then_some(chosen)
+    }
+
+    /// Takes what a request of `amount` needs from each of `ids` (from [`choose`](Self::choose)).
+    pub fn take(&mut self, ids: &[u32], amount: i64) {
+        let share = gpu_share(amount);
+        for (id, free) in self.free.iter_mut() {
+            if ids.contains(id) {
+                *free -= share;
+            }
+        }
+    }
+
+    /// Returns what [`take`](Self::take) took.
+    pub fn give_back(&mut self, ids: &[u32], amount: i64) {
+        let share = gpu_share(amount);
+        for (id, free) in self.free.iter_mut() {
+            if ids.contains(id) {
+                if *free + share > UNIT {
+                    tracing::warn!(gpu_id = id, "GPU released more than it was allocated");
+                }
+                *free = (*free + share).min(UNIT);
+            }
+        }
+    }
+
+    /// Free share of GPU `id` (tests).
+    #[cfg(test)]
+    fn free_of(&self, id: usize) -> i64 {
+        self.free.iter().find(|(i, _)| *i as usize == id).map_or(0, |(_, f)| *f)
     }
 }
 
@@ -228,6 +266,32 @@ mod tests {
 
     fn set(items: &[(&str, f64)]) -> ResourceSet {
         ResourceSet::from_floats(items.iter().copied()).expect("valid test resources")
+    }
+
+    #[test]
+    fn a_bundles_gpu_pool_shares_out_only_the_ids_it_reserved() {
+        let mut node = NodeResources::new(set(&[("GPU", 4.0)]));
+        let _first = node.try_allocate(&set(&[("GPU", 1.0)])).expect("fits");
+        let reserved = node.try_allocate(&set(&[("GPU", 2.0)])).expect("fits");
+        assert_eq!(reserved.gpu_ids, vec![1, 2]);
+        let mut pool = GpuPool::of(&reserved);
+        assert_eq!(pool.free_total(), 2 * UNIT);
+        let a = pool.choose(UNIT / 2).expect("half of one");
+        pool.take(&a, UNIT / 2);
+        let b = pool.choose(UNIT / 2).expect("the other half of the same one");
+        assert_eq!(a, b);
+        pool.take(&b, UNIT / 2);
+        let c = pool.choose(UNIT).expect("the other whole one");
+        assert!(c.len() == 1 && c != a && reserved.gpu_ids.contains(&c[0]));
+        pool.take(&c, UNIT);
+        assert_eq!(pool.choose(UNIT / 4), None, "nothing left");
+        pool.give_back(&a, UNIT / 2);
+        assert_eq!(pool.choose(UNIT), None, "half a device is not a whole one");
+        pool.give_back(&b, UNIT / 2);
+        assert_eq!(pool.choose(UNIT), Some(a));
+        // A fractional reservation is a pool of one id with that share.
+        let quarter = GpuPool::of(&Allocation { resources: set(&[("GPU", 0.25)]), gpu_ids: vec![3] });
+        assert_eq!((quarter.choose(UNIT / 4), quarter.choose(UNIT / 2)), (Some(vec![3]), None));
     }
 
     #[test]
@@ -413,7 +477,7 @@ mod tests {
         // held is exactly the total in every resource.
         for (name, total) in node.total().iter() {
             let free = if name == GPU {
-                node.gpu_free.iter().sum()
+                node.gpus.free_total()
             } else {
                 node.free.get(name).copied().unwrap_or(0)
             };
@@ -422,7 +486,7 @@ mod tests {
         }
         prop_assert!(held.iter().all(|(name, _)| node.total().get(name) > 0));
         // (b) Per GPU id: fractional shares sum to at most 1; whole GPUs are exclusive.
-        let gpus = node.gpu_free.len();
+        let gpus = node.gpus.free.len();
         let mut used = vec![0i64; gpus];
         let mut whole_owner = vec![0usize; gpus];
         for l in live {
@@ -448,7 +512,7 @@ mod tests {
         for id in 0..gpus {
             prop_assert!(used[id] <= UNIT, "GPU {id} shared beyond 1.0");
             prop_assert!(whole_owner[id] == 0 || used[id] == UNIT, "whole GPU {id} shared");
-            prop_assert_eq!(node.gpu_free[id], UNIT - used[id]);
+            prop_assert_eq!(node.gpus.free_of(id), UNIT - used[id]);
         }
         Ok(())
     }
@@ -488,8 +552,8 @@ mod tests {
                             None => {
                                 // Refused only if something is short right now.
                                 let whole_free =
-                                    node.gpu_free.iter().filter(|f| **f == UNIT).count() as i64;
-                                let frac_fits = node.gpu_free.iter().any(|f| *f >= gpu);
+                                    node.gpus.free.iter().filter(|(_, f)| *f == UNIT).count() as i64;
+                                let frac_fits = node.gpus.free.iter().any(|(_, f)| *f >= gpu);
                                 let gpu_ok = gpu == 0
                                     || (gpu < UNIT && frac_fits)
                                     || (gpu % UNIT == 0 && whole_free >= gpu / UNIT);
