@@ -973,6 +973,55 @@ def test_constructor_error_reraises_on_calls_as_actor_died_error():
         rtd.get(b.f.remote(), timeout=20)
 
 
+def _released_later(tmp_path):
+    """A task that returns ``value`` once the test creates the file it waits for."""
+    release = tmp_path / "release"
+
+    @rtd.remote(num_cpus=0)
+    def when_released(value):
+        import os
+        import time
+
+        deadline = time.monotonic() + 30
+        while not os.path.exists(str(release)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    return when_released, release
+
+
+@pytest.mark.usefixtures("shared_runtime")
+def test_creating_an_actor_does_not_wait_for_its_constructor_arguments(tmp_path):
+    when_released, release = _released_later(tmp_path)
+    Counter = _counter_class()
+    start = when_released.remote(10)
+    t0 = time.monotonic()
+    counter = Counter.options(name="pending-args").remote(start)
+    first = counter.incr.remote()
+    assert time.monotonic() - t0 < 2.0, "Cls.remote() waited for its argument"
+    # Registered at once: the name is taken while the argument is still computing.
+    assert rtd.get_actor("pending-args")._actor_id == counter._actor_id
+    ready, _ = rtd.wait([first], timeout=0.3)
+    assert not ready, "a call ran before the constructor had its argument"
+    release.touch()
+    assert rtd.get(first, timeout=20) == 11
+    assert rtd.get(counter.incr.remote(), timeout=20) == 12
+    rtd.kill(counter)
+
+
+@pytest.mark.usefixtures("shared_runtime")
+def test_a_constructor_argument_that_fails_later_kills_the_actor_with_that_error(tmp_path):
+    when_released, release = _released_later(tmp_path)
+    Counter = _counter_class()
+    counter = Counter.remote(when_released.remote(ZeroDivisionError("argument exploded")))
+    call = counter.incr.remote()
+    release.touch()
+    with pytest.raises(rtd.exceptions.RayActorError, match="argument exploded"):
+        rtd.get(call, timeout=20)
+
+
 @pytest.mark.parametrize(
     "options, word",
     [

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
+    frame::Body, object_value::Kind, ActorArgsReady, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
     GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
     PlacementGroupInfo, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
     RegisterClient, ReturnObject, TaskArg, TaskSpec,
@@ -525,15 +525,26 @@ impl CoreWorker {
     /// possibly an existing actor's).
     pub fn create_actor(&self, req: TaskRequest, options: ActorOptions) -> Result<ActorInfo, CoreError> {
         let (spec, _) = self.build_spec(req);
-        let ctx = self.ctx.clone();
-        let spec = self.ctx.rt.block_on(submitter::resolve_args(ctx, spec));
         // The arguments stay referenced for the actor's life: a restart re-runs the
         // constructor with them.
-        let reply = self.node_call(Body::CreateActor(CreateActor { spec: Some(spec), options: Some(options) }));
-        match reply? {
-            Body::ActorInfo(info) => Ok(info),
-            _ => Err(CoreError::Internal("unexpected reply to CreateActor".into())),
+        let args_pending = spec.arg_refs.iter().any(|arg| arg.value.is_none() && arg.r#ref.is_some());
+        let create = CreateActor { spec: Some(spec.clone()), options: Some(options), args_pending };
+        let info = match self.node_call(Body::CreateActor(create))? {
+            Body::ActorInfo(info) => info,
+            _ => return Err(CoreError::Internal("unexpected reply to CreateActor".into())),
+        };
+        // As in Ray, `.remote()` returns at once; the actor is placed when the arguments
+        // are ready. (`get_if_exists` may have returned another, existing actor.)
+        if args_pending && info.actor_id == spec.actor_id {
+            let ctx = self.ctx.clone();
+            self.ctx.rt.spawn(async move {
+                let spec = submitter::resolve_args(ctx.clone(), spec).await;
+                if let Err(e) = ctx.raylet.call(Body::ActorArgsReady(ActorArgsReady { spec: Some(spec) })).await {
+                    tracing::warn!("cannot hand the actor's constructor arguments to the GCS: {e}");
+                }
+            });
         }
+        Ok(info)
     }
 
     pub fn get_named_actor(&self, namespace: &str, name: &str) -> Result<Option<ActorInfo>, CoreError> {

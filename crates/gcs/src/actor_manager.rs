@@ -54,6 +54,8 @@ pub enum ActorError {
 struct ActorEntry {
     info: ActorInfo,
     spec: TaskSpec,
+    /// Registered, waiting for its owner to resolve the constructor arguments.
+    args_pending: bool,
     owner: u64,
     lease: Option<(NodeId, u64)>,
     waiters: Vec<oneshot::Sender<ActorInfo>>,
@@ -123,10 +125,30 @@ impl ActorManager {
             options: Some(options),
             ..Default::default()
         };
-        t.actors.insert(actor_id, ActorEntry { info: info.clone(), spec, owner, lease: None, waiters: Vec::new() });
+        let args_pending = req.args_pending;
+        t.actors.insert(actor_id, ActorEntry { info: info.clone(), spec, args_pending, owner, lease: None, waiters: Vec::new() });
         drop(t);
-        self.clone().start(actor_id);
+        if !args_pending {
+            self.clone().start(actor_id);
+        }
         Ok(info)
+    }
+
+    /// The owner resolved the constructor arguments of an actor registered with
+    /// `args_pending`: place it now (unless it was killed meanwhile).
+    pub fn args_ready(self: &Arc<Self>, spec: TaskSpec) -> Result<(), ActorError> {
+        let actor_id = ActorId::from_bytes(&spec.actor_id).map_err(|e| ActorError::Invalid(e.to_string()))?;
+        {
+            let mut t = self.lock();
+            let Some(entry) = t.actors.get_mut(&actor_id) else { return Ok(()) };
+            if !entry.args_pending || entry.info.state == state(ActorState::Dead) {
+                return Ok(());
+            }
+            entry.args_pending = false;
+            entry.spec = spec;
+        }
+        self.clone().start(actor_id);
+        Ok(())
     }
 
     fn start(self: Arc<Self>, actor_id: ActorId) {
@@ -325,15 +347,22 @@ impl ActorManager {
 
     /// The process that created these actors is gone: non-detached ones die with it.
     pub fn owner_disconnected(&self, owner: u64) {
-        let doomed: Vec<ActorId> = self
+        let doomed: Vec<(ActorId, bool)> = self
             .lock()
             .actors
             .iter()
-            .filter(|(_, e)| e.owner == owner && !e.info.options.as_ref().map(|o| o.detached).unwrap_or(false))
-            .map(|(id, _)| *id)
+            .filter(|(_, e)| e.owner == owner)
+            .filter(|(_, e)| e.args_pending || !e.info.options.as_ref().map(|o| o.detached).unwrap_or(false))
+            .map(|(id, e)| (*id, e.args_pending))
             .collect();
-        for actor_id in doomed {
-            self.mark_dead(&actor_id, "the actor's owner (the process that created it) has exited".into());
+        for (actor_id, args_pending) in doomed {
+            let cause = if args_pending {
+                // Even a detached actor: nobody is left to supply its constructor arguments.
+                "the actor's creator exited before its constructor arguments were ready"
+            } else {
+                "the actor's owner (the process that created it) has exited"
+            };
+            self.mark_dead(&actor_id, cause.into());
         }
     }
 

@@ -330,6 +330,11 @@ impl GcsServer {
                 Ok(info) => Reply::Now(Body::ActorInfo(info)),
                 Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
             },
+            Body::ActorArgsReady(ready) => match ready.spec.map(|spec| self.actors.args_ready(spec)) {
+                Some(Ok(())) => Reply::Now(Body::Ack(Ack {})),
+                Some(Err(e)) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+                None => Reply::Now(error_body(ErrorCode::Invalid, "no creation task")),
+            },
             Body::WaitActor(w) => {
                 match ActorId::from_bytes(&w.actor_id).ok().and_then(|id| self.actors.wait(&id, w.after_epoch)) {
                     Some(rx) => Reply::Later(Box::pin(async move {
