@@ -467,3 +467,49 @@ def test_detached_actor_can_be_killed_by_a_later_driver(cli_cluster):
     assert second.returncode == 0, second.stderr
     assert last_json_line(second.stdout) == ["gone"]
     wait_for_condition(lambda: not pid_alive(pid), timeout=10)
+
+
+def test_a_detached_actor_whose_creator_exits_before_its_arguments_are_ready_dies(cli_cluster):
+    temp_dir = cli_cluster
+    first = run_script(
+        f"""
+        import rtd
+        rtd.init(address="auto", namespace="ns", _temp_dir={temp_dir!r})
+
+        @rtd.remote(num_cpus=0)
+        def never_ready():
+            import time
+            time.sleep(60)
+
+        @rtd.remote
+        class Holder:
+            def __init__(self, value):
+                self.value = value
+
+        Holder.options(name="orphan", lifetime="detached").remote(never_ready.remote())
+        rtd.get_actor("orphan")  # registered at once, still waiting for its argument
+        print("created")
+        """,
+        timeout=60,
+    )
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+
+    def gone():
+        second = run_script(
+            f"""
+            import rtd
+            rtd.init(address="auto", namespace="ns", _temp_dir={temp_dir!r})
+            try:
+                rtd.get_actor("orphan")
+                print("found")
+            except ValueError:
+                print("gone")
+            """,
+            timeout=60,
+        )
+        assert second.returncode == 0, second.stderr
+        return "gone" in second.stdout
+
+    # Nobody is left to supply the argument: the actor is dead and its name is free.
+    wait_for_condition(gone, timeout=20)
