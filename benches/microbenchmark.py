@@ -169,14 +169,30 @@ def measure_idle_memory():
 # ------------------------------------------------------------------------ the metrics
 
 
-def run_benchmarks(args):
-    import numpy as np
+def _timing(args):
+    return {"duration": args.duration, "repeats": args.repeats, "warmup": min(1.0, args.duration)}
 
-    kw = {"duration": args.duration, "repeats": args.repeats, "warmup": min(1.0, args.duration)}
+
+def _small_value_task_and_actor():
+    """Ray's ``small_value``: a task, and an actor class with a method, returning b"ok"."""
 
     @rt.remote
     def small_value():
         return b"ok"
+
+    @rt.remote
+    class Actor:
+        def small_value(self):
+            return b"ok"
+
+    return small_value, Actor
+
+
+def run_benchmarks(args):
+    import numpy as np
+
+    kw = _timing(args)
+    small_value, Actor = _small_value_task_and_actor()
 
     @rt.remote
     def do_put_small():
@@ -244,11 +260,6 @@ def run_benchmarks(args):
     timeit("single client tasks async", small_task_async, 1000, **kw)
 
     @rt.remote
-    class Actor:
-        def small_value(self):
-            return b"ok"
-
-    @rt.remote
     class AsyncActor:
         async def small_value(self):
             return b"ok"
@@ -307,20 +318,12 @@ def run_benchmarks(args):
 def run_cross_node_benchmarks(args):
     import numpy as np
 
-    kw = {"duration": args.duration, "repeats": args.repeats, "warmup": min(1.0, args.duration)}
-
-    @rt.remote
-    def small_value():
-        return b"ok"
+    kw = _timing(args)
+    small_value, Actor = _small_value_task_and_actor()
 
     @rt.remote
     def large_value():
         return np.zeros(100 * 1024 * 1024, dtype=np.uint8)
-
-    @rt.remote
-    class Actor:
-        def small_value(self):
-            return b"ok"
 
     def tasks_sync():
         rt.get(small_value.remote())

@@ -9,10 +9,13 @@ shared one back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -24,6 +27,28 @@ SHARED_INIT_ARGS = {"num_cpus": 2}
 
 # Set while the runtime that is up is the shared one of the current module.
 _shared = {"up": False}
+
+# The `rtd` console script of the environment running the tests.
+RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
+
+
+def rtd_cli(*args, timeout=60):
+    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def cli_head(prefix):
+    """A head node started with ``rtd start --head --num-cpus 2``; yields its temp dir
+    and stops the node afterwards."""
+    # Short: Unix socket paths inside it must stay under 108 bytes.
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    try:
+        started = rtd_cli("start", "--head", "--num-cpus", "2", "--temp-dir", path)
+        assert started.returncode == 0, started.stderr
+        yield path
+    finally:
+        rtd_cli("stop", "--temp-dir", path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):

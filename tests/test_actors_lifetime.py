@@ -2,20 +2,13 @@
 restarts (max_restarts / max_task_retries) and detached actors that outlive their driver."""
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 
 import rtd
-from conftest import assert_session_gone, last_json_line, pid_alive, run_script, wait_for_condition
-
-RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
-
+from conftest import assert_session_gone, cli_head, last_json_line, pid_alive, rtd_cli, run_script, wait_for_condition
 
 def _worker_class(**options):
     """An actor that reports its pid, keeps a counter and can crash on request."""
@@ -342,19 +335,10 @@ def test_actors_of_a_driver_end_when_the_driver_exits():
 # --- detached actors across drivers ----------------------------------------------------
 
 
-def _rtd_cli(*args, timeout=60):
-    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cli_cluster():
-    # Short: Unix socket paths inside it must stay under 108 bytes.
-    path = tempfile.mkdtemp(prefix="rtd-a-", dir="/tmp")
-    started = _rtd_cli("start", "--head", "--num-cpus", "2", "--temp-dir", path)
-    assert started.returncode == 0, started.stderr
-    yield path
-    _rtd_cli("stop", "--temp-dir", path)
-    shutil.rmtree(path, ignore_errors=True)
+    with cli_head("rtd-a-") as path:
+        yield path
 
 
 def test_detached_actor_outlives_its_driver_and_is_found_by_a_later_one(cli_cluster):
@@ -421,7 +405,7 @@ def test_detached_actor_outlives_its_driver_and_is_found_by_a_later_one(cli_clus
 
     # A detached actor lasts until the cluster stops.
     assert pid_alive(keeper_pid)
-    stopped = _rtd_cli("stop", "--temp-dir", temp_dir)
+    stopped = rtd_cli("stop", "--temp-dir", temp_dir)
     assert stopped.returncode == 0, stopped.stderr
     assert_session_gone(session, pids=[keeper_pid])
 

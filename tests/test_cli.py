@@ -5,20 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import pytest
 
-from conftest import assert_session_gone, run_script
-
-RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
-
-
-def rtd_cli(*args, timeout=60):
-    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
-
+from conftest import RTD, assert_session_gone, rtd_cli, run_script
 
 @pytest.fixture
 def temp_dir():

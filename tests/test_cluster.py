@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -36,6 +35,7 @@ from conftest import (
     assert_session_gone,
     last_json_line,
     pid_alive,
+    rtd_cli,
     run_script,
     session_processes,
     wait_for_condition,
@@ -812,13 +812,11 @@ def test_a_node_that_just_joined_can_fetch_objects(failure_cluster):
     assert rtd.get(total.options(resources={"z": 1}).remote(put_ref), timeout=TIMEOUT) == (z.node_id, expected)
 
 
-def test_a_killed_node_is_marked_dead_and_its_running_task_is_retried_elsewhere(failure_cluster, tmp_path):
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
-    marker = _started_marker(tmp_path)
+def _long_task(max_retries):
+    """A 3 s task on a ``pin`` node that appends the node's id to ``marker`` as it starts."""
 
-    @rtd.remote(resources={"pin": 1}, max_retries=3)
+    @rtd.remote(resources={"pin": 1}, max_retries=max_retries)
     def long_task(marker):
-        import os
         import time
 
         import rtd
@@ -828,6 +826,15 @@ def test_a_killed_node_is_marked_dead_and_its_running_task_is_retried_elsewhere(
             f.write(node + "\n")
         time.sleep(3)
         return node
+
+    return long_task
+
+
+def test_a_killed_node_is_marked_dead_and_its_running_task_is_retried_elsewhere(failure_cluster, tmp_path):
+    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+    marker = _started_marker(tmp_path)
+
+    long_task = _long_task(max_retries=3)
 
     ref = long_task.remote(marker)
     wait_for_condition(lambda: os.path.exists(marker) and open(marker).read().strip(), timeout=20)
@@ -899,17 +906,7 @@ def test_work_on_a_frozen_node_fails_over_once_the_node_is_declared_dead(failure
     victim, survivor = (x, y) if victim_id == x.node_id else (y, x)
     marker = _started_marker(tmp_path)
 
-    @rtd.remote(resources={"pin": 1}, max_retries=2)
-    def long_task(marker):
-        import time
-
-        import rtd
-
-        node = rtd.get_runtime_context().get_node_id()
-        with open(marker, "a") as f:
-            f.write(node + "\n")
-        time.sleep(3)
-        return node
+    long_task = _long_task(max_retries=2)
 
     strategy = NodeAffinitySchedulingStrategy(node_id=victim.node_id, soft=True)
     ref = long_task.options(scheduling_strategy=strategy).remote(marker)
@@ -1092,13 +1089,6 @@ def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cl
 
 # --- a cluster started with the `rtd` command line ----------------------------------------------
 
-RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
-
-
-def _rtd_cli(*args, timeout=60):
-    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def _daemon_pid(temp_dir):
     with open(os.path.join(temp_dir, "session_latest", "node.json")) as f:
         return json.load(f)["pid"]
@@ -1110,10 +1100,10 @@ def test_cli_head_and_worker_node_form_a_cluster_and_stop_cleans_up(_shared_clus
     worker_dir = tempfile.mkdtemp(prefix="rtd-n-", dir="/tmp")
     port = _free_port()
     try:
-        head = _rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir)
+        head = rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir)
         assert head.returncode == 0, head.stderr
         assert f"--address 127.0.0.1:{port}" in head.stdout
-        worker = _rtd_cli(
+        worker = rtd_cli(
             "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--resources", '{"dave": 1}',
             "--temp-dir", worker_dir,
         )
@@ -1149,17 +1139,17 @@ def test_cli_head_and_worker_node_form_a_cluster_and_stop_cleans_up(_shared_clus
         assert out["driver"] == head_id
         assert out["dave"] in out["nodes"] and out["dave"] != head_id
         # `rtd status` on the worker's machine shows the whole cluster.
-        status = _rtd_cli("status", "--temp-dir", worker_dir)
+        status = rtd_cli("status", "--temp-dir", worker_dir)
         assert status.returncode == 0, status.stderr
         listed = re.findall(r"^Node ([0-9a-f]{56}) \((alive|dead)", status.stdout, re.M)
         assert sorted(listed) == sorted((n, "alive") for n in out["nodes"]), status.stdout
-        stopped = [_rtd_cli("stop", "--temp-dir", d) for d in (worker_dir, head_dir)]
+        stopped = [rtd_cli("stop", "--temp-dir", d) for d in (worker_dir, head_dir)]
         assert all(s.returncode == 0 and "Stopped 1" in s.stdout for s in stopped), [s.stdout for s in stopped]
         for session in sessions:
             assert_session_gone(session, pids)
     finally:
         for d in (worker_dir, head_dir):
-            _rtd_cli("stop", "--temp-dir", d)
+            rtd_cli("stop", "--temp-dir", d)
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -1169,17 +1159,17 @@ def test_a_worker_node_stops_when_its_head_is_stopped(_shared_cluster):
     worker_dir = tempfile.mkdtemp(prefix="rtd-n-", dir="/tmp")
     port = _free_port()
     try:
-        assert _rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir).returncode == 0
-        worker = _rtd_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", worker_dir)
+        assert rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir).returncode == 0
+        worker = rtd_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", worker_dir)
         assert worker.returncode == 0, worker.stderr
         worker_session = os.path.realpath(os.path.join(worker_dir, "session_latest"))
         worker_pid = _daemon_pid(worker_dir)
-        assert _rtd_cli("stop", "--temp-dir", head_dir).returncode == 0
+        assert rtd_cli("stop", "--temp-dir", head_dir).returncode == 0
         # The worker node loses its head and shuts itself down, cleaning up.
         assert_session_gone(worker_session, [worker_pid], timeout=15)
     finally:
         for d in (worker_dir, head_dir):
-            _rtd_cli("stop", "--temp-dir", d)
+            rtd_cli("stop", "--temp-dir", d)
             shutil.rmtree(d, ignore_errors=True)
 
 

@@ -312,7 +312,7 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         # after the timeout, and the job's work on the other node finishes.
         assert 2 in phases, context
         two = phases[2]
-        victim, survivor = two["victim"], "b" if two["victim"] == "a" else "a"
+        survivor = "b" if two["victim"] == "a" else "a"
         assert not two["stranded_done_before_cut"]
         assert two["dead_after"] is not None, "the head never declared the cut-off node dead\n" + context
         assert 1.0 <= two["dead_after"] <= 10.0, context

@@ -8,17 +8,12 @@ failing under a group) are not tested here.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 
 import pytest
 
 import rtd
-from conftest import _shared, barrier_task, last_json_line, run_script, wait_for_condition
+from conftest import _shared, barrier_task, cli_head, last_json_line, rtd_cli, run_script, wait_for_condition
 from rtd.util.placement_group import (
     get_current_placement_group,
     get_placement_group,
@@ -27,8 +22,6 @@ from rtd.util.placement_group import (
     remove_placement_group,
 )
 from rtd.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
 
 PG_INIT_ARGS = {"num_cpus": 4, "resources": {"custom": 4}}
 _pg_runtime = {"up": False}
@@ -638,23 +631,14 @@ def test_remove_placement_group_of_a_non_group_raises_type_error(pg_runtime, not
 # --- detached groups and `rtd status` on a CLI-started node --------------------------------
 
 
-def _rtd_cli(*args, timeout=60):
-    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cli_node():
     """A node started with `rtd start --head --num-cpus 2`; its temp dir."""
     rtd.shutdown()
     _shared["up"] = False
     _pg_runtime["up"] = False
-    # Short: Unix socket paths inside it must stay under 108 bytes.
-    path = tempfile.mkdtemp(prefix="rtd-pg-", dir="/tmp")
-    started = _rtd_cli("start", "--head", "--num-cpus", "2", "--temp-dir", path)
-    assert started.returncode == 0, started.stderr
-    yield path
-    _rtd_cli("stop", "--temp-dir", path)
-    shutil.rmtree(path, ignore_errors=True)
+    with cli_head("rtd-pg-") as path:
+        yield path
 
 
 def _create_groups_and_exit(temp_dir):
@@ -709,7 +693,7 @@ def test_rtd_status_shows_what_placement_groups_reserve(cli_node):
     _create_groups_and_exit(cli_node)
 
     def status_line():
-        status = _rtd_cli("status", "--temp-dir", cli_node)
+        status = rtd_cli("status", "--temp-dir", cli_node)
         assert status.returncode == 0, status.stderr
         cpu = [line for line in status.stdout.splitlines() if line.strip().endswith(")") and " CPU " in line]
         return status.stdout, cpu

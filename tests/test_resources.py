@@ -1,7 +1,6 @@
 """Resources: fractional CPUs, custom resources, GPUs, OMP_NUM_THREADS, the cluster
 queries, and infeasible tasks."""
 
-import os
 import time
 
 import pytest

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from rtd import _core, exceptions
+from rtd import _core
 from rtd._core import ObjectRef
 from rtd._private import serialization, services
 
