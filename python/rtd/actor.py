@@ -141,7 +141,7 @@ class ActorClass:
         placement_hint = scheduling.placement_of(strategy)
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
-        blob, arg_refs = serialization.pack_args(args, kwargs, extra=self._meta)
+        blob, arg_refs, contained = serialization.pack_args(args, kwargs, extra=self._meta)
         actor_id = uuid.uuid4().bytes
         info = _core.create_actor(
             actor_id,
@@ -161,6 +161,7 @@ class ActorClass:
             placement_hint.strategy,
             placement_hint.affinity_node,
             placement_hint.affinity_soft,
+            contained,
         )
         # With get_if_exists the actor may be someone else's: only ours, and only if not
         # detached, ends with our handles.
@@ -195,7 +196,7 @@ class ActorMethod:
         return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns), group)
 
     def remote(self, *args, **kwargs):
-        blob, arg_refs = serialization.pack_args(args, kwargs)
+        blob, arg_refs, contained = serialization.pack_args(args, kwargs)
         refs = _core.submit_actor_task(
             self._handle._actor_id,
             self._name,
@@ -204,6 +205,7 @@ class ActorMethod:
             arg_refs,
             self._num_returns,
             self._concurrency_group,
+            contained,
         )
         if self._num_returns == 1:
             return refs[0]

@@ -260,8 +260,8 @@ def put(value, *, _owner=None):
     if isinstance(value, ObjectRef):
         raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, "
                         "you can wrap the ObjectRef in a list and call 'put' on it.")
-    payload, buffers = serialization.serialize(value)
-    return _core.put(payload, buffers)
+    payload, buffers, contained = serialization.serialize(value)
+    return _core.put(payload, buffers, contained)
 
 
 def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):

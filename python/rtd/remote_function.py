@@ -75,7 +75,7 @@ class RemoteFunction:
         api.auto_init()
         function_id = self._register()
         resources, capture = scheduling.resolve(self._resources, self._strategy)
-        blob, arg_refs = serialization.pack_args(args, kwargs)
+        blob, arg_refs, contained = serialization.pack_args(args, kwargs)
         refs = _core.submit_task(
             function_id,
             self._name,
@@ -89,6 +89,7 @@ class RemoteFunction:
             self._placement.strategy,
             self._placement.affinity_node,
             self._placement.affinity_soft,
+            contained,
         )
         if self._num_returns == 1:
             return refs[0]

@@ -24,7 +24,7 @@ use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
-use crate::context::Context;
+use crate::context::{self, Context};
 use crate::submitter::{resolve_args, system_error};
 
 pub enum ActorEvent {
@@ -307,7 +307,7 @@ impl State {
                 if let Some(call) = q.calls.remove(&task_id) {
                     for ret in reply.returns {
                         let (Ok(id), Some(value)) = (ObjectId::from_bytes(&ret.id), ret.value) else { continue };
-                        self.ctx.store_result(id, value);
+                        self.ctx.store_result(id, value, context::ref_list(&ret.contained));
                     }
                     self.ctx.release_task_args(&call.spec);
                 }
@@ -338,7 +338,7 @@ impl State {
 fn fail_call(ctx: &Context, spec: &TaskSpec, cause: &str) {
     for id in &spec.return_ids {
         if let Ok(id) = ObjectId::from_bytes(id) {
-            ctx.store_result(id, system_error(object_kind::ACTOR_DIED, cause.to_string()));
+            ctx.store_result(id, system_error(object_kind::ACTOR_DIED, cause.to_string()), Vec::new());
         }
     }
     ctx.release_task_args(spec);

@@ -2,17 +2,18 @@
 //! plasma store, other core workers) and its object table, plus the object operations
 //! built on them (storing values, freeing them, fetching borrowed ones from owners).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
-use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectValue, PlasmaObject, TaskSpec};
+use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectRefProto, ObjectValue, PlasmaObject, TaskSpec};
 use rtd_common::rpc::{ConnectionCache, RpcClient};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
 
+use crate::borrowing::BorrowLinks;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, ObjectTable};
 use crate::submitter::system_error;
@@ -31,7 +32,11 @@ pub struct Context {
     pub plasma: PlasmaClient,
     pub table: ObjectTable,
     /// Connections to other core workers (leased workers, owners) and raylets.
-    pub peers: ConnectionCache,
+    pub peers: Arc<ConnectionCache>,
+    /// Borrower protocol messages to the owners of objects this process borrows.
+    pub borrows: BorrowLinks,
+    /// Processes borrowing objects owned here whose exit this process watches.
+    pub watched_borrowers: Mutex<HashSet<String>>,
     /// How to rebuild owned objects held in plasma: the task that made them.
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
 }
@@ -72,10 +77,23 @@ impl Context {
         })
     }
 
-    /// Records a task result; frees it at once if nobody wants it any more.
-    pub fn store_result(&self, id: ObjectId, value: ObjectValue) {
+    /// Records a task result (and the refs inside it, which the worker registered us
+    /// as borrowing); frees it at once if nobody wants it any more.
+    pub fn store_result(&self, id: ObjectId, value: ObjectValue, contained: Vec<(ObjectId, String)>) {
+        if !contained.is_empty() {
+            for freed in self.table.add_contained(id, contained, &self.address, true) {
+                self.free(freed);
+            }
+        }
         if !self.table.set_value(id, value.clone()) {
-            self.free(Freed { id, value: Some(value), owned: true });
+            self.free(Freed {
+                id,
+                value: Some(value),
+                owned: true,
+                owner: self.address.clone(),
+                registrations: 0,
+                contains: Vec::new(),
+            });
         }
     }
 
@@ -83,23 +101,36 @@ impl Context {
         self.lineage.lock().insert(id, spec.clone());
     }
 
-    /// Drops what an unreferenced object holds outside this process.
+    /// Drops what an unreferenced object holds outside this process: its plasma copy
+    /// (owned), its registrations with the owner (borrowed), and the refs its value
+    /// contained, which may free more objects in turn.
     pub fn free(&self, freed: Freed) {
-        if !freed.owned {
-            return;
-        }
-        self.lineage.lock().remove(&freed.id);
-        if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = freed.value {
-            let plasma = self.plasma.clone();
-            self.rt.spawn(async move {
-                let _ = plasma.delete(&[freed.id]).await;
-            });
+        let mut work = vec![freed];
+        while let Some(mut freed) = work.pop() {
+            if !freed.contains.is_empty() {
+                work.extend(self.table.release_contained(std::mem::take(&mut freed.contains)));
+            }
+            if !freed.owned {
+                if freed.registrations > 0 {
+                    self.borrows.remove(freed.id, &freed.owner, &self.address, freed.registrations);
+                }
+                continue;
+            }
+            self.lineage.lock().remove(&freed.id);
+            if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = freed.value {
+                let plasma = self.plasma.clone();
+                self.rt.spawn(async move {
+                    let _ = plasma.delete(&[freed.id]).await;
+                });
+            }
         }
     }
 
+    /// The task is done: its arguments (top-level and contained) are no longer needed
+    /// for it.
     pub fn release_task_args(&self, spec: &TaskSpec) {
-        for arg in &spec.arg_refs {
-            let Some(r) = &arg.r#ref else { continue };
+        let top_level = spec.arg_refs.iter().filter_map(|arg| arg.r#ref.as_ref());
+        for r in top_level.chain(&spec.contained_refs) {
             if let Ok(id) = ObjectId::from_bytes(&r.id) {
                 if let Some(freed) = self.table.remove_task_ref(&id) {
                     self.free(freed);
@@ -156,6 +187,13 @@ impl Context {
             }
         }
     }
+}
+
+/// Ids and owners of refs sent over the wire (malformed ids are skipped).
+pub fn ref_list(refs: &[ObjectRefProto]) -> Vec<(ObjectId, String)> {
+    refs.iter()
+        .filter_map(|r| ObjectId::from_bytes(&r.id).ok().map(|id| (id, r.owner.clone())))
+        .collect()
 }
 
 pub fn lost(id: ObjectId) -> ObjectValue {

@@ -3,6 +3,7 @@
 //! copies), and, in a worker, receives the tasks that Python executes.
 
 pub mod actor_submitter;
+pub mod borrowing;
 pub mod context;
 pub mod executor;
 pub mod layout;
@@ -59,12 +60,18 @@ pub struct ConnectOptions {
     pub node_ip: Option<String>,
 }
 
+/// One task result as Python hands it over: metadata, pickle, out-of-band buffers, and
+/// the refs pickled inside it.
+pub type ResultParts<'a> = (u32, &'a [u8], Vec<&'a [u8]>, Vec<(ObjectId, String)>);
+
 /// A task as the API hands it over.
 pub struct TaskRequest {
     pub function_id: Vec<u8>,
     pub function_name: String,
     pub args: Vec<u8>,
     pub arg_refs: Vec<(ObjectId, String)>,
+    /// Refs pickled inside `args`.
+    pub contained_refs: Vec<(ObjectId, String)>,
     pub num_returns: u32,
     pub resources: ResourceSet,
     pub max_retries: i32,
@@ -151,6 +158,9 @@ pub struct CoreWorker {
 }
 
 const GET_SLICE: Duration = Duration::from_millis(50);
+/// How long to wait for owners to confirm borrower registrations; an owner that does
+/// not answer by then is gone or stuck, and its objects will be reported lost.
+const BORROW_CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 
 impl CoreWorker {
     pub fn connect(opts: ConnectOptions) -> Result<Self, CoreError> {
@@ -194,6 +204,7 @@ impl CoreWorker {
             let plasma = PlasmaClient::connect(&info.plasma_socket, std::path::Path::new(&info.shm_path))
                 .await
                 .map_err(|e| CoreError::Internal(format!("cannot connect to the object store: {e}")))?;
+            let peers: Arc<rtd_common::rpc::ConnectionCache> = Default::default();
             let ctx = Arc::new(Context {
                 rt: tokio::runtime::Handle::current(),
                 address: address.clone(),
@@ -205,7 +216,9 @@ impl CoreWorker {
                 raylet,
                 plasma,
                 table: ObjectTable::new(),
-                peers: Default::default(),
+                borrows: borrowing::BorrowLinks::new(tokio::runtime::Handle::current(), peers.clone()),
+                peers,
+                watched_borrowers: Default::default(),
                 lineage: Default::default(),
             });
             let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone() });
@@ -271,17 +284,42 @@ impl CoreWorker {
 
     // ------------------------------------------------------------------ objects
 
-    /// Stores a serialized value as a new object this process owns.
-    pub fn put(&self, metadata: u32, payload: &[u8], buffers: &[&[u8]]) -> Result<ObjectId, CoreError> {
+    /// Stores a serialized value as a new object this process owns; the refs pickled
+    /// inside it (`contained`) stay alive while it does.
+    pub fn put(
+        &self,
+        metadata: u32,
+        payload: &[u8],
+        buffers: &[&[u8]],
+        contained: Vec<(ObjectId, String)>,
+    ) -> Result<ObjectId, CoreError> {
         let index = self.put_index.fetch_add(1, Ordering::Relaxed);
         let id = ObjectId::for_put(&self.current_task(), index);
         let value = self.ctx.store_value(id, metadata, payload, buffers)?;
         self.ctx.table.add_owned_ready(id, &self.ctx.address, value);
+        if !contained.is_empty() {
+            // Nothing is replaced in a new object, so nothing is freed.
+            let freed = self.ctx.table.add_contained(id, contained, &self.ctx.address, false);
+            debug_assert!(freed.is_empty());
+        }
         Ok(id)
     }
 
+    /// A Python `ObjectRef` was made; the first one to a borrowed object registers this
+    /// process with the owner.
     pub fn add_local_ref(&self, id: ObjectId, owner: &str) {
-        self.ctx.table.add_local_ref(id, owner, &self.ctx.address);
+        self.ctx.note_borrow(self.ctx.table.add_local_ref(id, owner, &self.ctx.address));
+    }
+
+    /// Waits until the owners of objects this process started borrowing have counted
+    /// it (called after unpickling refs, so an owner never frees what we just got).
+    pub fn flush_borrows(&self) {
+        self.ctx.borrows.flush(BORROW_CONFIRM_LIMIT);
+    }
+
+    /// Every object this process knows, with its counts (debugging and tests).
+    pub fn reference_counts(&self) -> Vec<(ObjectId, object_table::RefCounts)> {
+        self.ctx.table.reference_counts()
     }
 
     pub fn remove_local_ref(&self, id: &ObjectId) {
@@ -468,17 +506,16 @@ impl CoreWorker {
                 self.ctx.table.add_owned_pending(*id, &self.ctx.address);
             }
         }
+        let hold = |id: &ObjectId, owner: &String| {
+            self.ctx.note_borrow(self.ctx.table.add_task_ref(*id, owner, &self.ctx.address));
+            ObjectRefProto { id: id.to_vec().into(), owner: owner.clone() }
+        };
         let arg_refs = req
             .arg_refs
             .iter()
-            .map(|(id, owner)| {
-                self.ctx.table.add_task_ref(*id, owner, &self.ctx.address);
-                TaskArg {
-                    r#ref: Some(ObjectRefProto { id: id.to_vec().into(), owner: owner.clone() }),
-                    value: self.ctx.table.get_value(id),
-                }
-            })
+            .map(|(id, owner)| TaskArg { r#ref: Some(hold(id, owner)), value: self.ctx.table.get_value(id) })
             .collect();
+        let contained_refs = req.contained_refs.iter().map(|(id, owner)| hold(id, owner)).collect();
         let (actor_id, actor_creation, method_name, concurrency_group) = match req.actor {
             Some(a) => (a.actor_id.to_vec().into(), a.creation, a.method_name, a.concurrency_group),
             None => (Default::default(), false, String::new(), String::new()),
@@ -504,6 +541,7 @@ impl CoreWorker {
             scheduling_strategy: req.placement.strategy,
             affinity_node: req.placement.affinity_node,
             affinity_soft: req.placement.affinity_soft,
+            contained_refs,
         };
         (spec, return_ids)
     }
@@ -657,26 +695,40 @@ impl CoreWorker {
         self.executor.next_task(timeout)
     }
 
-    /// Worker side: stores each result and replies to the submitter.
+    /// Worker side: stores each result and replies to the submitter. Each result comes
+    /// with the refs pickled inside it, which the submitter will hold: before replying,
+    /// the submitter is registered as their borrower with each owner (and this worker's
+    /// own registrations, made while unpickling the arguments, are confirmed), so no
+    /// owner frees them when this worker lets go.
     pub fn finish_task(
         &self,
         task: IncomingTask,
-        results: Vec<(u32, &[u8], Vec<&[u8]>)>,
+        results: Vec<ResultParts<'_>>,
         app_error: bool,
         retryable: bool,
     ) -> Result<(), CoreError> {
         let mut returns = Vec::with_capacity(results.len());
         let mut first_error = None;
-        for (raw_id, (metadata, payload, buffers)) in task.spec.return_ids.iter().zip(results) {
+        let mut contained = Vec::with_capacity(results.len());
+        for (raw_id, (metadata, payload, buffers, refs)) in task.spec.return_ids.iter().zip(results) {
             let id = ObjectId::from_bytes(raw_id).map_err(|e| CoreError::Invalid(e.to_string()))?;
             match self.ctx.store_value(id, metadata, payload, &buffers) {
-                Ok(value) => returns.push(ReturnObject { id: raw_id.clone(), value: Some(value) }),
+                Ok(value) => {
+                    returns.push(ReturnObject { id: raw_id.clone(), value: Some(value), contained: Vec::new() });
+                    contained.push(refs);
+                }
                 Err(e) => {
                     first_error.get_or_insert(e.to_string());
                     break;
                 }
             }
         }
+        if first_error.is_none() && !task.spec.actor_creation {
+            for (ret, refs) in returns.iter_mut().zip(contained) {
+                ret.contained = self.register_for_submitter(&task.spec.owner, refs);
+            }
+        }
+        self.ctx.borrows.flush(BORROW_CONFIRM_LIMIT);
         self.executor.task_done();
         if let Some(message) = first_error {
             // The result could not be stored (store full): report that as the error.
@@ -687,6 +739,7 @@ impl CoreWorker {
                 .map(|id| ReturnObject {
                     id: id.clone(),
                     value: Some(submitter::system_error(rtd_common::object_kind::OBJECT_LOST, message.clone())),
+                    contained: Vec::new(),
                 })
                 .collect();
             task.finish(PushTaskReply { returns, app_error: true, retryable: false });
@@ -694,6 +747,36 @@ impl CoreWorker {
         }
         task.finish(PushTaskReply { returns, app_error, retryable });
         Ok(())
+    }
+
+    /// Registers `submitter` as a borrower of each ref with its owner (here, or over the
+    /// borrower protocol) and returns those the owners counted: the others are gone.
+    fn register_for_submitter(&self, submitter: &str, refs: Vec<(ObjectId, String)>) -> Vec<ObjectRefProto> {
+        if refs.is_empty() {
+            return Vec::new();
+        }
+        let pending: Vec<_> = refs
+            .into_iter()
+            .map(|(id, owner)| {
+                let done = if owner == self.ctx.address {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let _ = tx.send(self.ctx.add_borrower(&id, submitter));
+                    rx
+                } else {
+                    self.ctx.borrows.add(id, &owner, submitter)
+                };
+                (id, owner, done)
+            })
+            .collect();
+        self.ctx.rt.block_on(async {
+            let mut counted = Vec::with_capacity(pending.len());
+            for (id, owner, done) in pending {
+                if let Ok(Ok(true)) = tokio::time::timeout(BORROW_CONFIRM_LIMIT, done).await {
+                    counted.push(ObjectRefProto { id: id.to_vec().into(), owner });
+                }
+            }
+            counted
+        })
     }
 
     // ------------------------------------------------------------------ node

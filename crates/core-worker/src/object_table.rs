@@ -4,12 +4,15 @@
 //! Ownership follows Ray: the process that creates an object (by submitting the task
 //! that returns it, or by `put`) owns it and decides when it can be freed. An owned
 //! object is needed while Python holds an `ObjectRef` to it (`local_refs`), while a
-//! pending task takes it as an argument (`task_refs`), or once a ref to it has left the
-//! process inside a pickled value (`escaped`): without a borrower protocol we cannot
-//! know when the borrower is done, so an escaped object lives as long as its owner.
+//! pending task takes it as an argument (`task_refs`), while an object that is alive
+//! here has it inside its value (`contained_in`), and while other processes borrow it
+//! (`borrowers`, kept by the borrower protocol in `borrowing.rs`). A ref pickled outside
+//! rtd's own serialization (`pickle.dumps(ref)`) marks the object `escaped`: nobody can
+//! tell when that copy is done, so, as in Ray, the object then lives as long as its owner.
 //!
-//! Objects owned elsewhere are cached here after their first fetch from the owner and
-//! dropped from the cache with the last local ref.
+//! Objects owned elsewhere are borrowed: their entries cache the value after the first
+//! fetch from the owner and count how many times the owner registered this process as a
+//! borrower (`registrations`), which the last local use gives back.
 //!
 //! Python threads block on `ready` (a condition variable); tokio tasks subscribe to a
 //! single object with a oneshot channel.
@@ -29,6 +32,14 @@ struct Entry {
     local_refs: u32,
     task_refs: u32,
     escaped: bool,
+    /// Objects alive here whose values hold a ref to this one.
+    contained_in: u32,
+    /// The refs this object's value holds (kept alive while it lives here).
+    contains: Vec<(ObjectId, String)>,
+    /// Owner side: borrowing processes and how many registrations each has.
+    borrowers: HashMap<String, u32>,
+    /// Borrower side: registrations the owner counts for this process.
+    registrations: u32,
     /// A fetch from the owner is under way.
     fetching: bool,
     /// Order in which values arrived, for `wait`'s completion order.
@@ -45,6 +56,10 @@ impl Entry {
             local_refs: 0,
             task_refs: 0,
             escaped: false,
+            contained_in: 0,
+            contains: Vec::new(),
+            borrowers: HashMap::new(),
+            registrations: 0,
             fetching: false,
             ready_seq: 0,
             waiters: Vec::new(),
@@ -52,15 +67,41 @@ impl Entry {
     }
 
     fn unreferenced(&self) -> bool {
-        self.local_refs == 0 && self.task_refs == 0 && !self.escaped
+        self.local_refs == 0
+            && self.task_refs == 0
+            && self.contained_in == 0
+            && !self.escaped
+            && self.borrowers.is_empty()
     }
 }
 
-/// An object that nobody references any more; the caller frees its plasma copy.
+/// An object that nobody here references any more. The caller frees its plasma copy
+/// (owned), gives its registrations back to the owner (borrowed), and releases the refs
+/// its value contained.
 pub struct Freed {
     pub id: ObjectId,
     pub value: Option<ObjectValue>,
     pub owned: bool,
+    pub owner: String,
+    pub registrations: u32,
+    pub contains: Vec<(ObjectId, String)>,
+}
+
+/// A borrowed object this process must now register for with its owner.
+pub struct NewBorrow {
+    pub id: ObjectId,
+    pub owner: String,
+}
+
+/// One object's counts, for `get_all_reference_counts` (debugging and tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefCounts {
+    pub owned: bool,
+    pub local_refs: u32,
+    pub task_refs: u32,
+    pub contained_in: u32,
+    pub borrowers: Vec<(String, u32)>,
+    pub escaped: bool,
 }
 
 /// What `poll` found for each requested id.
@@ -98,13 +139,34 @@ impl ObjectTable {
         entry.ready_seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The entry for `id`, created if absent; a new entry for an object owned elsewhere
+    /// is a new borrow, which the caller registers with the owner (counted here now, so
+    /// that giving it back always follows it).
+    fn entry<'a>(
+        entries: &'a mut HashMap<ObjectId, Entry>,
+        id: ObjectId,
+        owner: &str,
+        self_address: &str,
+    ) -> (&'a mut Entry, Option<NewBorrow>) {
+        let mut borrow = None;
+        let entry = entries.entry(id).or_insert_with(|| {
+            let owned = owner == self_address;
+            let mut entry = Entry::new(owned, owner);
+            if !owned {
+                entry.registrations = 1;
+                borrow = Some(NewBorrow { id, owner: owner.to_string() });
+            }
+            entry
+        });
+        (entry, borrow)
+    }
+
     /// A Python `ObjectRef` was created for `id` (owned by `owner`).
-    pub fn add_local_ref(&self, id: ObjectId, owner: &str, self_address: &str) {
+    pub fn add_local_ref(&self, id: ObjectId, owner: &str, self_address: &str) -> Option<NewBorrow> {
         let mut entries = self.entries.lock();
-        let entry = entries
-            .entry(id)
-            .or_insert_with(|| Entry::new(owner == self_address, owner));
+        let (entry, borrow) = Self::entry(&mut entries, id, owner, self_address);
         entry.local_refs += 1;
+        borrow
     }
 
     /// A Python `ObjectRef` was dropped. Returns the entry if nothing needs it now.
@@ -115,12 +177,11 @@ impl ObjectTable {
         Self::take_if_unreferenced(&mut entries, id)
     }
 
-    pub fn add_task_ref(&self, id: ObjectId, owner: &str, self_address: &str) {
+    pub fn add_task_ref(&self, id: ObjectId, owner: &str, self_address: &str) -> Option<NewBorrow> {
         let mut entries = self.entries.lock();
-        let entry = entries
-            .entry(id)
-            .or_insert_with(|| Entry::new(owner == self_address, owner));
+        let (entry, borrow) = Self::entry(&mut entries, id, owner, self_address);
         entry.task_refs += 1;
+        borrow
     }
 
     pub fn remove_task_ref(&self, id: &ObjectId) -> Option<Freed> {
@@ -137,12 +198,133 @@ impl ObjectTable {
         }
     }
 
+    /// Records the refs inside `outer`'s value (a `put`, or a task result). With
+    /// `registered_for_us`, the process that made the value registered this one as a
+    /// borrower of each ref it does not own (a task result): those registrations become
+    /// ours, and for refs we own, the registration under our own address turns into
+    /// the hold. Refs to owned objects that are gone already are skipped (lost).
+    /// Returns what the replaced contents (or, if `outer` is gone, the new ones) free.
+    pub fn add_contained(
+        &self,
+        outer: ObjectId,
+        inner: Vec<(ObjectId, String)>,
+        self_address: &str,
+        registered_for_us: bool,
+    ) -> Vec<Freed> {
+        let mut entries = self.entries.lock();
+        let mut held = Vec::with_capacity(inner.len());
+        for (id, owner) in inner {
+            let owned = owner == self_address;
+            let entry = match entries.get_mut(&id) {
+                Some(entry) => entry,
+                None if owned => continue,
+                None => entries.entry(id).or_insert_with(|| Entry::new(false, &owner)),
+            };
+            entry.contained_in += 1;
+            if registered_for_us {
+                if owned {
+                    Self::drop_registrations(entry, self_address, 1);
+                } else {
+                    entry.registrations += 1;
+                }
+            }
+            held.push((id, owner));
+        }
+        let released = match entries.get_mut(&outer) {
+            Some(entry) => std::mem::replace(&mut entry.contains, held),
+            None => held,
+        };
+        Self::release_contained_locked(&mut entries, released)
+    }
+
+    /// `outer` (which contained these refs) is gone: release its holds.
+    pub fn release_contained(&self, inner: Vec<(ObjectId, String)>) -> Vec<Freed> {
+        Self::release_contained_locked(&mut self.entries.lock(), inner)
+    }
+
+    fn release_contained_locked(entries: &mut HashMap<ObjectId, Entry>, inner: Vec<(ObjectId, String)>) -> Vec<Freed> {
+        let mut freed = Vec::new();
+        for (id, _) in inner {
+            if let Some(entry) = entries.get_mut(&id) {
+                entry.contained_in = entry.contained_in.saturating_sub(1);
+                freed.extend(Self::take_if_unreferenced(entries, &id));
+            }
+        }
+        freed
+    }
+
+    /// Owner side: `borrower` holds a ref to `id`. False if the object is not owned
+    /// here (any more).
+    pub fn add_borrower(&self, id: &ObjectId, borrower: &str) -> bool {
+        match self.entries.lock().get_mut(id) {
+            Some(entry) if entry.owned => {
+                *entry.borrowers.entry(borrower.to_string()).or_insert(0) += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Owner side: `borrower` gave back `count` registrations.
+    pub fn remove_borrower(&self, id: &ObjectId, borrower: &str, count: u32) -> Option<Freed> {
+        let mut entries = self.entries.lock();
+        Self::drop_registrations(entries.get_mut(id)?, borrower, count);
+        Self::take_if_unreferenced(&mut entries, id)
+    }
+
+    /// Owner side: `borrower` has exited; it holds nothing any more.
+    pub fn remove_borrower_everywhere(&self, borrower: &str) -> Vec<Freed> {
+        let mut entries = self.entries.lock();
+        let ids: Vec<ObjectId> = entries
+            .iter_mut()
+            .filter_map(|(id, e)| e.borrowers.remove(borrower).map(|_| *id))
+            .collect();
+        ids.iter().filter_map(|id| Self::take_if_unreferenced(&mut entries, id)).collect()
+    }
+
+    fn drop_registrations(entry: &mut Entry, borrower: &str, count: u32) {
+        if let Some(n) = entry.borrowers.get_mut(borrower) {
+            *n = n.saturating_sub(count);
+            if *n == 0 {
+                entry.borrowers.remove(borrower);
+            }
+        }
+    }
+
     fn take_if_unreferenced(entries: &mut HashMap<ObjectId, Entry>, id: &ObjectId) -> Option<Freed> {
         if !entries.get(id)?.unreferenced() {
             return None;
         }
         let entry = entries.remove(id)?;
-        Some(Freed { id: *id, value: entry.value, owned: entry.owned })
+        Some(Freed {
+            id: *id,
+            value: entry.value,
+            owned: entry.owned,
+            owner: entry.owner,
+            registrations: entry.registrations,
+            contains: entry.contains,
+        })
+    }
+
+    /// Every object's counts (debugging and tests).
+    pub fn reference_counts(&self) -> Vec<(ObjectId, RefCounts)> {
+        self.entries
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let mut borrowers: Vec<(String, u32)> = e.borrowers.iter().map(|(b, n)| (b.clone(), *n)).collect();
+                borrowers.sort();
+                let counts = RefCounts {
+                    owned: e.owned,
+                    local_refs: e.local_refs,
+                    task_refs: e.task_refs,
+                    contained_in: e.contained_in,
+                    borrowers,
+                    escaped: e.escaped,
+                };
+                (*id, counts)
+            })
+            .collect()
     }
 
     /// Records a value. Returns false when nobody references the object any more, in
@@ -302,5 +484,89 @@ mod tests {
         assert!(t.set_value(id, inline(b"v")));
         assert!(rx.blocking_recv().is_ok());
         assert!(matches!(t.poll(&id), Lookup::Ready(_)));
+    }
+
+    #[test]
+    fn first_ref_to_a_borrowed_object_is_a_new_borrow_given_back_with_the_last() {
+        let t = ObjectTable::new();
+        let id = ObjectId::random();
+        let borrow = t.add_local_ref(id, "owner", "me").expect("new borrow");
+        assert_eq!((borrow.id, borrow.owner.as_str()), (id, "owner"));
+        assert!(t.add_local_ref(id, "owner", "me").is_none());
+        assert!(t.add_task_ref(id, "owner", "me").is_none());
+        assert!(t.remove_local_ref(&id).is_none());
+        assert!(t.remove_local_ref(&id).is_none());
+        let freed = t.remove_task_ref(&id).expect("freed");
+        assert!(!freed.owned);
+        assert_eq!((freed.owner.as_str(), freed.registrations), ("owner", 1));
+    }
+
+    #[test]
+    fn owned_object_lives_while_borrowers_are_registered() {
+        let t = ObjectTable::new();
+        let id = ObjectId::random();
+        t.add_owned_ready(id, "me", inline(b"x"));
+        t.add_local_ref(id, "me", "me");
+        assert!(t.add_borrower(&id, "a"));
+        assert!(t.add_borrower(&id, "a"));
+        assert!(t.add_borrower(&id, "b"));
+        assert!(t.remove_local_ref(&id).is_none());
+        assert!(t.remove_borrower(&id, "a", 2).is_none());
+        assert!(t.remove_borrower_everywhere("a").is_empty());
+        let freed = t.remove_borrower_everywhere("b");
+        assert_eq!(freed.len(), 1);
+        assert!(!t.add_borrower(&id, "a"), "a freed object takes no borrowers");
+    }
+
+    #[test]
+    fn borrower_registration_is_refused_for_objects_owned_elsewhere() {
+        let t = ObjectTable::new();
+        let id = ObjectId::random();
+        t.add_local_ref(id, "owner", "me");
+        assert!(!t.add_borrower(&id, "a"));
+    }
+
+    #[test]
+    fn put_value_holds_its_contained_refs_until_it_is_freed() {
+        let t = ObjectTable::new();
+        let (outer, owned_inner, borrowed_inner) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
+        t.add_owned_ready(owned_inner, "me", inline(b"i"));
+        t.add_local_ref(owned_inner, "me", "me");
+        t.add_local_ref(borrowed_inner, "owner", "me");
+        t.add_owned_ready(outer, "me", inline(b"o"));
+        t.add_local_ref(outer, "me", "me");
+        let contained = vec![(owned_inner, "me".to_string()), (borrowed_inner, "owner".to_string())];
+        assert!(t.add_contained(outer, contained, "me", false).is_empty());
+        assert!(t.remove_local_ref(&owned_inner).is_none());
+        assert!(t.remove_local_ref(&borrowed_inner).is_none());
+        let freed_outer = t.remove_local_ref(&outer).expect("outer freed");
+        assert_eq!(freed_outer.contains.len(), 2);
+        let freed = t.release_contained(freed_outer.contains);
+        assert_eq!(freed.len(), 2);
+        let borrowed = freed.iter().find(|f| f.id == borrowed_inner).expect("borrowed freed");
+        assert_eq!(borrowed.registrations, 1);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn task_result_takes_over_the_registrations_made_for_us() {
+        let t = ObjectTable::new();
+        let (outer, mine, theirs, gone) = (ObjectId::random(), ObjectId::random(), ObjectId::random(), ObjectId::random());
+        t.add_owned_pending(outer, "me");
+        t.add_local_ref(outer, "me", "me");
+        // The worker registered us as a borrower of `mine` with ourselves.
+        t.add_owned_ready(mine, "me", inline(b"m"));
+        assert!(t.add_borrower(&mine, "me"));
+        let contained = vec![(mine, "me".to_string()), (theirs, "owner".to_string()), (gone, "me".to_string())];
+        assert!(t.add_contained(outer, contained, "me", true).is_empty());
+        let counts: HashMap<ObjectId, RefCounts> = t.reference_counts().into_iter().collect();
+        assert!(counts[&mine].borrowers.is_empty(), "the registration became the hold");
+        assert_eq!(counts[&mine].contained_in, 1);
+        assert!(!counts.contains_key(&gone), "an owned object that is gone stays gone");
+        let freed_outer = t.remove_local_ref(&outer).expect("outer freed");
+        let freed = t.release_contained(freed_outer.contains);
+        let theirs_freed = freed.iter().find(|f| f.id == theirs).expect("borrow given back");
+        assert_eq!(theirs_freed.registrations, 1);
+        assert!(t.is_empty());
     }
 }

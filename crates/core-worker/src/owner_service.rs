@@ -1,10 +1,11 @@
 //! The socket every core worker serves. Other processes call it to push tasks to this
 //! worker (when they hold a lease on it), to cancel them, and, as borrowers, to get the
-//! value of an object this process owns (the reply waits until the value exists).
+//! value of an object this process owns (the reply waits until the value exists) and
+//! to register and give back their borrows (`borrowing.rs`).
 
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, ErrorCode, GetObjectReply};
+use rtd_common::proto::{frame::Body, Ack, ErrorCode, GetObjectReply};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
@@ -60,6 +61,22 @@ impl Service for OwnerService {
                     let value = ctx.wait_value(id).await;
                     Body::GetObjectReply(GetObjectReply { value: Some(value) })
                 }))
+            }
+            Body::AddBorrower(add) => {
+                let Ok(id) = ObjectId::from_bytes(&add.id) else {
+                    return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
+                };
+                if self.ctx.add_borrower(&id, &add.borrower) {
+                    Reply::Now(Body::Ack(Ack {}))
+                } else {
+                    Reply::Now(error_body(ErrorCode::NotFound, format!("object {id} is not owned here (freed or never created)")))
+                }
+            }
+            Body::RemoveBorrower(remove) => {
+                if let Ok(id) = ObjectId::from_bytes(&remove.id) {
+                    self.ctx.remove_borrower(&id, &remove.borrower, remove.count);
+                }
+                Reply::None
             }
             _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for a core worker")),
         }

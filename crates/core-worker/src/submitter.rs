@@ -27,7 +27,7 @@ use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
-use crate::context::Context;
+use crate::context::{self, Context};
 
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
@@ -431,7 +431,7 @@ impl Submitter {
                 spec.max_retries = task.retries_left;
                 self.ctx.remember_lineage(id, &spec);
             }
-            self.ctx.store_result(id, value);
+            self.ctx.store_result(id, value, context::ref_list(&ret.contained));
         }
         if !task.reconstruction {
             self.ctx.release_task_args(&spec);
@@ -477,7 +477,7 @@ impl Submitter {
         }
         for id in &task.spec.return_ids {
             if let Ok(id) = ObjectId::from_bytes(id) {
-                self.ctx.store_result(id, system_error(kind, message.clone()));
+                self.ctx.store_result(id, system_error(kind, message.clone()), Vec::new());
             }
         }
         if !task.reconstruction {

@@ -10,7 +10,7 @@ use rtd_common::{ActorId, ResourceSet};
 use rtd_core_worker::{ActorCall, TaskRequest};
 
 use crate::errors::core_error;
-use crate::object_ref::ObjectRef;
+use crate::object_ref::{id_owner_pairs, ObjectRef};
 use crate::{core, core_if_connected};
 
 fn actor_id(bytes: &[u8]) -> PyResult<ActorId> {
@@ -49,7 +49,8 @@ fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (actor_id, class_id, class_name, args, arg_refs, placement, running, name, namespace,
                     detached, max_restarts, max_task_retries, get_if_exists, class_meta,
-                    strategy=String::new(), affinity_node=String::new(), affinity_soft=false))]
+                    strategy=String::new(), affinity_node=String::new(), affinity_soft=false,
+                    contained=Vec::new()))]
 pub fn create_actor<'py>(
     py: Python<'py>,
     actor_id: Vec<u8>,
@@ -69,6 +70,7 @@ pub fn create_actor<'py>(
     strategy: String,
     affinity_node: String,
     affinity_soft: bool,
+    contained: Vec<PyRef<'py, ObjectRef>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
@@ -76,7 +78,8 @@ pub fn create_actor<'py>(
         function_id: class_id,
         function_name: format!("{class_name}.__init__"),
         args,
-        arg_refs: arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect(),
+        arg_refs: id_owner_pairs(&arg_refs),
+        contained_refs: id_owner_pairs(&contained),
         num_returns: 1,
         resources: resources(placement)?,
         max_retries: 0,
@@ -105,6 +108,8 @@ pub fn create_actor<'py>(
 
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (actor_id, method_name, function_name, args, arg_refs, num_returns, concurrency_group,
+                    contained=Vec::new()))]
 pub fn submit_actor_task(
     py: Python<'_>,
     actor_id: Vec<u8>,
@@ -114,6 +119,7 @@ pub fn submit_actor_task(
     arg_refs: Vec<PyRef<'_, ObjectRef>>,
     num_returns: u32,
     concurrency_group: String,
+    contained: Vec<PyRef<'_, ObjectRef>>,
 ) -> PyResult<Vec<ObjectRef>> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
@@ -121,7 +127,8 @@ pub fn submit_actor_task(
         function_id: Vec::new(),
         function_name,
         args,
-        arg_refs: arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect(),
+        arg_refs: id_owner_pairs(&arg_refs),
+        contained_refs: id_owner_pairs(&contained),
         num_returns,
         resources: ResourceSet::new(),
         max_retries: 0,

@@ -101,12 +101,20 @@ fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// Stores a pickled value; `contained` are the refs pickled inside it.
 #[pyfunction]
-fn put(py: Python<'_>, payload: &[u8], buffers: Vec<Bound<'_, PyAny>>) -> PyResult<ObjectRef> {
+#[pyo3(signature = (payload, buffers, contained=Vec::new()))]
+fn put(
+    py: Python<'_>,
+    payload: &[u8],
+    buffers: Vec<Bound<'_, PyAny>>,
+    contained: Vec<PyRef<'_, ObjectRef>>,
+) -> PyResult<ObjectRef> {
     let core = core()?;
     let borrowed = BorrowedBuffers::new(&buffers)?;
+    let contained = object_ref::id_owner_pairs(&contained);
     let id = py
-        .allow_threads(|| core.put(rtd_common::object_kind::VALUE, payload, &borrowed.slices()))
+        .allow_threads(|| core.put(rtd_common::object_kind::VALUE, payload, &borrowed.slices(), contained))
         .map_err(core_error)?;
     Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
@@ -185,7 +193,7 @@ fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, tim
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (function_id, function_name, args, arg_refs, num_returns, resources, max_retries,
                     retry_exceptions, capture_placement_group=None, strategy=String::new(),
-                    affinity_node=String::new(), affinity_soft=false))]
+                    affinity_node=String::new(), affinity_soft=false, contained=Vec::new()))]
 fn submit_task(
     py: Python<'_>,
     function_id: Vec<u8>,
@@ -200,16 +208,17 @@ fn submit_task(
     strategy: String,
     affinity_node: String,
     affinity_soft: bool,
+    contained: Vec<PyRef<'_, ObjectRef>>,
 ) -> PyResult<Vec<ObjectRef>> {
     let core = core()?;
     let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    let arg_refs = arg_refs.iter().map(|r| (r.id, r.owner.clone())).collect();
     let request = TaskRequest {
         function_id,
         function_name,
         args,
-        arg_refs,
+        arg_refs: object_ref::id_owner_pairs(&arg_refs),
+        contained_refs: object_ref::id_owner_pairs(&contained),
         num_returns,
         resources,
         max_retries,
@@ -221,6 +230,35 @@ fn submit_task(
     let ids = py.allow_threads(|| core.submit_task(request));
     let owner = core.address().to_string();
     Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
+}
+
+/// Waits until owners have counted this process as borrowing the refs it unpickled.
+#[pyfunction]
+fn flush_borrows(py: Python<'_>) -> PyResult<()> {
+    let core = core()?;
+    if core.ctx.borrows.has_unconfirmed() {
+        py.allow_threads(|| core.flush_borrows());
+    }
+    Ok(())
+}
+
+/// Every object this process knows, as Ray's `get_all_reference_counts`:
+/// hex id -> counts (debugging and tests).
+#[pyfunction]
+fn get_all_reference_counts(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let core = core()?;
+    let out = PyDict::new(py);
+    for (id, c) in core.reference_counts() {
+        let d = PyDict::new(py);
+        d.set_item("owned", c.owned)?;
+        d.set_item("local", c.local_refs)?;
+        d.set_item("submitted", c.task_refs)?;
+        d.set_item("contained_in", c.contained_in)?;
+        d.set_item("borrowers", c.borrowers.into_iter().collect::<HashMap<_, _>>())?;
+        d.set_item("pinned_forever", c.escaped)?;
+        out.set_item(id.hex(), d)?;
+    }
+    Ok(out)
 }
 
 #[pyfunction]
@@ -335,6 +373,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::remove_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::mark_actor_handle_escaped, m)?)?;
     m.add_function(wrap_pyfunction!(object_ref::on_ready, m)?)?;
+    m.add_function(wrap_pyfunction!(object_ref::start_collecting_refs, m)?)?;
+    m.add_function(wrap_pyfunction!(object_ref::stop_collecting_refs, m)?)?;
+    m.add_function(wrap_pyfunction!(flush_borrows, m)?)?;
+    m.add_function(wrap_pyfunction!(get_all_reference_counts, m)?)?;
     m.add_function(wrap_pyfunction!(worker::next_task, m)?)?;
     m.add_function(wrap_pyfunction!(worker::finish_task, m)?)?;
     m.add_function(wrap_pyfunction!(worker::arg_values, m)?)?;

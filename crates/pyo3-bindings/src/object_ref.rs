@@ -1,8 +1,14 @@
 //! `ObjectRef`: a future's handle, as in Ray. Creating one counts a local reference in
 //! the core worker and dropping it releases that reference, so Python's own garbage
-//! collection drives distributed reference counting. Pickling a ref (to pass it inside
-//! an argument or a result) marks the object as borrowed elsewhere.
+//! collection drives distributed reference counting.
+//!
+//! rtd's serializer pickles values between `start_collecting_refs` and
+//! `stop_collecting_refs`: the refs pickled meanwhile travel inside an argument, a result
+//! or a `put` value, and the core worker keeps them alive through the borrower protocol.
+//! A ref pickled any other way (`pickle.dumps(ref)`) cannot be followed, so its object
+//! is kept for as long as its owner lives, as in Ray.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -11,6 +17,29 @@ use rtd_common::ObjectId;
 use rtd_core_worker::CoreWorker;
 
 use crate::{core, core_if_connected};
+
+thread_local! {
+    /// Refs pickled by rtd's serializer on this thread, one list per serialization in
+    /// progress (innermost last).
+    static COLLECTING: RefCell<Vec<Vec<Py<ObjectRef>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Starts recording the refs pickled on this thread.
+#[pyfunction]
+pub fn start_collecting_refs() {
+    COLLECTING.with(|c| c.borrow_mut().push(Vec::new()));
+}
+
+/// Stops the innermost recording and returns the refs it saw.
+#[pyfunction]
+pub fn stop_collecting_refs() -> Vec<Py<ObjectRef>> {
+    COLLECTING.with(|c| c.borrow_mut().pop().unwrap_or_default())
+}
+
+/// Ids and owners of refs handed over by Python.
+pub fn id_owner_pairs(refs: &[PyRef<'_, ObjectRef>]) -> Vec<(ObjectId, String)> {
+    refs.iter().map(|r| (r.id, r.owner.clone())).collect()
+}
 
 #[pyclass(module = "rtd", name = "ObjectRef", frozen)]
 pub struct ObjectRef {
@@ -79,8 +108,17 @@ impl ObjectRef {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let this = slf.get();
-        if let Some(core) = this.counted_in.upgrade() {
-            core.mark_escaped(&this.id);
+        let collected = COLLECTING.with(|c| match c.borrow_mut().last_mut() {
+            Some(refs) => {
+                refs.push(slf.clone().unbind());
+                true
+            }
+            None => false,
+        });
+        if !collected {
+            if let Some(core) = this.counted_in.upgrade() {
+                core.mark_escaped(&this.id);
+            }
         }
         let cls = py.get_type::<ObjectRef>();
         (cls, (PyBytes::new(py, this.id.as_bytes()), this.owner.clone())).into_pyobject(py)

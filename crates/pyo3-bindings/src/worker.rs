@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyList};
 use rtd_core_worker::IncomingTask;
 
 use crate::buffers::BorrowedBuffers;
+use crate::object_ref::{id_owner_pairs, ObjectRef};
 use crate::errors::core_error;
 use crate::{core, fetched_to_py};
 
@@ -112,24 +113,24 @@ pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyLi
     PyList::new(py, items?)
 }
 
-/// Replies to the submitter with the task's results: `(metadata, payload, buffers)`
-/// per return value.
+/// Replies to the submitter with the task's results: `(metadata, payload, buffers,
+/// contained refs)` per return value.
 #[pyfunction]
 pub fn finish_task(
     py: Python<'_>,
     task: &Task,
-    results: Vec<(u32, Vec<u8>, Vec<Bound<'_, PyAny>>)>,
+    results: Vec<(u32, Vec<u8>, Vec<Bound<'_, PyAny>>, Vec<PyRef<'_, ObjectRef>>)>,
     app_error: bool,
     retryable: bool,
 ) -> PyResult<()> {
     let core = core()?;
     let incoming = task.inner.lock().take().ok_or_else(finished)?;
     let mut parts = Vec::with_capacity(results.len());
-    for (metadata, payload, buffers) in results {
-        parts.push((metadata, payload, BorrowedBuffers::new(&buffers)?));
+    for (metadata, payload, buffers, contained) in &results {
+        parts.push((*metadata, payload, BorrowedBuffers::new(buffers)?, id_owner_pairs(contained)));
     }
     py.allow_threads(|| {
-        let results = parts.iter().map(|(m, p, b)| (*m, p.as_slice(), b.slices())).collect();
+        let results = parts.iter().map(|(m, p, b, c)| (*m, p.as_slice(), b.slices(), c.clone())).collect();
         core.finish_task(incoming, results, app_error, retryable)
     })
     .map_err(core_error)

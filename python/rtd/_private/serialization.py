@@ -5,6 +5,10 @@ Values are pickled with cloudpickle (protocol 5). Large buffers (numpy arrays,
 in one object (the layout is described in ``crates/core-worker/src/layout.rs``). Reading
 an object from shared memory slices that layout without copying, so numpy arrays come
 back as read-only views into the store.
+
+Pickling records the ObjectRefs found inside a value (``contained``), which the core
+worker keeps alive for as long as the value can still be read, and unpickling waits
+until the owners of the refs it found count this process as a borrower.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import struct
 
 import cloudpickle
 
-from rtd import exceptions
+from rtd import _core, exceptions
 
 # Object kinds (the metadata of an object); see rtd_common::object_kind.
 VALUE = 0
@@ -33,34 +37,46 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
-def dumps(value) -> bytes:
-    """Pickles without out-of-band buffers."""
-    if type(value) in _PRIMITIVES:
-        return pickle.dumps(value, protocol=5)
+def _pickle(value, buffer_callback=None):
+    """``(payload, contained)``: cloudpickle's bytes and the ObjectRefs inside."""
+    _core.start_collecting_refs()
     try:
-        return cloudpickle.dumps(value, protocol=5)
+        payload = cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
     except Exception as e:
         raise TypeError(
             f"Could not serialize an object of type {type(value).__name__}: {e}"
         ) from e
+    finally:
+        contained = _core.stop_collecting_refs()
+    return payload, contained
+
+
+def dumps(value):
+    """``(payload, contained)`` without out-of-band buffers."""
+    if type(value) in _PRIMITIVES:
+        return pickle.dumps(value, protocol=5), []
+    return _pickle(value)
 
 
 def serialize(value):
-    """Returns ``(payload, buffers)`` for ``value``."""
+    """Returns ``(payload, buffers, contained)`` for ``value``."""
     if type(value) in _PRIMITIVES:
-        return pickle.dumps(value, protocol=5), []
+        return pickle.dumps(value, protocol=5), [], []
     buffers = []
+    payload, contained = _pickle(value, buffers.append)
     try:
-        payload = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    except Exception as e:
-        raise TypeError(
-            f"Could not serialize an object of type {type(value).__name__}: {e}"
-        ) from e
-    try:
-        return payload, [b.raw() for b in buffers]
+        return payload, [b.raw() for b in buffers], contained
     except BufferError:
         # A non-contiguous buffer cannot go out of band; pickle it in band.
-        return dumps(value), []
+        payload, contained = dumps(value)
+        return payload, [], contained
+
+
+def loads(payload, buffers=()):
+    """Unpickles, then waits until the owners of the refs inside count us as borrower."""
+    value = pickle.loads(payload, buffers=buffers)
+    _core.flush_borrows()
+    return value
 
 
 def _unpack(data):
@@ -81,12 +97,9 @@ def _unpack(data):
 def deserialize(metadata: int, data):
     """The value of an object; error objects come back as exception instances
     (see ``is_error``)."""
-    if metadata == VALUE:
+    if metadata == VALUE or metadata == ERROR:
         payload, buffers = _unpack(data)
-        return pickle.loads(payload, buffers=buffers)
-    if metadata == ERROR:
-        payload, buffers = _unpack(data)
-        return pickle.loads(payload, buffers=buffers)
+        return loads(payload, buffers)
     message = bytes(data).decode("utf-8", "replace")
     if metadata == WORKER_CRASHED:
         return exceptions.WorkerCrashedError(message)
@@ -113,7 +126,8 @@ def raise_error(error: BaseException):
 
 def pack_args(args, kwargs, extra=None):
     """Pickles call arguments with top-level ObjectRefs replaced by ``ArgRef``
-    placeholders; returns ``(blob, refs)``. The worker resolves the refs to values.
+    placeholders; returns ``(blob, refs, contained)``. The worker resolves ``refs`` to
+    values; ``contained`` are the refs nested deeper, which arrive as refs.
     ``extra`` (actor creation: the actor's configuration) rides along."""
     from rtd._core import ObjectRef
 
@@ -137,7 +151,8 @@ def pack_args(args, kwargs, extra=None):
                 packed_kwargs[k] = v
         kwargs = packed_kwargs
     call = (args, kwargs) if extra is None else (args, kwargs, extra)
-    return dumps(call), refs
+    blob, contained = dumps(call)
+    return blob, refs, contained
 
 
 class ArgRef:

@@ -114,7 +114,7 @@ def _substitute(args, kwargs, values):
 
 
 def _resolve_args(task):
-    args, kwargs = pickle.loads(task.args)
+    args, kwargs = serialization.loads(task.args)
     return _substitute(args, kwargs, _arg_values(task))
 
 
@@ -157,7 +157,7 @@ def _finish_with_error(task, error, retryable):
     payload = _error_payload(error)
     # A task with no declared returns still reports its error to the submitter.
     n = max(task.num_returns, 1) if task.num_returns else 0
-    results = [(serialization.ERROR, payload, [])] * n
+    results = [(serialization.ERROR, payload, [], [])] * n
     _core.finish_task(task, results, True, retryable)
 
 
@@ -267,7 +267,7 @@ def _create_actor(task):
     _current["name"] = task.function_name.removesuffix(".__init__")
     try:
         cls = _load_function(task.function_id)
-        args, kwargs, config = pickle.loads(task.args)
+        args, kwargs, config = serialization.loads(task.args)
         values = _arg_values(task)
         args, kwargs = _substitute(args, kwargs, values)
         instance = cls(*args, **kwargs)
@@ -276,9 +276,9 @@ def _create_actor(task):
         cause = e.error if isinstance(e, _UpstreamError) else e
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         message = f"The actor died because of an error raised in its creation task, {task.function_name}:\n{text}"
-        _core.finish_task(task, [(serialization.ACTOR_DIED, message.encode(), [])], True, False)
+        _core.finish_task(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False)
         return
-    _core.finish_task(task, [(serialization.VALUE, pickle.dumps(None), [])], False, False)
+    _core.finish_task(task, [(serialization.VALUE, pickle.dumps(None), [], [])], False, False)
 
 
 def execute(task):
@@ -313,8 +313,8 @@ def _finish_ok(task, result):
     try:
         results = []
         for value in _split_returns(task, result):
-            payload, buffers = serialization.serialize(value)
-            results.append((serialization.VALUE, payload, buffers))
+            payload, buffers, contained = serialization.serialize(value)
+            results.append((serialization.VALUE, payload, buffers, contained))
     except BaseException as e:  # noqa: BLE001
         _finish_failed(task, e)
         return

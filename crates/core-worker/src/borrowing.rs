@@ -1,0 +1,192 @@
+//! The borrower protocol: how an owner learns which other processes hold refs to its
+//! objects, so that it frees an object only when nobody anywhere still needs it.
+//!
+//! A process that unpickles a ref it does not own registers with the owner
+//! (`AddBorrower`) and, when its last use of the ref ends, gives its registrations back
+//! (`RemoveBorrower` with a count). Refs travel inside task arguments (the submitter
+//! keeps them alive until the task is done, and the worker registers before it replies),
+//! inside `put` values and task results (the object holds them while it lives; a worker
+//! registers the submitter as borrower before it replies with the result). An owner
+//! watches each borrower's connection and drops the registrations of one that exits.
+//!
+//! Messages from one process to one owner go through one queue and one connection, so an
+//! owner always sees a registration before the removal that gives it back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rtd_common::proto::{frame::Body, AddBorrower, RemoveBorrower};
+use rtd_common::rpc::ConnectionCache;
+use rtd_common::ObjectId;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::context::Context;
+use crate::object_table::NewBorrow;
+
+enum Message {
+    Add { id: ObjectId, borrower: String, done: oneshot::Sender<bool> },
+    Remove { id: ObjectId, borrower: String, count: u32 },
+}
+
+type Links = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
+
+/// Borrower side: one ordered queue per owner, and the registrations not yet confirmed.
+pub struct BorrowLinks {
+    rt: tokio::runtime::Handle,
+    peers: Arc<ConnectionCache>,
+    links: Links,
+    unconfirmed: Mutex<Vec<oneshot::Receiver<bool>>>,
+}
+
+impl BorrowLinks {
+    pub fn new(rt: tokio::runtime::Handle, peers: Arc<ConnectionCache>) -> Self {
+        Self { rt, peers, links: Default::default(), unconfirmed: Default::default() }
+    }
+
+    /// Asks `owner` to count `borrower` as holding `id`; the receiver says if it did
+    /// (false when the object is gone or the owner cannot be reached).
+    pub fn add(&self, id: ObjectId, owner: &str, borrower: &str) -> oneshot::Receiver<bool> {
+        let (done, rx) = oneshot::channel();
+        self.send(owner, Message::Add { id, borrower: borrower.to_string(), done });
+        rx
+    }
+
+    /// Registers this process (`self_address`) as a borrower; `flush` waits for it.
+    pub fn register(&self, borrow: NewBorrow, self_address: &str) {
+        let rx = self.add(borrow.id, &borrow.owner, self_address);
+        self.unconfirmed.lock().push(rx);
+    }
+
+    pub fn remove(&self, id: ObjectId, owner: &str, borrower: &str, count: u32) {
+        self.send(owner, Message::Remove { id, borrower: borrower.to_string(), count });
+    }
+
+    pub fn has_unconfirmed(&self) -> bool {
+        !self.unconfirmed.lock().is_empty()
+    }
+
+    /// Waits until the owners have counted every registration sent so far (or `limit`).
+    /// Called from threads outside the runtime.
+    pub fn flush(&self, limit: Duration) {
+        let pending: Vec<_> = std::mem::take(&mut *self.unconfirmed.lock());
+        if pending.is_empty() {
+            return;
+        }
+        let wait = tokio::time::timeout(limit, async {
+            for rx in pending {
+                let _ = rx.await;
+            }
+        });
+        let _ = self.rt.block_on(wait);
+    }
+
+    fn send(&self, owner: &str, mut message: Message) {
+        let mut links = self.links.lock();
+        // A link whose connection closed has ended; the next message starts a new one.
+        for _ in 0..2 {
+            let tx = links.entry(owner.to_string()).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                self.rt.spawn(run_link(self.peers.clone(), self.links.clone(), owner.to_string(), tx.clone(), rx));
+                tx
+            });
+            match tx.send(message) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(m)) => {
+                    message = m;
+                    links.remove(owner);
+                }
+            }
+        }
+    }
+}
+
+/// Sends one owner's messages in order on one connection, until it closes.
+async fn run_link(
+    peers: Arc<ConnectionCache>,
+    links: Links,
+    owner: String,
+    me: mpsc::UnboundedSender<Message>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
+    let client = peers.get(&owner).await.ok();
+    loop {
+        let message = match &client {
+            Some(c) => tokio::select! {
+                m = rx.recv() => m,
+                _ = c.closed() => None,
+            },
+            None => rx.recv().await,
+        };
+        let Some(message) = message else { break };
+        match (message, &client) {
+            (Message::Add { id, borrower, done }, Some(c)) => {
+                let reply = c.start_call(Body::AddBorrower(AddBorrower { id: id.to_vec().into(), borrower }));
+                tokio::spawn(async move {
+                    let _ = done.send(reply.await.is_ok());
+                });
+            }
+            (Message::Add { done, .. }, None) => {
+                let _ = done.send(false);
+            }
+            (Message::Remove { id, borrower, count }, Some(c)) => {
+                let _ = c.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
+            }
+            // The owner is gone, and its objects with it.
+            (Message::Remove { .. }, None) => {}
+        }
+        if client.is_none() {
+            // Answer what is queued, then let the next message try a new connection.
+            break;
+        }
+    }
+    let mut links = links.lock();
+    if links.get(&owner).is_some_and(|tx| tx.same_channel(&me)) {
+        links.remove(&owner);
+    }
+    drop(links);
+    rx.close();
+    while let Ok(message) = rx.try_recv() {
+        if let Message::Add { done, .. } = message {
+            let _ = done.send(false);
+        }
+    }
+}
+
+/// Owner side.
+impl Context {
+    /// Counts `borrower` as holding `id` (owned here). False if the object is gone.
+    pub fn add_borrower(self: &Arc<Self>, id: &ObjectId, borrower: &str) -> bool {
+        if !self.table.add_borrower(id, borrower) {
+            return false;
+        }
+        if borrower != self.address && self.watched_borrowers.lock().insert(borrower.to_string()) {
+            let ctx = self.clone();
+            let borrower = borrower.to_string();
+            self.rt.spawn(async move {
+                if let Ok(client) = ctx.peers.get(&borrower).await {
+                    client.closed().await;
+                }
+                ctx.watched_borrowers.lock().remove(&borrower);
+                for freed in ctx.table.remove_borrower_everywhere(&borrower) {
+                    ctx.free(freed);
+                }
+            });
+        }
+        true
+    }
+
+    pub fn remove_borrower(&self, id: &ObjectId, borrower: &str, count: u32) {
+        if let Some(freed) = self.table.remove_borrower(id, borrower, count) {
+            self.free(freed);
+        }
+    }
+
+    /// Registers this process as a borrower if taking a ref created a new borrow.
+    pub fn note_borrow(&self, borrow: Option<NewBorrow>) {
+        if let Some(borrow) = borrow {
+            self.borrows.register(borrow, &self.address);
+        }
+    }
+}
