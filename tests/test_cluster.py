@@ -481,6 +481,35 @@ def test_a_task_on_another_node_returns_a_ref_to_an_object_it_put(nodes):
     assert float(rtd.get(inner, timeout=TIMEOUT).sum()) == 2_000_000.0
 
 
+def test_an_actor_on_another_node_borrows_a_ref_until_it_dies(nodes):
+    @rtd.remote(resources={"alice": 0.5})
+    class Keeper:
+        def keep(self, refs):
+            self.refs = refs
+            return rtd.get_runtime_context().get_node_id()
+
+        def total(self):
+            return float(rtd.get(self.refs[0], timeout=30).sum())
+
+    import numpy as np
+
+    def known(hex_id):
+        return hex_id in rtd._core.get_all_reference_counts()
+
+    keeper = Keeper.remote()
+    inner = rtd.put(np.ones(300_000))
+    hex_id = inner.hex()
+    assert rtd.get(keeper.keep.remote([inner]), timeout=TIMEOUT) == nodes.b
+    del inner
+    # The owner (this driver) counts the actor on B as its only holder now.
+    borrowers = rtd._core.get_all_reference_counts()[hex_id]["borrowers"]
+    assert list(borrowers.values()) == [1], borrowers
+    assert rtd.get(keeper.total.remote(), timeout=TIMEOUT) == 300_000.0
+    # The owner sees the borrower's process exit over gRPC and frees the object.
+    rtd.kill(keeper)
+    wait_for_condition(lambda: not known(hex_id), timeout=TIMEOUT)
+
+
 def test_wait_sees_objects_made_on_other_nodes(nodes):
     where = _where()
     refs = [where.options(resources={"alice": 0.5}).remote(0.2), where.options(resources={"bob": 0.5}).remote(0.2)]

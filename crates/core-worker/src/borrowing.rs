@@ -74,12 +74,14 @@ impl BorrowLinks {
         if pending.is_empty() {
             return;
         }
-        let wait = tokio::time::timeout(limit, async {
-            for rx in pending {
-                let _ = rx.await;
-            }
+        self.rt.block_on(async move {
+            let all = async {
+                for rx in pending {
+                    let _ = rx.await;
+                }
+            };
+            let _ = tokio::time::timeout(limit, all).await;
         });
-        let _ = self.rt.block_on(wait);
     }
 
     fn send(&self, owner: &str, mut message: Message) {

@@ -113,13 +113,16 @@ pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyLi
     PyList::new(py, items?)
 }
 
+/// One result from Python: metadata, pickle, out-of-band buffers, refs inside.
+type PyResultParts<'py> = (u32, Vec<u8>, Vec<Bound<'py, PyAny>>, Vec<PyRef<'py, ObjectRef>>);
+
 /// Replies to the submitter with the task's results: `(metadata, payload, buffers,
 /// contained refs)` per return value.
 #[pyfunction]
 pub fn finish_task(
     py: Python<'_>,
     task: &Task,
-    results: Vec<(u32, Vec<u8>, Vec<Bound<'_, PyAny>>, Vec<PyRef<'_, ObjectRef>>)>,
+    results: Vec<PyResultParts<'_>>,
     app_error: bool,
     retryable: bool,
 ) -> PyResult<()> {
