@@ -569,4 +569,95 @@ mod tests {
         assert_eq!(theirs_freed.registrations, 1);
         assert!(t.is_empty());
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        AddLocal,
+        RemoveLocal,
+        AddTask,
+        RemoveTask,
+        AddBorrower(u8),
+        RemoveBorrower(u8, u32),
+        BorrowerExits(u8),
+        PutOuter,
+        DropOuter(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Op::AddLocal),
+            Just(Op::RemoveLocal),
+            Just(Op::AddTask),
+            Just(Op::RemoveTask),
+            (0u8..3).prop_map(Op::AddBorrower),
+            ((0u8..3), (1u32..3)).prop_map(|(b, n)| Op::RemoveBorrower(b, n)),
+            (0u8..3).prop_map(Op::BorrowerExits),
+            Just(Op::PutOuter),
+            (0usize..4).prop_map(Op::DropOuter),
+        ]
+    }
+
+    proptest::proptest! {
+        /// An owned object is freed exactly when its last holder (local ref, pending
+        /// task, containing object, borrower) lets go, and never comes back.
+        #[test]
+        fn object_is_freed_exactly_when_the_last_holder_lets_go(ops in proptest::collection::vec(op(), 1..60)) {
+            let t = ObjectTable::new();
+            let id = ObjectId::random();
+            t.add_owned_ready(id, "me", inline(b"x"));
+            t.add_local_ref(id, "me", "me");
+            let (mut local, mut task) = (1u32, 0u32);
+            let mut borrowers = [0u32; 3];
+            let mut outers: Vec<ObjectId> = Vec::new();
+            let mut freed_at_least_once = false;
+            for op in ops {
+                if freed_at_least_once {
+                    break;
+                }
+                let mut freed = Vec::new();
+                match op {
+                    Op::AddLocal => { t.add_local_ref(id, "me", "me"); local += 1; }
+                    Op::RemoveLocal if local > 0 => { freed.extend(t.remove_local_ref(&id)); local -= 1; }
+                    Op::AddTask => { t.add_task_ref(id, "me", "me"); task += 1; }
+                    Op::RemoveTask if task > 0 => { freed.extend(t.remove_task_ref(&id)); task -= 1; }
+                    Op::AddBorrower(b) => {
+                        let added = t.add_borrower(&id, &format!("b{b}"));
+                        proptest::prop_assert!(added);
+                        borrowers[b as usize] += 1;
+                    }
+                    Op::RemoveBorrower(b, n) if borrowers[b as usize] > 0 => {
+                        let n = n.min(borrowers[b as usize]);
+                        freed.extend(t.remove_borrower(&id, &format!("b{b}"), n));
+                        borrowers[b as usize] -= n;
+                    }
+                    Op::BorrowerExits(b) => {
+                        freed.extend(t.remove_borrower_everywhere(&format!("b{b}")));
+                        borrowers[b as usize] = 0;
+                    }
+                    Op::PutOuter => {
+                        let outer = ObjectId::random();
+                        t.add_owned_ready(outer, "me", inline(b"o"));
+                        t.add_local_ref(outer, "me", "me");
+                        proptest::prop_assert!(t.add_contained(outer, vec![(id, "me".into())], "me", false).is_empty());
+                        outers.push(outer);
+                    }
+                    Op::DropOuter(i) if !outers.is_empty() => {
+                        let outer = outers.remove(i % outers.len());
+                        let dropped = t.remove_local_ref(&outer);
+                        proptest::prop_assert!(dropped.is_some());
+                        if let Some(dropped) = dropped {
+                            freed.extend(t.release_contained(dropped.contains));
+                        }
+                    }
+                    _ => {}
+                }
+                let holders = local + task + borrowers.iter().sum::<u32>() + outers.len() as u32;
+                let freed_now = freed.iter().any(|f| f.id == id);
+                proptest::prop_assert_eq!(freed_now, holders == 0);
+                proptest::prop_assert_eq!(t.contains(&id), holders > 0);
+                freed_at_least_once = freed_now;
+            }
+        }
+    }
 }
