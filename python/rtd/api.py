@@ -164,19 +164,30 @@ def init(
         # As in Ray, a driver without a namespace gets an anonymous one of its own.
         _state.namespace = namespace or str(uuid.uuid4())
         info = _core.runtime_info()
-        _publish_job_info(info["job_id"], _state.namespace)
+        log_to_driver = kwargs.get("log_to_driver", True)
+        if log_to_driver:
+            _core.set_output_handler(_write_worker_output)
+        _publish_job_info(info["job_id"], _state.namespace, info["address"] if log_to_driver else None, node_ip)
         return RayContext(session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"])
 
 
-def _publish_job_info(job_id, namespace):
-    """Tells this job's workers its namespace and where the driver's own modules are
-    (see worker.py)."""
+def _write_worker_output(text, is_stderr):
+    """Writes what this job's tasks and actors printed (prefixed lines)."""
+    stream = sys.stderr if is_stderr else sys.stdout
+    stream.write(text)
+    stream.flush()
+
+
+def _publish_job_info(job_id, namespace, driver_address, driver_ip):
+    """Tells this job's workers its namespace, where the driver's own modules are, and
+    where to send what they print (see worker.py)."""
     paths = [os.getcwd()]
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if script:
         paths.insert(0, os.path.dirname(os.path.abspath(script)))
-    _core.kv_put(f"job:{job_id}", json.dumps({"sys_path": paths, "namespace": namespace}).encode())
+    job = {"sys_path": paths, "namespace": namespace, "driver": driver_address, "driver_ip": driver_ip}
+    _core.kv_put(f"job:{job_id}", json.dumps(job).encode())
 
 
 def current_namespace():

@@ -19,6 +19,8 @@ use crate::object_table::{Freed, Lookup, ObjectTable};
 use crate::submitter::system_error;
 use crate::CoreError;
 
+pub type OutputSink = Box<dyn Fn(String, bool, tokio::sync::oneshot::Sender<()>) + Send + Sync>;
+
 pub struct Context {
     pub rt: tokio::runtime::Handle,
     /// The socket this process serves (its address as an owner and as a worker).
@@ -37,6 +39,9 @@ pub struct Context {
     pub borrows: BorrowLinks,
     /// Processes borrowing objects owned here whose exit this process watches.
     pub watched_borrowers: Mutex<HashSet<String>>,
+    /// Driver side: where output forwarded by workers goes (set by the bindings); the
+    /// sender is answered once the text is written.
+    pub output_sink: std::sync::OnceLock<OutputSink>,
     /// How to rebuild owned objects held in plasma: the task that made them.
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
 }

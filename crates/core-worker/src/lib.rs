@@ -19,7 +19,7 @@ use rtd_common::proto::{
     frame::Body, object_value::Kind, ActorArgsReady, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
     GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
     PlacementGroupInfo, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
-    RegisterClient, ReturnObject, TaskArg, TaskSpec,
+    RegisterClient, ReturnObject, TaskArg, TaskSpec, WorkerOutput,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
@@ -154,6 +154,9 @@ pub struct CoreWorker {
     /// The driver's pseudo task, naming its `put` objects.
     driver_task: TaskId,
     put_index: AtomicU32,
+    /// Worker side: the driver this worker forwarded output to since its last task
+    /// finished (the reply waits until that output has arrived).
+    output_forwarded_to: parking_lot::Mutex<Option<String>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -161,6 +164,8 @@ const GET_SLICE: Duration = Duration::from_millis(50);
 /// How long to wait for owners to confirm borrower registrations; an owner that does
 /// not answer by then is gone or stuck, and its objects will be reported lost.
 const BORROW_CONFIRM_LIMIT: Duration = Duration::from_secs(30);
+/// How long a worker tries to reach its driver with output before writing it locally.
+const OUTPUT_CONNECT_LIMIT: Duration = Duration::from_secs(2);
 
 impl CoreWorker {
     pub fn connect(opts: ConnectOptions) -> Result<Self, CoreError> {
@@ -219,6 +224,7 @@ impl CoreWorker {
                 borrows: borrowing::BorrowLinks::new(tokio::runtime::Handle::current(), peers.clone()),
                 peers,
                 watched_borrowers: Default::default(),
+                output_sink: Default::default(),
                 lineage: Default::default(),
             });
             let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone() });
@@ -246,6 +252,7 @@ impl CoreWorker {
             owned_actor_handles: Default::default(),
             driver_task: TaskId::random(),
             put_index: AtomicU32::new(0),
+            output_forwarded_to: Default::default(),
             runtime: Some(runtime),
         })
     }
@@ -729,6 +736,7 @@ impl CoreWorker {
             }
         }
         self.ctx.borrows.flush(BORROW_CONFIRM_LIMIT);
+        self.sync_output();
         self.executor.task_done();
         if let Some(message) = first_error {
             // The result could not be stored (store full): report that as the error.
@@ -777,6 +785,33 @@ impl CoreWorker {
             }
             counted
         })
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// Worker side: sends printed text (whole prefixed lines) to the job's driver.
+    /// False if the driver cannot be reached; the caller then writes it locally.
+    pub fn forward_output(&self, driver: &str, text: String, stderr: bool) -> bool {
+        let connect = async {
+            tokio::time::timeout(OUTPUT_CONNECT_LIMIT, self.ctx.peers.get(driver)).await.ok()?.ok()
+        };
+        let Some(client) = self.ctx.rt.block_on(connect) else { return false };
+        if client.send(Body::WorkerOutput(WorkerOutput { text, stderr })).is_err() {
+            return false;
+        }
+        *self.output_forwarded_to.lock() = Some(driver.to_string());
+        true
+    }
+
+    /// Waits (briefly) until the driver has written what this worker forwarded, so that
+    /// a task's output reaches the driver before its result does.
+    fn sync_output(&self) {
+        let Some(driver) = self.output_forwarded_to.lock().take() else { return };
+        self.ctx.rt.block_on(async {
+            let Ok(client) = self.ctx.peers.get(&driver).await else { return };
+            let marker = client.call(Body::WorkerOutput(WorkerOutput::default()));
+            let _ = tokio::time::timeout(OUTPUT_CONNECT_LIMIT, marker).await;
+        });
     }
 
     // ------------------------------------------------------------------ node

@@ -72,6 +72,25 @@ impl Service for OwnerService {
                     Reply::Now(error_body(ErrorCode::NotFound, format!("object {id} is not owned here (freed or never created)")))
                 }
             }
+            Body::WorkerOutput(output) => match self.ctx.output_sink.get() {
+                Some(sink) => {
+                    let (written, rx) = tokio::sync::oneshot::channel();
+                    sink(output.text, output.stderr, written);
+                    Reply::Later(Box::pin(async move {
+                        let _ = rx.await;
+                        Body::Ack(Ack {})
+                    }))
+                }
+                None => {
+                    use std::io::Write;
+                    let _ = if output.stderr {
+                        std::io::stderr().write_all(output.text.as_bytes())
+                    } else {
+                        std::io::stdout().write_all(output.text.as_bytes())
+                    };
+                    Reply::Now(Body::Ack(Ack {}))
+                }
+            },
             Body::RemoveBorrower(remove) => {
                 if let Ok(id) = ObjectId::from_bytes(&remove.id) {
                     self.ctx.remove_borrower(&id, &remove.borrower, remove.count);

@@ -232,6 +232,44 @@ fn submit_task(
     Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
 }
 
+/// Driver side: `handler(text, is_stderr)` writes what workers of this job print. It
+/// runs on one thread, in arrival order.
+#[pyfunction]
+fn set_output_handler(handler: PyObject) -> PyResult<()> {
+    let core = core()?;
+    let (tx, rx) = std::sync::mpsc::channel::<(String, bool, tokio::sync::oneshot::Sender<()>)>();
+    std::thread::Builder::new()
+        .name("rtd-output".into())
+        .spawn(move || {
+            // Ends when the core worker (and with it the sink) is dropped.
+            while let Ok((text, stderr, written)) = rx.recv() {
+                if !text.is_empty() {
+                    Python::with_gil(|py| {
+                        if let Err(e) = handler.call1(py, (text, stderr)) {
+                            e.print(py);
+                        }
+                    });
+                }
+                let _ = written.send(());
+            }
+        })
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the output thread: {e}")))?;
+    let sink: rtd_core_worker::context::OutputSink = Box::new(move |text, stderr, written| {
+        let _ = tx.send((text, stderr, written));
+    });
+    core.ctx
+        .output_sink
+        .set(sink)
+        .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("an output handler is already set"))
+}
+
+/// Worker side: sends printed text to the driver at `driver`; False if unreachable.
+#[pyfunction]
+fn forward_output(py: Python<'_>, driver: String, text: String, stderr: bool) -> PyResult<bool> {
+    let core = core()?;
+    Ok(py.allow_threads(|| core.forward_output(&driver, text, stderr)))
+}
+
 /// Waits until owners have counted this process as borrowing the refs it unpickled.
 #[pyfunction]
 fn flush_borrows(py: Python<'_>) -> PyResult<()> {
@@ -376,6 +414,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(object_ref::start_collecting_refs, m)?)?;
     m.add_function(wrap_pyfunction!(object_ref::stop_collecting_refs, m)?)?;
     m.add_function(wrap_pyfunction!(flush_borrows, m)?)?;
+    m.add_function(wrap_pyfunction!(set_output_handler, m)?)?;
+    m.add_function(wrap_pyfunction!(forward_output, m)?)?;
     m.add_function(wrap_pyfunction!(get_all_reference_counts, m)?)?;
     m.add_function(wrap_pyfunction!(worker::next_task, m)?)?;
     m.add_function(wrap_pyfunction!(worker::finish_task, m)?)?;

@@ -225,35 +225,64 @@ _actor = None
 
 class _PrefixedStream:
     """Prefixes every line a task or actor prints with its name and pid, as Ray's
-    driver output does: ``(Counter pid=4321) started``. Lines reach the driver's
-    terminal through the output the worker inherits from its node daemon."""
+    driver output does: ``(Counter pid=4321) started`` (with ``, ip=...`` when the
+    worker's machine is not the driver's). Whole lines go to the driver of the job
+    (over its core worker's socket); they are written here, to the output the worker
+    inherits from its node daemon, only when no driver can take them."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, is_stderr):
         self._stream = stream
+        self._is_stderr = is_stderr
+        self._pending = []
         self._at_line_start = True
         self._lock = threading.Lock()
 
     def write(self, text):
         if not text:
             return 0
-        prefix = f"({_current_name()} pid={os.getpid()}) "
+        prefix = f"({_current_name()} pid={os.getpid()}{_ip_suffix()}) "
         with self._lock:
-            out = []
             for line in text.splitlines(keepends=True):
                 if self._at_line_start:
-                    out.append(prefix)
-                out.append(line)
+                    self._pending.append(prefix)
+                self._pending.append(line)
                 self._at_line_start = line.endswith("\n")
-            self._stream.write("".join(out))
             if "\n" in text:
-                self._stream.flush()
+                self._send()
         return len(text)
 
     def flush(self):
+        with self._lock:
+            self._send()
+
+    def _send(self):
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending = []
+        driver = _driver_address()
+        if driver is not None and _core.is_connected() and _core.forward_output(driver, text, self._is_stderr):
+            return
+        self._stream.write(text)
         self._stream.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def _driver_address():
+    job = _jobs.get(_current_job["id"])
+    return job.get("driver") if job else None
+
+
+def _ip_suffix():
+    """``, ip=HOST`` when this worker and its driver are on different machines."""
+    job = _jobs.get(_current_job["id"])
+    driver_ip = job.get("driver_ip") if job else None
+    own_ip = os.environ.get("RTD_NODE_IP")
+    if driver_ip and own_ip and driver_ip != own_ip:
+        return f", ip={own_ip}"
+    return ""
 
 
 def _current_name():
@@ -336,8 +365,8 @@ def _finish_failed(task, e):
 
 
 def main():
-    sys.stdout = _PrefixedStream(sys.stdout)
-    sys.stderr = _PrefixedStream(sys.stderr)
+    sys.stdout = _PrefixedStream(sys.stdout, False)
+    sys.stderr = _PrefixedStream(sys.stderr, True)
     _core.connect(
         os.environ["RTD_RAYLET_SOCKET"],
         os.environ["RTD_SESSION_DIR"],
