@@ -17,6 +17,7 @@ Needs root and `ip netns`; skipped otherwise.
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -183,6 +184,7 @@ def where(sleep_s=0.0):
 @rtd.remote
 def total(a):
     import rtd
+    print("summing")
     return rtd.get_runtime_context().get_node_id(), float(a.sum())
 
 import numpy as np
@@ -307,6 +309,9 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         assert one["on_b"] == [ids["b"]] * 2
         assert one["sum_on_a"] == [ids["a"], float(sum(range(2_000_000)))]
         assert one["a_to_b"] == [ids["b"], 2_000_000.0]
+        # What the tasks printed reached the driver, marked with their machines' addresses.
+        for role in ("a", "b"):
+            assert re.search(rf"^\(total pid=\d+, ip={re.escape(net.ips[role])}\) summing$", driver.stdout, re.M), context
 
         # Phase 2: the node the actor lives on is cut off; the head declares it dead
         # after the timeout, and the job's work on the other node finishes.
