@@ -261,13 +261,18 @@ class _PrefixedStream:
         text = "".join(self._pending)
         self._pending = []
         driver = _driver_address()
-        if driver is not None and _core.is_connected() and _core.forward_output(driver, text, self._is_stderr):
-            return
+        if driver is not None and driver not in _gone_drivers and _core.is_connected():
+            if _core.forward_output(driver, text, self._is_stderr):
+                return
+            _gone_drivers.add(driver)  # it exited (a detached actor outlives it)
         self._stream.write(text)
         self._stream.flush()
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+_gone_drivers = set()
 
 
 def _driver_address():
