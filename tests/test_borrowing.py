@@ -178,6 +178,34 @@ def test_ref_passed_down_a_chain_of_tasks_stays_alive_until_the_last_is_done(sha
     wait_for_condition(lambda: not _known_here(hex_id), timeout=10)
 
 
+@pytest.mark.timeout(60)
+def test_threaded_actor_keeps_refs_unpickled_by_concurrent_calls(shared_runtime):
+    @rtd.remote(max_concurrency=8)
+    class Keeper:
+        def __init__(self):
+            import threading
+
+            self.refs = []
+            self.lock = threading.Lock()
+
+        def keep(self, refs):
+            with self.lock:
+                self.refs.extend(refs)
+
+        def read_all(self):
+            return sorted(rtd.get(self.refs, timeout=10))
+
+    keeper = Keeper.remote()
+    calls = []
+    for i in range(60):
+        ref = rtd.put(i)
+        calls.append(keeper.keep.remote([ref]))
+        del ref
+    rtd.get(calls, timeout=30)
+    # Every call's borrow was counted before its reply, so nothing was freed early.
+    assert rtd.get(keeper.read_all.remote(), timeout=30) == list(range(60))
+
+
 # --- own runtimes with a small store -----------------------------------------------------
 
 

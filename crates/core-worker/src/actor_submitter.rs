@@ -301,15 +301,24 @@ impl State {
     }
 
     fn on_finished(&mut self, actor_id: ActorId, task_id: TaskId, result: Result<PushTaskReply, RpcError>) {
-        let Some(q) = self.actors.get_mut(&actor_id) else { return };
+        let Some(q) = self.actors.get_mut(&actor_id) else {
+            if let Ok(reply) = result {
+                self.ctx.drop_reply(reply);
+            }
+            return;
+        };
         match result {
             Ok(reply) => {
-                if let Some(call) = q.calls.remove(&task_id) {
-                    for ret in reply.returns {
-                        let (Ok(id), Some(value)) = (ObjectId::from_bytes(&ret.id), ret.value) else { continue };
-                        self.ctx.store_result(id, value, context::ref_list(&ret.contained));
+                match q.calls.remove(&task_id) {
+                    Some(call) => {
+                        for ret in reply.returns {
+                            let (Ok(id), Some(value)) = (ObjectId::from_bytes(&ret.id), ret.value) else { continue };
+                            self.ctx.store_result(id, value, context::ref_list(&ret.contained));
+                        }
+                        self.ctx.release_task_args(&call.spec);
                     }
-                    self.ctx.release_task_args(&call.spec);
+                    // The call was already failed (its actor was reported dead).
+                    None => self.ctx.drop_reply(reply),
                 }
                 self.kill_if_idle(actor_id);
             }

@@ -12,7 +12,7 @@
 //! Messages from one process to one owner go through one queue and one connection, so an
 //! owner always sees a registration before the removal that gives it back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use rtd_common::proto::{frame::Body, AddBorrower, RemoveBorrower};
 use rtd_common::rpc::ConnectionCache;
 use rtd_common::ObjectId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::context::Context;
 use crate::object_table::NewBorrow;
@@ -30,19 +30,37 @@ enum Message {
     Remove { id: ObjectId, borrower: String, count: u32 },
 }
 
+/// Failed reconnections after which a borrower counts as exited.
+const BORROWER_GONE_AFTER: u32 = 3;
+
 type Links = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
+
+/// Registrations of this process, numbered in the order they were sent; those not yet
+/// confirmed by their owners.
+#[derive(Default)]
+struct Registrations {
+    next: u64,
+    unconfirmed: BTreeSet<u64>,
+}
 
 /// Borrower side: one ordered queue per owner, and the registrations not yet confirmed.
 pub struct BorrowLinks {
     rt: tokio::runtime::Handle,
     peers: Arc<ConnectionCache>,
     links: Links,
-    unconfirmed: Mutex<Vec<oneshot::Receiver<bool>>>,
+    registrations: Arc<Mutex<Registrations>>,
+    confirmed: Arc<Notify>,
 }
 
 impl BorrowLinks {
     pub fn new(rt: tokio::runtime::Handle, peers: Arc<ConnectionCache>) -> Self {
-        Self { rt, peers, links: Default::default(), unconfirmed: Default::default() }
+        Self {
+            rt,
+            peers,
+            links: Default::default(),
+            registrations: Default::default(),
+            confirmed: Default::default(),
+        }
     }
 
     /// Asks `owner` to count `borrower` as holding `id`; the receiver says if it did
@@ -55,8 +73,20 @@ impl BorrowLinks {
 
     /// Registers this process (`self_address`) as a borrower; `flush` waits for it.
     pub fn register(&self, borrow: NewBorrow, self_address: &str) {
+        let seq = {
+            let mut r = self.registrations.lock();
+            r.next += 1;
+            let seq = r.next;
+            r.unconfirmed.insert(seq);
+            seq
+        };
         let rx = self.add(borrow.id, &borrow.owner, self_address);
-        self.unconfirmed.lock().push(rx);
+        let (registrations, confirmed) = (self.registrations.clone(), self.confirmed.clone());
+        self.rt.spawn(async move {
+            let _ = rx.await;
+            registrations.lock().unconfirmed.remove(&seq);
+            confirmed.notify_waiters();
+        });
     }
 
     pub fn remove(&self, id: ObjectId, owner: &str, borrower: &str, count: u32) {
@@ -64,23 +94,31 @@ impl BorrowLinks {
     }
 
     pub fn has_unconfirmed(&self) -> bool {
-        !self.unconfirmed.lock().is_empty()
+        !self.registrations.lock().unconfirmed.is_empty()
     }
 
-    /// Waits until the owners have counted every registration sent so far (or `limit`).
-    /// Called from threads outside the runtime.
+    /// Waits until the owners have counted every registration sent so far, by any
+    /// thread (or `limit`). Called from threads outside the runtime.
     pub fn flush(&self, limit: Duration) {
-        let pending: Vec<_> = std::mem::take(&mut *self.unconfirmed.lock());
-        if pending.is_empty() {
+        let upto = self.registrations.lock().next;
+        let waiting = || self.registrations.lock().unconfirmed.first().is_some_and(|first| *first <= upto);
+        if !waiting() {
             return;
         }
-        self.rt.block_on(async move {
-            let all = async {
-                for rx in pending {
-                    let _ = rx.await;
+        self.rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + limit;
+            loop {
+                let notified = self.confirmed.notified();
+                tokio::pin!(notified);
+                // Registered before looking, so a confirmation in between still wakes us.
+                notified.as_mut().enable();
+                if !waiting() {
+                    return;
                 }
-            };
-            let _ = tokio::time::timeout(limit, all).await;
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return;
+                }
+            }
         });
     }
 
@@ -167,8 +205,20 @@ impl Context {
             let ctx = self.clone();
             let borrower = borrower.to_string();
             self.rt.spawn(async move {
-                if let Ok(client) = ctx.peers.get(&borrower).await {
-                    client.closed().await;
+                // A borrower is gone when its connection closes and it cannot be reached
+                // again (a dropped connection alone is not an exit).
+                let mut failures = 0;
+                while failures < BORROWER_GONE_AFTER {
+                    match ctx.peers.get(&borrower).await {
+                        Ok(client) => {
+                            failures = 0;
+                            client.closed().await;
+                        }
+                        Err(_) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
                 }
                 ctx.watched_borrowers.lock().remove(&borrower);
                 for freed in ctx.table.remove_borrower_everywhere(&borrower) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
-use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectRefProto, ObjectValue, PlasmaObject, TaskSpec};
+use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectRefProto, ObjectValue, PushTaskReply, PlasmaObject, TaskSpec};
 use rtd_common::rpc::{ConnectionCache, RpcClient};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
@@ -99,6 +99,16 @@ impl Context {
                 registrations: 0,
                 contains: Vec::new(),
             });
+        }
+    }
+
+    /// A reply for a task that was already given up: its results are dropped, and the
+    /// borrower registrations its worker made for us are given back.
+    pub fn drop_reply(&self, reply: PushTaskReply) {
+        for ret in reply.returns {
+            for freed in self.table.disown_contained(ref_list(&ret.contained), &self.address) {
+                self.free(freed);
+            }
         }
     }
 

@@ -777,10 +777,15 @@ impl CoreWorker {
             })
             .collect();
         self.ctx.rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + BORROW_CONFIRM_LIMIT;
             let mut counted = Vec::with_capacity(pending.len());
             for (id, owner, done) in pending {
-                if let Ok(Ok(true)) = tokio::time::timeout(BORROW_CONFIRM_LIMIT, done).await {
-                    counted.push(ObjectRefProto { id: id.to_vec().into(), owner });
+                match tokio::time::timeout_at(deadline, done).await {
+                    Ok(Ok(true)) => counted.push(ObjectRefProto { id: id.to_vec().into(), owner }),
+                    Ok(_) => {}
+                    // Not confirmed in time: the submitter will not hold it, so take back
+                    // the registration should it still arrive (same link, so after it).
+                    Err(_) => self.ctx.borrows.remove(id, &owner, submitter, 1),
                 }
             }
             counted
@@ -808,8 +813,10 @@ impl CoreWorker {
     fn sync_output(&self) {
         let Some(driver) = self.output_forwarded_to.lock().take() else { return };
         self.ctx.rt.block_on(async {
-            let Ok(client) = self.ctx.peers.get(&driver).await else { return };
-            let marker = client.call(Body::WorkerOutput(WorkerOutput::default()));
+            let marker = async {
+                let client = self.ctx.peers.get(&driver).await?;
+                client.call(Body::WorkerOutput(WorkerOutput::default())).await
+            };
             let _ = tokio::time::timeout(OUTPUT_CONNECT_LIMIT, marker).await;
         });
     }

@@ -212,6 +212,28 @@ impl ObjectTable {
         registered_for_us: bool,
     ) -> Vec<Freed> {
         let mut entries = self.entries.lock();
+        let held = Self::hold_contained(&mut entries, inner, self_address, registered_for_us);
+        let released = match entries.get_mut(&outer) {
+            Some(entry) => std::mem::replace(&mut entry.contains, held),
+            None => held,
+        };
+        Self::release_contained_locked(&mut entries, released)
+    }
+
+    /// A task result carrying these refs will not be stored (its task was already
+    /// given up): give back the registrations its worker made for us.
+    pub fn disown_contained(&self, inner: Vec<(ObjectId, String)>, self_address: &str) -> Vec<Freed> {
+        let mut entries = self.entries.lock();
+        let held = Self::hold_contained(&mut entries, inner, self_address, true);
+        Self::release_contained_locked(&mut entries, held)
+    }
+
+    fn hold_contained(
+        entries: &mut HashMap<ObjectId, Entry>,
+        inner: Vec<(ObjectId, String)>,
+        self_address: &str,
+        registered_for_us: bool,
+    ) -> Vec<(ObjectId, String)> {
         let mut held = Vec::with_capacity(inner.len());
         for (id, owner) in inner {
             let owned = owner == self_address;
@@ -230,11 +252,7 @@ impl ObjectTable {
             }
             held.push((id, owner));
         }
-        let released = match entries.get_mut(&outer) {
-            Some(entry) => std::mem::replace(&mut entry.contains, held),
-            None => held,
-        };
-        Self::release_contained_locked(&mut entries, released)
+        held
     }
 
     /// `outer` (which contained these refs) is gone: release its holds.

@@ -411,7 +411,10 @@ impl Submitter {
     }
 
     fn on_reply(&mut self, task_id: TaskId, reply: PushTaskReply) {
-        let Some(task) = self.tasks.get_mut(&task_id) else { return };
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            self.ctx.drop_reply(reply);
+            return;
+        };
         if reply.app_error && task.cancelled {
             self.fail_task(task_id, object_kind::TASK_CANCELLED, "task was cancelled".into());
             return;

@@ -143,6 +143,13 @@ def _error_payload(error: BaseException) -> bytes:
         return cloudpickle.dumps(error, protocol=5)
 
 
+def _finish(task, results, app_error, retryable):
+    """Sends the results; what the task printed (even a partial line) goes first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _core.finish_task(task, results, app_error, retryable)
+
+
 def _is_retryable(task, error) -> bool:
     policy = task.retry_exceptions
     if not policy:
@@ -158,7 +165,7 @@ def _finish_with_error(task, error, retryable):
     # A task with no declared returns still reports its error to the submitter.
     n = max(task.num_returns, 1) if task.num_returns else 0
     results = [(serialization.ERROR, payload, [], [])] * n
-    _core.finish_task(task, results, True, retryable)
+    _finish(task, results, True, retryable)
 
 
 class _ActorRuntime:
@@ -235,7 +242,8 @@ class _PrefixedStream:
         self._is_stderr = is_stderr
         self._pending = []
         self._at_line_start = True
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler or __del__ may print while this thread sends.
+        self._lock = threading.RLock()
 
     def write(self, text):
         if not text:
@@ -310,9 +318,9 @@ def _create_actor(task):
         cause = e.error if isinstance(e, _UpstreamError) else e
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         message = f"The actor died because of an error raised in its creation task, {task.function_name}:\n{text}"
-        _core.finish_task(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False)
+        _finish(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False)
         return
-    _core.finish_task(task, [(serialization.VALUE, pickle.dumps(None), [], [])], False, False)
+    _finish(task, [(serialization.VALUE, pickle.dumps(None), [], [])], False, False)
 
 
 def execute(task):
@@ -352,7 +360,7 @@ def _finish_ok(task, result):
     except BaseException as e:  # noqa: BLE001
         _finish_failed(task, e)
         return
-    _core.finish_task(task, results, False, False)
+    _finish(task, results, False, False)
 
 
 def _finish_failed(task, e):
