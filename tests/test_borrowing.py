@@ -206,6 +206,44 @@ def test_threaded_actor_keeps_refs_unpickled_by_concurrent_calls(shared_runtime)
     assert rtd.get(keeper.read_all.remote(), timeout=30) == list(range(60))
 
 
+@pytest.mark.timeout(60)
+def test_constructor_arguments_are_released_when_the_actor_is_dead_for_good(shared_runtime):
+    @rtd.remote
+    class Built:
+        def __init__(self, top, nested):
+            self.value = top + rtd.get(nested[0])
+
+        def value_of(self):
+            return self.value
+
+    top, inner = rtd.put(1), rtd.put(2)
+    ids = [top.hex(), inner.hex()]
+    actor = Built.remote(top, [inner])
+    del top, inner
+    assert rtd.get(actor.value_of.remote()) == 3
+    # Kept while the actor might restart and need them again.
+    assert all(_known_here(i) for i in ids)
+    rtd.kill(actor)
+    wait_for_condition(lambda: not any(_known_here(i) for i in ids), timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_arguments_of_an_actor_found_by_get_if_exists_are_not_kept(shared_runtime):
+    @rtd.remote
+    class Named:
+        def __init__(self, refs):
+            pass
+
+    first = Named.options(name="borrow-named", get_if_exists=True).remote([rtd.put("a")])
+    extra = rtd.put("b")
+    hex_id = extra.hex()
+    second = Named.options(name="borrow-named", get_if_exists=True).remote([extra])
+    del extra
+    wait_for_condition(lambda: not _known_here(hex_id), timeout=10)
+    rtd.kill(first)
+    del second
+
+
 # --- own runtimes with a small store -----------------------------------------------------
 
 

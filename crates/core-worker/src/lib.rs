@@ -19,7 +19,7 @@ use rtd_common::proto::{
     frame::Body, object_value::Kind, ActorArgsReady, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
     GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
     PlacementGroupInfo, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
-    RegisterClient, ReturnObject, TaskArg, TaskSpec, WorkerOutput,
+    RegisterClient, ReturnObject, TaskArg, TaskSpec, WaitActor, WorkerOutput,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
@@ -570,25 +570,44 @@ impl CoreWorker {
     /// possibly an existing actor's).
     pub fn create_actor(&self, req: TaskRequest, options: ActorOptions) -> Result<ActorInfo, CoreError> {
         let (spec, _) = self.build_spec(req);
-        // The arguments stay referenced for the actor's life: a restart re-runs the
-        // constructor with them.
+        // The arguments stay referenced while the actor may (re)run its constructor:
+        // until it is dead for good.
         let args_pending = spec.arg_refs.iter().any(|arg| arg.value.is_none() && arg.r#ref.is_some());
         let create = CreateActor { spec: Some(spec.clone()), options: Some(options), args_pending };
-        let info = match self.node_call(Body::CreateActor(create))? {
-            Body::ActorInfo(info) => info,
-            _ => return Err(CoreError::Internal("unexpected reply to CreateActor".into())),
+        let info = match self.node_call(Body::CreateActor(create)) {
+            Ok(Body::ActorInfo(info)) => info,
+            other => {
+                self.ctx.release_task_args(&spec);
+                return match other {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(CoreError::Internal("unexpected reply to CreateActor".into())),
+                };
+            }
         };
+        if info.actor_id != spec.actor_id {
+            // `get_if_exists` found an existing actor: this one is never created.
+            self.ctx.release_task_args(&spec);
+            return Ok(info);
+        }
+        let holds_refs = !spec.arg_refs.is_empty() || !spec.contained_refs.is_empty();
+        let ctx = self.ctx.clone();
         // As in Ray, `.remote()` returns at once; the actor is placed when the arguments
-        // are ready. (`get_if_exists` may have returned another, existing actor.)
-        if args_pending && info.actor_id == spec.actor_id {
-            let ctx = self.ctx.clone();
-            self.ctx.rt.spawn(async move {
+        // are ready.
+        self.ctx.rt.spawn(async move {
+            let spec = if args_pending {
                 let spec = submitter::resolve_args(ctx.clone(), spec).await;
-                if let Err(e) = ctx.raylet.call(Body::ActorArgsReady(ActorArgsReady { spec: Some(spec) })).await {
+                let ready = ActorArgsReady { spec: Some(spec.clone()) };
+                if let Err(e) = ctx.raylet.call(Body::ActorArgsReady(ready)).await {
                     tracing::warn!("cannot hand the actor's constructor arguments to the GCS: {e}");
                 }
-            });
-        }
+                spec
+            } else {
+                spec
+            };
+            if holds_refs {
+                release_args_when_dead(ctx, spec).await;
+            }
+        });
         Ok(info)
     }
 
@@ -852,6 +871,23 @@ impl CoreWorker {
             _ => Err(CoreError::Internal("unexpected reply to GetNodes".into())),
         }
     }
+}
+
+/// Releases an actor's constructor arguments once the GCS reports it dead for good
+/// (or cannot say: then no restart will need them either).
+async fn release_args_when_dead(ctx: Arc<Context>, spec: TaskSpec) {
+    let actor_id = spec.actor_id.clone();
+    let mut after_epoch = 0;
+    loop {
+        let wait = WaitActor { actor_id: actor_id.clone(), after_epoch };
+        match ctx.raylet.call(Body::WaitActor(wait)).await {
+            Ok(Body::ActorInfo(info)) if info.state != rtd_common::proto::ActorState::Dead as i32 => {
+                after_epoch = info.epoch;
+            }
+            _ => break,
+        }
+    }
+    ctx.release_task_args(&spec);
 }
 
 /// In a cluster, learns which nodes died so that work stuck on them (a node that froze
