@@ -72,7 +72,8 @@ impl BorrowLinks {
     }
 
     /// Registers this process (`self_address`) as a borrower; `flush` waits for it.
-    pub fn register(&self, borrow: NewBorrow, self_address: &str) {
+    /// `refused` runs if the owner did not count it (gone, or unreachable).
+    pub fn register(&self, borrow: NewBorrow, self_address: &str, refused: impl FnOnce() + Send + 'static) {
         let seq = {
             let mut r = self.registrations.lock();
             r.next += 1;
@@ -83,7 +84,9 @@ impl BorrowLinks {
         let rx = self.add(borrow.id, &borrow.owner, self_address);
         let (registrations, confirmed) = (self.registrations.clone(), self.confirmed.clone());
         self.rt.spawn(async move {
-            let _ = rx.await;
+            if !rx.await.unwrap_or(false) {
+                refused();
+            }
             registrations.lock().unconfirmed.remove(&seq);
             confirmed.notify_waiters();
         });
@@ -236,9 +239,11 @@ impl Context {
     }
 
     /// Registers this process as a borrower if taking a ref created a new borrow.
-    pub fn note_borrow(&self, borrow: Option<NewBorrow>) {
+    pub fn note_borrow(self: &Arc<Self>, borrow: Option<NewBorrow>) {
         if let Some(borrow) = borrow {
-            self.borrows.register(borrow, &self.address);
+            let (ctx, id) = (self.clone(), borrow.id);
+            // Not counted by the owner: nothing to give back for it later.
+            self.borrows.register(borrow, &self.address, move || ctx.table.registration_refused(&id));
         }
     }
 }

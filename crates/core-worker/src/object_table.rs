@@ -271,6 +271,15 @@ impl ObjectTable {
         freed
     }
 
+    /// Borrower side: the owner did not count a registration of ours.
+    pub fn registration_refused(&self, id: &ObjectId) {
+        if let Some(entry) = self.entries.lock().get_mut(id) {
+            if !entry.owned {
+                entry.registrations = entry.registrations.saturating_sub(1);
+            }
+        }
+    }
+
     /// Owner side: `borrower` holds a ref to `id`. False if the object is not owned
     /// here (any more).
     pub fn add_borrower(&self, id: &ObjectId, borrower: &str) -> bool {
