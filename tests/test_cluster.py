@@ -1087,6 +1087,46 @@ def test_placement_group_bundles_on_a_killed_node_are_placed_again(failure_clust
         _remove(pg)
 
 
+def _stored_on_disk(session_dir):
+    """Bytes a node spilled: files in its session other than sockets, logs and node.json."""
+    total = 0
+    for root, _, files in os.walk(session_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not path.endswith((".sock", "node.json")) and "/logs" not in path:
+                total += os.path.getsize(path)
+    return total
+
+
+def test_freed_objects_leave_every_node_that_held_a_copy(failure_cluster):
+    import numpy as np
+
+    mb = 1024**2
+    _, [b] = failure_cluster({"num_cpus": 1, "resources": {"b": 1}, "object_store_memory": 200 * mb})
+
+    @rtd.remote(resources={"b": 1})
+    def make(i):
+        import numpy as np
+
+        return np.full(50 * mb // 8, i, dtype=np.int64)
+
+    @rtd.remote(resources={"b": 1})
+    def first(a):
+        return int(a[0])
+
+    # 600 MB through B's 200 MB store: results made on B (primary copies there, read by
+    # the driver) and puts on the head read on B (copies there). Each is deleted on every
+    # node once freed, so nothing has to spill.
+    for i in range(6):
+        made = make.remote(i)
+        assert int(rtd.get(made, timeout=TIMEOUT)[0]) == i
+        del made
+        put = rtd.put(np.full(50 * mb // 8, i, dtype=np.int64))
+        assert rtd.get(first.remote(put), timeout=TIMEOUT) == i
+        del put
+    assert _stored_on_disk(b.session_dir) == 0
+
+
 def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cluster):
     """As in Ray: a task result lost with its node is made again by re-running the task
     (it has retries left) on a node that can run it."""

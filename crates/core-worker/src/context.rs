@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
-use rtd_common::proto::{frame::Body, object_value::Kind, GetObject, InlineObject, ObjectRefProto, ObjectValue, PushTaskReply, PlasmaObject, TaskSpec};
+use rtd_common::proto::{frame::Body, object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PushTaskReply, PlasmaObject, TaskSpec};
 use rtd_common::rpc::{ConnectionCache, RpcClient};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
@@ -133,10 +133,10 @@ impl Context {
             }
             self.lineage.lock().remove(&freed.id);
             if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = freed.value {
-                let plasma = self.plasma.clone();
-                self.rt.spawn(async move {
-                    let _ = plasma.delete(&[freed.id]).await;
-                });
+                // The node deletes its copy and has every other node delete theirs (the
+                // primary may live where the task ran, copies where it was read).
+                let free = FreeObjects { ids: vec![freed.id.to_vec().into()], from_peer: false };
+                let _ = self.raylet.send(Body::FreeObjects(free));
             }
         }
     }

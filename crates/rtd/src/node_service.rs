@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, NodeInfo, RegisterClientReply, ResourceMap};
+use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, NodeInfo, RegisterClientReply, ResourceMap};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, Service};
 use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
 use rtd_plasma::PlasmaClient;
@@ -225,6 +225,32 @@ impl Service for NodeService {
                         Ok(()) => Body::Ack(Ack {}),
                         Err(e) => error_body(ErrorCode::NotFound, e),
                     }
+                }))
+            }
+            Body::FreeObjects(free) => {
+                let ids: Vec<ObjectId> = free.ids.iter().filter_map(|id| ObjectId::from_bytes(id).ok()).collect();
+                if !free.from_peer {
+                    let others: Vec<String> = self
+                        .raylet
+                        .cluster()
+                        .into_iter()
+                        .filter(|n| n.view.alive && n.view.node_id != self.node_id)
+                        .map(|n| n.raylet_address)
+                        .collect();
+                    let forward = FreeObjects { ids: free.ids, from_peer: true };
+                    let peers = self.peers.clone();
+                    tokio::spawn(async move {
+                        for node in others {
+                            if let Ok(peer) = peers.get(&node).await {
+                                let _ = peer.send(Body::FreeObjects(forward.clone()));
+                            }
+                        }
+                    });
+                }
+                let plasma = self.plasma.clone();
+                Reply::Later(Box::pin(async move {
+                    let _ = plasma.delete(&ids).await;
+                    Body::Ack(Ack {})
                 }))
             }
             Body::Shutdown(_) => {
