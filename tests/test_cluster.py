@@ -1127,6 +1127,25 @@ def test_freed_objects_leave_every_node_that_held_a_copy(failure_cluster):
     assert _stored_on_disk(b.session_dir) == 0
 
 
+def test_copies_read_on_a_full_node_are_evicted_not_spilled(failure_cluster):
+    import numpy as np
+
+    mb = 1024**2
+    _, [b] = failure_cluster({"num_cpus": 1, "resources": {"b": 1}, "object_store_memory": 200 * mb})
+
+    @rtd.remote(resources={"b": 1})
+    def first(a):
+        return int(a[0])
+
+    # Six live 50 MB objects on the head, each read on B: B's 200 MB store makes room by
+    # dropping older copies (their primaries stay on the head) instead of spilling them.
+    refs = [rtd.put(np.full(50 * mb // 8, i, dtype=np.int64)) for i in range(6)]
+    assert rtd.get([first.remote(r) for r in refs], timeout=TIMEOUT) == list(range(6))
+    assert _stored_on_disk(b.session_dir) == 0
+    # A dropped copy is simply pulled again.
+    assert rtd.get(first.remote(refs[0]), timeout=TIMEOUT) == 0
+
+
 def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cluster):
     """As in Ray: a task result lost with its node is made again by re-running the task
     (it has retries left) on a node that can run it."""

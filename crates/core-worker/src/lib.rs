@@ -161,6 +161,8 @@ pub struct CoreWorker {
 }
 
 const GET_SLICE: Duration = Duration::from_millis(50);
+/// Copies of another node's object made before giving up when each is evicted at once.
+const PULL_ATTEMPTS: usize = 3;
 /// How long to wait for owners to confirm borrower registrations; an owner that does
 /// not answer by then is gone or stuck, and its objects will be reported lost.
 const BORROW_CONFIRM_LIMIT: Duration = Duration::from_secs(30);
@@ -458,35 +460,45 @@ impl CoreWorker {
     fn fetch_value(&self, id: ObjectId, value: ObjectValue) -> Result<FetchedValue, CoreError> {
         match value.kind {
             Some(Kind::Inline(inline)) => Ok(FetchedValue::Inline { metadata: inline.metadata, data: inline.data }),
-            Some(Kind::Plasma(at)) => {
-                if at.node_id.as_ref() != self.ctx.node_id.as_bytes() {
-                    // Another node's store holds it: have our raylet copy it here first.
-                    let pull = PullObject { id: id.to_vec().into(), node_id: at.node_id };
+            Some(Kind::Plasma(at)) if at.node_id.as_ref() != self.ctx.node_id.as_bytes() => {
+                // Another node's store holds it: have our raylet copy it here, then pin
+                // the copy. The store may evict a copy to make room before we pin it;
+                // then copy it again.
+                for _ in 0..PULL_ATTEMPTS {
+                    let pull = PullObject { id: id.to_vec().into(), node_id: at.node_id.clone() };
                     self.node_call(Body::PullObject(pull)).map_err(|e| {
                         CoreError::ObjectLost(format!("object {id} cannot be fetched from its node: {e}"))
                     })?;
+                    if let Some(pinned) = self.pin_within(id, 0)? {
+                        return Ok(FetchedValue::Plasma(pinned));
+                    }
                 }
-                self.pin(id).map(FetchedValue::Plasma)
+                Err(CoreError::StoreFull(format!(
+                    "object {id} was evicted from this node's store each time it was copied here: \
+                     the store is too small for the objects in use"
+                )))
             }
+            Some(Kind::Plasma(_)) => self.pin(id).map(FetchedValue::Plasma),
             None => Err(CoreError::Internal(format!("object {id} has no value"))),
         }
     }
 
     /// Pins a sealed plasma object (restoring it from disk if it was spilled).
     pub fn pin(&self, id: ObjectId) -> Result<PinnedObject, CoreError> {
-        let info = self
-            .ctx
-            .rt
-            .block_on(self.ctx.plasma.get(&id, 30_000))
-            .map_err(context::plasma_error)?
-            .ok_or_else(|| CoreError::ObjectLost(format!("object {id} is not in the object store")))?;
-        Ok(PinnedObject {
+        self.pin_within(id, 30_000)?
+            .ok_or_else(|| CoreError::ObjectLost(format!("object {id} is not in the object store")))
+    }
+
+    /// Pins the object if it is (or, within `wait_ms`, becomes) sealed in the store.
+    fn pin_within(&self, id: ObjectId, wait_ms: u64) -> Result<Option<PinnedObject>, CoreError> {
+        let info = self.ctx.rt.block_on(self.ctx.plasma.get(&id, wait_ms)).map_err(context::plasma_error)?;
+        Ok(info.map(|info| PinnedObject {
             plasma: self.ctx.plasma.clone(),
             id,
             offset: info.offset,
             size: info.size,
             metadata: info.metadata,
-        })
+        }))
     }
 
     /// A task argument's value as Python needs it.

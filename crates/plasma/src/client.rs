@@ -64,10 +64,21 @@ impl PlasmaClient {
         size: u64,
         metadata: u32,
     ) -> Result<u64, PlasmaError> {
+        self.create_object(id, size, metadata, false).await
+    }
+
+    /// Like `create`, for a copy of an object whose primary lives on another node (the
+    /// store evicts it instead of spilling it).
+    pub async fn create_copy(&self, id: &ObjectId, size: u64, metadata: u32) -> Result<u64, PlasmaError> {
+        self.create_object(id, size, metadata, true).await
+    }
+
+    async fn create_object(&self, id: &ObjectId, size: u64, metadata: u32, secondary: bool) -> Result<u64, PlasmaError> {
         let body = Body::PlasmaCreate(PlasmaCreate {
             id: id.to_vec().into(),
             size,
             metadata,
+            secondary,
         });
         match self.rpc.call(body).await {
             Ok(Body::PlasmaCreateReply(r)) => {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use rtd_common::ids::IdError;
 use rtd_common::proto::frame::Body;
-use rtd_common::proto::{Ack, ErrorCode, PlasmaCreateReply, PlasmaGetReply};
+use rtd_common::proto::{Ack, ErrorCode, PlasmaCreate, PlasmaCreateReply, PlasmaGetReply};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::ObjectId;
 use tokio::sync::oneshot;
@@ -71,12 +71,18 @@ impl PlasmaService {
         self.shared.lock().store.stats()
     }
 
-    fn create(&self, client: ClientId, id: &[u8], size: u64, metadata: u32) -> Body {
-        let id = match parse_id(id) {
+    fn create(&self, client: ClientId, req: &PlasmaCreate) -> Body {
+        let id = match parse_id(&req.id) {
             Ok(id) => id,
             Err(e) => return bad_id(e),
         };
-        match self.shared.lock().store.create(&id, size, metadata, client) {
+        let store = &mut self.shared.lock().store;
+        let created = if req.secondary {
+            store.create_copy(&id, req.size, req.metadata, client)
+        } else {
+            store.create(&id, req.size, req.metadata, client)
+        };
+        match created {
             Ok(offset) => Body::PlasmaCreateReply(PlasmaCreateReply { offset }),
             Err(e) => store_error(e),
         }
@@ -187,7 +193,7 @@ impl Service for PlasmaService {
         let client = *client;
         match body {
             Body::PlasmaCreate(req) => {
-                Reply::Now(self.create(client, &req.id, req.size, req.metadata))
+                Reply::Now(self.create(client, &req))
             }
             Body::PlasmaSeal(req) => Reply::Now(self.seal(&req.id)),
             Body::PlasmaGet(req) => self.get(client, &req.id, req.timeout_ms),

@@ -8,11 +8,13 @@
 //! `create` does not fit, sealed objects nobody pins are *spilled*: their bytes are
 //! written to a file under the spill directory and their space freed, least recently
 //! used first. A later `get` restores a spilled object into memory (possibly spilling
-//! others). `delete` of an object still being read is deferred until its last pin goes.
+//! others). Copies of objects whose primary lives on another node (`create_copy`) are
+//! evicted instead: dropped, since they can be pulled again. `delete` of an object
+//! still being read is deferred until its last pin goes.
 //!
 //! The store is plain synchronous state; the server wraps it in a mutex.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +50,8 @@ pub struct StoreStats {
     pub num_objects: u64,
     pub num_spilled: u64,
     pub spilled_bytes: u64,
+    /// Copies of objects held elsewhere that were dropped to make room.
+    pub num_evicted: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,8 @@ struct Entry {
     delete_pending: bool,
     /// Position in the eviction queue when the object may be spilled.
     lru_tick: Option<u64>,
+    /// A copy of an object held elsewhere: evicted rather than spilled.
+    secondary: bool,
 }
 
 impl Entry {
@@ -102,11 +108,13 @@ impl Entry {
     }
 }
 
-/// Sealed, unpinned, in-memory objects in the order they were last used; the oldest is
-/// spilled first.
+/// Sealed, unpinned, in-memory objects in the order they were last used. Copies of
+/// objects held elsewhere go first (oldest first), then the oldest primary is spilled.
 #[derive(Debug, Default)]
 struct Lru {
     queue: BTreeMap<u64, ObjectId>,
+    /// Ticks in `queue` of copies of objects held elsewhere.
+    copies: BTreeSet<u64>,
     /// Region bytes (block-rounded) that spilling everything in `queue` would free.
     bytes: u64,
     clock: u64,
@@ -119,6 +127,9 @@ impl Lru {
         if e.evictable() {
             self.clock += 1;
             self.queue.insert(self.clock, *id);
+            if e.secondary {
+                self.copies.insert(self.clock);
+            }
             self.bytes += block_size(e.size).unwrap_or(0);
             e.lru_tick = Some(self.clock);
         }
@@ -127,7 +138,16 @@ impl Lru {
     fn remove(&mut self, e: &mut Entry) {
         if let Some(tick) = e.lru_tick.take() {
             self.queue.remove(&tick);
+            self.copies.remove(&tick);
             self.bytes -= block_size(e.size).unwrap_or(0);
+        }
+    }
+
+    /// The object to make room with next.
+    fn victim(&self) -> Option<ObjectId> {
+        match self.copies.first() {
+            Some(tick) => self.queue.get(tick).copied(),
+            None => self.queue.values().next().copied(),
         }
     }
 }
@@ -143,6 +163,7 @@ pub struct ObjectStore {
     unsealed_bytes: u64,
     num_spilled: u64,
     spilled_bytes: u64,
+    num_evicted: u64,
 }
 
 impl ObjectStore {
@@ -160,6 +181,7 @@ impl ObjectStore {
             unsealed_bytes: 0,
             num_spilled: 0,
             spilled_bytes: 0,
+            num_evicted: 0,
         }
     }
 
@@ -180,6 +202,29 @@ impl ObjectStore {
         metadata: u32,
         client: ClientId,
     ) -> Result<u64, StoreError> {
+        self.create_entry(id, size, metadata, client, false)
+    }
+
+    /// Like [`create`](Self::create), for a copy of an object whose primary lives on
+    /// another node.
+    pub fn create_copy(
+        &mut self,
+        id: &ObjectId,
+        size: u64,
+        metadata: u32,
+        client: ClientId,
+    ) -> Result<u64, StoreError> {
+        self.create_entry(id, size, metadata, client, true)
+    }
+
+    fn create_entry(
+        &mut self,
+        id: &ObjectId,
+        size: u64,
+        metadata: u32,
+        client: ClientId,
+        secondary: bool,
+    ) -> Result<u64, StoreError> {
         if self.objects.contains_key(id) {
             return Err(StoreError::AlreadyExists(*id));
         }
@@ -197,6 +242,7 @@ impl ObjectStore {
                 pin_total: 0,
                 delete_pending: false,
                 lru_tick: None,
+                secondary,
             },
         );
         Ok(offset)
@@ -336,6 +382,7 @@ impl ObjectStore {
             num_objects: self.objects.len() as u64,
             num_spilled: self.num_spilled,
             spilled_bytes: self.spilled_bytes,
+            num_evicted: self.num_evicted,
         }
     }
 
@@ -396,10 +443,15 @@ impl ObjectStore {
             if fixed + need > self.alloc.capacity() {
                 return Err(self.full(size, None));
             }
-            let Some((_, victim)) = self.lru.queue.iter().next().map(|(t, id)| (*t, *id)) else {
+            let Some(victim) = self.lru.victim() else {
                 // Enough bytes in total but too fragmented among pinned objects.
                 return Err(self.full(size, None));
             };
+            if self.objects.get(&victim).is_some_and(|e| e.secondary) {
+                self.remove_entry(&victim);
+                self.num_evicted += 1;
+                continue;
+            }
             if let Err(e) = self.spill(&victim) {
                 return Err(self.full(size, Some(e)));
             }
@@ -698,6 +750,29 @@ mod tests {
         f.put(&oid(3), &pattern(3, 4000), A)
             .expect("fits after spilling");
         assert_eq!(f.store.stats().num_spilled, 1);
+    }
+
+    #[test]
+    fn copies_of_objects_held_elsewhere_are_evicted_not_spilled() {
+        let mut f = Fixture::new("copy", 4096);
+        f.put(&oid(2), &pattern(2, 1500), A).expect("fits");
+        f.store.create_copy(&oid(1), 1500, 0, A).expect("fits");
+        f.store.seal(&oid(1)).expect("sealed");
+        // Room for a third object: the copy goes first, though the primary is older (the
+        // copy can be pulled again), and the primary stays in memory.
+        f.put(&oid(3), &pattern(3, 2000), A).expect("fits after evicting the copy");
+        let s = f.store.stats();
+        assert_eq!((s.num_evicted, s.num_spilled), (1, 0));
+        assert!(!f.store.contains(&oid(1)));
+        assert_eq!(f.store.get(&oid(1), B).expect("ok"), None);
+        assert_eq!(f.spill_files(), 0);
+        // A pinned copy is not evicted.
+        f.store.create_copy(&oid(4), 100, 0, A).expect("fits");
+        f.store.seal(&oid(4)).expect("sealed");
+        f.store.get(&oid(4), B).expect("ok").expect("sealed");
+        f.put(&oid(5), &pattern(5, 3000), A).expect("fits after spilling the primaries");
+        assert!(f.store.contains(&oid(4)));
+        assert_eq!(f.store.stats().num_evicted, 1);
     }
 
     #[test]

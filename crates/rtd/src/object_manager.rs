@@ -116,7 +116,7 @@ pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &s
         })?
         .into_inner();
     let first = next_chunk(&mut chunks, id).await?;
-    let start = match plasma.create(&id, first.total_size, first.metadata).await {
+    let start = match plasma.create_copy(&id, first.total_size, first.metadata).await {
         Ok(start) => start,
         Err(PlasmaError::Full(m)) => return Err(m),
         // Another pull of the same object is writing it: wait for its seal.
