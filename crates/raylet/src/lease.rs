@@ -249,6 +249,9 @@ impl Raylet {
     }
 
     fn start_worker(self: &Arc<Self>) {
+        if self.lock().shutting_down {
+            return;
+        }
         let worker_id = WorkerId::random();
         let child = match self.command.spawn(&worker_id) {
             Ok(child) => child,

@@ -380,13 +380,17 @@ def _finish_failed(task, e):
 def main():
     sys.stdout = _PrefixedStream(sys.stdout, False)
     sys.stderr = _PrefixedStream(sys.stderr, True)
-    _core.connect(
-        os.environ["RTD_RAYLET_SOCKET"],
-        os.environ["RTD_SESSION_DIR"],
-        True,
-        os.environ["RTD_WORKER_ID"],
-        os.environ.get("RTD_NODE_IP") or None,
-    )
+    try:
+        _core.connect(
+            os.environ["RTD_RAYLET_SOCKET"],
+            os.environ["RTD_SESSION_DIR"],
+            True,
+            os.environ["RTD_WORKER_ID"],
+            os.environ.get("RTD_NODE_IP") or None,
+        )
+    except exceptions.RaySystemError:
+        # The node stopped while this worker was starting: nothing to do.
+        return 1
     api._state.is_worker = True
     while True:
         try:
