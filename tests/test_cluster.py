@@ -1175,6 +1175,35 @@ def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cl
     assert float(array.sum()) == 4.0 * 1_000_000
 
 
+def test_a_borrower_that_finds_an_object_lost_has_its_owner_rebuild_it(failure_cluster):
+    """As in Ray, reconstruction is the owner's job, whoever noticed the loss: a task that
+    borrows a ref to an object lost with its node gets it made again."""
+    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+
+    @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
+    def make():
+        import numpy as np
+
+        import rtd
+
+        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, 3.0)
+
+    # Anywhere but needing no "pin": the rebuild needs the surviving node's.
+    @rtd.remote
+    def total(refs):
+        import rtd
+
+        return float(rtd.get(refs[0], timeout=30).sum())
+
+    node_ref, array_ref = make.remote()
+    first = rtd.get(node_ref, timeout=TIMEOUT)
+    victim = x if first == x.node_id else y
+    rtd.wait([array_ref], timeout=TIMEOUT)
+    cluster.remove_node(victim, allow_graceful=False)
+    wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+    assert rtd.get(total.remote([array_ref]), timeout=TIMEOUT) == 3.0 * 1_000_000
+
+
 # --- a cluster started with the `rtd` command line ----------------------------------------------
 
 def _daemon_pid(temp_dir):

@@ -154,12 +154,14 @@ impl Context {
         }
     }
 
-    /// Starts fetching a borrowed object's value from its owner into the table.
-    pub fn fetch_from_owner(self: &Arc<Self>, id: ObjectId, owner: String) {
+    /// Starts fetching a borrowed object's value from its owner into the table;
+    /// `lost_on_node` (if not empty) reports that the value last given was lost there.
+    pub fn fetch_from_owner(self: &Arc<Self>, id: ObjectId, owner: String, lost_on_node: Vec<u8>) {
         let ctx = self.clone();
         self.rt.spawn(async move {
+            let request = GetObject { id: id.to_vec().into(), lost_on_node: lost_on_node.into() };
             let result = match ctx.peers.get(&owner).await {
-                Ok(client) => client.call(Body::GetObject(GetObject { id: id.to_vec().into() })).await,
+                Ok(client) => client.call(Body::GetObject(request)).await,
                 Err(e) => Err(e),
             };
             let value = match result {
@@ -184,7 +186,7 @@ impl Context {
         loop {
             match self.table.poll(&id) {
                 Lookup::Ready(v) => return v,
-                Lookup::FetchFrom(owner) => self.fetch_from_owner(id, owner),
+                Lookup::FetchFrom(owner) => self.fetch_from_owner(id, owner, Vec::new()),
                 Lookup::Pending => {}
                 Lookup::Missing => return lost(id),
             }

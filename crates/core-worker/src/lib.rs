@@ -180,7 +180,7 @@ impl CoreWorker {
             .map_err(|e| CoreError::Internal(format!("cannot start the tokio runtime: {e}")))?;
         let worker_id = opts.worker_id.unwrap_or_else(WorkerId::random);
         let executor = Arc::new(TaskExecutor::default());
-        let ctx = runtime.block_on(async {
+        let (ctx, submitter) = runtime.block_on(async {
             let (listener, address) = match &opts.node_ip {
                 Some(ip) => {
                     let listener = rtd_common::rpc::Listener::bind_tcp(&format!("{ip}:0"))
@@ -229,9 +229,10 @@ impl CoreWorker {
                 output_sink: Default::default(),
                 lineage: Default::default(),
             });
-            let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone() });
+            let submitter = TaskSubmitter::start(ctx.clone());
+            let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone(), submitter: submitter.clone() });
             tokio::spawn(rtd_common::rpc::serve(listener, service));
-            Ok::<_, CoreError>(ctx)
+            Ok::<_, CoreError>((ctx, submitter))
         })?;
         if opts.is_worker {
             // A worker has no reason to outlive its node daemon.
@@ -241,7 +242,6 @@ impl CoreWorker {
                 std::process::exit(0);
             });
         }
-        let submitter = TaskSubmitter::start(ctx.clone());
         let actor_submitter = ActorSubmitter::start(ctx.clone());
         if opts.node_ip.is_some() {
             runtime.spawn(watch_node_deaths(ctx.clone(), submitter.clone(), actor_submitter.clone()));
@@ -354,8 +354,8 @@ impl CoreWorker {
         ids.iter()
             .map(|id| {
                 let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
-                match self.fetch_value(*id, value) {
-                    Err(CoreError::ObjectLost(why)) if self.reconstruct(id) => {
+                match self.fetch_value(*id, value.clone()) {
+                    Err(CoreError::ObjectLost(why)) if self.reconstruct(id, &value) => {
                         tracing::info!("object {id} was lost ({why}); re-running the task that made it");
                         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                         self.wait_until(&[*id], 1, left, interrupted)?;
@@ -368,20 +368,20 @@ impl CoreWorker {
             .collect()
     }
 
-    /// Re-runs the task that made a lost object, if this process owns it and the task
-    /// has retries left (lineage reconstruction). True if a re-run was started.
-    fn reconstruct(&self, id: &ObjectId) -> bool {
-        let Some(mut spec) = self.ctx.lineage.lock().remove(id) else { return false };
-        spec.max_retries = if spec.max_retries < 0 { -1 } else { spec.max_retries - 1 };
-        spec.attempt += 1;
-        for ret in &spec.return_ids {
-            if let Ok(ret) = ObjectId::from_bytes(ret) {
-                self.ctx.lineage.lock().remove(&ret);
-                self.ctx.table.reset_pending(&ret);
-            }
+    /// Has a lost object made again: by re-running its task if this process owns it
+    /// (and the task has retries left), else by asking its owner to. True if asked.
+    fn reconstruct(&self, id: &ObjectId, lost: &ObjectValue) -> bool {
+        if self.submitter.rebuild(&self.ctx, id) {
+            return true;
         }
-        self.submitter.reconstruct(spec);
-        true
+        let Some(Kind::Plasma(at)) = &lost.kind else { return false };
+        match self.ctx.table.refetch(id) {
+            Some(owner) => {
+                self.ctx.fetch_from_owner(*id, owner, at.node_id.to_vec());
+                true
+            }
+            None => false,
+        }
     }
 
     /// Indices of ready objects in the order they became ready, at most `num_returns`.
@@ -423,7 +423,7 @@ impl CoreWorker {
             for id in ids {
                 match self.ctx.table.poll(id) {
                     Lookup::Ready(_) => ready += 1,
-                    Lookup::FetchFrom(owner) => self.ctx.fetch_from_owner(*id, owner),
+                    Lookup::FetchFrom(owner) => self.ctx.fetch_from_owner(*id, owner, Vec::new()),
                     Lookup::Pending => {}
                     Lookup::Missing => {
                         return Err(CoreError::ObjectLost(format!(

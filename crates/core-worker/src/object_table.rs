@@ -372,6 +372,19 @@ impl ObjectTable {
         true
     }
 
+    /// A borrowed object's cached value turned out lost: forget it and claim a new
+    /// fetch from the owner (returned), unless one is under way.
+    pub fn refetch(&self, id: &ObjectId) -> Option<String> {
+        let mut entries = self.entries.lock();
+        let e = entries.get_mut(id)?;
+        if e.owned || e.fetching {
+            return None;
+        }
+        e.value = None;
+        e.fetching = true;
+        Some(e.owner.clone())
+    }
+
     /// The value is gone and will be produced again (lineage reconstruction).
     pub fn reset_pending(&self, id: &ObjectId) {
         if let Some(entry) = self.entries.lock().get_mut(id) {

@@ -5,16 +5,18 @@
 
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, GetObjectReply};
+use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetObjectReply, ObjectValue};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
 use crate::context::Context;
 use crate::executor::TaskExecutor;
+use crate::submitter::TaskSubmitter;
 
 pub struct OwnerService {
     pub ctx: Arc<Context>,
     pub executor: Arc<TaskExecutor>,
+    pub submitter: TaskSubmitter,
 }
 
 impl Service for OwnerService {
@@ -55,6 +57,17 @@ impl Service for OwnerService {
                         ErrorCode::NotFound,
                         format!("object {id} is not known to its owner (freed or never created)"),
                     ));
+                }
+                if !get.lost_on_node.is_empty() {
+                    // Rebuild only if the value still points where the borrower lost it
+                    // (another borrower's report may have had it rebuilt already).
+                    let lost_here = matches!(
+                        self.ctx.table.get_value(&id),
+                        Some(ObjectValue { kind: Some(Kind::Plasma(at)) }) if at.node_id == get.lost_on_node
+                    );
+                    if lost_here && self.submitter.rebuild(&self.ctx, &id) {
+                        tracing::info!("object {id} was lost by a borrower on its node; re-running the task that made it");
+                    }
                 }
                 let ctx = self.ctx.clone();
                 Reply::Later(Box::pin(async move {

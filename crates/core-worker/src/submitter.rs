@@ -108,8 +108,20 @@ impl TaskSubmitter {
         let _ = self.tx.send(Event::Submit(spec));
     }
 
-    pub fn reconstruct(&self, spec: TaskSpec) {
+    /// Re-runs the task that made a lost object `id` owned here, if its task has
+    /// retries left (lineage reconstruction). True if a re-run was started.
+    pub fn rebuild(&self, ctx: &Context, id: &ObjectId) -> bool {
+        let Some(mut spec) = ctx.lineage.lock().remove(id) else { return false };
+        spec.max_retries = if spec.max_retries < 0 { -1 } else { spec.max_retries - 1 };
+        spec.attempt += 1;
+        for ret in &spec.return_ids {
+            if let Ok(ret) = ObjectId::from_bytes(ret) {
+                ctx.lineage.lock().remove(&ret);
+                ctx.table.reset_pending(&ret);
+            }
+        }
         let _ = self.tx.send(Event::Reconstruct(spec));
+        true
     }
 
     pub fn cancel(&self, task_id: TaskId, force: bool) {
