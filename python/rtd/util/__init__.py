@@ -1,7 +1,8 @@
-"""``rtd.util``: placement groups, scheduling strategies, ``ActorPool`` and (in
-``rtd.util.queue``) ``Queue``."""
+"""``rtd.util``: placement groups, scheduling strategies and ``ActorPool``. As in Ray,
+``rtd.util.queue`` (``Queue``) is imported on its own: it needs asyncio, which the
+runtime does not load otherwise."""
 
-from rtd.util import queue, scheduling_strategies
+from rtd.util import scheduling_strategies
 from rtd.util.actor_pool import ActorPool
 from rtd.util.placement_group import (
     get_current_placement_group,
@@ -13,7 +14,6 @@ from rtd.util.placement_group import (
 
 __all__ = [
     "ActorPool",
-    "queue",
     "placement_group",
     "remove_placement_group",
     "placement_group_table",
