@@ -1204,6 +1204,34 @@ def test_a_borrower_that_finds_an_object_lost_has_its_owner_rebuild_it(failure_c
     assert rtd.get(total.remote([array_ref]), timeout=TIMEOUT) == 3.0 * 1_000_000
 
 
+def test_a_task_re_run_where_a_copy_of_its_lost_result_is_uses_that_copy(failure_cluster):
+    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+
+    @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
+    def make():
+        import numpy as np
+
+        import rtd
+
+        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, 5.0)
+
+    @rtd.remote
+    def total(a):
+        return float(a.sum())
+
+    node_ref, array_ref = make.remote()
+    first = rtd.get(node_ref, timeout=TIMEOUT)
+    victim, survivor = (x, y) if first == x.node_id else (y, x)
+    # The survivor reads the result, so it holds a copy; then the result's node dies.
+    on_survivor = NodeAffinitySchedulingStrategy(node_id=survivor.node_id, soft=False)
+    assert rtd.get(total.options(scheduling_strategy=on_survivor).remote(array_ref), timeout=TIMEOUT) == 5e6
+    cluster.remove_node(victim, allow_graceful=False)
+    wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+    # The task runs again on the survivor, which already has the object.
+    assert float(rtd.get(array_ref, timeout=TIMEOUT).sum()) == 5e6
+    assert rtd.get(total.options(scheduling_strategy=on_survivor).remote(array_ref), timeout=TIMEOUT) == 5e6
+
+
 # --- a cluster started with the `rtd` command line ----------------------------------------------
 
 def _daemon_pid(temp_dir):

@@ -40,6 +40,9 @@ def test_pool_map_returns_results_in_order_using_every_actor(shared_runtime):
 def test_pool_map_unordered_yields_the_fastest_result_first(shared_runtime):
     pool = ActorPool([Doubler.remote() for _ in range(2)])
     delays = {1: 2.0, 2: 0.0}
+    results = pool.map_unordered(lambda a, v: a.double.remote(v), [7])
+    assert pool.has_next(), "map submits at once, before its results are read"
+    assert list(results) == [14]
     out = list(pool.map_unordered(lambda a, v: a.double.remote(v, delays[v]), [1, 2]))
     assert out == [4, 2]
 

@@ -19,6 +19,10 @@ use crate::object_table::{Freed, Lookup, ObjectTable};
 use crate::submitter::system_error;
 use crate::CoreError;
 
+/// How long a task result waits for a copy of the same object that is still being
+/// written into the store (a pull in progress) to be sealed.
+const EXISTING_OBJECT_WAIT_MS: u64 = 30_000;
+
 pub type OutputSink = Box<dyn Fn(String, bool, tokio::sync::oneshot::Sender<()>) + Send + Sync>;
 
 pub struct Context {
@@ -68,18 +72,31 @@ impl Context {
             });
         }
         let size = layout.total as u64;
-        let offset = self
-            .rt
-            .block_on(self.plasma.create(&id, size, metadata))
-            .map_err(plasma_error)?;
+        let at_this_node = ObjectValue {
+            kind: Some(Kind::Plasma(PlasmaObject { node_id: self.node_id.to_vec().into(), size })),
+        };
+        let offset = match self.rt.block_on(self.plasma.create(&id, size, metadata)) {
+            Ok(offset) => offset,
+            // A re-run of the task that made it (after its node was lost) finds a copy
+            // of the object here, or an earlier attempt's result: the store made that
+            // the primary; it is the object's value.
+            Err(PlasmaError::Exists(_)) => {
+                return match self.rt.block_on(self.plasma.get(&id, EXISTING_OBJECT_WAIT_MS)) {
+                    Ok(Some(_)) => {
+                        self.plasma.release(&id);
+                        Ok(at_this_node)
+                    }
+                    _ => Err(CoreError::ObjectLost(format!("object {id} is being replaced in the store"))),
+                };
+            }
+            Err(e) => return Err(plasma_error(e)),
+        };
         // SAFETY: the store gave this range to us alone until we seal it.
         let dst = unsafe { self.plasma.region().slice_mut(offset, size) }
             .ok_or_else(|| CoreError::Internal("plasma returned a range outside the store".into()))?;
         layout.write(dst, payload, buffers);
         self.rt.block_on(self.plasma.seal(&id)).map_err(plasma_error)?;
-        Ok(ObjectValue {
-            kind: Some(Kind::Plasma(PlasmaObject { node_id: self.node_id.to_vec().into(), size })),
-        })
+        Ok(at_this_node)
     }
 
     /// Records a task result (and the refs inside it, which the worker registered us
@@ -108,6 +125,9 @@ impl Context {
         for ret in reply.returns {
             for freed in self.table.disown_contained(ref_list(&ret.contained), &self.address) {
                 self.free(freed);
+            }
+            if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = ret.value {
+                let _ = self.raylet.send(Body::FreeObjects(FreeObjects { ids: vec![ret.id], from_peer: false }));
             }
         }
     }

@@ -466,8 +466,15 @@ impl CoreWorker {
                 // then copy it again.
                 for _ in 0..PULL_ATTEMPTS {
                     let pull = PullObject { id: id.to_vec().into(), node_id: at.node_id.clone() };
-                    self.node_call(Body::PullObject(pull)).map_err(|e| {
-                        CoreError::ObjectLost(format!("object {id} cannot be fetched from its node: {e}"))
+                    self.node_call(Body::PullObject(pull)).map_err(|e| match e {
+                        // Only an object its node no longer has is lost (and may be rebuilt).
+                        CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::NotFound, message }) => {
+                            CoreError::ObjectLost(format!("object {id} cannot be fetched from its node: {message}"))
+                        }
+                        CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::StoreFull, message }) => {
+                            CoreError::StoreFull(message)
+                        }
+                        other => CoreError::Internal(format!("object {id} could not be copied from its node: {other}")),
                     })?;
                     if let Some(pinned) = self.pin_within(id, 0)? {
                         return Ok(FetchedValue::Plasma(pinned));

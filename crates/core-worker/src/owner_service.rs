@@ -5,13 +5,21 @@
 
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetObjectReply, ObjectValue};
+use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectReply, ObjectValue};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
 use crate::context::Context;
 use crate::executor::TaskExecutor;
 use crate::submitter::TaskSubmitter;
+
+/// Whether the cluster has declared `node_id` dead (or forgotten it).
+async fn node_is_dead(ctx: &Context, node_id: &[u8]) -> bool {
+    match ctx.raylet.call(Body::GetNodes(GetNodes {})).await {
+        Ok(Body::GetNodesReply(r)) => !r.nodes.iter().any(|n| n.node_id.as_ref() == node_id && n.alive),
+        _ => false,
+    }
+}
 
 pub struct OwnerService {
     pub ctx: Arc<Context>,
@@ -58,19 +66,19 @@ impl Service for OwnerService {
                         format!("object {id} is not known to its owner (freed or never created)"),
                     ));
                 }
-                if !get.lost_on_node.is_empty() {
-                    // Rebuild only if the value still points where the borrower lost it
-                    // (another borrower's report may have had it rebuilt already).
-                    let lost_here = matches!(
-                        self.ctx.table.get_value(&id),
-                        Some(ObjectValue { kind: Some(Kind::Plasma(at)) }) if at.node_id == get.lost_on_node
-                    );
-                    if lost_here && self.submitter.rebuild(&self.ctx, &id) {
-                        tracing::info!("object {id} was lost by a borrower on its node; re-running the task that made it");
-                    }
-                }
-                let ctx = self.ctx.clone();
+                let (ctx, submitter) = (self.ctx.clone(), self.submitter.clone());
                 Reply::Later(Box::pin(async move {
+                    if !get.lost_on_node.is_empty() && node_is_dead(&ctx, &get.lost_on_node).await {
+                        // Rebuild only if the value still points where the borrower lost
+                        // it (another borrower's report may have had it rebuilt already).
+                        let lost_here = matches!(
+                            ctx.table.get_value(&id),
+                            Some(ObjectValue { kind: Some(Kind::Plasma(at)) }) if at.node_id == get.lost_on_node
+                        );
+                        if lost_here && submitter.rebuild(&ctx, &id) {
+                            tracing::info!("object {id} was lost with its node; re-running the task that made it");
+                        }
+                    }
                     let value = ctx.wait_value(id).await;
                     Body::GetObjectReply(GetObjectReply { value: Some(value) })
                 }))

@@ -24,6 +24,9 @@ pub enum PlasmaError {
     /// The store has no room for the object even after spilling; the message says why.
     #[error("{0}")]
     Full(String),
+    /// An object with this id is already in the store (possibly still being written).
+    #[error("{0}")]
+    Exists(String),
     #[error("cannot map the object store's shared memory {}: {source}; is the node daemon running with this session?", path.display())]
     Region {
         path: PathBuf,
@@ -212,6 +215,10 @@ fn full_or(e: RpcError) -> PlasmaError {
             code: ErrorCode::StoreFull,
             message,
         } => PlasmaError::Full(message),
+        RpcError::Remote {
+            code: ErrorCode::AlreadyExists,
+            message,
+        } => PlasmaError::Exists(message),
         e => PlasmaError::Rpc(e),
     }
 }

@@ -253,7 +253,8 @@ fn store_error(e: StoreError) -> Body {
     let code = match &e {
         StoreError::Full(_) => ErrorCode::StoreFull,
         StoreError::NotFound(_) => ErrorCode::NotFound,
-        StoreError::AlreadyExists(_) | StoreError::AlreadySealed(_) => ErrorCode::Invalid,
+        StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+        StoreError::AlreadySealed(_) => ErrorCode::Invalid,
         StoreError::Restore { .. } => ErrorCode::Internal,
     };
     error_body(code, e.to_string())

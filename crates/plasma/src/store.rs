@@ -225,7 +225,13 @@ impl ObjectStore {
         client: ClientId,
         secondary: bool,
     ) -> Result<u64, StoreError> {
-        if self.objects.contains_key(id) {
+        if let Some(e) = self.objects.get_mut(id) {
+            if !secondary && e.secondary {
+                // The object is being made here (a task re-run after its primary was lost)
+                // where a copy already is: the copy becomes the primary.
+                e.secondary = false;
+                self.lru.refresh(id, e);
+            }
             return Err(StoreError::AlreadyExists(*id));
         }
         let offset = self.allocate(size)?;

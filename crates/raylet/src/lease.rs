@@ -249,23 +249,26 @@ impl Raylet {
     }
 
     fn start_worker(self: &Arc<Self>) {
-        if self.lock().shutting_down {
-            return;
-        }
         let worker_id = WorkerId::random();
-        let child = match self.command.spawn(&worker_id) {
-            Ok(child) => child,
-            Err(e) => {
-                tracing::error!("cannot start a worker with {}: {e}", self.command.python);
+        // Spawned under the lock, so that `shutdown` either stops it or it never starts.
+        let child = {
+            let mut st = self.lock();
+            if st.shutting_down {
                 return;
             }
-        };
-        let pid = child.id().unwrap_or(0);
-        {
-            let mut st = self.lock();
+            let child = match self.command.spawn(&worker_id) {
+                Ok(child) => child,
+                Err(e) => {
+                    tracing::error!("cannot start a worker with {}: {e}", self.command.python);
+                    return;
+                }
+            };
+            let pid = child.id().unwrap_or(0);
             st.starting += 1;
             st.workers.insert(worker_id, Worker { pid, address: None, lease: None, blocked: false, doomed: false });
-        }
+            child
+        };
+        let pid = child.id().unwrap_or(0);
         let raylet = self.clone();
         tokio::spawn(async move {
             let mut child = child;

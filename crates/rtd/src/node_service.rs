@@ -16,6 +16,7 @@ use rtd_raylet::policy::Strategy;
 use tokio::sync::Notify;
 
 use crate::gcs_server::GcsServer;
+use crate::object_manager::{pull_object, PullError};
 use crate::session::Session;
 
 pub enum GcsLink {
@@ -215,15 +216,25 @@ impl Service for NodeService {
                     .map(|n| n.raylet_address);
                 let (plasma, peers) = (self.plasma.clone(), self.peers.clone());
                 Reply::Later(Box::pin(async move {
+                    // A copy here serves, even when the node it came from is gone.
+                    if let Ok(Some(_)) = plasma.get(&id, 0).await {
+                        plasma.release(&id);
+                        return Body::Ack(Ack {});
+                    }
                     let pulled = async {
-                        let source = source.ok_or_else(|| format!("the node holding object {id} is not alive"))?;
-                        let peer = peers.get(&source).await.map_err(|e| e.to_string())?;
-                        let channel = peer.channel().ok_or_else(|| format!("{source} is not another node's address"))?;
-                        crate::object_manager::pull_object(&plasma, channel, &source, id).await
+                        let source = source
+                            .ok_or_else(|| PullError::Missing(format!("the node holding object {id} is not alive")))?;
+                        let peer = peers.get(&source).await.map_err(|e| PullError::Failed(e.to_string()))?;
+                        let channel = peer
+                            .channel()
+                            .ok_or_else(|| PullError::Failed(format!("{source} is not another node's address")))?;
+                        pull_object(&plasma, channel, &source, id).await
                     };
                     match pulled.await {
                         Ok(()) => Body::Ack(Ack {}),
-                        Err(e) => error_body(ErrorCode::NotFound, e),
+                        Err(PullError::Missing(e)) => error_body(ErrorCode::NotFound, e),
+                        Err(PullError::Full(e)) => error_body(ErrorCode::StoreFull, e),
+                        Err(PullError::Failed(e)) => error_body(ErrorCode::Internal, e),
                     }
                 }))
             }

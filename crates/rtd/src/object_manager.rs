@@ -98,10 +98,29 @@ impl ObjectManager for ObjectServer {
     }
 }
 
+/// Why copying an object to this node failed.
+#[derive(Debug)]
+pub enum PullError {
+    /// The source node does not have the object (any more): it is lost there.
+    Missing(String),
+    /// This node's store has no room for the copy.
+    Full(String),
+    /// The transfer failed; the source may still have the object.
+    Failed(String),
+}
+
+impl std::fmt::Display for PullError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PullError::Missing(m) | PullError::Full(m) | PullError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Copies object `id` from the node at the other end of `source` (a gRPC connection to
-/// `source_addr`) into this node's store. Returns once the object is sealed here (or
-/// already was).
-pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &str, id: ObjectId) -> Result<(), String> {
+/// `source_addr`) into this node's store, as a copy the store may evict. Returns once
+/// the object is sealed here (or already was).
+pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &str, id: ObjectId) -> Result<(), PullError> {
     if let Ok(Some(_)) = plasma.get(&id, 0).await {
         plasma.release(&id);
         return Ok(());
@@ -111,14 +130,14 @@ pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &s
         .pull(PullChunks { id: id.to_vec().into(), chunk_size: CHUNK })
         .await
         .map_err(|status| match status.code() {
-            tonic::Code::NotFound => format!("object {id} is no longer on its node"),
-            _ => format!("pulling object {id} from {source_addr}: {}", status.message()),
+            tonic::Code::NotFound => PullError::Missing(format!("object {id} is no longer on its node")),
+            _ => PullError::Failed(format!("pulling object {id} from {source_addr}: {}", status.message())),
         })?
         .into_inner();
-    let first = next_chunk(&mut chunks, id).await?;
+    let first = next_chunk(&mut chunks, id).await.map_err(PullError::Failed)?;
     let start = match plasma.create_copy(&id, first.total_size, first.metadata).await {
         Ok(start) => start,
-        Err(PlasmaError::Full(m)) => return Err(m),
+        Err(PlasmaError::Full(m)) => return Err(PullError::Full(m)),
         // Another pull of the same object is writing it: wait for its seal.
         Err(_) => {
             return match plasma.get(&id, CONCURRENT_PULL_WAIT_MS).await {
@@ -126,7 +145,7 @@ pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &s
                     plasma.release(&id);
                     Ok(())
                 }
-                _ => Err(format!("object {id} could not be copied to this node")),
+                _ => Err(PullError::Failed(format!("object {id} could not be copied to this node"))),
             };
         }
     };
@@ -152,12 +171,12 @@ pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &s
     }
     .await;
     match copied {
-        Ok(()) => plasma.seal(&id).await.map_err(|e| e.to_string()),
+        Ok(()) => plasma.seal(&id).await.map_err(|e| PullError::Failed(e.to_string())),
         Err(e) => {
             // Abort the half-written copy: deleted while unsealed, the seal frees it.
             let _ = plasma.delete(&[id]).await;
             let _ = plasma.seal(&id).await;
-            Err(e)
+            Err(PullError::Failed(e))
         }
     }
 }
@@ -261,7 +280,7 @@ mod tests {
         let (channel, addr, server) = serve_objects(&source).await;
         let id = ObjectId::random();
         let err = pull_object(&target.client, channel, &addr, id).await.expect_err("nothing to pull");
-        assert!(err.contains("no longer on its node"), "{err}");
+        assert!(matches!(&err, PullError::Missing(m) if m.contains("no longer on its node")), "{err}");
         assert_eq!(target.client.get(&id, 0).await.expect("get"), None);
         server.abort();
     }
@@ -290,7 +309,7 @@ mod tests {
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
         let id = ObjectId::random();
         let err = pull_object(&target.client, channel, &addr, id).await.expect_err("cut short");
-        assert!(err.contains("ended early"), "{err}");
+        assert!(matches!(&err, PullError::Failed(m) if m.contains("ended early")), "{err}");
         assert_eq!(target.client.get(&id, 0).await.expect("get"), None);
         target.client.put(&id, &[1; 100], 0).await.expect("the aborted copy left no entry behind");
         server.abort();

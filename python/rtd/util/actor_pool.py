@@ -39,20 +39,24 @@ class ActorPool:
         self._next_index += 1
 
     def map(self, fn, values):
-        """Submits ``fn(actor, v)`` for each value; yields the results in order."""
-        self._drop_pending_results()
-        for value in values:
-            self.submit(fn, value)
-        while self.has_next():
-            yield self.get_next()
+        """Submits ``fn(actor, v)`` for each value now; returns a generator of the
+        results in order."""
+        self._submit_all(fn, values)
+        return self._results(self.get_next)
 
     def map_unordered(self, fn, values):
-        """Like ``map``, yielding each result as soon as it is ready."""
+        """Like ``map``; the generator yields each result as soon as it is ready."""
+        self._submit_all(fn, values)
+        return self._results(self.get_next_unordered)
+
+    def _submit_all(self, fn, values):
         self._drop_pending_results()
         for value in values:
             self.submit(fn, value)
+
+    def _results(self, take):
         while self.has_next():
-            yield self.get_next_unordered()
+            yield take()
 
     def _drop_pending_results(self):
         # As in Ray, a new map forgets what earlier submissions would still return.

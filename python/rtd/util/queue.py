@@ -98,7 +98,8 @@ class Queue:
         return _get(self.actor.get_nowait_batch.remote(num_items))
 
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
-        """Ends the queue's actor; the queue cannot be used afterwards."""
+        """Ends the queue's actor at once (``force`` and ``grace_period_s`` are accepted
+        for Ray compatibility); the queue cannot be used afterwards."""
         if self.actor is not None:
             _actor.kill(self.actor, no_restart=True)
         self.actor = None
@@ -134,7 +135,14 @@ def _check_timeout(timeout):
 class _QueueActor:
     def __init__(self, maxsize):
         self.maxsize = maxsize
-        self.queue = asyncio.Queue(maxsize)
+        self._queue = None
+
+    @property
+    def queue(self):
+        # Made on first use, on the actor's event loop (the constructor runs elsewhere).
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.maxsize)
+        return self._queue
 
     def qsize(self):
         return self.queue.qsize()
