@@ -321,16 +321,7 @@ mod tests {
         node.wait_for("release", |s| s.pinned_bytes == 0).await;
 
         let err = writer.create(&id, 1, 0).await.expect_err("duplicate id");
-        assert!(
-            matches!(
-                err,
-                PlasmaError::Rpc(RpcError::Remote {
-                    code: ErrorCode::Invalid,
-                    ..
-                })
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, PlasmaError::Exists(_)), "{err}");
         let err = writer
             .create(&ObjectId::random(), 2 << 20, 0)
             .await
