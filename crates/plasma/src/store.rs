@@ -872,6 +872,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Create(u8, u16, u8),
+        /// A copy of an object held elsewhere (evictable).
+        CreateCopy(u8, u16, u8),
         Seal(u8),
         Get(u8, u8),
         Release(u8, u8),
@@ -884,6 +886,7 @@ mod tests {
         let client = 0u8..3;
         prop_oneof![
             3 => (id.clone(), 0u16..1500, client.clone()).prop_map(|(i, s, c)| Op::Create(i, s, c)),
+            2 => (id.clone(), 0u16..1500, client.clone()).prop_map(|(i, s, c)| Op::CreateCopy(i, s, c)),
             3 => id.clone().prop_map(Op::Seal),
             4 => (id.clone(), client.clone()).prop_map(|(i, c)| Op::Get(i, c)),
             3 => (id.clone(), client.clone()).prop_map(|(i, c)| Op::Release(i, c)),
@@ -894,15 +897,17 @@ mod tests {
 
     #[derive(Debug, Clone, PartialEq)]
     enum Model {
-        Writing { size: usize, creator: ClientId },
-        Sealed { size: usize },
+        Writing { size: usize, creator: ClientId, copy: bool },
+        Sealed { size: usize, copy: bool },
     }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
         /// Sealed objects are never lost or corrupted by spilling and restoring, and
-        /// deleted ones are never handed out.
+        /// deleted ones are never handed out. Copies of objects held elsewhere may be
+        /// evicted, but never while pinned, and never come back corrupted; creating the
+        /// object itself where its copy is makes the copy a primary.
         #[test]
         fn sealed_bytes_are_never_lost(ops in proptest::collection::vec(op(), 1..120)) {
             let mut f = Fixture::new("prop", 4096);
@@ -910,34 +915,50 @@ mod tests {
             let mut pins: HashMap<(u8, u8), u64> = HashMap::new();
             for op in ops {
                 match op {
-                    Op::Create(i, size, c) => {
+                    Op::Create(i, size, c) | Op::CreateCopy(i, size, c) => {
+                        let copy = matches!(op, Op::CreateCopy(..));
                         let size = size as usize;
-                        match f.store.create(&oid(i), size as u64, 0, ClientId(c as u64)) {
+                        let client = ClientId(c as u64);
+                        let created = if copy {
+                            f.store.create_copy(&oid(i), size as u64, 0, client)
+                        } else {
+                            f.store.create(&oid(i), size as u64, 0, client)
+                        };
+                        match created {
                             Ok(off) => {
-                                prop_assert!(!model.contains_key(&i));
+                                // A copy evicted since is gone from the store, so not here.
+                                let evicted = matches!(model.get(&i), Some(Model::Sealed { copy: true, .. }));
+                                prop_assert!(!model.contains_key(&i) || evicted);
                                 let data = pattern(i, size);
                                 unsafe { f.store.region().slice_mut(off, size as u64).expect("in region") }
                                     .copy_from_slice(&data);
-                                model.insert(i, Model::Writing { size, creator: ClientId(c as u64) });
+                                model.insert(i, Model::Writing { size, creator: client, copy });
                             }
-                            Err(StoreError::AlreadyExists(_)) => {}
-                            Err(StoreError::Full(_)) => prop_assert!(!model.contains_key(&i)),
+                            Err(StoreError::AlreadyExists(_)) => {
+                                if !copy {
+                                    match model.get_mut(&i) {
+                                        Some(Model::Writing { copy, .. }) | Some(Model::Sealed { copy, .. }) => *copy = false,
+                                        None => {}
+                                    }
+                                }
+                            }
+                            Err(StoreError::Full(_)) => {}
                             Err(e) => prop_assert!(false, "unexpected {e}"),
                         }
                     }
                     Op::Seal(i) => {
                         let r = f.store.seal(&oid(i));
-                        if let Some(Model::Writing { size, .. }) = model.get(&i) {
+                        if let Some(Model::Writing { size, copy, .. }) = model.get(&i) {
                             prop_assert!(r.is_ok());
-                            let size = *size;
-                            model.insert(i, Model::Sealed { size });
+                            let (size, copy) = (*size, *copy);
+                            model.insert(i, Model::Sealed { size, copy });
                         } else {
                             prop_assert!(r.is_err() || !f.store.contains(&oid(i)));
                         }
                     }
                     Op::Get(i, c) => match f.store.get(&oid(i), ClientId(c as u64)) {
                         Ok(Some(info)) => {
-                            let Some(Model::Sealed { size }) = model.get(&i) else {
+                            let Some(Model::Sealed { size, .. }) = model.get(&i) else {
                                 prop_assert!(false, "got an object that is not sealed and live");
                                 continue;
                             };
@@ -946,8 +967,13 @@ mod tests {
                             *pins.entry((i, c)).or_default() += 1;
                         }
                         Ok(None) => {
-                            let live = matches!(model.get(&i), Some(Model::Sealed { .. }));
-                            prop_assert!(!live, "sealed object {} lost", i);
+                            let primary = matches!(model.get(&i), Some(Model::Sealed { copy: false, .. }));
+                            prop_assert!(!primary, "sealed object {} lost", i);
+                            if matches!(model.get(&i), Some(Model::Sealed { copy: true, .. })) {
+                                let pinned = pins.iter().any(|((pi, _), n)| *pi == i && *n > 0);
+                                prop_assert!(!pinned, "pinned copy {} evicted", i);
+                                model.remove(&i);
+                            }
                         }
                         Err(StoreError::Full(_)) => {
                             let live = matches!(model.get(&i), Some(Model::Sealed { .. }));
@@ -975,15 +1001,16 @@ mod tests {
                 let s = f.store.stats();
                 prop_assert!(s.used <= s.capacity);
             }
-            // Every surviving sealed object still reads back intact.
+            // Every surviving sealed object still reads back intact (a copy may be gone).
             for (&i, m) in &model {
-                if let Model::Sealed { size } = m {
+                if let Model::Sealed { size, copy } = m {
                     match f.store.get(&oid(i), ClientId(9)) {
                         Ok(Some(info)) => {
                             prop_assert_eq!(f.read(&info), pattern(i, *size));
                             f.store.release(&oid(i), ClientId(9));
                         }
                         Err(StoreError::Full(_)) => {}
+                        Ok(None) if *copy => {}
                         other => prop_assert!(false, "lost object {i}: {other:?}"),
                     }
                 }
