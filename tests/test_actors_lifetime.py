@@ -497,3 +497,31 @@ def test_a_detached_actor_whose_creator_exits_before_its_arguments_are_ready_die
 
     # Nobody is left to supply the argument: the actor is dead and its name is free.
     wait_for_condition(gone, timeout=20)
+
+
+# --- exit_actor ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_exit_actor_ends_the_actor_for_good(shared_runtime):
+    @rtd.remote(max_restarts=2)
+    class Quitter:
+        def ping(self):
+            return "pong"
+
+        def quit(self):
+            rtd.actor.exit_actor()
+            return "not reached"
+
+    quitter = Quitter.remote()
+    assert rtd.get(quitter.ping.remote()) == "pong"
+    with pytest.raises(rtd.exceptions.RayActorError, match="exit_actor"):
+        rtd.get(quitter.quit.remote(), timeout=20)
+    # Not restarted, though it had restarts left.
+    with pytest.raises(rtd.exceptions.RayActorError, match="exit_actor"):
+        rtd.get(quitter.ping.remote(), timeout=20)
+
+
+def test_exit_actor_outside_an_actor_is_a_type_error(shared_runtime):
+    with pytest.raises(TypeError, match="non-actor"):
+        rtd.actor.exit_actor()

@@ -258,6 +258,15 @@ def make_actor_class(cls, options):
     return ActorClass(cls, options)
 
 
+def exit_actor():
+    """Ends the actor this is called in, as Ray's ``ray.actor.exit_actor()``: the current
+    call's result and every later call raise ``ActorDiedError``, and the actor is not
+    restarted. ``TypeError`` outside an actor."""
+    from rtd._private import worker
+
+    worker.exit_actor()
+
+
 def kill(actor, *, no_restart=True):
     """Ends an actor now: running and queued calls fail with ActorDiedError. With
     ``no_restart=False`` the actor restarts if it has restarts left."""

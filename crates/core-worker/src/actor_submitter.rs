@@ -336,11 +336,13 @@ impl State {
         if !q.kill_when_idle || !q.calls.is_empty() || q.dead.is_some() {
             return;
         }
+        let cause = format!("The actor {actor_id} was destroyed: every handle to it was dropped");
+        let kill = KillActor { actor_id: actor_id.to_vec().into(), no_restart: true, cause: cause.clone() };
         let raylet = self.ctx.raylet.clone();
         self.ctx.rt.spawn(async move {
-            let _ = raylet.call(Body::KillActor(KillActor { actor_id: actor_id.to_vec().into(), no_restart: true })).await;
+            let _ = raylet.call(Body::KillActor(kill)).await;
         });
-        self.on_dead(actor_id, format!("The actor {actor_id} was destroyed: every handle to it was dropped"));
+        self.on_dead(actor_id, cause);
     }
 }
 

@@ -643,8 +643,10 @@ impl CoreWorker {
         }
     }
 
-    pub fn kill_actor(&self, actor_id: ActorId, no_restart: bool) -> Result<(), CoreError> {
-        self.node_call(Body::KillActor(KillActor { actor_id: actor_id.to_vec().into(), no_restart }))?;
+    /// Ends an actor (`cause` empty: killed with `rtd.kill()`).
+    pub fn kill_actor(&self, actor_id: ActorId, no_restart: bool, cause: &str) -> Result<(), CoreError> {
+        let kill = KillActor { actor_id: actor_id.to_vec().into(), no_restart, cause: cause.to_string() };
+        self.node_call(Body::KillActor(kill))?;
         Ok(())
     }
 

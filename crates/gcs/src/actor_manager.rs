@@ -327,12 +327,13 @@ impl ActorManager {
 
     /// `rtd.kill`: with `no_restart` the actor is dead at once; otherwise its worker
     /// is killed and the usual restart rules apply.
-    pub fn kill(self: &Arc<Self>, actor_id: &ActorId, no_restart: bool) -> bool {
+    pub fn kill(self: &Arc<Self>, actor_id: &ActorId, no_restart: bool, cause: &str) -> bool {
         if no_restart {
             if !self.lock().actors.contains_key(actor_id) {
                 return false;
             }
-            self.mark_dead(actor_id, "the actor was killed by rtd.kill()".into());
+            let cause = if cause.is_empty() { "the actor was killed by rtd.kill()" } else { cause };
+            self.mark_dead(actor_id, cause.into());
             return true;
         }
         let lease = self.lock().actors.get(actor_id).and_then(|e| e.lease);

@@ -152,10 +152,11 @@ pub fn get_named_actor<'py>(py: Python<'py>, name: String, namespace: String) ->
 }
 
 #[pyfunction]
-pub fn kill_actor(py: Python<'_>, actor_id: Vec<u8>, no_restart: bool) -> PyResult<()> {
+#[pyo3(signature = (actor_id, no_restart, cause=String::new()))]
+pub fn kill_actor(py: Python<'_>, actor_id: Vec<u8>, no_restart: bool, cause: String) -> PyResult<()> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
-    py.allow_threads(|| core.kill_actor(id, no_restart)).map_err(core_error)
+    py.allow_threads(|| core.kill_actor(id, no_restart, &cause)).map_err(core_error)
 }
 
 #[pyfunction]

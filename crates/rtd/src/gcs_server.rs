@@ -355,7 +355,7 @@ impl GcsServer {
             },
             Body::KillActor(k) => {
                 let killed =
-                    ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart)).unwrap_or(false);
+                    ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart, &k.cause)).unwrap_or(false);
                 if killed {
                     Reply::Now(Body::Ack(Ack {}))
                 } else {

@@ -363,8 +363,34 @@ def _finish_ok(task, result):
     _finish(task, results, False, False)
 
 
+class _ExitActor(BaseException):
+    """Raised by ``exit_actor()``; a BaseException so that ``except Exception`` in user
+    code does not swallow it."""
+
+
+def exit_actor():
+    if _actor is None:
+        raise TypeError("exit_actor API is called on a non-actor worker")
+    raise _ExitActor()
+
+
+def _end_actor(task):
+    """The actor called ``exit_actor()``: this call and every later one fail with
+    ActorDiedError, and the actor is dead for good (no restart)."""
+    cause = f"The actor {_actor.class_name} ({_actor.actor_id}) exited by calling exit_actor()."
+    n = max(task.num_returns, 1) if task.num_returns else 0
+    _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False)
+    try:
+        # The node ends this process once the GCS marks the actor dead.
+        _core.kill_actor(bytes.fromhex(_actor.actor_id), True, cause)
+    finally:
+        os._exit(0)
+
+
 def _finish_failed(task, e):
-    if isinstance(e, _UpstreamError):
+    if isinstance(e, _ExitActor):
+        _end_actor(task)
+    elif isinstance(e, _UpstreamError):
         _finish_with_error(task, e.error, False)
     elif isinstance(e, KeyboardInterrupt):
         # rtd.cancel() interrupted the task.
