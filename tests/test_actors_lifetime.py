@@ -525,3 +525,23 @@ def test_exit_actor_ends_the_actor_for_good(shared_runtime):
 def test_exit_actor_outside_an_actor_is_a_type_error(shared_runtime):
     with pytest.raises(TypeError, match="non-actor"):
         rtd.actor.exit_actor()
+
+
+@pytest.mark.timeout(60)
+def test_ray_terminate_ends_the_actor_after_earlier_calls(shared_runtime):
+    @rtd.remote
+    class Slow:
+        def work(self, s):
+            import time
+
+            time.sleep(s)
+            return s
+
+    slow = Slow.remote()
+    earlier = slow.work.remote(0.3)
+    done = slow.__ray_terminate__.remote()
+    assert rtd.get(earlier, timeout=20) == 0.3
+    with pytest.raises(rtd.exceptions.RayActorError, match="__ray_terminate__"):
+        rtd.get(done, timeout=20)
+    with pytest.raises(rtd.exceptions.RayActorError):
+        rtd.get(slow.work.remote(0), timeout=20)

@@ -49,8 +49,12 @@ def method(*args, **kwargs):
     return decorate
 
 
+_BUILTIN_METHODS = ("__ray_ready__", "__ray_terminate__")
+
+
 def _class_meta(cls, options) -> dict:
-    methods = {"__ray_ready__": {"num_returns": 1, "concurrency_group": ""}}
+    # Built in, as in Ray: a ready check, and a graceful end after the calls before it.
+    methods = {name: {"num_returns": 1, "concurrency_group": ""} for name in _BUILTIN_METHODS}
     is_async = False
     for name, member in inspect.getmembers(cls, predicate=callable):
         if name.startswith("__") and name != "__call__":
@@ -226,7 +230,7 @@ class ActorHandle:
             _core.add_actor_handle(actor_id)
 
     def __getattr__(self, name):
-        if name.startswith("_") and name != "__ray_ready__":
+        if name.startswith("_") and name not in _BUILTIN_METHODS:
             raise AttributeError(name)
         m = self._meta["methods"].get(name)
         if m is None:

@@ -209,6 +209,8 @@ class _ActorRuntime:
     def _bound(self, task):
         if task.method_name == "__ray_ready__":
             return lambda: True
+        if task.method_name == "__ray_terminate__":
+            return _terminate
         return getattr(self.instance, task.method_name)
 
     async def _run_async(self, task, sem):
@@ -371,13 +373,17 @@ class _ExitActor(BaseException):
 def exit_actor():
     if _actor is None:
         raise TypeError("exit_actor API is called on a non-actor worker")
-    raise _ExitActor()
+    raise _ExitActor("exited by calling exit_actor()")
 
 
-def _end_actor(task):
-    """The actor called ``exit_actor()``: this call and every later one fail with
-    ActorDiedError, and the actor is dead for good (no restart)."""
-    cause = f"The actor {_actor.class_name} ({_actor.actor_id}) exited by calling exit_actor()."
+def _terminate():
+    raise _ExitActor("was terminated by __ray_terminate__ after the calls submitted before it")
+
+
+def _end_actor(task, how):
+    """The actor ended itself: this call and every later one fail with ActorDiedError,
+    and the actor is dead for good (no restart)."""
+    cause = f"The actor {_actor.class_name} ({_actor.actor_id}) {how}."
     n = max(task.num_returns, 1) if task.num_returns else 0
     _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False)
     try:
@@ -389,7 +395,7 @@ def _end_actor(task):
 
 def _finish_failed(task, e):
     if isinstance(e, _ExitActor):
-        _end_actor(task)
+        _end_actor(task, e.args[0])
     elif isinstance(e, _UpstreamError):
         _finish_with_error(task, e.error, False)
     elif isinstance(e, KeyboardInterrupt):

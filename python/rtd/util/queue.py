@@ -98,10 +98,17 @@ class Queue:
         return _get(self.actor.get_nowait_batch.remote(num_items))
 
     def shutdown(self, force: bool = False, grace_period_s: int = 5) -> None:
-        """Ends the queue's actor at once (``force`` and ``grace_period_s`` are accepted
-        for Ray compatibility); the queue cannot be used afterwards."""
+        """Ends the queue's actor: after the calls already made to it (up to
+        ``grace_period_s``), or at once with ``force``. The queue cannot be used
+        afterwards."""
         if self.actor is not None:
-            _actor.kill(self.actor, no_restart=True)
+            if force:
+                _actor.kill(self.actor, no_restart=True)
+            else:
+                done = self.actor.__ray_terminate__.remote()
+                _, not_done = api.wait([done], timeout=grace_period_s)
+                if not_done:
+                    _actor.kill(self.actor, no_restart=True)
         self.actor = None
 
 
