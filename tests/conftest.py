@@ -109,6 +109,18 @@ def shm_path(session_dir: str) -> str:
     return "/dev/shm/rtd_" + os.path.basename(session_dir.rstrip("/"))
 
 
+def spilled_bytes(session_dir: str) -> int:
+    """Bytes a node wrote to disk for spilled objects: the files in its session other
+    than sockets, logs and node.json."""
+    total = 0
+    for root, _, files in os.walk(session_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not path.endswith((".sock", "node.json")) and "/logs" not in path:
+                total += os.path.getsize(path)
+    return total
+
+
 def session_left_overs(session_dir: str, pids=()) -> list:
     """What of a stopped session still exists (empty when it is cleaned up)."""
     left = [f"pid {p}" for p in pids if pid_alive(p)]

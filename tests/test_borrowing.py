@@ -2,14 +2,13 @@
 arguments, in task results and in `put` values keep their objects alive exactly as long
 as some process can still use them, and no longer."""
 
-import os
 import pickle
 
 import numpy as np
 import pytest
 
 import rtd
-from conftest import wait_for_condition
+from conftest import spilled_bytes, wait_for_condition
 
 MB = 1024**2
 
@@ -21,16 +20,6 @@ def _counts(ref):
 
 def _known_here(hex_id):
     return hex_id in rtd._core.get_all_reference_counts()
-
-
-def _spilled_bytes(session_dir):
-    total = 0
-    for root, _, files in os.walk(session_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not path.endswith((".sock", "node.json")):
-                total += os.path.getsize(path)
-    return total
 
 
 @rtd.remote
@@ -259,7 +248,7 @@ def test_large_objects_passed_nested_pass_through_a_small_store_without_spilling
         ref = rtd.put(np.full(50 * MB // 8, i, dtype=np.int64))
         assert rtd.get(first_value.remote([ref])) == i
         del ref
-    assert _spilled_bytes(rtd.api._state.session_dir) == 0
+    assert spilled_bytes(rtd.api._state.session_dir) == 0
 
 
 @pytest.mark.timeout(120)
@@ -274,4 +263,4 @@ def test_large_objects_returned_nested_pass_through_a_small_store_without_spilli
         [ref] = rtd.get(make.remote(i))
         assert int(rtd.get(ref)[-1]) == i
         del ref
-    assert _spilled_bytes(rtd.api._state.session_dir) == 0
+    assert spilled_bytes(rtd.api._state.session_dir) == 0

@@ -38,6 +38,7 @@ from conftest import (
     rtd_cli,
     run_script,
     session_processes,
+    spilled_bytes,
     wait_for_condition,
 )
 
@@ -1087,17 +1088,6 @@ def test_placement_group_bundles_on_a_killed_node_are_placed_again(failure_clust
         _remove(pg)
 
 
-def _stored_on_disk(session_dir):
-    """Bytes a node spilled: files in its session other than sockets, logs and node.json."""
-    total = 0
-    for root, _, files in os.walk(session_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not path.endswith((".sock", "node.json")) and "/logs" not in path:
-                total += os.path.getsize(path)
-    return total
-
-
 def test_freed_objects_leave_every_node_that_held_a_copy(failure_cluster):
     import numpy as np
 
@@ -1124,7 +1114,7 @@ def test_freed_objects_leave_every_node_that_held_a_copy(failure_cluster):
         put = rtd.put(np.full(50 * mb // 8, i, dtype=np.int64))
         assert rtd.get(first.remote(put), timeout=TIMEOUT) == i
         del put
-    assert _stored_on_disk(b.session_dir) == 0
+    assert spilled_bytes(b.session_dir) == 0
 
 
 def test_copies_read_on_a_full_node_are_evicted_not_spilled(failure_cluster):
@@ -1141,7 +1131,7 @@ def test_copies_read_on_a_full_node_are_evicted_not_spilled(failure_cluster):
     # dropping older copies (their primaries stay on the head) instead of spilling them.
     refs = [rtd.put(np.full(50 * mb // 8, i, dtype=np.int64)) for i in range(6)]
     assert rtd.get([first.remote(r) for r in refs], timeout=TIMEOUT) == list(range(6))
-    assert _stored_on_disk(b.session_dir) == 0
+    assert spilled_bytes(b.session_dir) == 0
     # A dropped copy is simply pulled again.
     assert rtd.get(first.remote(refs[0]), timeout=TIMEOUT) == 0
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rtd
-from conftest import shm_path
+from conftest import shm_path, spilled_bytes
 
 MB = 1024**2
 
@@ -22,17 +22,6 @@ def _base_chain(array):
         chain.append(obj)
         obj = getattr(obj, "base", None) if not isinstance(obj, memoryview) else obj.obj
     return chain
-
-
-def _spilled_bytes(session_dir):
-    """Bytes in files under the session dir other than its sockets and node file."""
-    total = 0
-    for root, _, files in os.walk(session_dir):
-        for name in files:
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not path.endswith((".sock", "node.json")):
-                total += os.path.getsize(path)
-    return total
 
 
 # --- on the shared runtime -------------------------------------------------------------
@@ -232,7 +221,7 @@ def test_live_puts_beyond_store_capacity_are_spilled_and_restored(start_runtime)
     refs = [rtd.put(np.full(40 * MB // 8, i, dtype=np.int64)) for i in range(12)]
     # The store did not grow to hold them: they went to disk.
     assert os.stat(shm_path(rtd.api._state.session_dir)).st_size <= 210 * MB
-    assert _spilled_bytes(rtd.api._state.session_dir) >= 200 * MB
+    assert spilled_bytes(rtd.api._state.session_dir) >= 200 * MB
     for i, ref in enumerate(refs):
         out = rtd.get(ref)
         assert out.shape == (40 * MB // 8,)
