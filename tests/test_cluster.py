@@ -1136,27 +1136,38 @@ def test_copies_read_on_a_full_node_are_evicted_not_spilled(failure_cluster):
     assert rtd.get(first.remote(refs[0]), timeout=TIMEOUT) == 0
 
 
-def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cluster):
-    """As in Ray: a task result lost with its node is made again by re-running the task
-    (it has retries left) on a node that can run it."""
+def _array_on_one_of_two_pin_nodes(failure_cluster, fill):
+    """Two nodes with a "pin" resource; a task with retries left makes an array of
+    ``fill`` on one of them. Returns (cluster, that node, the other one, the array's ref)."""
     cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
 
     @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
-    def make():
+    def make(fill):
         import numpy as np
 
         import rtd
 
-        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, 4.0)
+        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, fill)
 
-    node_ref, array_ref = make.remote()
+    node_ref, array_ref = make.remote(fill)
     # The node id is small (inline, kept by the driver); the array stays on its node.
-    first = rtd.get(node_ref, timeout=TIMEOUT)
-    victim, survivor = (x, y) if first == x.node_id else (y, x)
-    assert first == victim.node_id
+    made_on = rtd.get(node_ref, timeout=TIMEOUT)
+    assert made_on in (x.node_id, y.node_id)
     rtd.wait([array_ref], timeout=TIMEOUT)
-    cluster.remove_node(victim, allow_graceful=False)
-    wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+    maker, other = (x, y) if made_on == x.node_id else (y, x)
+    return cluster, maker, other, array_ref
+
+
+def _kill_node(cluster, node):
+    cluster.remove_node(node, allow_graceful=False)
+    wait_for_condition(lambda: node.node_id not in _alive_ids(), timeout=10)
+
+
+def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cluster):
+    """As in Ray: a task result lost with its node is made again by re-running the task
+    (it has retries left) on a node that can run it."""
+    cluster, victim, _, array_ref = _array_on_one_of_two_pin_nodes(failure_cluster, 4.0)
+    _kill_node(cluster, victim)
     start = time.monotonic()
     try:
         array = rtd.get(array_ref, timeout=TIMEOUT)
@@ -1168,15 +1179,7 @@ def test_lineage_reconstruction_rebuilds_an_object_lost_with_its_node(failure_cl
 def test_a_borrower_that_finds_an_object_lost_has_its_owner_rebuild_it(failure_cluster):
     """As in Ray, reconstruction is the owner's job, whoever noticed the loss: a task that
     borrows a ref to an object lost with its node gets it made again."""
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
-
-    @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
-    def make():
-        import numpy as np
-
-        import rtd
-
-        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, 3.0)
+    cluster, victim, _, array_ref = _array_on_one_of_two_pin_nodes(failure_cluster, 3.0)
 
     # Anywhere but needing no "pin": the rebuild needs the surviving node's.
     @rtd.remote
@@ -1185,38 +1188,21 @@ def test_a_borrower_that_finds_an_object_lost_has_its_owner_rebuild_it(failure_c
 
         return float(rtd.get(refs[0], timeout=30).sum())
 
-    node_ref, array_ref = make.remote()
-    first = rtd.get(node_ref, timeout=TIMEOUT)
-    victim = x if first == x.node_id else y
-    rtd.wait([array_ref], timeout=TIMEOUT)
-    cluster.remove_node(victim, allow_graceful=False)
-    wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+    _kill_node(cluster, victim)
     assert rtd.get(total.remote([array_ref]), timeout=TIMEOUT) == 3.0 * 1_000_000
 
 
 def test_a_task_re_run_where_a_copy_of_its_lost_result_is_uses_that_copy(failure_cluster):
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
-
-    @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
-    def make():
-        import numpy as np
-
-        import rtd
-
-        return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, 5.0)
+    cluster, victim, survivor, array_ref = _array_on_one_of_two_pin_nodes(failure_cluster, 5.0)
 
     @rtd.remote
     def total(a):
         return float(a.sum())
 
-    node_ref, array_ref = make.remote()
-    first = rtd.get(node_ref, timeout=TIMEOUT)
-    victim, survivor = (x, y) if first == x.node_id else (y, x)
     # The survivor reads the result, so it holds a copy; then the result's node dies.
     on_survivor = NodeAffinitySchedulingStrategy(node_id=survivor.node_id, soft=False)
     assert rtd.get(total.options(scheduling_strategy=on_survivor).remote(array_ref), timeout=TIMEOUT) == 5e6
-    cluster.remove_node(victim, allow_graceful=False)
-    wait_for_condition(lambda: victim.node_id not in _alive_ids(), timeout=10)
+    _kill_node(cluster, victim)
     # The task runs again on the survivor, which already has the object.
     assert float(rtd.get(array_ref, timeout=TIMEOUT).sum()) == 5e6
     assert rtd.get(total.options(scheduling_strategy=on_survivor).remote(array_ref), timeout=TIMEOUT) == 5e6

@@ -153,35 +153,26 @@ async fn run_link(
     me: mpsc::UnboundedSender<Message>,
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
-    let client = peers.get(&owner).await.ok();
-    loop {
-        let message = match &client {
-            Some(c) => tokio::select! {
+    // Without a connection the owner is gone (and its objects with it): the link ends,
+    // answering what is queued, and the next message tries a new connection.
+    if let Ok(client) = peers.get(&owner).await {
+        loop {
+            let message = tokio::select! {
                 m = rx.recv() => m,
-                _ = c.closed() => None,
-            },
-            None => rx.recv().await,
-        };
-        let Some(message) = message else { break };
-        match (message, &client) {
-            (Message::Add { id, borrower, done }, Some(c)) => {
-                let reply = c.start_call(Body::AddBorrower(AddBorrower { id: id.to_vec().into(), borrower }));
-                tokio::spawn(async move {
-                    let _ = done.send(reply.await.is_ok());
-                });
+                _ = client.closed() => None,
+            };
+            match message {
+                Some(Message::Add { id, borrower, done }) => {
+                    let reply = client.start_call(Body::AddBorrower(AddBorrower { id: id.to_vec().into(), borrower }));
+                    tokio::spawn(async move {
+                        let _ = done.send(reply.await.is_ok());
+                    });
+                }
+                Some(Message::Remove { id, borrower, count }) => {
+                    let _ = client.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
+                }
+                None => break,
             }
-            (Message::Add { done, .. }, None) => {
-                let _ = done.send(false);
-            }
-            (Message::Remove { id, borrower, count }, Some(c)) => {
-                let _ = c.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
-            }
-            // The owner is gone, and its objects with it.
-            (Message::Remove { .. }, None) => {}
-        }
-        if client.is_none() {
-            // Answer what is queued, then let the next message try a new connection.
-            break;
         }
     }
     let mut links = links.lock();

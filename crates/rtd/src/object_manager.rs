@@ -121,10 +121,6 @@ impl std::fmt::Display for PullError {
 /// `source_addr`) into this node's store, as a copy the store may evict. Returns once
 /// the object is sealed here (or already was).
 pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &str, id: ObjectId) -> Result<(), PullError> {
-    if let Ok(Some(_)) = plasma.get(&id, 0).await {
-        plasma.release(&id);
-        return Ok(());
-    }
     let mut chunks = ObjectManagerClient::new(source)
         .max_decoding_message_size(MAX_MESSAGE)
         .pull(PullChunks { id: id.to_vec().into(), chunk_size: CHUNK })
