@@ -112,7 +112,7 @@ class ActorClass:
     def _register(self):
         if self._pickled is None:
             try:
-                self._pickled = cloudpickle.dumps(self._cls)
+                self._pickled = serialization.pickle_dumps(self._cls)
             except Exception as e:
                 raise TypeError(f"Could not serialize the actor class {self.__name__}: {e}") from e
         if self._class_id is None:
@@ -161,7 +161,7 @@ class ActorClass:
             o.get("max_restarts", 0),
             o.get("max_task_retries", 0),
             bool(o.get("get_if_exists", False)),
-            cloudpickle.dumps(self._meta),
+            serialization.pickle_dumps(self._meta),
             placement_hint.strategy,
             placement_hint.affinity_node,
             placement_hint.affinity_soft,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 
-import cloudpickle
-
 from rtd import _core, api
 from rtd._private import options as opts
 from rtd._private import scheduling
@@ -24,7 +22,7 @@ class RemoteFunction:
         self._strategy = merged["scheduling_strategy"]
         self._placement = scheduling.placement_of(self._strategy)
         retry = merged["retry_exceptions"]
-        self._retry_exceptions = b"" if retry is False else cloudpickle.dumps(
+        self._retry_exceptions = b"" if retry is False else serialization.pickle_dumps(
             True if retry is True else tuple(retry)
         )
         self._name = getattr(function, "__qualname__", getattr(function, "__name__", "function"))
@@ -51,7 +49,7 @@ class RemoteFunction:
     def _ensure_pickled(self):
         if self._pickled is None:
             try:
-                self._pickled = cloudpickle.dumps(self._function)
+                self._pickled = serialization.pickle_dumps(self._function)
             except Exception as e:
                 raise TypeError(f"Could not serialize the function {self._name}: {e}") from e
             self._function_id = hashlib.sha256(self._pickled).digest()[:20]

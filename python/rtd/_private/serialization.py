@@ -13,8 +13,11 @@ until the owners of the refs it found count this process as a borrower.
 
 from __future__ import annotations
 
+import io
+import marshal
 import pickle
 import struct
+import types
 
 import cloudpickle
 
@@ -37,11 +40,33 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, but code objects keep their file name and line numbers.
+
+    cloudpickle 3.1.3 and later replace every pickled function's ``co_filename`` with
+    ``<dynamic-code>``, so a remote traceback loses its source lines. All processes of a
+    cluster run the same Python version, so ``marshal`` (which keeps every field of a
+    code object, nested ones included) carries code objects whole with any cloudpickle.
+    """
+
+    def reducer_override(self, obj):
+        if type(obj) is types.CodeType:
+            return marshal.loads, (marshal.dumps(obj),)
+        return super().reducer_override(obj)
+
+
+def pickle_dumps(value, buffer_callback=None) -> bytes:
+    """cloudpickle's ``dumps`` (protocol 5) with code objects kept whole."""
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return out.getvalue()
+
+
 def _pickle(value, buffer_callback=None):
     """``(payload, contained)``: cloudpickle's bytes and the ObjectRefs inside."""
     _core.start_collecting_refs()
     try:
-        payload = cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+        payload = pickle_dumps(value, buffer_callback=buffer_callback)
     except Exception as e:
         raise TypeError(
             f"Could not serialize an object of type {type(value).__name__}: {e}"

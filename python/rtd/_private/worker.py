@@ -134,13 +134,13 @@ def _split_returns(task, result):
 
 def _error_payload(error: BaseException) -> bytes:
     try:
-        return cloudpickle.dumps(error, protocol=5)
+        return serialization.pickle_dumps(error)
     except Exception:
         # The cause cannot be pickled: keep its type name and text.
         if isinstance(error, exceptions.RayTaskError):
             cause = exceptions.RaySystemError(f"{type(error.cause).__name__}: {error.cause}")
             error = exceptions.RayTaskError(error.function_name, error.traceback_str, cause, error.pid)
-        return cloudpickle.dumps(error, protocol=5)
+        return serialization.pickle_dumps(error)
 
 
 def _finish(task, results, app_error, retryable):
