@@ -10,6 +10,7 @@ shared one back.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -105,8 +106,9 @@ def session_processes(session_dir: str) -> list:
     return found
 
 
-def shm_path(session_dir: str) -> str:
-    return "/dev/shm/rtd_" + os.path.basename(session_dir.rstrip("/"))
+def shm_files(session_dir: str) -> list:
+    """The session's shared-memory files: ``/dev/shm/rtd_<daemon pid>_<session name>``."""
+    return glob.glob("/dev/shm/rtd_*_" + glob.escape(os.path.basename(session_dir.rstrip("/"))))
 
 
 def spilled_bytes(session_dir: str) -> int:
@@ -127,8 +129,7 @@ def session_left_overs(session_dir: str, pids=()) -> list:
     left += [f"session pid {p}" for p in session_processes(session_dir) if p not in pids]
     if os.path.exists(session_dir):
         left.append(session_dir)
-    if os.path.exists(shm_path(session_dir)):
-        left.append(shm_path(session_dir))
+    left += shm_files(session_dir)
     return left
 
 

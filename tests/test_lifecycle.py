@@ -18,7 +18,7 @@ from conftest import (
     pid_alive,
     run_script,
     session_processes,
-    shm_path,
+    shm_files,
     wait_for_condition,
 )
 
@@ -44,7 +44,7 @@ def test_init_without_address_starts_a_local_daemon_and_is_usable(start_runtime)
     assert daemon is not None and pid_alive(daemon.pid)
     session_dir = rtd.api._state.session_dir
     assert os.path.isdir(session_dir)
-    assert os.path.exists(shm_path(session_dir))
+    assert shm_files(session_dir)
 
     @rtd.remote
     def add(a, b):
@@ -101,7 +101,7 @@ def test_shutdown_removes_the_session_dir_sockets_and_shared_memory_file(start_r
     session_dir = rtd.api._state.session_dir
     sockets = os.path.join(session_dir, "sockets")
     assert os.path.exists(os.path.join(sockets, "raylet.sock"))
-    assert os.path.exists(shm_path(session_dir))
+    assert shm_files(session_dir)
     rtd.shutdown()
     assert_session_gone(session_dir)
     assert not os.path.exists(sockets)
@@ -210,7 +210,8 @@ def test_a_worker_that_dies_is_replaced(shared_runtime):
     # Later tasks still run, on live workers, in parallel as before.
     pids = rtd.get([pid.remote() for _ in range(10)])
     assert all(pid_alive(p) for p in set(pids))
-    assert len(_worker_pids(2)) == 2
+    # The replacement may still be starting on a busy machine.
+    wait_for_condition(lambda: len(_worker_pids(2)) == 2, timeout=20)
 
 
 def test_the_pool_refills_without_waiting_for_work_after_a_worker_or_actor_dies(start_runtime):

@@ -30,7 +30,7 @@ import time
 import pytest
 
 import rtd
-from conftest import pid_alive, session_processes
+from conftest import pid_alive, session_processes, shm_files
 
 IP = shutil.which("ip")
 SUBNET = "10.200.0"
@@ -153,8 +153,7 @@ class Net:
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
-                shm = "/dev/shm/rtd_" + os.path.basename(os.path.realpath(session))
-                if os.path.exists(shm):
+                for shm in shm_files(os.path.realpath(session)):
                     os.unlink(shm)
         for ns in reversed(self.namespaces):
             _ip("netns", "del", ns, check=False)

@@ -138,11 +138,11 @@ class ActorClass:
         placement = {k: v for k, v in placement.items() if v}
         strategy = o.get("scheduling_strategy")
         placement, _ = scheduling.resolve(placement, strategy)
+        placement_hint = scheduling.placement_of(strategy)
         unschedulable = scheduling.check_affinity(strategy)
         if unschedulable is not None:
             raise exceptions.ActorUnschedulableError(f"Actor {self.__name__} cannot be scheduled: {unschedulable}")
         running = scheduling.resolve(running, strategy)[0] if running else running
-        placement_hint = scheduling.placement_of(strategy)
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs, contained = serialization.pack_args(args, kwargs, extra=self._meta)

@@ -39,6 +39,7 @@ class Node:
             info = json.load(f)
         self.node_id = info["node_id"]
         self.unique_id = self.node_id
+        self.shm_path = info["shm_path"]
 
     def __repr__(self):
         return f"Node({'head' if self.is_head else 'worker'}, {self.node_id[:8]})"
@@ -51,6 +52,7 @@ class Cluster:
         self._port = None
         self.head_node = None
         self.worker_nodes = []
+        self._nodes_started = 0
         if initialize_head:
             try:
                 self.add_node(**(head_node_args or {}))
@@ -81,9 +83,11 @@ class Cluster:
         if unknown:
             raise TypeError(f"add_node() got unexpected keyword argument(s): {sorted(unknown)}")
         is_head = self.head_node is None
-        # Unique across clusters: the session name also names the node's /dev/shm file.
+        # Unique across clusters and node instances: the session name also names the
+        # node's /dev/shm file, and a removed node's name is never reused.
         cluster_tag = os.path.basename(self._temp_dir).removeprefix("rtdc-")
-        session_dir = os.path.join(self._temp_dir, f"session_{cluster_tag}_{len(self.list_all_nodes())}")
+        session_dir = os.path.join(self._temp_dir, f"session_{cluster_tag}_{self._nodes_started}")
+        self._nodes_started += 1
         args = ["--node-ip-address", "127.0.0.1"]
         if is_head:
             self._port = _free_port()
@@ -117,9 +121,8 @@ class Cluster:
             node.process.kill()
             node.process.wait()
             # A killed daemon cannot remove its files, and its workers exit on their own.
-            shm = "/dev/shm/rtd_" + os.path.basename(node.session_dir)
-            if os.path.exists(shm):
-                os.unlink(shm)
+            if os.path.exists(node.shm_path):
+                os.unlink(node.shm_path)
             shutil.rmtree(node.session_dir, ignore_errors=True)
         if node is self.head_node:
             self.head_node = None

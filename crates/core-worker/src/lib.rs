@@ -672,9 +672,21 @@ impl CoreWorker {
     }
 
     /// The group's info once it is created or removed; `None` after `timeout`.
-    pub fn wait_placement_group(&self, pg_id: &[u8], timeout: Duration) -> Result<Option<PlacementGroupInfo>, CoreError> {
+    /// The group's info once it is created or removed; None if `timeout` passes first
+    /// (no timeout: wait as long as it takes).
+    pub fn wait_placement_group(
+        &self,
+        pg_id: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<Option<PlacementGroupInfo>, CoreError> {
         let call = self.ctx.raylet.call(Body::WaitPlacementGroup(WaitPlacementGroup { pg_id: pg_id.to_vec().into() }));
-        match self.ctx.rt.block_on(async { tokio::time::timeout(timeout, call).await }) {
+        let waited = self.ctx.rt.block_on(async {
+            match timeout {
+                Some(timeout) => tokio::time::timeout(timeout, call).await,
+                None => Ok(call.await),
+            }
+        });
+        match waited {
             Err(_) => Ok(None),
             Ok(Ok(Body::PlacementGroupInfo(info))) => Ok(Some(info)),
             Ok(Ok(_)) => Err(CoreError::Internal("unexpected reply to WaitPlacementGroup".into())),

@@ -50,8 +50,18 @@ enum Event {
 
 enum LeaseFailure {
     Infeasible(String),
+    /// This node's raylet failed the request.
     Rpc(RpcError),
+    /// Another node's raylet (after a spillback) failed it or could not be reached:
+    /// that node may be leaving the cluster, so another try may go elsewhere.
+    Elsewhere(RpcError),
 }
+
+/// Most spillbacks one lease request follows (draining nodes pass requests on).
+const MAX_SPILLBACK_HOPS: usize = 8;
+
+/// Pause before asking again after another node failed a lease request.
+const SPILLBACK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct PendingTask {
     spec: TaskSpec,
@@ -357,6 +367,25 @@ impl Submitter {
                 }
                 tracing::debug!("lease request failed: {e}");
             }
+            LeaseFailure::Elsewhere(e) if e.code() == ErrorCode::Unschedulable => {
+                let message = format!("the task cannot be scheduled: {e}");
+                let queued: Vec<TaskId> = state.queue.drain(..).collect();
+                for task_id in queued {
+                    self.fail_task(task_id, object_kind::UNSCHEDULABLE, message.clone());
+                }
+                return;
+            }
+            LeaseFailure::Elsewhere(e) => {
+                // Not a failure of any task: ask again soon, from this node's raylet,
+                // which by then may know the other node is gone.
+                tracing::debug!("lease request to another node failed: {e}");
+                let tx = self.tx.clone();
+                self.ctx.rt.spawn(async move {
+                    tokio::time::sleep(SPILLBACK_RETRY).await;
+                    let _ = tx.send(Event::RetryLease { class });
+                });
+                return;
+            }
         }
         // Ask again later: the node may gain resources (or workers) meanwhile.
         let tx = self.tx.clone();
@@ -565,10 +594,12 @@ async fn lease_from_cluster(
         dedicated: false,
         preferred_node: class.preferred_node.clone().into(),
     };
-    loop {
-        let reply = raylet.call(Body::RequestLease(request.clone())).await.map_err(LeaseFailure::Rpc)?;
+    for hop in 0..=MAX_SPILLBACK_HOPS {
+        // Errors past the first hop are another node's, not this node's.
+        let failure = |e| if hop == 0 { LeaseFailure::Rpc(e) } else { LeaseFailure::Elsewhere(e) };
+        let reply = raylet.call(Body::RequestLease(request.clone())).await.map_err(failure)?;
         let Body::RequestLeaseReply(reply) = reply else {
-            return Err(LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into())));
+            return Err(failure(RpcError::UnexpectedReply("raylet".into())));
         };
         match reply.result {
             Some(LeaseResult::Granted(grant)) => match ctx.peers.get(&grant.worker_address).await {
@@ -576,17 +607,20 @@ async fn lease_from_cluster(
                 Err(e) => {
                     // The worker died between grant and connect: give the lease back.
                     let _ = raylet.send(Body::ReturnLease(ReturnLease { lease_id: grant.lease_id }));
-                    return Err(LeaseFailure::Rpc(e));
+                    return Err(LeaseFailure::Elsewhere(e));
                 }
             },
             Some(LeaseResult::Spillback(to)) => {
-                raylet = ctx.peers.get(&to.raylet_address).await.map_err(LeaseFailure::Rpc)?;
+                raylet = ctx.peers.get(&to.raylet_address).await.map_err(LeaseFailure::Elsewhere)?;
                 request.no_spillback = true;
             }
             Some(LeaseResult::Infeasible(i)) => return Err(LeaseFailure::Infeasible(i.message)),
-            None => return Err(LeaseFailure::Rpc(RpcError::UnexpectedReply("raylet".into()))),
+            None => return Err(failure(RpcError::UnexpectedReply("raylet".into()))),
         }
     }
+    Err(LeaseFailure::Elsewhere(RpcError::UnexpectedReply(format!(
+        "a lease request was passed on more than {MAX_SPILLBACK_HOPS} times"
+    ))))
 }
 
 /// Waits for every top-level ObjectRef argument and attaches its value.

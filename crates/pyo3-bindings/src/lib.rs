@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use rtd_common::{ObjectId, ResourceSet, WorkerId};
+use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
 use rtd_core_worker::{ConnectOptions, CoreWorker, FetchedValue, TaskRequest};
 
 use buffers::{BorrowedBuffers, PlasmaBuffer};
@@ -135,14 +135,34 @@ fn ids_of(refs: &[PyRef<'_, ObjectRef>]) -> Vec<ObjectId> {
     refs.iter().map(|r| r.id).collect()
 }
 
-fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+/// Waits longer than this are waits without a deadline (and never overflow a clock).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A timeout in seconds from Python: None, or one beyond a century (`float("inf")`,
+/// `1e20`), waits forever; negative or NaN is a ValueError.
+pub(crate) fn timeout_of(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) if t >= 0.0 => Ok(Duration::try_from_secs_f64(t).ok().filter(|d| *d < FOREVER)),
         Some(t) => Err(pyo3::exceptions::PyValueError::new_err(format!(
             "timeout must be a non-negative number of seconds or None, got {t}"
         ))),
     }
+}
+
+/// Checks a node id given in hex (`NodeAffinitySchedulingStrategy(node_id=...)`).
+#[pyfunction]
+fn check_node_id(node_id: &Bound<'_, PyAny>) -> PyResult<()> {
+    let valid = node_id.extract::<String>().ok().and_then(|hex| NodeId::from_hex(&hex)).is_some();
+    if valid {
+        return Ok(());
+    }
+    Err(pyo3::exceptions::PyValueError::new_err(format!(
+        "node_id must be the hex id of a node ({} hex digits, as rtd.get_runtime_context().get_node_id() \
+         returns), got {}",
+        2 * NodeId::LEN,
+        node_id.repr().map(|r| r.to_string()).unwrap_or_default()
+    )))
 }
 
 /// Runs a blocking wait without the GIL, checking for Ctrl-C between slices.
@@ -397,6 +417,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(query_nodes, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
+    m.add_function(wrap_pyfunction!(check_node_id, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::create_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::remove_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::wait_placement_group, m)?)?;

@@ -1,7 +1,6 @@
 //! Placement groups from Python: create, wait, look up, list and remove.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -70,9 +69,10 @@ pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
 
 /// The group's info once created (or removed), or None after `timeout` seconds.
 #[pyfunction]
-pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: f64) -> PyResult<Option<Bound<'_, PyDict>>> {
+#[pyo3(signature = (pg_id, timeout=None))]
+pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
-    let timeout = Duration::from_secs_f64(timeout.max(0.0));
+    let timeout = crate::timeout_of(timeout)?;
     match py.allow_threads(|| core.wait_placement_group(&pg_id, timeout)).map_err(core_error)? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),

@@ -365,7 +365,7 @@ impl Raylet {
     /// Queues a lease request; the receiver yields the reply when it is decided.
     pub fn request_lease(self: &Arc<Self>, owner: ConnId, request: LeaseRequest) -> oneshot::Receiver<Body> {
         let (reply, rx) = oneshot::channel();
-        self.lock().pending.push_back(PendingLease {
+        let pending = PendingLease {
             resources: request.resources,
             dedicated: request.dedicated,
             preferred: request.preferred,
@@ -373,9 +373,51 @@ impl Raylet {
             no_spillback: request.no_spillback,
             owner,
             reply,
-        });
+        };
+        {
+            let mut st = self.lock();
+            if st.shutting_down {
+                drop(st);
+                let answer = self.draining_reply(&pending);
+                let _ = pending.reply.send(answer);
+                return rx;
+            }
+            st.pending.push_back(pending);
+        }
         self.schedule();
         rx
+    }
+
+    /// The answer of a node that is shutting down: a spillback to another node that can
+    /// run the request (even one asked not to spill back: this node never will), so the
+    /// requester goes on elsewhere instead of failing.
+    fn draining_reply(&self, req: &PendingLease) -> Body {
+        let cluster = self.cluster();
+        let views: Vec<NodeView> = cluster.iter().map(|n| n.view.clone()).collect();
+        let decision =
+            self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(&views, &req.resources, &req.strategy, self.node_id);
+        let target = match decision {
+            Decision::Node(n) => cluster.iter().find(|c| c.view.node_id == n),
+            // Busy everywhere: queue where it fits once resources free up.
+            Decision::Wait => cluster.iter().find(|c| c.view.alive && req.resources.fits_in(&c.view.total)),
+            Decision::Infeasible => None,
+        };
+        match (target, &req.strategy) {
+            (Some(node), _) => Body::RequestLeaseReply(RequestLeaseReply {
+                result: Some(LeaseResult::Spillback(Spillback {
+                    node_id: node.view.node_id.to_vec().into(),
+                    raylet_address: node.raylet_address.clone(),
+                })),
+            }),
+            (None, Strategy::NodeAffinity { node_id, soft: false }) => rtd_common::rpc::error_body(
+                rtd_common::proto::ErrorCode::Unschedulable,
+                format!("node {node_id} named by a hard NodeAffinitySchedulingStrategy is shutting down"),
+            ),
+            (None, _) => rtd_common::rpc::error_body(
+                rtd_common::proto::ErrorCode::Internal,
+                "the node is shutting down and no other node can run the request now",
+            ),
+        }
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -763,11 +805,17 @@ impl Raylet {
 
     /// Stops every worker (daemon shutdown).
     pub fn shutdown(&self) {
-        let mut st = self.lock();
-        st.shutting_down = true;
-        st.pending.clear();
-        for worker in st.workers.values() {
-            kill(worker.pid);
+        let waiting: Vec<PendingLease> = {
+            let mut st = self.lock();
+            st.shutting_down = true;
+            for worker in st.workers.values() {
+                kill(worker.pid);
+            }
+            st.pending.drain(..).collect()
+        };
+        for req in waiting {
+            let answer = self.draining_reply(&req);
+            let _ = req.reply.send(answer);
         }
     }
 

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use crate::gcs_server::{resources, GcsServer};
 use crate::node_service::{describe_node, GcsLink, NodeService};
 use crate::object_manager::ObjectServer;
-use crate::session::{NodeFile, Session};
+use crate::session::{process_alive, NodeFile, Session};
 
 #[derive(Debug, Clone)]
 pub enum NodeRole {
@@ -198,6 +198,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             NodeRole::Worker { head_address } => head_address.clone(),
             NodeRole::Head { .. } => raylet_address.clone(),
         },
+        shm_path: session.shm_path().display().to_string(),
     }
     .write(&session)?;
     tracing::info!("node {node_id} ready in {}", session.dir.display());
@@ -207,19 +208,20 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     if let Some(gcs) = &gcs {
         gcs.shutdown();
     }
+    // Draining: lease requests are answered with spillbacks to other nodes while the
+    // workers' kills land (so no worker touches removed files); then the doors close.
     raylet.shutdown();
-    raylet_task.abort();
-    if let Some(t) = tcp_task {
-        t.abort();
-    }
-    plasma_task.abort();
-    // Give the kills a moment to land so no worker touches removed files.
     for _ in 0..50 {
         if raylet.worker_pids().iter().all(|pid| !process_alive(*pid)) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    raylet_task.abort();
+    if let Some(t) = tcp_task {
+        t.abort();
+    }
+    plasma_task.abort();
     session.remove();
     Ok(())
 }
@@ -245,11 +247,6 @@ async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notify>) 
             }
         }
     }
-}
-
-fn process_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 async fn wait_for_stop(shutdown: Arc<Notify>, watch_stdin: bool) {

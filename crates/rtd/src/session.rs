@@ -1,6 +1,11 @@
 //! The session directory of a node: `<temp>/session_<time>_<pid>/` with the daemon's
 //! sockets, spill files and `node.json` (how clients and `rtd stop` find the daemon).
 //! `<temp>/session_latest` points at the newest session, for `address="auto"`.
+//!
+//! The node's shared-memory file is `/dev/shm/rtd_<daemon pid>_<session name>`: unique to
+//! the daemon instance, so a daemon that was killed (and could not remove it) never blocks
+//! the next one, and the pid in the name tells a later daemon whether the file's owner is
+//! gone. Each daemon removes such leftovers of dead daemons when it starts.
 
 use std::path::{Path, PathBuf};
 
@@ -8,13 +13,24 @@ use anyhow::{Context as _, Result};
 
 pub const DEFAULT_TEMP_DIR: &str = "/tmp/rtd";
 
+const SHM_DIR: &str = "/dev/shm";
+const SHM_PREFIX: &str = "rtd_";
+
 #[derive(Debug, Clone)]
 pub struct Session {
     pub dir: PathBuf,
+    shm: PathBuf,
 }
 
 impl Session {
+    /// Creates the session directory of the daemon running this code, first removing
+    /// what dead daemons left: a session directory at `dir` itself (a daemon started
+    /// again with the same `--session-dir`), its siblings, and shared-memory files.
     pub fn create(dir: &Path) -> Result<Self> {
+        if let Some(parent) = dir.parent() {
+            remove_dead_sessions(parent);
+        }
+        remove_dead_shm_files(Path::new(SHM_DIR));
         std::fs::create_dir_all(dir.join("sockets"))
             .with_context(|| format!("creating session directory {}", dir.display()))?;
         if let Some(parent) = dir.parent() {
@@ -22,7 +38,9 @@ impl Session {
             let _ = std::fs::remove_file(&latest);
             let _ = std::os::unix::fs::symlink(dir, &latest);
         }
-        Ok(Self { dir: dir.to_path_buf() })
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let shm = Path::new(SHM_DIR).join(format!("{SHM_PREFIX}{}_{name}", std::process::id()));
+        Ok(Self { dir: dir.to_path_buf(), shm })
     }
 
     /// A fresh session path under `temp_dir`.
@@ -42,9 +60,8 @@ impl Session {
         self.dir.join("sockets/plasma.sock")
     }
 
-    pub fn shm_path(&self) -> PathBuf {
-        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        PathBuf::from(format!("/dev/shm/rtd_{name}"))
+    pub fn shm_path(&self) -> &Path {
+        &self.shm
     }
 
     pub fn node_file(&self) -> PathBuf {
@@ -53,15 +70,66 @@ impl Session {
 
     /// Removes everything the session holds, and `session_latest` if it points here.
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(self.shm_path());
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(parent) = self.dir.parent() {
-            let latest = parent.join("session_latest");
-            if std::fs::read_link(&latest).map(|t| t == self.dir).unwrap_or(false) {
-                let _ = std::fs::remove_file(latest);
-            }
+        let _ = std::fs::remove_file(&self.shm);
+        remove_session_dir(&self.dir);
+    }
+}
+
+/// Removes a session directory, and `session_latest` if it points there.
+fn remove_session_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(parent) = dir.parent() {
+        let latest = parent.join("session_latest");
+        if std::fs::read_link(&latest).map(|t| t == dir).unwrap_or(false) {
+            let _ = std::fs::remove_file(latest);
         }
     }
+}
+
+/// True unless `pid` is known to be gone. A process of another user is alive (EPERM),
+/// and a reused pid only delays the clean-up.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
+}
+
+/// Removes the session directories under `temp_dir` whose daemon (from `node.json`) is
+/// gone. A directory without `node.json` may belong to a daemon still starting: kept.
+fn remove_dead_sessions(temp_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with("session_") || name == "session_latest" {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(node) = NodeFile::read(&dir.join("node.json")) else { continue };
+        if !process_alive(node.pid) {
+            tracing::info!("removing {} of a daemon that is gone (pid {})", dir.display(), node.pid);
+            remove_session_dir(&dir);
+        }
+    }
+}
+
+/// Removes `rtd_<pid>_*` shared-memory files of daemons that are gone.
+fn remove_dead_shm_files(shm_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(shm_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = shm_owner(&name.to_string_lossy()) else { continue };
+        if !process_alive(pid) {
+            tracing::info!("removing {} of a daemon that is gone (pid {pid})", entry.path().display());
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The daemon pid in a shared-memory file name `rtd_<pid>_<session name>`.
+fn shm_owner(file_name: &str) -> Option<u32> {
+    let (pid, rest) = file_name.strip_prefix(SHM_PREFIX)?.split_once('_')?;
+    rest.starts_with("session_").then(|| pid.parse().ok()).flatten()
 }
 
 /// What a running daemon publishes about itself.
@@ -75,6 +143,8 @@ pub struct NodeFile {
     pub node_ip: String,
     /// The head's `host:port` in a multi-node cluster.
     pub head_address: String,
+    /// The object store's shared-memory file.
+    pub shm_path: String,
 }
 
 impl NodeFile {
@@ -86,6 +156,7 @@ impl NodeFile {
             "session_dir": self.session_dir,
             "node_ip": self.node_ip,
             "head_address": self.head_address,
+            "shm_path": self.shm_path,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
@@ -104,6 +175,56 @@ impl NodeFile {
             session_dir: field("session_dir"),
             node_ip: field("node_ip"),
             head_address: field("head_address"),
+            shm_path: field("shm_path"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shm_owner_reads_the_pid_of_rtd_files_only() {
+        assert_eq!(shm_owner("rtd_4242_session_17_9"), Some(4242));
+        assert_eq!(shm_owner("rtd_session_17_9"), None);
+        assert_eq!(shm_owner("rtd_x_session_1"), None);
+        assert_eq!(shm_owner("other_4242_session_1"), None);
+        assert_eq!(shm_owner("rtd_99999999999_session_1"), None);
+    }
+
+    #[test]
+    fn dead_daemons_leave_nothing_behind_and_live_ones_keep_theirs() {
+        let root = std::env::temp_dir().join(format!("rtd-session-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let shm_dir = root.join("shm");
+        std::fs::create_dir_all(&shm_dir).expect("test dir");
+        // A pid that cannot exist (above the kernel's pid_max) stands for a dead daemon.
+        let dead = 4_194_304 + 1;
+        let alive = std::process::id();
+        for (name, pid) in [("session_1_dead", dead), ("session_2_live", alive)] {
+            let session = Session { dir: root.join(name), shm: PathBuf::new() };
+            std::fs::create_dir_all(&session.dir).expect("session dir");
+            let node = NodeFile {
+                pid,
+                node_id: String::new(),
+                raylet_socket: String::new(),
+                session_dir: session.dir.display().to_string(),
+                node_ip: String::new(),
+                head_address: String::new(),
+                shm_path: String::new(),
+            };
+            node.write(&session).expect("node.json");
+            std::fs::write(shm_dir.join(format!("rtd_{pid}_{name}")), b"").expect("shm file");
+        }
+        std::fs::create_dir_all(root.join("session_3_starting")).expect("starting dir");
+        remove_dead_sessions(&root);
+        remove_dead_shm_files(&shm_dir);
+        assert!(!root.join("session_1_dead").exists());
+        assert!(!shm_dir.join(format!("rtd_{dead}_session_1_dead")).exists());
+        assert!(root.join("session_2_live").exists());
+        assert!(shm_dir.join(format!("rtd_{alive}_session_2_live")).exists());
+        assert!(root.join("session_3_starting").exists());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -61,6 +61,7 @@ def placement_of(strategy):
     from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
+        _core.check_node_id(strategy.node_id)
         return Placement("", strategy.node_id, bool(strategy.soft))
     if strategy == "SPREAD":
         return Placement("SPREAD")

@@ -31,6 +31,14 @@ def node_args(num_cpus=None, num_gpus=None, resources=None, object_store_memory=
     return args
 
 
+def _node_file_pid(path):
+    try:
+        with open(path) as f:
+            return json.load(f).get("pid")
+    except (OSError, ValueError):
+        return None
+
+
 def spawn_node(session_dir, args):
     """Starts a node daemon in the foreground of a child process and waits until it
     serves. It stops when the returned process's stdin is closed (or its parent dies),
@@ -40,7 +48,8 @@ def spawn_node(session_dir, args):
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     node_file = os.path.join(session_dir, "node.json")
     deadline = time.monotonic() + _START_TIMEOUT_S
-    while not os.path.exists(node_file):
+    # The daemon runs in `process` itself; a node.json of another pid is a dead one's.
+    while _node_file_pid(node_file) != process.pid:
         code = process.poll()
         if code is not None:
             raise RuntimeError(f"The rtd node daemon failed to start (exit code {code}); see its output above.")
