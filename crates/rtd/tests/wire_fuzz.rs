@@ -3,8 +3,8 @@
 //!
 //! Frames come in two kinds. Raw ones are arbitrary bytes behind a length prefix, so
 //! most do not decode and the daemon must drop that connection only. Structured ones
-//! always decode: a random `Frame.body` variant (any tag of the oneof, and some no
-//! variant has) holding random fields of the right wire types — ids of every length,
+//! always decode: a random `Frame.body` variant holding random fields of the wire
+//! types its schema (probed from the decoder) gives them — ids of every length,
 //! huge and negative numbers, NaN and infinite floats, unknown enum values, missing,
 //! empty or garbled sub-messages, maps with odd keys — so they reach the handlers:
 //! the raylet and GCS on `raylet.sock`, the object store on `plasma.sock`, and the
