@@ -104,11 +104,11 @@ impl ResourceSet {
         self.0.iter().all(|(k, v)| other.get(k) >= *v)
     }
 
-    /// Adds `other` to `self`.
+    /// Adds `other` to `self`, saturating (amounts from the wire may be anything).
     pub fn add(&mut self, other: &ResourceSet) {
         for (k, v) in other.iter() {
             let cur = self.get(k);
-            self.set(k, cur + v);
+            self.set(k, cur.saturating_add(v));
         }
     }
 
@@ -163,6 +163,15 @@ mod tests {
         let mut sum = a.clone();
         sum.add(&b);
         assert_eq!(sum, ResourceSet::from_floats([("GPU", 0.3)]).unwrap());
+    }
+
+    /// Wire amounts come from peers: summing the largest ones must not wrap negative.
+    #[test]
+    fn adding_huge_wire_amounts_saturates() {
+        let huge = ResourceSet::from_fixed_map(&[("CPU".to_string(), i64::MAX)].into());
+        let mut sum = huge.clone();
+        sum.add(&huge);
+        assert_eq!(sum.get("CPU"), i64::MAX);
     }
 
     #[test]

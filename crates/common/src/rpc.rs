@@ -39,7 +39,11 @@ use crate::proto::node_link_client::NodeLinkClient;
 use crate::proto::node_link_server::{NodeLink, NodeLinkServer};
 use crate::proto::{frame::Body, ErrorCode, ErrorReply, Frame};
 
-const MAX_FRAME: usize = 1 << 31;
+/// The largest frame a peer may send (as Ray's gRPC message limit). Objects move
+/// through the store or in object-manager chunks, so frames come nowhere near it.
+pub const MAX_FRAME: usize = 512 << 20;
+/// How many more bytes a connection's read buffer makes room for at a time.
+const READ_CHUNK: usize = 64 << 10;
 /// How long connecting to another machine may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 flow-control windows between nodes: large enough that streaming an object's
@@ -91,24 +95,40 @@ pub fn describe_error(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Why a peer's bytes cannot be read as frames. Each closes that one connection: the
+/// stream has no way to find the next frame boundary after either.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge { len: usize },
+    #[error("frame does not decode: {0}")]
+    Garbled(#[from] prost::DecodeError),
+}
+
+/// Takes the first complete frame off the front of `buf`; `Ok(None)` while more bytes
+/// are needed. Bytes after that frame stay in `buf`.
+pub fn decode_frame(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+    let Some(prefix) = buf.first_chunk::<4>() else { return Ok(None) };
+    let len = u32::from_le_bytes(*prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge { len });
+    }
+    if buf.len() - 4 < len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(Frame::decode(buf.split_to(len).freeze())?))
+}
+
 async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> std::io::Result<Option<Frame>> {
     loop {
-        if buf.len() >= 4 {
-            let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len > MAX_FRAME {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large"));
-            }
-            if buf.len() >= 4 + len {
-                buf.advance(4);
-                let frame_bytes = buf.split_to(len).freeze();
-                let frame = Frame::decode(frame_bytes)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                return Ok(Some(frame));
-            }
-            buf.reserve(4 + len - buf.len());
-        } else {
-            buf.reserve(4096);
+        if let Some(frame) = decode_frame(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))? {
+            return Ok(Some(frame));
         }
+        // Room in proportion to what has arrived, not to what the prefix announces: a
+        // peer that announces a huge frame must send its bytes before we hold memory
+        // for them. Doubling keeps a large frame to a few reads.
+        buf.reserve(READ_CHUNK.max(buf.len()));
         if reader.read_buf(buf).await? == 0 {
             return Ok(None);
         }
@@ -154,8 +174,18 @@ impl Inbound {
     /// The next frame; `None` once the peer has gone (closed, reset or garbled).
     async fn next(&mut self) -> Option<Frame> {
         match self {
-            Inbound::Socket { reader, buf } => read_frame(reader, buf).await.ok().flatten(),
-            Inbound::Grpc(stream) => stream.message().await.ok().flatten(),
+            Inbound::Socket { reader, buf } => read_frame(reader, buf).await.unwrap_or_else(|e| {
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    tracing::warn!("closing a connection that sent bad bytes: {e}");
+                }
+                None
+            }),
+            Inbound::Grpc(stream) => stream.message().await.unwrap_or_else(|status| {
+                if matches!(status.code(), tonic::Code::Internal | tonic::Code::OutOfRange) {
+                    tracing::warn!("closing a connection that sent bad bytes: {}", describe_error(&status));
+                }
+                None
+            }),
         }
     }
 }
@@ -599,6 +629,116 @@ mod tests {
         assert!(text.contains(&addr) && text.to_lowercase().contains("refused"), "{text}");
         let err = RpcClient::connect("not an address").await.err().expect("a bad address");
         assert!(err.to_string().contains("not an address"), "{err}");
+    }
+
+    /// Proptest cases per property; `RTD_FUZZ_CASES` raises it for a longer run by hand.
+    fn fuzz_cases() -> u32 {
+        std::env::var("RTD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    }
+
+    /// A length prefix then `payload` as a peer might send it.
+    fn framed(len: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    fn encoded(frames: &[Frame]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for frame in frames {
+            bytes.extend(framed(frame.encoded_len() as u32, &frame.encode_to_vec()));
+        }
+        bytes
+    }
+
+    /// Length prefixes worth trying: tiny, around the limit, and anything at all.
+    fn length_prefix() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        let max = MAX_FRAME as u32;
+        prop_oneof![0u32..64, Just(max), Just(max + 1), Just(u32::MAX), any::<u32>()]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(fuzz_cases()))]
+
+        /// Whatever the bytes, the decoder takes a whole frame, waits for more, or says
+        /// why the stream is unreadable; it never panics.
+        #[test]
+        fn decoder_takes_whole_frames_or_refuses(len in length_prefix(), payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let bytes = framed(len, &payload);
+            let mut buf = BytesMut::from(&bytes[..]);
+            match decode_frame(&mut buf) {
+                Ok(Some(_)) => proptest::prop_assert_eq!(buf.len(), payload.len() - len as usize),
+                Ok(None) => {
+                    proptest::prop_assert!(len as usize > payload.len());
+                    proptest::prop_assert_eq!(&buf[..], &bytes[..]);
+                }
+                Err(FrameError::TooLarge { .. }) => proptest::prop_assert!(len as usize > MAX_FRAME),
+                Err(FrameError::Garbled(_)) => proptest::prop_assert!(len as usize <= payload.len()),
+            }
+        }
+
+        /// Frames arriving in arbitrary pieces come out whole and in order.
+        #[test]
+        fn frames_split_anywhere_decode_in_order(
+            keys in proptest::collection::vec(".{0,40}", 1..8),
+            cuts in proptest::collection::vec(1usize..64, 0..40),
+        ) {
+            let frames: Vec<Frame> = keys
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| Frame { id: i as u64, body: Some(Body::KvGet(KvGet { key })) })
+                .collect();
+            let bytes = encoded(&frames);
+            let mut buf = BytesMut::new();
+            let mut decoded = Vec::new();
+            let mut rest = &bytes[..];
+            for cut in cuts.into_iter().chain(std::iter::once(usize::MAX)) {
+                let (piece, after) = rest.split_at(cut.min(rest.len()));
+                buf.extend_from_slice(piece);
+                rest = after;
+                while let Some(frame) = decode_frame(&mut buf).expect("valid frames decode") {
+                    decoded.push(frame);
+                }
+            }
+            proptest::prop_assert_eq!(decoded, frames);
+            proptest::prop_assert!(buf.is_empty());
+        }
+
+        /// A prefix announcing a large frame costs memory only for the bytes that
+        /// actually arrive.
+        #[test]
+        fn announced_length_does_not_allocate(len in length_prefix(), sent in 0usize..200_000) {
+            let bytes = framed(len, &vec![0xff; sent]);
+            let rt = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+            let mut buf = BytesMut::new();
+            let _ = rt.block_on(read_frame(&mut &bytes[..], &mut buf));
+            proptest::prop_assert!(buf.capacity() <= 4 * bytes.len() + 2 * READ_CHUNK, "{} bytes held", buf.capacity());
+        }
+    }
+
+    /// Garbage on one connection closes that connection; the server and its other
+    /// connections carry on.
+    #[tokio::test]
+    async fn bad_bytes_close_only_their_connection() {
+        let dir = std::env::temp_dir().join(format!("rtd-rpc-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("echo.sock");
+        let echo = Arc::new(Echo::default());
+        let server = tokio::spawn(serve(bind(&path).unwrap(), echo.clone()));
+        let good = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
+        let garbage = [framed(u32::MAX, b"x"), framed(5, &[0xff; 5]), framed(MAX_FRAME as u32 + 1, &[])];
+        for bytes in garbage {
+            let mut bad = UnixStream::connect(&path).await.unwrap();
+            bad.write_all(&bytes).await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest)).await;
+            assert!(matches!(read, Ok(Ok(0))), "the server closes a connection that sent {bytes:?}");
+            tokio::time::timeout(Duration::from_secs(5), echo.gone.notified()).await.expect("server dropped it");
+        }
+        assert_eq!(value_of(good.call(Body::KvGet(KvGet { key: "still".into() })).await.unwrap()), b"still");
+        server.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

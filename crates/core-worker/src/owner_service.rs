@@ -10,7 +10,7 @@ use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
 use crate::context::Context;
-use crate::executor::TaskExecutor;
+use crate::executor::{PushError, TaskExecutor};
 use crate::submitter::TaskSubmitter;
 
 /// Whether the cluster has declared `node_id` dead (or forgotten it).
@@ -42,12 +42,13 @@ impl Service for OwnerService {
                     return Reply::Now(error_body(ErrorCode::Invalid, "a driver does not run tasks"));
                 }
                 match self.executor.enqueue(spec, push.gpu_ids) {
-                    Some(rx) => Reply::Later(Box::pin(async move {
+                    Ok(rx) => Reply::Later(Box::pin(async move {
                         rx.await.unwrap_or_else(|_| {
                             error_body(ErrorCode::WorkerDied, "the worker stopped before finishing the task")
                         })
                     })),
-                    None => Reply::Now(error_body(ErrorCode::WorkerDied, "the worker is shutting down")),
+                    Err(e @ PushError::Malformed(_)) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+                    Err(e @ PushError::ShuttingDown) => Reply::Now(error_body(ErrorCode::WorkerDied, e.to_string())),
                 }
             }
             Body::CancelTask(cancel) => {
