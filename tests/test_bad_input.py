@@ -91,6 +91,57 @@ def test_get_with_negative_timeout_raises_value_error(shared_runtime):
         rtd.get(rtd.put(1), timeout=-1)
 
 
+@pytest.mark.parametrize("timeout", [float("inf"), 1e20, 1e300, 2.0**64])
+def test_get_and_wait_with_huge_timeouts_wait_as_long_as_needed(shared_runtime, timeout):
+    ref = _square().remote(3)
+    assert rtd.get(ref, timeout=timeout) == 9
+    assert rtd.wait([ref], timeout=timeout) == ([ref], [])
+
+
+def test_get_and_wait_with_nan_timeout_raise_value_error(shared_runtime):
+    ref = rtd.put(1)
+    with pytest.raises(ValueError, match="timeout"):
+        rtd.get(ref, timeout=float("nan"))
+    with pytest.raises(ValueError, match="timeout"):
+        rtd.wait([ref], timeout=float("nan"))
+
+
+def test_placement_group_wait_takes_any_timeout(shared_runtime):
+    pg = rtd.util.placement_group([{"CPU": 1}])
+    try:
+        assert pg.wait(float("inf")) is True
+        assert pg.wait(1e20) is True
+        with pytest.raises(ValueError, match="timeout"):
+            pg.wait(float("nan"))
+        with pytest.raises(ValueError, match="timeout"):
+            pg.wait(-1)
+    finally:
+        rtd.util.remove_placement_group(pg)
+
+
+@pytest.mark.parametrize("node_id", ["zz", "abc", "00" * 27, "00" * 29, "", 123, None])
+def test_node_affinity_to_a_malformed_node_id_raises_value_error(shared_runtime, node_id):
+    from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    strategy = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    with pytest.raises(ValueError, match="node_id"):
+        _square().options(scheduling_strategy=strategy).remote(2)
+
+    @rtd.remote
+    class Actor:
+        pass
+
+    with pytest.raises(ValueError, match="node_id"):
+        Actor.options(scheduling_strategy=strategy).remote()
+
+
+def test_a_resource_whose_name_contains_group_is_an_ordinary_resource(start_runtime):
+    start_runtime(num_cpus=1, resources={"my_group_x": 2, "team_group_1": 1})
+    square = _square()
+    assert rtd.get(square.options(resources={"my_group_x": 1}).remote(4), timeout=30) == 16
+    assert rtd.get(square.options(resources={"team_group_1": 1}).remote(5), timeout=30) == 25
+
+
 def test_cancel_of_a_non_ref_raises_type_error(shared_runtime):
     with pytest.raises(TypeError):
         rtd.cancel("not a ref")

@@ -180,12 +180,25 @@ fn bundle_gpu_request(request: &ResourceSet) -> Option<(String, Option<u32>, i64
 
 /// Resources that exist only while a placement group is committed.
 fn is_group_resource(name: &str) -> bool {
-    name.contains("_group_")
+    group_of(name).is_some()
 }
 
-/// The group (hex id) a group resource belongs to: its last `_`-separated part.
+/// Hex digits of a placement group's id (18 bytes, as Ray's).
+const GROUP_HEX_LEN: usize = 36;
+
+/// The group (hex id) of a placement-group resource, `<name>_group_<pg>` or
+/// `<name>_group_<index>_<pg>`; None for any other name, even one that merely
+/// contains `_group_` (a user's `my_group_x`).
 fn group_of(name: &str) -> Option<&str> {
-    is_group_resource(name).then(|| name.rsplit('_').next()).flatten()
+    let (head, group) = name.rsplit_once('_')?;
+    if group.len() != GROUP_HEX_LEN || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let head = match head.rsplit_once('_') {
+        Some((before, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => before,
+        _ => head,
+    };
+    head.strip_suffix("_group").filter(|base| !base.is_empty()).map(|_| group)
 }
 
 pub struct Raylet {
@@ -837,6 +850,19 @@ mod tests {
 
     fn set(items: &[(String, f64)]) -> ResourceSet {
         ResourceSet::from_floats(items.iter().map(|(name, amount)| (name.as_str(), *amount))).expect("valid test resources")
+    }
+
+    #[test]
+    fn only_placement_group_resource_names_belong_to_a_group() {
+        let pg = "8a1f00000000000000000000000000000000";
+        assert_eq!(group_of(&format!("CPU_group_{pg}")), Some(pg));
+        assert_eq!(group_of(&format!("CPU_group_12_{pg}")), Some(pg));
+        assert_eq!(group_of(&format!("bundle_group_0_{pg}")), Some(pg));
+        assert_eq!(group_of(&format!("my_group_x_group_1_{pg}")), Some(pg));
+        for name in ["my_group_x", "team_group_1", "a_group_b_c", "_group_", &format!("_group_{pg}"), &format!("CPU_grp_{pg}")] {
+            assert_eq!(group_of(name), None, "{name}");
+        }
+        assert_eq!(group_of(&format!("CPU_group_{}", &pg[1..])), None);
     }
 
     #[test]

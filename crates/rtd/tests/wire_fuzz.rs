@@ -123,7 +123,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(format!("/dev/shm/rtd_{}", self.session.file_name().unwrap_or_default().to_string_lossy()));
+        // The daemon was killed: its shared-memory file is `rtd_<its pid>_<session name>`.
+        let name = self.session.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let _ = std::fs::remove_file(format!("/dev/shm/rtd_{}_{name}", self.child.id()));
         if let Some(root) = self.session.parent() {
             let _ = std::fs::remove_dir_all(root);
         }
