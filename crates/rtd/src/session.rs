@@ -75,6 +75,8 @@ pub struct NodeFile {
     pub node_ip: String,
     /// The head's `host:port` in a multi-node cluster.
     pub head_address: String,
+    /// Where the object store spills; outside the session with `--system-config`.
+    pub spill_dir: String,
 }
 
 impl NodeFile {
@@ -86,11 +88,23 @@ impl NodeFile {
             "session_dir": self.session_dir,
             "node_ip": self.node_ip,
             "head_address": self.head_address,
+            "spill_dir": self.spill_dir,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
         std::fs::rename(&tmp, session.node_file()).context("writing node.json")?;
         Ok(())
+    }
+
+    /// The daemons that published themselves under `temp_dir`, each once (not again
+    /// through `session_latest`).
+    pub fn find_all(temp_dir: &Path) -> Vec<Self> {
+        let Ok(entries) = std::fs::read_dir(temp_dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.file_name() != "session_latest")
+            .filter_map(|e| Self::read(&e.path().join("node.json")).ok())
+            .collect()
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -104,6 +118,7 @@ impl NodeFile {
             session_dir: field("session_dir"),
             node_ip: field("node_ip"),
             head_address: field("head_address"),
+            spill_dir: field("spill_dir"),
         })
     }
 }
