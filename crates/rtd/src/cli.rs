@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a head node (a new cluster) or a node joining one.
-    Start(StartArgs),
+    Start(Box<StartArgs>),
     /// Stop the rtd node daemons this user runs on this machine.
     Stop(StopArgs),
     /// Show the nodes, their resource usage and pending demands.
@@ -496,7 +496,7 @@ mod tests {
 
     fn parse_start(args: &[&str]) -> Result<StartArgs, clap::Error> {
         match parse(&[&["start"], args].concat())?.command {
-            Command::Start(start) => Ok(start),
+            Command::Start(start) => Ok(*start),
             other => panic!("parsed as {other:?}"),
         }
     }
