@@ -80,24 +80,17 @@ pub fn find_daemons(processes: &[ProcessInfo], uid: u32, own_pid: u32) -> Vec<Da
 /// The arguments after `start` when `cmdline` runs `rtd start`, whether as the
 /// binary, as the console script under its interpreter, or as the Python module.
 fn node_start_args(cmdline: &[String]) -> Option<&[String]> {
-    let file_name = |arg: &String| Path::new(arg).file_name().map(|n| n.to_string_lossy().into_owned());
-    let program = file_name(cmdline.first()?)?;
+    let is_rtd = |arg: &String| Path::new(arg).file_name().is_some_and(|name| name == "rtd");
+    let program = Path::new(cmdline.first()?).file_name()?.to_string_lossy();
     let command_at = if program == "rtd" {
         1
     } else if program.starts_with("python") {
-        // Interpreter options may come first.
-        let mut i = 1;
-        loop {
-            let arg = cmdline.get(i)?;
-            if arg == "-m" {
-                (cmdline.get(i + 1)? == "rtd._private.node").then_some(i + 2)?;
-                break i + 2;
-            }
-            if !arg.starts_with('-') {
-                (file_name(arg)? == "rtd").then_some(())?;
-                break i + 1;
-            }
-            i += 1;
+        // The interpreter's own options (`-u`, `-O`) come before the module or script.
+        let first = 1 + cmdline[1..].iter().position(|arg| arg == "-m" || !arg.starts_with('-'))?;
+        match cmdline[first].as_str() {
+            "-m" if cmdline.get(first + 1)? == "rtd._private.node" => first + 2,
+            _ if is_rtd(&cmdline[first]) => first + 1,
+            _ => return None,
         }
     } else {
         return None;
