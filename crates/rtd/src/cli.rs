@@ -80,7 +80,7 @@ struct StartArgs {
     #[arg(long, value_name = "BYTES")]
     memory: Option<u64>,
     /// Size of the object store in bytes (default: 30% of memory).
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1 << 20..))]
+    #[arg(long, value_name = "BYTES", value_parser = parse_store_size)]
     object_store_memory: Option<u64>,
     /// Ray's internal settings as JSON; rtd honours object_spilling_config (a filesystem directory_path).
     #[arg(long, value_name = "JSON", value_parser = SystemConfig::parse)]
@@ -155,6 +155,14 @@ fn parse_head_address(address: &str) -> Result<String, String> {
     match address.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address.to_string()),
         _ => Err("expected HOST:PORT of the head node".into()),
+    }
+}
+
+fn parse_store_size(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(bytes) if bytes >= 1 << 20 => Ok(bytes),
+        Ok(_) => Err("the object store needs at least 1 MiB (1048576 bytes)".into()),
+        Err(e) => Err(format!("expected a number of bytes ({e})")),
     }
 }
 
@@ -263,14 +271,14 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
         eprintln!("rtd: note: {notice}");
     }
     let session_dir = args.session_dir.clone().unwrap_or_else(|| Session::new_path(&args.temp_dir));
+    // Absolute: clients take a relative socket path for a host name, and `rtd stop`
+    // reads the daemon's command line without its working directory at hand.
+    let session_dir = std::path::absolute(&session_dir).with_context(|| format!("resolving {}", session_dir.display()))?;
     if args.block {
         return run_node(args.node_options(role, session_dir)?);
     }
     // Checked here, before spawning, so a mistake is reported to the caller.
     args.node_options(role, session_dir.clone())?;
-    // `rtd stop` finds the daemon by its command line; an absolute session dir there
-    // does not depend on the daemon's working directory.
-    let session_dir = std::path::absolute(&session_dir).with_context(|| format!("resolving {}", session_dir.display()))?;
     // Background: the daemon's output (and its workers') goes to a log file, not to
     // our caller's terminal.
     let logs = session_dir.join("logs");
@@ -579,7 +587,7 @@ mod tests {
         assert!(start_error(&["--head", "--resources", "{\"CPU\": 4}"]).contains("--num-cpus"));
         assert!(start_error(&["--head", "--num-cpus", "many"]).contains("--num-cpus"));
         assert!(start_error(&["--head", "--bogus"]).contains("--bogus"));
-        assert!(start_error(&["--head", "--object-store-memory", "1000"]).contains("--object-store-memory"));
+        assert!(start_error(&["--head", "--object-store-memory", "1000"]).contains("at least 1 MiB"));
         assert!(start_error(&["--head", "--system-config", "{"]).contains("--system-config"));
         assert!(start_error(&["--address", "nohost"]).contains("--address"));
         assert!(start_error(&["--head", "--num-cpus"]).contains("--num-cpus"));

@@ -287,6 +287,53 @@ mod tests {
         assert!(!Daemon { pid: 1, session_dir: None, temp_dir: "/tmp/yy".into() }.is_under(Path::new("/tmp/y")));
     }
 
+    /// A stand-in daemon: `sleep`, ignoring SIGTERM if asked, with a session dir.
+    fn fake_daemon(ignore_term: bool, name: &str) -> (std::process::Child, Daemon) {
+        let trap = if ignore_term { "trap '' TERM; " } else { "" };
+        let child = std::process::Command::new("sh").arg("-c").arg(format!("{trap}exec sleep 30")).spawn().unwrap();
+        let session_dir = std::env::temp_dir().join(format!("rtd-stop-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&session_dir).unwrap();
+        let daemon = Daemon { pid: child.id(), session_dir: Some(session_dir), temp_dir: std::env::temp_dir() };
+        (child, daemon)
+    }
+
+    #[test]
+    fn a_daemon_that_outlives_the_grace_period_is_killed_and_cleaned_up() {
+        let (mut child, daemon) = fake_daemon(true, "stubborn");
+        let session_dir = daemon.session_dir.clone().unwrap();
+        // Let the shell install its trap before the signal comes.
+        while std::fs::read_to_string(format!("/proc/{}/comm", child.id())).is_ok_and(|c| c.trim() != "sleep") {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let report = stop(vec![daemon], Duration::from_millis(300), false);
+        assert_eq!((report.stopped, report.killed_late), (1, 1));
+        assert!(report.still_running.is_empty());
+        assert!(!session_dir.exists());
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn sigterm_stops_a_daemon_which_cleans_up_itself() {
+        let (mut child, daemon) = fake_daemon(false, "polite");
+        let session_dir = daemon.session_dir.clone().unwrap();
+        let report = stop(vec![daemon], Duration::from_secs(5), false);
+        assert_eq!((report.stopped, report.killed_late), (1, 0));
+        // Its own files are its own business: `stop` removed nothing.
+        assert!(session_dir.exists());
+        let _ = std::fs::remove_dir_all(session_dir);
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn force_kills_at_once_and_cleans_up() {
+        let (mut child, daemon) = fake_daemon(true, "forced");
+        let session_dir = daemon.session_dir.clone().unwrap();
+        let report = stop(vec![daemon], Duration::from_secs(60), true);
+        assert_eq!((report.stopped, report.killed_late), (1, 0));
+        assert!(!session_dir.exists());
+        let _ = child.wait();
+    }
+
     #[test]
     fn scan_sees_this_process_and_it_is_not_gone() {
         let me = std::process::id();
