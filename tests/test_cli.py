@@ -64,7 +64,7 @@ def test_malformed_resources_json_is_a_cli_error_naming_the_flag(temp_dir):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["frobnicate"], "unknown command"),
+        (["frobnicate"], "frobnicate"),
         (["start", "--head", "--num-cpus", "many"], "--num-cpus"),
         (["start", "--head", "--bogus"], "--bogus"),
         (["start", "--head", "--resources", '{"CPU": 4}'], "--num-cpus"),
@@ -149,7 +149,7 @@ def test_list_shows_nodes_actors_and_placement_groups(temp_dir):
     groups = rtd_cli("list", "placement-groups", "--temp-dir", temp_dir)
     assert re.search(r"PACK\s+CREATED\s+1\s+kept", groups.stdout), groups.stdout
     bogus = rtd_cli("list", "tasks-and-more", "--temp-dir", temp_dir)
-    assert bogus.returncode != 0 and "cannot list" in bogus.stderr
+    assert bogus.returncode != 0 and "tasks-and-more" in bogus.stderr and "placement-groups" in bogus.stderr
 
 
 def test_status_shows_pending_demands(temp_dir):

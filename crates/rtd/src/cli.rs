@@ -1,27 +1,27 @@
-//! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`. The same code runs in
-//! the standalone binary and behind the Python package's `rtd` console script.
+//! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`, `rtd list`. The same
+//! code runs in the standalone binary and behind the Python package's `rtd` console
+//! script, so it returns an exit code instead of exiting.
+//!
+//! Ray programs come with Ray's shell lines, so `rtd start` takes `ray start`'s flags.
+//! Those rtd honours do what they do in Ray (`--memory`, `--system-config`'s spilling
+//! directory); those about parts rtd does not have (the dashboard, Redis) are accepted
+//! with a one-line notice on stderr of what rtd does instead, never dropped silently.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
+use clap::builder::BoolishValueParser;
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use rtd_common::proto::frame::Body;
 use rtd_common::rpc::RpcClient;
 
+use crate::daemons;
 use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions, NodeRole};
-use crate::session::{NodeFile, Session, DEFAULT_TEMP_DIR};
-
-const USAGE: &str = "usage: rtd <command> [options]
-
-commands:
-  start (--head [--port P] | --address HOST:P) [--node-ip-address IP]
-        [--num-cpus N] [--num-gpus N] [--resources JSON]
-        [--object-store-memory BYTES] [--temp-dir DIR] [--block]
-                      start a head node (a new cluster) or a node joining one
-  stop [--temp-dir DIR]    stop the node daemons started on this machine
-  status [--temp-dir DIR]  show nodes and resource usage
-  list nodes|actors|placement-groups [--temp-dir DIR]";
+use crate::session::{remove_dead_sessions, NodeFile, Session, DEFAULT_TEMP_DIR};
+use crate::system_config::SystemConfig;
 
 /// How to start a daemon in the background: the program and leading arguments that,
 /// followed by `start ... --block`, run a node in the foreground.
@@ -30,13 +30,179 @@ pub struct Launcher {
     pub args: Vec<String>,
 }
 
-/// Runs the CLI; returns the process exit code.
+#[derive(Parser, Debug)]
+#[command(name = "rtd", version, about = "Start, stop and inspect rtd clusters (Ray's `ray` command line).")]
+#[command(subcommand_required = true, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a head node (a new cluster) or a node joining one.
+    Start(Box<StartArgs>),
+    /// Stop the rtd node daemons this user runs on this machine.
+    Stop(StopArgs),
+    /// Show the nodes, their resource usage and pending demands.
+    Status(TempDirArg),
+    /// List the cluster's nodes, actors or placement groups.
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+// `rtd start` re-runs itself with `--block --session-dir DIR` appended, and scripts
+// repeat flags: the last one wins, as in Ray.
+#[command(args_override_self = true)]
+struct StartArgs {
+    /// Start a head node: a new cluster.
+    #[arg(long, conflicts_with = "address")]
+    head: bool,
+    /// Port the head serves other nodes on (without it, the head serves this machine only).
+    #[arg(long, conflicts_with = "address")]
+    port: Option<u16>,
+    /// Join the cluster whose head is at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_head_address)]
+    address: Option<String>,
+    /// The address other nodes reach this one at.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    node_ip_address: String,
+    /// CPUs this node offers (default: the machine's cores).
+    #[arg(long, value_name = "N")]
+    num_cpus: Option<f64>,
+    /// GPUs this node offers.
+    #[arg(long, value_name = "N")]
+    num_gpus: Option<f64>,
+    /// Custom resources, e.g. '{"bob": 5}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_resources)]
+    resources: Option<HashMap<String, f64>>,
+    /// The node's `memory` resource in bytes (default: the machine's memory less the object store).
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<u64>,
+    /// Size of the object store in bytes (default: 30% of memory).
+    #[arg(long, value_name = "BYTES", value_parser = parse_store_size)]
+    object_store_memory: Option<u64>,
+    /// Ray's internal settings as JSON; rtd honours object_spilling_config (a filesystem directory_path).
+    #[arg(long, value_name = "JSON", value_parser = SystemConfig::parse)]
+    system_config: Option<SystemConfig>,
+    /// Where sessions are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TEMP_DIR)]
+    temp_dir: PathBuf,
+    /// This node's session directory (default: a new one under --temp-dir).
+    #[arg(long, value_name = "DIR")]
+    session_dir: Option<PathBuf>,
+    /// The Python interpreter that runs workers (default: $RTD_PYTHON, else python3).
+    #[arg(long, value_name = "PATH")]
+    python: Option<String>,
+    /// Run the node in the foreground until it is stopped.
+    #[arg(long)]
+    block: bool,
+    /// Stop when stdin reaches EOF: the process that started this node is gone.
+    #[arg(long, hide = true)]
+    watch_stdin: bool,
+    /// Accepted for Ray; rtd has no dashboard yet.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    include_dashboard: Option<bool>,
+    /// Accepted for Ray; rtd has no dashboard yet.
+    #[arg(long, value_name = "HOST")]
+    dashboard_host: Option<String>,
+    /// Accepted for Ray; rtd has no dashboard yet.
+    #[arg(long, value_name = "PORT")]
+    dashboard_port: Option<u16>,
+    /// Accepted for Ray; rtd collects no usage stats.
+    #[arg(long)]
+    disable_usage_stats: bool,
+    /// Accepted for Ray; rtd has no Redis (the GCS keeps its state in the head process).
+    #[arg(long, value_name = "PASSWORD")]
+    redis_password: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct StopArgs {
+    /// Kill the daemons at once (SIGKILL) and remove the files they leave behind.
+    #[arg(short, long)]
+    force: bool,
+    /// Seconds a daemon has to exit after SIGTERM before it is killed.
+    #[arg(short, long, value_name = "SECONDS", default_value_t = 16)]
+    grace_period: u64,
+    /// Only stop daemons whose session is under DIR (default: every daemon of this user).
+    #[arg(long, value_name = "DIR")]
+    temp_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct TempDirArg {
+    /// Where the node daemons keep their sessions.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TEMP_DIR)]
+    temp_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    what: ListKind,
+    #[command(flatten)]
+    dir: TempDirArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ListKind {
+    Nodes,
+    Actors,
+    PlacementGroups,
+}
+
+fn parse_head_address(address: &str) -> Result<String, String> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address.to_string()),
+        _ => Err("expected HOST:PORT of the head node".into()),
+    }
+}
+
+fn parse_store_size(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(bytes) if bytes >= 1 << 20 => Ok(bytes),
+        Ok(_) => Err("the object store needs at least 1 MiB (1048576 bytes)".into()),
+        Err(e) => Err(format!("expected a number of bytes ({e})")),
+    }
+}
+
+fn parse_resources(text: &str) -> Result<HashMap<String, f64>, String> {
+    let resources: HashMap<String, f64> = serde_json::from_str(text)
+        .map_err(|e| format!("expected a JSON object of numbers, e.g. '{{\"bob\": 5}}' ({e})"))?;
+    for reserved in ["CPU", "GPU"] {
+        if resources.contains_key(reserved) {
+            return Err(format!("{reserved} is set with --num-{}s", reserved.to_lowercase()));
+        }
+    }
+    Ok(resources)
+}
+
+/// Runs the CLI; returns the process exit code: 0, 1 when a command fails, 2 for
+/// arguments it cannot parse.
 pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("RTD_LOG"))
         .with_writer(std::io::stderr)
         .try_init();
-    match run(argv, launcher) {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            };
+        }
+    };
+    let result = match cli.command {
+        // The daemon is spawned with the same arguments; parsing succeeded, so they
+        // follow `start`, the first argument.
+        Command::Start(args) => start(&args, argv.get(2..).unwrap_or_default(), launcher),
+        Command::Stop(args) => stop(&args),
+        Command::Status(args) => status(&args.temp_dir),
+        Command::List(args) => list(args.what, &args.dir.temp_dir),
+    };
+    match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("rtd: error: {e:#}");
@@ -45,126 +211,76 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
     }
 }
 
-fn run(argv: &[String], launcher: &Launcher) -> Result<()> {
-    let Some(command) = argv.get(1) else {
-        println!("{USAGE}");
-        return Ok(());
-    };
-    let rest = &argv[2..];
-    match command.as_str() {
-        "start" => start(rest, launcher),
-        "stop" => stop(rest),
-        "status" => status(rest),
-        "list" => list(rest),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        other => bail!("unknown command {other:?}\n{USAGE}"),
-    }
-}
-
-#[derive(Default)]
-struct StartArgs {
-    head: bool,
-    port: Option<u16>,
-    address: Option<String>,
-    node_ip_address: Option<String>,
-    block: bool,
-    watch_stdin: bool,
-    num_cpus: Option<f64>,
-    num_gpus: Option<f64>,
-    resources: HashMap<String, f64>,
-    object_store_memory: Option<u64>,
-    temp_dir: Option<PathBuf>,
-    session_dir: Option<PathBuf>,
-    python: Option<String>,
-}
-
-fn parse_number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T> {
-    value.parse().map_err(|_| anyhow!("{flag} expects a number, got {value:?}"))
-}
-
-fn parse_start(args: &[String]) -> Result<StartArgs> {
-    let mut out = StartArgs::default();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let (flag, inline_value) = match flag.split_once('=') {
-            Some((f, v)) => (f.to_string(), Some(v.to_string())),
-            None => (flag.clone(), None),
-        };
-        let mut value = || -> Result<String> {
-            inline_value.clone().or_else(|| it.next().cloned()).ok_or_else(|| anyhow!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--head" => out.head = true,
-            "--block" => out.block = true,
-            "--watch-stdin" => out.watch_stdin = true,
-            "--num-cpus" => out.num_cpus = Some(parse_number(&flag, &value()?)?),
-            "--num-gpus" => out.num_gpus = Some(parse_number(&flag, &value()?)?),
-            "--object-store-memory" => out.object_store_memory = Some(parse_number(&flag, &value()?)?),
-            "--resources" => {
-                let text = value()?;
-                let parsed: HashMap<String, f64> = serde_json::from_str(&text)
-                    .map_err(|e| anyhow!("--resources must be a JSON object of numbers, e.g. '{{\"bob\": 5}}': {e}"))?;
-                out.resources = parsed;
-            }
-            "--temp-dir" => out.temp_dir = Some(PathBuf::from(value()?)),
-            "--session-dir" => out.session_dir = Some(PathBuf::from(value()?)),
-            "--python" => out.python = Some(value()?),
-            "--port" => out.port = Some(parse_number(&flag, &value()?)?),
-            "--address" => {
-                let address = value()?;
-                if address.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                    bail!("--address must be HOST:PORT of the head node, got {address:?}");
-                }
-                out.address = Some(address);
-            }
-            "--node-ip-address" => out.node_ip_address = Some(value()?),
-            other => bail!("unknown option {other:?} for rtd start"),
+impl StartArgs {
+    fn role(&self) -> Result<NodeRole> {
+        match (&self.address, self.head) {
+            (Some(address), _) => Ok(NodeRole::Worker { head_address: address.clone() }),
+            (None, true) => Ok(NodeRole::Head { port: self.port }),
+            (None, false) => bail!("rtd start needs --head (a new cluster) or --address HOST:PORT (join one)"),
         }
     }
-    for reserved in ["CPU", "GPU"] {
-        if out.resources.contains_key(reserved) {
-            bail!("--resources must not set {reserved}; use --num-cpus / --num-gpus");
-        }
-    }
-    Ok(out)
-}
 
-fn start(args: &[String], launcher: &Launcher) -> Result<()> {
-    let parsed = parse_start(args)?;
-    let role = match (parsed.head, &parsed.address) {
-        (true, None) => NodeRole::Head { port: parsed.port },
-        (false, Some(address)) => NodeRole::Worker { head_address: address.clone() },
-        (true, Some(_)) => bail!("rtd start takes either --head or --address HOST:PORT, not both"),
-        (false, None) => bail!("rtd start needs --head (a new cluster) or --address HOST:PORT (join one)"),
-    };
-    let temp_dir = parsed.temp_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
-    let session_dir = parsed.session_dir.clone().unwrap_or_else(|| Session::new_path(&temp_dir));
-    if parsed.block {
-        let object_store_memory = parsed.object_store_memory.unwrap_or_else(default_object_store_memory);
-        if object_store_memory < 1 << 20 {
-            bail!("--object-store-memory must be at least 1 MiB, got {object_store_memory}");
+    /// One line for each flag rtd accepts but does not act on as Ray would.
+    fn notices(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        let dashboard_flags: Vec<&str> = [
+            (self.include_dashboard == Some(true), "--include-dashboard"),
+            (self.dashboard_host.is_some(), "--dashboard-host"),
+            (self.dashboard_port.is_some(), "--dashboard-port"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !dashboard_flags.is_empty() {
+            notices.push(format!("rtd has no dashboard yet; {} ignored", dashboard_flags.join(", ")));
         }
-        let resources =
-            node_resources(parsed.num_cpus, parsed.num_gpus, &parsed.resources, object_store_memory)?;
-        return run_node(NodeOptions {
+        if self.redis_password.is_some() {
+            notices.push("the GCS keeps its state in the head process (no Redis); --redis-password is not used".into());
+        }
+        if let Some(config) = &self.system_config {
+            notices.extend(config.notices.iter().cloned());
+        }
+        notices
+    }
+
+    fn node_options(&self, role: NodeRole, session_dir: PathBuf) -> Result<NodeOptions> {
+        let object_store_memory = self.object_store_memory.unwrap_or_else(default_object_store_memory);
+        let custom = self.resources.clone().unwrap_or_default();
+        Ok(NodeOptions {
             session_dir,
-            resources,
+            resources: node_resources(self.num_cpus, self.num_gpus, self.memory, &custom, object_store_memory)?,
             object_store_memory,
-            python: parsed
+            python: self
                 .python
                 .clone()
                 .or_else(|| std::env::var("RTD_PYTHON").ok())
                 .unwrap_or_else(|| "python3".into()),
-            watch_stdin: parsed.watch_stdin,
+            watch_stdin: self.watch_stdin,
             role,
-            node_ip: parsed.node_ip_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
-        });
+            node_ip: self.node_ip_address.clone(),
+            spill_root: self.system_config.as_ref().and_then(|c| c.spill_directory.clone()),
+        })
     }
-    // Background: run ourselves with --block, detached, and wait until it serves. Its
-    // output (and its workers') goes to a log file, not to our caller's terminal.
+}
+
+/// `rtd start`: with `--block` runs the node here; without, spawns itself with
+/// `--block` (`raw_args` plus a session dir) and returns once the node serves.
+fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<()> {
+    let role = args.role()?;
+    for notice in args.notices() {
+        eprintln!("rtd: note: {notice}");
+    }
+    let session_dir = args.session_dir.clone().unwrap_or_else(|| Session::new_path(&args.temp_dir));
+    // Absolute: clients take a relative socket path for a host name, and `rtd stop`
+    // reads the daemon's command line without its working directory at hand.
+    let session_dir = std::path::absolute(&session_dir).with_context(|| format!("resolving {}", session_dir.display()))?;
+    if args.block {
+        return run_node(args.node_options(role, session_dir)?);
+    }
+    // Checked here, before spawning, so a mistake is reported to the caller.
+    args.node_options(role, session_dir.clone())?;
+    // Background: the daemon's output (and its workers') goes to a log file, not to
+    // our caller's terminal.
     let logs = session_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let log_path = logs.join("node.out");
@@ -172,7 +288,7 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
     let mut cmd = std::process::Command::new(&launcher.program);
     cmd.args(&launcher.args)
         .arg("start")
-        .args(args)
+        .args(raw_args)
         .arg("--block")
         .arg("--session-dir")
         .arg(&session_dir)
@@ -194,61 +310,49 @@ fn start(args: &[String], launcher: &Launcher) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let kind = if parsed.head { "head" } else { "worker" };
+    let kind = if args.head { "head" } else { "worker" };
     println!("Started an rtd {kind} node (pid {}).", child.id());
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
     println!("  log:     {}", log_path.display());
-    if let (true, Some(port)) = (parsed.head, parsed.port) {
-        let ip = parsed.node_ip_address.as_deref().unwrap_or("127.0.0.1");
+    if let (true, Some(port)) = (args.head, args.port) {
+        let ip = &args.node_ip_address;
         println!("Add nodes with `rtd start --address {ip}:{port}`; connect with rtd.init(address=\"{ip}:{port}\").");
     }
     println!("Connect from this machine with rtd.init(address=\"auto\"); stop with `rtd stop`.");
     Ok(())
 }
 
-fn session_nodes(temp_dir: &Path) -> Vec<NodeFile> {
-    let Ok(entries) = std::fs::read_dir(temp_dir) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.file_name() != "session_latest")
-        .filter_map(|e| NodeFile::read(&e.path().join("node.json")).ok())
-        .collect()
-}
-
-/// The only option of `stop` and `status`.
-fn temp_dir_arg(command: &str, args: &[String]) -> Result<PathBuf> {
-    match args {
-        [] => Ok(PathBuf::from(DEFAULT_TEMP_DIR)),
-        [flag, dir] if flag == "--temp-dir" => Ok(PathBuf::from(dir)),
-        _ => bail!("usage: rtd {command} [--temp-dir DIR]"),
+/// `rtd stop`: every node daemon of this user on this machine, as `ray stop`, or
+/// only those under `--temp-dir`.
+fn stop(args: &StopArgs) -> Result<()> {
+    let scope = match &args.temp_dir {
+        Some(dir) => Some(std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?),
+        None => None,
+    };
+    // SAFETY: geteuid(2) cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let found: Vec<daemons::Daemon> = daemons::find_daemons(&daemons::scan_proc(), uid, std::process::id())
+        .into_iter()
+        .filter(|d| scope.as_ref().is_none_or(|dir| d.is_under(dir)))
+        .collect();
+    let grace = Duration::from_secs(args.grace_period);
+    let report = daemons::stop(found, grace, args.force);
+    remove_dead_sessions(scope.as_deref().unwrap_or(Path::new(DEFAULT_TEMP_DIR)));
+    if report.killed_late > 0 {
+        eprintln!("rtd: note: {} daemon(s) did not exit within {} s of SIGTERM and were killed", report.killed_late, args.grace_period);
     }
-}
-
-fn stop(args: &[String]) -> Result<()> {
-    let temp_dir = temp_dir_arg("stop", args)?;
-    let nodes = session_nodes(&temp_dir);
-    let mut stopped = 0;
-    for node in &nodes {
-        // SAFETY: kill(2) with a pid read from node.json.
-        if node.pid == 0 || unsafe { libc::kill(node.pid as libc::pid_t, libc::SIGTERM) } != 0 {
-            let _ = std::fs::remove_dir_all(&node.session_dir);
-            continue;
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while unsafe { libc::kill(node.pid as libc::pid_t, 0) } == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        stopped += 1;
+    println!("Stopped {} rtd node daemon(s).", report.stopped);
+    if !report.still_running.is_empty() {
+        bail!("{} daemon(s) are still running even after SIGKILL: pids {:?}", report.still_running.len(), report.still_running);
     }
-    println!("Stopped {stopped} rtd node daemon(s).");
     Ok(())
 }
 
 /// Asks this machine's node daemons `body`, once per cluster: nodes of one cluster
 /// forward to the same GCS, so a cluster already answered (same node set) is skipped.
 fn ask_clusters(temp_dir: &Path, body: impl Fn() -> Body) -> Result<Vec<(NodeFile, Body)>> {
-    let nodes = session_nodes(temp_dir);
+    let nodes = NodeFile::find_all(temp_dir);
     if nodes.is_empty() {
         bail!("no rtd node is running on this machine (start one with `rtd start --head`)");
     }
@@ -280,8 +384,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn status(args: &[String]) -> Result<()> {
-    for (node, reply) in ask_clusters(&temp_dir_arg("status", args)?, || Body::GetNodes(Default::default()))? {
+fn status(temp_dir: &Path) -> Result<()> {
+    for (node, reply) in ask_clusters(temp_dir, || Body::GetNodes(Default::default()))? {
         let Body::GetNodesReply(r) = reply else { continue };
         println!("======== rtd status: {} ========", node.session_dir);
         let mut demands: std::collections::BTreeMap<String, usize> = Default::default();
@@ -309,17 +413,14 @@ fn status(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `rtd list nodes|actors|placement-groups [--temp-dir DIR]`.
-fn list(args: &[String]) -> Result<()> {
-    let (what, rest) = args.split_first().ok_or_else(|| anyhow!("usage: rtd list nodes|actors|placement-groups"))?;
-    let temp_dir = temp_dir_arg("list", rest)?;
-    let body = match what.as_str() {
-        "nodes" => || Body::GetNodes(Default::default()),
-        "actors" => || Body::ListActors(Default::default()),
-        "placement-groups" => || Body::ListPlacementGroups(Default::default()),
-        other => bail!("cannot list {other:?}: choose nodes, actors or placement-groups"),
+/// `rtd list nodes|actors|placement-groups`.
+fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
+    let body = match what {
+        ListKind::Nodes => || Body::GetNodes(Default::default()),
+        ListKind::Actors => || Body::ListActors(Default::default()),
+        ListKind::PlacementGroups => || Body::ListPlacementGroups(Default::default()),
     };
-    for (_, reply) in ask_clusters(&temp_dir, body)? {
+    for (_, reply) in ask_clusters(temp_dir, body)? {
         match reply {
             Body::GetNodesReply(r) => {
                 println!("{:<56}  {:<5}  {:<4}  ADDRESS", "NODE_ID", "STATE", "HEAD");
@@ -392,32 +493,140 @@ fn usage_lines(total: &rtd_common::ResourceSet, avail: &rtd_common::ResourceSet)
     lines
 }
 
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["rtd"].iter().chain(args))
+    }
+
+    fn parse_start(args: &[&str]) -> Result<StartArgs, clap::Error> {
+        match parse(&[&["start"], args].concat())?.command {
+            Command::Start(start) => Ok(*start),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    fn start_error(args: &[&str]) -> String {
+        parse_start(args).err().unwrap_or_else(|| panic!("{args:?} parsed")).to_string()
     }
 
     #[test]
-    fn parses_start_flags() {
-        let a = parse_start(&args(&["--head", "--num-cpus", "4", "--resources", "{\"bob\": 5}", "--object-store-memory=100000000"]))
+    fn parses_start_flags_in_both_value_forms() {
+        let a = parse_start(&["--head", "--num-cpus", "4", "--resources", "{\"bob\": 5}", "--object-store-memory=100000000"])
             .unwrap();
         assert!(a.head);
         assert_eq!(a.num_cpus, Some(4.0));
-        assert_eq!(a.resources.get("bob"), Some(&5.0));
+        assert_eq!(a.resources.unwrap().get("bob"), Some(&5.0));
         assert_eq!(a.object_store_memory, Some(100_000_000));
+        assert_eq!(a.temp_dir, PathBuf::from(DEFAULT_TEMP_DIR));
+        let a = parse_start(&["--address=10.0.0.1:6379", "--num-gpus=1", "--temp-dir=/tmp/x"]).unwrap();
+        assert!(matches!(a.role().unwrap(), NodeRole::Worker { head_address } if head_address == "10.0.0.1:6379"));
+        assert_eq!((a.num_gpus, a.temp_dir), (Some(1.0), PathBuf::from("/tmp/x")));
     }
 
     #[test]
-    fn malformed_resources_json_names_the_flag() {
-        let err = parse_start(&args(&["--head", "--resources", "{bob: 5"])).err().unwrap();
-        assert!(err.to_string().contains("--resources"));
-        let err = parse_start(&args(&["--num-cpus", "many"])).err().unwrap();
-        assert!(err.to_string().contains("--num-cpus"));
-        let err = parse_start(&args(&["--bogus"])).err().unwrap();
-        assert!(err.to_string().contains("--bogus"));
+    fn parses_rays_start_flags() {
+        let a = parse_start(&[
+            "--head",
+            "--memory=1000000000",
+            "--disable-usage-stats",
+            "--dashboard-host",
+            "0.0.0.0",
+            "--dashboard-port=8265",
+            "--redis-password",
+            "5241590000000000",
+            "--system-config",
+            r#"{"object_spilling_config": "{\"type\": \"filesystem\", \"params\": {\"directory_path\": \"/tmp/spill\"}}"}"#,
+            "--block",
+        ])
+        .unwrap();
+        assert_eq!(a.memory, Some(1_000_000_000));
+        assert!(a.disable_usage_stats && a.block);
+        assert_eq!(a.dashboard_host.as_deref(), Some("0.0.0.0"));
+        assert_eq!(a.dashboard_port, Some(8265));
+        assert_eq!(a.redis_password.as_deref(), Some("5241590000000000"));
+        let options = a.node_options(a.role().unwrap(), PathBuf::from("/tmp/s")).unwrap();
+        assert_eq!(options.spill_root, Some(PathBuf::from("/tmp/spill")));
+        assert_eq!(options.resources.to_floats().get("memory"), Some(&1e9));
+    }
+
+    #[test]
+    fn include_dashboard_takes_a_bool_in_every_ray_form() {
+        for (args, expected) in [
+            (&["--include-dashboard"][..], Some(true)),
+            (&["--include-dashboard", "true"], Some(true)),
+            (&["--include-dashboard=True"], Some(true)),
+            (&["--include-dashboard", "false"], Some(false)),
+            (&["--include-dashboard=False"], Some(false)),
+            (&[], None),
+        ] {
+            let a = parse_start(&[&["--head"], args].concat()).unwrap();
+            assert_eq!(a.include_dashboard, expected, "{args:?}");
+        }
+        // A bare flag does not swallow the next one.
+        assert!(parse_start(&["--include-dashboard", "--head"]).unwrap().head);
+        assert!(start_error(&["--head", "--include-dashboard=maybe"]).contains("--include-dashboard"));
+    }
+
+    #[test]
+    fn notices_name_what_rtd_ignores_and_nothing_else() {
+        let notices = |args: &[&str]| parse_start(&[&["--head"], args].concat()).unwrap().notices();
+        assert!(notices(&["--include-dashboard=false", "--disable-usage-stats", "--memory", "1"]).is_empty());
+        let dashboard = notices(&["--include-dashboard", "true", "--dashboard-port", "8265"]);
+        assert_eq!(dashboard, vec!["rtd has no dashboard yet; --include-dashboard, --dashboard-port ignored"]);
+        assert!(notices(&["--redis-password=x"])[0].contains("--redis-password is not used"));
+        assert!(notices(&["--system-config", r#"{"max_io_workers": 2}"#])[0].contains("max_io_workers"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(start_error(&["--head", "--resources", "{bob: 5"]).contains("--resources"));
+        assert!(start_error(&["--head", "--resources", "{\"CPU\": 4}"]).contains("--num-cpus"));
+        assert!(start_error(&["--head", "--num-cpus", "many"]).contains("--num-cpus"));
+        assert!(start_error(&["--head", "--bogus"]).contains("--bogus"));
+        assert!(start_error(&["--head", "--object-store-memory", "1000"]).contains("at least 1 MiB"));
+        assert!(start_error(&["--head", "--system-config", "{"]).contains("--system-config"));
+        assert!(start_error(&["--address", "nohost"]).contains("--address"));
+        assert!(start_error(&["--head", "--num-cpus"]).contains("--num-cpus"));
+        assert!(start_error(&["--head", "--address", "h:1"]).contains("--address"));
+        assert!(start_error(&["--address", "h:1", "--port", "6379"]).contains("--port"));
+    }
+
+    #[test]
+    fn a_repeated_flag_takes_the_last_value() {
+        let a = parse_start(&["--head", "--session-dir", "/a", "--block", "--session-dir", "/b"]).unwrap();
+        assert_eq!(a.session_dir, Some(PathBuf::from("/b")));
+    }
+
+    #[test]
+    fn stop_status_and_list_parse() {
+        let Command::Stop(stop) = parse(&["stop", "-f", "--temp-dir=/tmp/x"]).unwrap().command else { panic!() };
+        assert!(stop.force);
+        assert_eq!((stop.grace_period, stop.temp_dir), (16, Some(PathBuf::from("/tmp/x"))));
+        let Command::List(list) = parse(&["list", "placement-groups"]).unwrap().command else { panic!() };
+        assert!(matches!(list.what, ListKind::PlacementGroups));
+        assert!(parse(&["list", "tables"]).is_err());
+        assert!(matches!(parse(&["status", "--temp-dir", "/t"]).unwrap().command, Command::Status(_)));
+    }
+
+    #[test]
+    fn exit_codes_help_and_version_zero_usage_errors_two_failures_one() {
+        let launcher = Launcher { program: "true".into(), args: vec![] };
+        let code = |args: &[&str]| {
+            let argv: Vec<String> = ["rtd"].iter().chain(args).map(|s| s.to_string()).collect();
+            cli_main(&argv, &launcher)
+        };
+        assert_eq!(code(&["--version"]), 0);
+        assert_eq!(code(&["--help"]), 0);
+        assert_eq!(code(&["start", "--help"]), 0);
+        assert_eq!(code(&["list", "--help"]), 0);
+        assert_eq!(code(&["frobnicate"]), 2);
+        assert_eq!(code(&["start", "--bogus"]), 2);
+        // Parses, but is neither a head nor joins one.
+        assert_eq!(code(&["start"]), 1);
     }
 
     #[test]
@@ -425,14 +634,5 @@ mod tests {
         let total = rtd_common::ResourceSet::from_floats([("CPU", 2.0), ("CPU_group_ab", 1.0), ("CPU_group_0_ab", 1.0)]).unwrap();
         let avail = rtd_common::ResourceSet::from_floats([("CPU", 1.0), ("CPU_group_ab", 0.0), ("CPU_group_0_ab", 0.0)]).unwrap();
         assert_eq!(usage_lines(&total, &avail), vec!["1.0/2.0 CPU (1.0 used of 1.0 reserved in placement groups)"]);
-    }
-
-    #[test]
-    fn unknown_command_fails() {
-        let launcher = Launcher { program: "true".into(), args: vec![] };
-        assert_eq!(cli_main(&args(&["rtd", "frobnicate"]), &launcher), 1);
-        assert_eq!(cli_main(&args(&["rtd", "start"]), &launcher), 1);
-        assert_eq!(cli_main(&args(&["rtd", "start", "--head", "--address", "h:1"]), &launcher), 1);
-        assert!(parse_start(&args(&["--address", "nohost"])).is_err());
     }
 }

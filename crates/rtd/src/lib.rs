@@ -3,10 +3,12 @@
 //! extension, so both run the same code.
 
 pub mod cli;
+pub mod daemons;
 pub mod gcs_server;
 pub mod node;
 pub mod node_service;
 pub mod object_manager;
 pub mod session;
+pub mod system_config;
 
 pub use cli::{cli_main, Launcher};

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 use crate::gcs_server::{resources, GcsServer};
 use crate::node_service::{describe_node, GcsLink, NodeService};
 use crate::object_manager::ObjectServer;
-use crate::session::{process_alive, NodeFile, Session};
+use crate::session::{process_gone, NodeFile, Session};
 
 #[derive(Debug, Clone)]
 pub enum NodeRole {
@@ -48,6 +48,9 @@ pub struct NodeOptions {
     pub role: NodeRole,
     /// The address other nodes reach this one at.
     pub node_ip: String,
+    /// Spill into a directory of this node's own under here (`--system-config`'s
+    /// `object_spilling_config`); None: into the session directory.
+    pub spill_root: Option<PathBuf>,
 }
 
 /// Every alive node but this one, as a raylet's view of the cluster.
@@ -106,7 +109,12 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             .with_context(|| format!("creating the object store at {}", session.shm_path().display()))?,
     );
     region.set_unlink_on_drop(true);
-    let store = ObjectStore::new(region, session.dir.join("spill"));
+    // A directory of its own under a shared root: other nodes may spill there too.
+    let spill_dir = match &opts.spill_root {
+        Some(root) => root.join(format!("rtd_spilled_objects_{}", node_id.hex())),
+        None => session.dir.join("spill"),
+    };
+    let store = ObjectStore::new(region, spill_dir.clone());
     let plasma = PlasmaService::new(store);
     let plasma_listener = rtd_common::rpc::bind(&session.plasma_socket()).context("binding plasma.sock")?;
     let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma));
@@ -199,6 +207,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             NodeRole::Head { .. } => raylet_address.clone(),
         },
         shm_path: session.shm_path().display().to_string(),
+        spill_dir: spill_dir.display().to_string(),
     }
     .write(&session)?;
     tracing::info!("node {node_id} ready in {}", session.dir.display());
@@ -212,7 +221,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // workers' kills land (so no worker touches removed files); then the doors close.
     raylet.shutdown();
     for _ in 0..50 {
-        if raylet.worker_pids().iter().all(|pid| !process_alive(*pid)) {
+        if raylet.worker_pids().iter().all(|pid| process_gone(*pid)) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -222,6 +231,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         t.abort();
     }
     plasma_task.abort();
+    let _ = std::fs::remove_dir_all(&spill_dir);
     session.remove();
     Ok(())
 }
@@ -307,11 +317,13 @@ fn free_bytes(path: &Path) -> Option<u64> {
 pub fn node_resources(
     num_cpus: Option<f64>,
     num_gpus: Option<f64>,
+    memory: Option<u64>,
     custom: &HashMap<String, f64>,
     object_store_memory: u64,
 ) -> Result<ResourceSet, rtd_common::ResourceError> {
     let cpus = num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
-    let memory = system_memory().unwrap_or(0).saturating_sub(object_store_memory) as f64;
+    let memory =
+        memory.unwrap_or_else(|| system_memory().unwrap_or(0).saturating_sub(object_store_memory)) as f64;
     let mut items: Vec<(&str, f64)> = vec![
         ("CPU", cpus),
         ("memory", memory),

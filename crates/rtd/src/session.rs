@@ -86,29 +86,35 @@ fn remove_session_dir(dir: &Path) {
     }
 }
 
-/// True unless `pid` is known to be gone. A process of another user is alive (EPERM),
-/// and a reused pid only delays the clean-up.
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
+/// Whether `pid` has exited. A zombie has: it only waits for its parent to reap it.
+/// (A reused pid only delays a clean-up.)
+pub fn process_gone(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return true };
+    // `pid (comm) STATE ...`; comm may itself contain ") ".
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some('Z' | 'X') | None)
 }
 
-/// Removes the session directories under `temp_dir` whose daemon (from `node.json`) is
-/// gone. A directory without `node.json` may belong to a daemon still starting: kept.
-fn remove_dead_sessions(temp_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(temp_dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with("session_") || name == "session_latest" {
-            continue;
+/// Removes what a daemon that is gone left at `dir`: its session, its `/dev/shm` file
+/// and its spill directory when that is outside the session (all named in node.json).
+pub fn remove_leftovers(dir: &Path) {
+    if let Ok(node) = NodeFile::read(&dir.join("node.json")) {
+        for path in [&node.spill_dir, &node.shm_path].into_iter().filter(|p| !p.is_empty()) {
+            let path = Path::new(path);
+            let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
         }
-        let dir = entry.path();
-        let Ok(node) = NodeFile::read(&dir.join("node.json")) else { continue };
-        if !process_alive(node.pid) {
-            tracing::info!("removing {} of a daemon that is gone (pid {})", dir.display(), node.pid);
-            remove_session_dir(&dir);
+    }
+    remove_session_dir(dir);
+}
+
+/// Removes the sessions under `temp_dir` whose daemon is gone without cleaning up
+/// (killed, or the machine lost power). A directory without `node.json` may belong
+/// to a daemon still starting: kept.
+pub fn remove_dead_sessions(temp_dir: &Path) {
+    for node in NodeFile::find_all(temp_dir) {
+        if process_gone(node.pid) {
+            tracing::info!("removing {} of a daemon that is gone (pid {})", node.session_dir, node.pid);
+            remove_leftovers(Path::new(&node.session_dir));
         }
     }
 }
@@ -119,7 +125,7 @@ fn remove_dead_shm_files(shm_dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = shm_owner(&name.to_string_lossy()) else { continue };
-        if !process_alive(pid) {
+        if process_gone(pid) {
             tracing::info!("removing {} of a daemon that is gone (pid {pid})", entry.path().display());
             let _ = std::fs::remove_file(entry.path());
         }
@@ -145,6 +151,8 @@ pub struct NodeFile {
     pub head_address: String,
     /// The object store's shared-memory file.
     pub shm_path: String,
+    /// Where the object store spills; outside the session with `--system-config`.
+    pub spill_dir: String,
 }
 
 impl NodeFile {
@@ -157,11 +165,23 @@ impl NodeFile {
             "node_ip": self.node_ip,
             "head_address": self.head_address,
             "shm_path": self.shm_path,
+            "spill_dir": self.spill_dir,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
         std::fs::rename(&tmp, session.node_file()).context("writing node.json")?;
         Ok(())
+    }
+
+    /// The daemons that published themselves under `temp_dir`, each once (not again
+    /// through `session_latest`).
+    pub fn find_all(temp_dir: &Path) -> Vec<Self> {
+        let Ok(entries) = std::fs::read_dir(temp_dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("session_") && e.file_name() != "session_latest")
+            .filter_map(|e| Self::read(&e.path().join("node.json")).ok())
+            .collect()
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -176,6 +196,7 @@ impl NodeFile {
             node_ip: field("node_ip"),
             head_address: field("head_address"),
             shm_path: field("shm_path"),
+            spill_dir: field("spill_dir"),
         })
     }
 }
@@ -213,6 +234,7 @@ mod tests {
                 node_ip: String::new(),
                 head_address: String::new(),
                 shm_path: String::new(),
+                spill_dir: String::new(),
             };
             node.write(&session).expect("node.json");
             std::fs::write(shm_dir.join(format!("rtd_{pid}_{name}")), b"").expect("shm file");
