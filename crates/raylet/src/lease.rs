@@ -248,6 +248,11 @@ impl Raylet {
         self.lock().resources.available()
     }
 
+    /// Total and free amounts of the resources named in `wanted` only.
+    pub fn view_of(&self, wanted: &ResourceSet) -> (ResourceSet, ResourceSet) {
+        self.lock().resources.view_of(wanted)
+    }
+
     fn start_worker(self: &Arc<Self>) {
         let worker_id = WorkerId::random();
         // Spawned under the lock, so that `shutdown` either stops it or it never starts.
