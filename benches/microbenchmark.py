@@ -17,6 +17,15 @@ Two extra figures that Ray's script has not got:
   node daemon and its workers for rtd; GCS, raylet, workers ... for Ray), after
   ``init(num_cpus=2)`` and 1 s idle. The driver itself is not counted.
 
+Placement groups and actors as users wait for them:
+
+* ``placement group create/removal (ready)``: 20 groups at a time, each waited for with
+  ``get(pg.ready())`` (``placement group create/removal`` uses ``wait()``, as Ray's does).
+* ``many placement groups (N at once)``: seconds until N groups created at once are all
+  ready (``--many-pgs 50,100,200`` shows how the cost grows with N).
+* ``actor creation``: 50 actors created at once until each answered a first call, and
+  ``actor creation latency``: one actor every 0.2 s, kept alive, median ms.
+
 ``--ray`` runs the same script against real Ray (``import ray``) when it is installed.
 
 ``--cross-node`` measures what crosses nodes instead (not in Ray's list): a two-node
