@@ -2,7 +2,8 @@
 (python/ray/_private/ray_perf.py), so figures can be compared line by line.
 
     python benches/microbenchmark.py [--duration S] [--repeats N] [--only SUBSTRING]
-                                     [--json out.json] [--ray] [--cross-node]
+                                     [--many-pgs 50,100,200] [--json out.json] [--ray]
+                                     [--cross-node]
 
 Each throughput metric is run like Ray's ``timeit``: warm up, then ``--repeats`` rounds of
 ``--duration`` seconds each, printed as ``NAME per second MEAN +- SD``. ``multiplier`` turns
@@ -15,6 +16,15 @@ Two extra figures that Ray's script has not got:
 * ``idle runtime memory``: MiB of RSS (VmRSS) of every process the driver started (the
   node daemon and its workers for rtd; GCS, raylet, workers ... for Ray), after
   ``init(num_cpus=2)`` and 1 s idle. The driver itself is not counted.
+
+Placement groups and actors as users wait for them:
+
+* ``placement group create/removal (ready)``: 20 groups at a time, each waited for with
+  ``get(pg.ready())`` (``placement group create/removal`` uses ``wait()``, as Ray's does).
+* ``many placement groups (N at once)``: seconds until N groups created at once are all
+  ready (``--many-pgs 50,100,200`` shows how the cost grows with N).
+* ``actor creation``: 50 actors created at once until each answered a first call, and
+  ``actor creation latency``: one actor every 0.2 s, kept alive, median ms.
 
 ``--ray`` runs the same script against real Ray (``import ray``) when it is installed.
 
@@ -314,6 +324,81 @@ def run_benchmarks(args):
 
     timeit("placement group create/removal", pg_create_removal, 10, **kw)
 
+    def pg_create_ready_removal():
+        # What users write: wait for the group with get(ready()), not wait().
+        groups = [placement_group([{"custom": 0.001}]) for _ in range(20)]
+        rt.get([g.ready() for g in groups])
+        for g in groups:
+            remove_placement_group(g)
+
+    timeit("placement group create/removal (ready)", pg_create_ready_removal, 20, **kw)
+
+    for count in args.many_pgs:
+        measure_many_placement_groups(count)
+
+    measure_actor_creation(args.repeats)
+
+
+def measure_many_placement_groups(count):
+    """Seconds until ``count`` groups created at once are all ready (Ray's ``many_pgs``
+    scalability figure); a cost linear in the number of groups keeps groups/s flat."""
+    name = f"many placement groups ({count} at once)"
+    if _only and _only not in name:
+        return
+    placement_group, remove_placement_group = rt.util.placement_group, rt.util.remove_placement_group
+    start = time.perf_counter()
+    groups = [placement_group([{"custom": 0.001}]) for _ in range(count)]
+    rt.get([g.ready() for g in groups])
+    seconds = time.perf_counter() - start
+    for g in groups:
+        remove_placement_group(g)
+    print(name, "seconds", round(seconds, 3), f"({count / seconds:.0f} groups/s)", flush=True)
+    _record(name, seconds, 0.0, "seconds")
+
+
+def measure_actor_creation(repeats, count=50):
+    """Actors/s for ``count`` actors created at once, until each has answered a first
+    call (each needs a worker process of its own)."""
+    name = "actor creation"
+    if _only and _only not in name:
+        return
+
+    @rt.remote
+    class Actor:
+        def ready(self):
+            return True
+
+    stats = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        actors = [Actor.remote() for _ in range(count)]
+        rt.get([a.ready.remote() for a in actors])
+        stats.append(count / (time.perf_counter() - start))
+        for a in actors:
+            rt.kill(a)
+    mean, sd = statistics.fmean(stats), statistics.pstdev(stats)
+    print(name, "per second", round(mean, 2), "+-", round(sd, 2), f"({count} actors at once)", flush=True)
+    _record(name, mean, sd, "per second")
+
+    # One actor at a time, kept alive, the driver busy in between: a pool refilled in
+    # the background answers at once; an actor that waits for a fresh interpreter pays
+    # its whole start-up.
+    name = "actor creation latency (one every 0.2 s)"
+    if _only and _only not in name:
+        return
+    latencies, actors = [], []
+    for _ in range(10):
+        start = time.perf_counter()
+        actors.append(Actor.remote())
+        rt.get(actors[-1].ready.remote())
+        latencies.append(time.perf_counter() - start)
+        time.sleep(0.2)
+    for a in actors:
+        rt.kill(a)
+    median = statistics.median(latencies) * 1000
+    print(name, "ms", round(median, 1), f"(median of {len(latencies)}, max {max(latencies) * 1000:.1f})", flush=True)
+    _record(name, median, 0.0, "ms")
+
 
 def run_cross_node_benchmarks(args):
     import numpy as np
@@ -372,6 +457,8 @@ def main(argv=None):
     parser.add_argument("--init-runs", type=int, default=3, help="subprocesses for the init metric (default 3)")
     parser.add_argument("--only", default=os.environ.get("TESTS_TO_RUN", ""),
                         help="run only metrics whose name contains this substring")
+    parser.add_argument("--many-pgs", default="200", type=lambda v: [int(n) for n in v.split(",") if n],
+                        help="group counts for `many placement groups`, comma-separated (default 200)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--ray", action="store_true", help="benchmark real Ray (import ray) instead of rtd")
     parser.add_argument("--cross-node", action="store_true",

@@ -183,6 +183,55 @@ def test_ready_resolves_once_a_pending_group_is_created(pg_runtime):
     assert rtd.get(ready, timeout=10) == pg
 
 
+@pytest.mark.timeout(60)
+def test_ready_is_not_ready_in_wait_until_the_group_is_created(pg_runtime):
+    blocker = placement_group([{"CPU": 4}])
+    assert blocker.wait(5)
+    pg = placement_group([{"CPU": 1}])
+    ready = pg.ready()
+    assert rtd.wait([ready], timeout=0.3) == ([], [ready])
+    remove_placement_group(blocker)
+    assert rtd.wait([ready], timeout=10) == ([ready], [])
+    assert rtd.get(ready) == pg
+
+
+@pytest.mark.timeout(60)
+def test_ready_of_a_group_removed_before_it_was_created_raises(pg_runtime):
+    pg = placement_group([{"CPU": 8}])
+    ready = pg.ready()
+    remove_placement_group(pg)
+    with pytest.raises(rtd.exceptions.TaskUnschedulableError, match="removed"):
+        rtd.get(ready, timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_ready_taken_before_removal_keeps_its_group_and_one_taken_after_raises(pg_runtime):
+    pg = placement_group([{"CPU": 1}])
+    before = pg.ready()
+    assert rtd.get(before, timeout=10) == pg
+    remove_placement_group(pg)
+    assert rtd.get(before, timeout=10) == pg
+    with pytest.raises(rtd.exceptions.TaskUnschedulableError, match="removed"):
+        rtd.get(pg.ready(), timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_many_groups_created_at_once_all_become_ready(pg_runtime):
+    groups = [placement_group([{"custom": 0.01}]) for _ in range(200)]
+    assert rtd.get([g.ready() for g in groups], timeout=30) == groups
+    assert rtd.available_resources()["custom"] == pytest.approx(2.0)
+
+
+@pytest.mark.timeout(60)
+def test_ready_ref_can_be_passed_to_a_task(pg_runtime):
+    @rtd.remote(num_cpus=0)
+    def unwrap(refs):
+        return rtd.get(refs[0])
+
+    pg = placement_group([{"CPU": 1}])
+    assert rtd.get(unwrap.remote([pg.ready()]), timeout=10) == pg
+
+
 # --- tasks and actors in bundles ---------------------------------------------------------
 
 

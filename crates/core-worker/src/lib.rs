@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use rtd_common::proto::{
     frame::Body, object_value::Kind, ActorArgsReady, ActorInfo, ActorOptions, CreateActor, CreatePlacementGroup, GetNamedActor,
     GetNodes, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors, ListPlacementGroups, NodeInfo,
-    PlacementGroupInfo, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
+    PlacementGroupInfo, PlacementGroupState, PullObject, RemovePlacementGroup, WaitPlacementGroup, NotifyBlocked, NotifyUnblocked, ObjectRefProto, ObjectValue, PushTaskReply,
     RegisterClient, ReturnObject, TaskArg, TaskSpec, WaitActor, WorkerOutput,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
-use rtd_common::{ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
+use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
 use rtd_plasma::PlasmaClient;
 
 pub use context::Context;
@@ -30,7 +30,7 @@ pub use executor::{IncomingTask, TaskExecutor};
 use object_table::{Lookup, ObjectTable};
 use owner_service::OwnerService;
 use actor_submitter::ActorSubmitter;
-use submitter::TaskSubmitter;
+use submitter::{system_error, TaskSubmitter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
@@ -692,6 +692,40 @@ impl CoreWorker {
             Ok(Ok(_)) => Err(CoreError::Internal("unexpected reply to WaitPlacementGroup".into())),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// `PlacementGroup.ready()`: a new object this process owns that takes the value
+    /// `payload` (the pickled group) once the GCS reports the group created. No task
+    /// runs: the object waits on the same GCS answer as `wait_placement_group`, so it
+    /// costs what `wait()` costs and `get`/`wait` on it behave as on any pending object.
+    /// A removed group's object (asked for after its removal, or before it was created)
+    /// is `TaskUnschedulableError`, as a task in that group would be.
+    pub fn placement_group_ready(&self, pg_id: &[u8], payload: &[u8]) -> Result<ObjectId, CoreError> {
+        let index = self.put_index.fetch_add(1, Ordering::Relaxed);
+        let id = ObjectId::for_put(&self.current_task(), index);
+        let created = self.ctx.store_value(id, object_kind::VALUE, payload, &[])?;
+        self.ctx.table.add_owned_pending(id, &self.ctx.address);
+        let request = WaitPlacementGroup { pg_id: pg_id.to_vec().into() };
+        let ctx = self.ctx.clone();
+        let group: String = pg_id.iter().map(|b| format!("{b:02x}")).collect();
+        self.ctx.rt.spawn(async move {
+            let value = match ctx.raylet.call(Body::WaitPlacementGroup(request)).await {
+                Ok(Body::PlacementGroupInfo(info)) if info.state == PlacementGroupState::PgCreated as i32 => created,
+                Ok(Body::PlacementGroupInfo(_)) => system_error(
+                    object_kind::UNSCHEDULABLE,
+                    format!("placement group {group} was removed"),
+                ),
+                Ok(_) => system_error(object_kind::WORKER_CRASHED, "unexpected reply to WaitPlacementGroup".into()),
+                Err(e) if e.code() == rtd_common::proto::ErrorCode::NotFound => {
+                    system_error(object_kind::UNSCHEDULABLE, format!("no placement group {group}"))
+                }
+                Err(e) => {
+                    system_error(object_kind::WORKER_CRASHED, format!("waiting for placement group {group} failed: {e}"))
+                }
+            };
+            ctx.store_result(id, value, Vec::new());
+        });
+        Ok(id)
     }
 
     pub fn get_placement_group(&self, pg_id: &[u8], name: &str) -> Result<Option<PlacementGroupInfo>, CoreError> {

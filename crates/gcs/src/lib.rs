@@ -99,6 +99,14 @@ impl Gcs {
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.nodes.lock().clone()
     }
+
+    /// Reads the node table in place. A node's resource maps hold every committed
+    /// bundle's resources, so callers that run once per group (placing, reserving)
+    /// read what they need here instead of copying the table, which would make
+    /// creating N groups cost O(N²).
+    pub fn with_nodes<T>(&self, f: impl FnOnce(&[NodeInfo]) -> T) -> T {
+        f(&self.nodes.lock())
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The raylets, as the placement group manager needs them.
 pub trait BundleReserver: Send + Sync + 'static {
-    fn nodes(&self) -> Vec<NodeView>;
+    /// The alive nodes, each with its total and free amounts of the resources named in
+    /// `wanted` only: a node's full map grows with every committed bundle, and reading
+    /// it whole for each group would make creating N groups cost O(N²).
+    fn nodes(&self, wanted: &ResourceSet) -> Vec<NodeView>;
     fn prepare(&self, node: NodeId, group: String, index: u32, resources: ResourceSet) -> BoxFuture<bool>;
     fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()>;
     /// Cancels a prepared bundle or removes a committed one.
@@ -144,7 +147,11 @@ impl PlacementGroupManager {
         else {
             return;
         };
-        let Some(placement) = place_bundles(&self.reserver.nodes(), &bundles, strategy) else { return };
+        let mut wanted = ResourceSet::new();
+        for bundle in &bundles {
+            wanted.add(bundle);
+        }
+        let Some(placement) = place_bundles(&self.reserver.nodes(&wanted), &bundles, strategy) else { return };
         let mut prepared = Vec::new();
         for (index, (node, bundle)) in placement.iter().zip(&bundles).enumerate() {
             if !self.reserver.prepare(*node, id.to_string(), index as u32, bundle.clone()).await {
@@ -211,7 +218,8 @@ impl PlacementGroupManager {
                 self.reserver.release(node, key.clone(), index as u32).await;
             }
         }
-        for node in self.reserver.nodes() {
+        // Only the nodes' ids are needed: ask for no resources.
+        for node in self.reserver.nodes(&ResourceSet::new()) {
             self.reserver.group_removed(node.node_id, key.clone()).await;
         }
         Some(key)
@@ -277,5 +285,150 @@ impl PlacementGroupManager {
             self.try_place(id).await;
         }
         hit.into_iter().map(|(id, _)| id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtd_common::proto::Bundle;
+
+    /// Nodes whose free resources the fake reserves from, recording what the manager
+    /// asked: the resources each placement read, and the bundles held per node.
+    struct FakeReserver {
+        nodes: Vec<NodeId>,
+        free: Mutex<HashMap<NodeId, ResourceSet>>,
+        /// Bundles prepared (false) or committed (true), by node, group and index.
+        held: Mutex<HashMap<(NodeId, String, u32), (ResourceSet, bool)>>,
+        asked_for: Mutex<Vec<ResourceSet>>,
+    }
+
+    impl FakeReserver {
+        fn new(cpus_per_node: &[f64]) -> Arc<Self> {
+            let nodes: Vec<NodeId> = cpus_per_node.iter().map(|_| NodeId::random()).collect();
+            let free = nodes.iter().zip(cpus_per_node).map(|(n, c)| (*n, cpus(*c))).collect();
+            Arc::new(Self {
+                nodes,
+                free: Mutex::new(free),
+                held: Mutex::new(HashMap::new()),
+                asked_for: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn committed(&self) -> usize {
+            self.held.lock().unwrap().values().filter(|(_, committed)| *committed).count()
+        }
+
+        fn prepared_only(&self) -> usize {
+            self.held.lock().unwrap().values().filter(|(_, committed)| !*committed).count()
+        }
+    }
+
+    impl BundleReserver for FakeReserver {
+        fn nodes(&self, wanted: &ResourceSet) -> Vec<NodeView> {
+            self.asked_for.lock().unwrap().push(wanted.clone());
+            let free = self.free.lock().unwrap();
+            self.nodes
+                .iter()
+                .map(|n| NodeView { node_id: *n, total: free[n].clone(), available: free[n].clone(), alive: true })
+                .collect()
+        }
+        fn prepare(&self, node: NodeId, group: String, index: u32, resources: ResourceSet) -> BoxFuture<bool> {
+            let mut free = self.free.lock().unwrap();
+            let ok = free.get_mut(&node).is_some_and(|f| {
+                let fits = resources.fits_in(f);
+                if fits {
+                    f.subtract(&resources);
+                }
+                fits
+            });
+            if ok {
+                self.held.lock().unwrap().insert((node, group, index), (resources, false));
+            }
+            Box::pin(async move { ok })
+        }
+        fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+            if let Some(held) = self.held.lock().unwrap().get_mut(&(node, group, index)) {
+                held.1 = true;
+            }
+            Box::pin(async {})
+        }
+        fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+            if let Some((resources, _)) = self.held.lock().unwrap().remove(&(node, group, index)) {
+                if let Some(f) = self.free.lock().unwrap().get_mut(&node) {
+                    f.add(&resources);
+                }
+            }
+            Box::pin(async {})
+        }
+        fn group_removed(&self, _node: NodeId, _group: String) -> BoxFuture<()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn cpus(n: f64) -> ResourceSet {
+        ResourceSet::from_floats([("CPU", n)]).expect("valid")
+    }
+
+    fn request(id: u8, strategy: &str, bundles: &[f64]) -> CreatePlacementGroup {
+        CreatePlacementGroup {
+            pg_id: vec![id; 18].into(),
+            name: String::new(),
+            strategy: strategy.into(),
+            bundles: bundles.iter().map(|c| Bundle { resources: cpus(*c).to_fixed_map() }).collect(),
+            detached: false,
+        }
+    }
+
+    fn created(info: &PlacementGroupInfo) -> bool {
+        info.state == PlacementGroupState::PgCreated as i32
+    }
+
+    #[tokio::test]
+    async fn placing_a_group_reads_only_the_resources_its_bundles_ask_for() {
+        let reserver = FakeReserver::new(&[100.0]);
+        let manager = PlacementGroupManager::new(reserver.clone());
+        for id in 0..50 {
+            let info = manager.create(1, request(id, "PACK", &[0.5, 0.5])).await.expect("valid group");
+            assert!(created(&info));
+        }
+        assert_eq!(reserver.committed(), 100);
+        // However many groups the node holds, each placement read one resource.
+        let asked = reserver.asked_for.lock().unwrap();
+        assert!(asked.iter().all(|wanted| wanted.iter().map(|(name, _)| name).eq(["CPU"])), "{asked:?}");
+    }
+
+    #[tokio::test]
+    async fn a_group_that_does_not_fit_holds_nothing_and_waits() {
+        // STRICT_SPREAD over two nodes, the second too small: the first bundle fits alone
+        // but all or nothing means it is not held.
+        let reserver = FakeReserver::new(&[2.0, 0.5]);
+        let manager = PlacementGroupManager::new(reserver.clone());
+        let info = manager.create(1, request(1, "STRICT_SPREAD", &[1.0, 1.0])).await.expect("valid group");
+        assert!(!created(&info));
+        assert!(info.bundle_nodes.is_empty());
+        assert_eq!((reserver.committed(), reserver.prepared_only()), (0, 0));
+        let waiter = manager.wait(&[1; 18]).expect("known group");
+        manager.remove(&[1; 18]).await.expect("known group");
+        let info = waiter.await.expect("answered on removal");
+        assert_eq!(info.state, PlacementGroupState::PgRemoved as i32);
+    }
+
+    #[tokio::test]
+    async fn a_pending_group_is_created_when_room_frees_and_its_waiters_hear_it() {
+        let reserver = FakeReserver::new(&[2.0]);
+        let manager = PlacementGroupManager::new(reserver.clone());
+        assert!(created(&manager.create(1, request(1, "PACK", &[2.0])).await.expect("valid group")));
+        assert!(!created(&manager.create(1, request(2, "PACK", &[1.0])).await.expect("valid group")));
+        let waiters: Vec<_> = (0..3).map(|_| manager.wait(&[2; 18]).expect("known group")).collect();
+        manager.remove(&[1; 18]).await.expect("known group");
+        for waiter in waiters {
+            let info = tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("placed by the pending retry")
+                .expect("answered");
+            assert!(created(&info));
+        }
+        assert_eq!(reserver.committed(), 1);
     }
 }

@@ -421,6 +421,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(placement_groups::create_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::remove_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::wait_placement_group, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::placement_group_ready, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::get_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::list_placement_groups, m)?)?;
     m.add_function(wrap_pyfunction!(actors::create_actor, m)?)?;

@@ -1,4 +1,5 @@
-//! Placement groups from Python: create, wait, look up, list and remove.
+//! Placement groups from Python: create, wait (or an ObjectRef for `ready()`), look up,
+//! list and remove.
 
 use std::collections::HashMap;
 
@@ -9,6 +10,7 @@ use rtd_common::ResourceSet;
 
 use crate::core;
 use crate::errors::core_error;
+use crate::object_ref::ObjectRef;
 
 fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -77,6 +79,15 @@ pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
+}
+
+/// `PlacementGroup.ready()`: an ObjectRef this process owns that resolves to `payload`
+/// (the pickled group) once the group is created; no task runs.
+#[pyfunction]
+pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> PyResult<ObjectRef> {
+    let core = core()?;
+    let id = py.allow_threads(|| core.placement_group_ready(&pg_id, payload)).map_err(core_error)?;
+    Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
 #[pyfunction]

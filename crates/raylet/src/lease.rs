@@ -261,6 +261,11 @@ impl Raylet {
         self.lock().resources.available()
     }
 
+    /// Total and free amounts of the resources named in `wanted` only.
+    pub fn view_of(&self, wanted: &ResourceSet) -> (ResourceSet, ResourceSet) {
+        self.lock().resources.view_of(wanted)
+    }
+
     fn start_worker(self: &Arc<Self>) {
         let worker_id = WorkerId::random();
         // Spawned under the lock, so that `shutdown` either stops it or it never starts.
@@ -317,7 +322,6 @@ impl Raylet {
 
     fn on_worker_exit(self: &Arc<Self>, worker_id: WorkerId) {
         let mut lost = None;
-        let replace;
         {
             let mut st = self.lock();
             let Some(worker) = st.workers.remove(&worker_id) else { return };
@@ -338,17 +342,12 @@ impl Raylet {
                     }
                 }
             }
-            // A worker that ran (a killed task, a dead actor) is replaced while the pool of
-            // task workers is below its size, so the next task finds one warm. One that
-            // never started is not: the start failures are reported instead.
-            replace = started && !st.shutting_down && st.task_workers() < self.pool_size;
         }
         if let (Some(lease_id), Some(hook)) = (lost, self.lease_lost.get()) {
             hook(lease_id);
         }
-        if replace {
-            self.start_worker();
-        }
+        // A worker that ran (a killed task, a dead actor) and left the task pool short is
+        // replaced there, so the next task finds one warm.
         self.schedule();
     }
 
@@ -574,9 +573,10 @@ impl Raylet {
     }
 
     /// Grants what can be granted, answers infeasible requests, and starts workers
-    /// for requests that have resources but no idle worker.
+    /// for requests that have resources but no idle worker and to keep the task pool
+    /// at its size.
     fn schedule(self: &Arc<Self>) {
-        let mut to_start = 0;
+        let to_start;
         {
             let mut st = self.lock();
             if st.shutting_down {
@@ -598,7 +598,7 @@ impl Raylet {
                 }
                 return;
             }
-            let mut waiting_for_worker = 0;
+            let mut waiting_for_worker = 0usize;
             let mut i = 0;
             while i < st.pending.len() {
                 if st.pending[i].reply.is_closed() {
@@ -736,10 +736,17 @@ impl Raylet {
                     st.idle.push_front(worker_id);
                 }
             }
+            // Start workers for requests that wait for one, and refill the task pool in
+            // the background when actors took idle workers out of it (as Ray does): the
+            // next actor or task then finds a warm worker instead of waiting for a fresh
+            // interpreter. Starting workers count towards both. While workers exit during
+            // start-up the pool is not refilled, or a broken interpreter would be started
+            // again and again; waiting requests still start workers and report failures.
             let limit = RuntimeConfig::get().max_starting_workers;
-            if waiting_for_worker > st.starting && st.starting < limit {
-                to_start = (waiting_for_worker - st.starting).min(limit - st.starting);
-            }
+            let for_requests = waiting_for_worker.saturating_sub(st.starting);
+            let for_pool =
+                if st.failed_starts == 0 { self.pool_size.saturating_sub(st.task_workers()) } else { 0 };
+            to_start = for_requests.max(for_pool).min(limit.saturating_sub(st.starting));
         }
         for _ in 0..to_start {
             self.start_worker();
@@ -878,5 +885,57 @@ mod tests {
         assert_eq!(bundle_gpu_request(&any), Some((pg.clone(), None, 2 * UNIT)));
         let no_bundle_gpus = set(&[("GPU".to_string(), 1.0), (format!("CPU_group_{pg}"), 1.0)]);
         assert_eq!(bundle_gpu_request(&no_bundle_gpus), None);
+    }
+
+    /// A raylet whose "workers" are `sleep` processes (a script that ignores the
+    /// worker arguments), registered by the test as a real worker registers itself.
+    fn raylet_with_stand_in_workers(cpus: f64) -> (Arc<Raylet>, std::path::PathBuf) {
+        let script = std::env::temp_dir().join(format!("rtd-stand-in-worker-{}", WorkerId::random().hex()));
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("temp dir is writable");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        let command = WorkerCommand {
+            python: script.to_string_lossy().into_owned(),
+            raylet_socket: String::new(),
+            session_dir: String::new(),
+            node_ip: None,
+        };
+        (Raylet::new(NodeId::random(), set(&[("CPU".into(), cpus)]), command), script)
+    }
+
+    fn register_started(raylet: &Arc<Raylet>) {
+        let starting: Vec<WorkerId> =
+            raylet.lock().workers.iter().filter(|(_, w)| w.address.is_none()).map(|(id, _)| *id).collect();
+        for id in starting {
+            raylet.register_worker(id, format!("worker-{}", id.hex()));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_actor_takes_an_idle_worker_at_once_and_the_task_pool_is_refilled() {
+        let (raylet, script) = raylet_with_stand_in_workers(2.0);
+        raylet.prestart_workers();
+        register_started(&raylet);
+        assert_eq!(raylet.lock().idle.len(), 2);
+        let actor = LeaseRequest {
+            resources: set(&[("CPU".into(), 1.0)]),
+            strategy: Strategy::Default,
+            no_spillback: false,
+            dedicated: true,
+            preferred: None,
+        };
+        let reply = raylet.request_lease(GCS_CONN, actor).try_recv();
+        assert!(
+            matches!(&reply, Ok(Body::RequestLeaseReply(RequestLeaseReply { result: Some(LeaseResult::Granted(_)) }))),
+            "granted from the idle pool without waiting: {reply:?}"
+        );
+        {
+            // The actor's worker left the task pool; a replacement is already starting.
+            let st = raylet.lock();
+            assert_eq!((st.idle.len(), st.starting, st.task_workers(), st.workers.len()), (1, 1, 2, 3));
+        }
+        register_started(&raylet);
+        assert_eq!(raylet.lock().idle.len(), 2);
+        raylet.shutdown();
+        let _ = std::fs::remove_file(script);
     }
 }

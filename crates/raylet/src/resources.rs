@@ -86,6 +86,20 @@ impl NodeResources {
         out
     }
 
+    /// The total and free amounts of the resources named in `wanted` only, read as
+    /// [`NodeResources::total`] and [`NodeResources::available`] read them. Costs what
+    /// `wanted` holds, not what the node holds (which grows with every committed bundle).
+    pub fn view_of(&self, wanted: &ResourceSet) -> (ResourceSet, ResourceSet) {
+        let mut total = ResourceSet::new();
+        let mut free = ResourceSet::new();
+        for (name, _) in wanted.iter() {
+            total.set(name, self.total.get(name));
+            let amount = if name == GPU { self.gpus.free_total() } else { self.free.get(name).copied().unwrap_or(0) };
+            free.set(name, amount);
+        }
+        (total, free)
+    }
+
     /// Whether `request` could ever be granted here: it fits in the total and its GPU
     /// amount is assignable (see [`gpu_request_is_assignable`]).
     pub fn is_feasible(&self, request: &ResourceSet) -> bool {

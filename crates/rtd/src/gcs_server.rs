@@ -34,11 +34,12 @@ struct Raylets {
 
 impl Raylets {
     fn address_of(&self, node: &NodeId) -> Option<String> {
-        self.tables
-            .nodes()
-            .into_iter()
-            .find(|n| n.node_id.as_ref() == node.as_bytes() && n.alive)
-            .map(|n| n.raylet_address)
+        self.tables.with_nodes(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n.node_id.as_ref() == node.as_bytes() && n.alive)
+                .map(|n| n.raylet_address.clone())
+        })
     }
 
     /// Sends a request to another node's raylet; `Err` with why it failed.
@@ -135,21 +136,22 @@ impl BundleReserver for Raylets {
         })
     }
 
-    fn nodes(&self) -> Vec<NodeView> {
-        self.tables
-            .nodes()
-            .into_iter()
-            .filter(|n| n.alive)
-            .filter_map(|n| {
-                let node_id = NodeId::from_bytes(&n.node_id).ok()?;
-                let (total, available) = if node_id == self.local_id {
-                    (self.local.total(), self.local.available())
-                } else {
-                    (resources(&n.total), resources(&n.available))
-                };
-                Some(NodeView { node_id, total, available, alive: true })
-            })
-            .collect()
+    fn nodes(&self, wanted: &ResourceSet) -> Vec<NodeView> {
+        self.tables.with_nodes(|nodes| {
+            nodes
+                .iter()
+                .filter(|n| n.alive)
+                .filter_map(|n| {
+                    let node_id = NodeId::from_bytes(&n.node_id).ok()?;
+                    let (total, available) = if node_id == self.local_id {
+                        self.local.view_of(wanted)
+                    } else {
+                        (resources_named(&n.total, wanted), resources_named(&n.available, wanted))
+                    };
+                    Some(NodeView { node_id, total, available, alive: true })
+                })
+                .collect()
+        })
     }
 
     fn prepare(&self, node: NodeId, group: String, index: u32, bundle: ResourceSet) -> BoxFuture<bool> {
@@ -200,6 +202,17 @@ pub fn usage(raylet: &Raylet) -> NodeUsage {
 
 pub fn resources(map: &Option<ResourceMap>) -> ResourceSet {
     ResourceSet::from_fixed_map(&map.as_ref().map(|m| m.amounts.clone()).unwrap_or_default())
+}
+
+/// The amounts in `map` of the resources named in `wanted` only.
+fn resources_named(map: &Option<ResourceMap>, wanted: &ResourceSet) -> ResourceSet {
+    let mut out = ResourceSet::new();
+    if let Some(map) = map {
+        for (name, _) in wanted.iter() {
+            out.set(name, map.amounts.get(name).copied().unwrap_or(0));
+        }
+    }
+    out
 }
 
 pub struct GcsServer {

@@ -13,6 +13,7 @@ import numbers
 import os
 
 from rtd import _core, api
+from rtd._private import serialization
 
 VALID_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -46,12 +47,12 @@ class PlacementGroup:
         return len(self.bundle_specs)
 
     def ready(self):
-        """An ObjectRef that resolves (to this group) once every bundle is reserved."""
-        from rtd.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        return _ready_check.options(
-            num_cpus=0, scheduling_strategy=PlacementGroupSchedulingStrategy(self)
-        ).remote(self)
+        """An ObjectRef that resolves (to this group) once every bundle is reserved; a
+        removed group's resolves to ``TaskUnschedulableError``. It waits on
+        the same answer from the GCS as ``wait()``: no task runs for it."""
+        api.auto_init()
+        payload, _buffers, _contained = serialization.serialize(self)
+        return _core.placement_group_ready(bytes(self.id), payload)
 
     def wait(self, timeout_seconds=30):
         """True once the group is created; False if that did not happen in time."""
@@ -70,13 +71,6 @@ class PlacementGroup:
 
     def __reduce__(self):
         return (PlacementGroup, (bytes(self.id), self._bundle_specs))
-
-
-def _ready(pg):
-    return pg
-
-
-_ready_check = None  # the remote function behind ready(), made on first use
 
 
 def _check_bundles(bundles):
@@ -161,13 +155,3 @@ def get_current_placement_group():
         if name.startswith("bundle_group_"):
             return PlacementGroup(bytes.fromhex(name.rsplit("_", 1)[1]))
     return None
-
-
-def _init_ready_check():
-    global _ready_check
-    from rtd.remote_function import RemoteFunction
-
-    _ready_check = RemoteFunction(_ready, {"max_retries": 0})
-
-
-_init_ready_check()
