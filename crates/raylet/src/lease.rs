@@ -938,4 +938,59 @@ mod tests {
         raylet.shutdown();
         let _ = std::fs::remove_file(script);
     }
+
+    fn remote(cpus: f64, free: f64) -> RemoteNode {
+        let view = NodeView {
+            node_id: NodeId::random(),
+            total: set(&[("CPU".into(), cpus)]),
+            available: set(&[("CPU".into(), free)]),
+            alive: true,
+        };
+        RemoteNode { raylet_address: format!("127.0.0.1:{}", 1000 + u16::from(view.node_id.as_bytes()[0])), view }
+    }
+
+    fn request(cpus: f64, strategy: Strategy, no_spillback: bool) -> LeaseRequest {
+        LeaseRequest { resources: set(&[("CPU".into(), cpus)]), strategy, no_spillback, dedicated: false, preferred: None }
+    }
+
+    fn spilled_to(reply: Result<Body, oneshot::error::TryRecvError>) -> Option<String> {
+        match reply {
+            Ok(Body::RequestLeaseReply(RequestLeaseReply { result: Some(LeaseResult::Spillback(s)) })) => {
+                Some(s.raylet_address)
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_draining_node_passes_waiting_and_new_lease_requests_to_other_nodes() {
+        let (raylet, script) = raylet_with_stand_in_workers(1.0);
+        let busy = remote(4.0, 0.0);
+        let free = remote(4.0, 4.0);
+        raylet.set_cluster(vec![busy.clone(), free.clone()]);
+        // Too big for this node: it waits here for the view to change.
+        let waiting = raylet.request_lease(7, request(2.0, Strategy::Default, true));
+        raylet.shutdown();
+        let mut waiting = waiting;
+        assert_eq!(spilled_to(waiting.try_recv()), Some(free.raylet_address.clone()));
+        // Asked not to spill back, a draining node still does: it will never run it.
+        let new = raylet.request_lease(7, request(1.0, Strategy::Default, true)).try_recv();
+        assert_eq!(spilled_to(new), Some(free.raylet_address.clone()));
+        // Everything busy: queue where it fits in total.
+        raylet.set_cluster(vec![busy.clone()]);
+        let queued = raylet.request_lease(7, request(1.0, Strategy::Default, false)).try_recv();
+        assert_eq!(spilled_to(queued), Some(busy.raylet_address.clone()));
+        // Hard affinity to the draining node itself cannot be met anywhere.
+        let own = Strategy::NodeAffinity { node_id: raylet.node_id(), soft: false };
+        let pinned = raylet.request_lease(7, request(1.0, own, false)).try_recv();
+        assert!(
+            matches!(&pinned, Ok(Body::Error(e)) if e.code == rtd_common::proto::ErrorCode::Unschedulable as i32),
+            "{pinned:?}"
+        );
+        // No other node: an error the requester retries, not a grant.
+        raylet.set_cluster(Vec::new());
+        let alone = raylet.request_lease(7, request(1.0, Strategy::Default, false)).try_recv();
+        assert!(matches!(&alone, Ok(Body::Error(_))), "{alone:?}");
+        let _ = std::fs::remove_file(script);
+    }
 }
