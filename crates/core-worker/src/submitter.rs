@@ -350,34 +350,30 @@ impl Submitter {
             LeaseFailure::Rpc(e) => {
                 // The node is gone, it cannot start workers, or the placement can never
                 // be met: nothing can run these tasks, and saying so beats waiting.
-                let fatal = self.ctx.raylet.is_closed() || matches!(e, RpcError::Remote { .. });
-                if fatal {
-                    let (kind, message) = if self.ctx.raylet.is_closed() {
-                        (object_kind::WORKER_CRASHED, format!("the node daemon is gone: {e}"))
-                    } else if e.code() == ErrorCode::Unschedulable {
-                        (object_kind::UNSCHEDULABLE, format!("the task cannot be scheduled: {e}"))
-                    } else {
-                        (object_kind::WORKER_CRASHED, format!("the node cannot run tasks: {e}"))
-                    };
-                    let queued: Vec<TaskId> = state.queue.drain(..).collect();
-                    for task_id in queued {
-                        self.fail_task(task_id, kind, message.clone());
-                    }
+                let fatal = if self.ctx.raylet.is_closed() {
+                    Some((object_kind::WORKER_CRASHED, format!("the node daemon is gone: {e}")))
+                } else if matches!(e, RpcError::Remote { .. }) {
+                    Some(fatal_lease_error(&e))
+                } else {
+                    None
+                };
+                if let Some((kind, message)) = fatal {
+                    self.fail_queued(&class, kind, &message);
                     return;
                 }
                 tracing::debug!("lease request failed: {e}");
             }
-            LeaseFailure::Elsewhere(e) if e.code() == ErrorCode::Unschedulable => {
-                let message = format!("the task cannot be scheduled: {e}");
-                let queued: Vec<TaskId> = state.queue.drain(..).collect();
-                for task_id in queued {
-                    self.fail_task(task_id, object_kind::UNSCHEDULABLE, message.clone());
-                }
-                return;
-            }
             LeaseFailure::Elsewhere(e) => {
-                // Not a failure of any task: ask again soon, from this node's raylet,
-                // which by then may know the other node is gone.
+                // Another node that cannot start workers, or a placement that can never
+                // be met, fails the tasks as on this node. Anything else (the node is
+                // draining, gone or unreachable) fails no task: ask again soon, from
+                // this node's raylet, which by then may know the other node is gone.
+                let refused = matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
+                if refused {
+                    let (kind, message) = fatal_lease_error(&e);
+                    self.fail_queued(&class, kind, &message);
+                    return;
+                }
                 tracing::debug!("lease request to another node failed: {e}");
                 let tx = self.tx.clone();
                 self.ctx.rt.spawn(async move {
@@ -393,6 +389,13 @@ impl Submitter {
             tokio::time::sleep(retry).await;
             let _ = tx.send(Event::RetryLease { class });
         });
+    }
+
+    fn fail_queued(&mut self, class: &ClassKey, kind: u32, message: &str) {
+        let queued: Vec<TaskId> = self.classes.get_mut(class).map(|s| s.queue.drain(..).collect()).unwrap_or_default();
+        for task_id in queued {
+            self.fail_task(task_id, kind, message.to_string());
+        }
     }
 
     fn start_idle_clock(&mut self, lease_id: u64) {
@@ -575,6 +578,15 @@ impl Submitter {
                 }
             }
         }
+    }
+}
+
+/// The error stored in place of the results of tasks whose lease a raylet refused.
+fn fatal_lease_error(e: &RpcError) -> (u32, String) {
+    if e.code() == ErrorCode::Unschedulable {
+        (object_kind::UNSCHEDULABLE, format!("the task cannot be scheduled: {e}"))
+    } else {
+        (object_kind::WORKER_CRASHED, format!("the node cannot run tasks: {e}"))
     }
 }
 
