@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorOptions, ActorState, CreateActor, LeaseGranted, PushTask,
+    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask,
     TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
@@ -54,6 +54,8 @@ pub enum ActorError {
 struct ActorEntry {
     info: ActorInfo,
     spec: TaskSpec,
+    /// Where it may be placed (from its options).
+    strategy: Strategy,
     /// Registered, waiting for its owner to resolve the constructor arguments.
     args_pending: bool,
     owner: u64,
@@ -75,19 +77,6 @@ pub struct ActorManager {
 
 const INFEASIBLE_RETRY: Duration = Duration::from_secs(1);
 
-/// The placement an actor asked for.
-fn strategy_of(options: Option<&ActorOptions>) -> Strategy {
-    let Some(o) = options else { return Strategy::Default };
-    if !o.affinity_node.is_empty() {
-        let node_id = NodeId::from_hex(&o.affinity_node).unwrap_or_else(NodeId::nil);
-        return Strategy::NodeAffinity { node_id, soft: o.affinity_soft };
-    }
-    match o.strategy.as_str() {
-        "SPREAD" => Strategy::Spread,
-        _ => Strategy::Default,
-    }
-}
-
 fn state(s: ActorState) -> i32 {
     s as i32
 }
@@ -107,6 +96,8 @@ impl ActorManager {
         let spec = req.spec.ok_or_else(|| ActorError::Invalid("no creation task".into()))?;
         let options = req.options.unwrap_or_default();
         let actor_id = ActorId::from_bytes(&spec.actor_id).map_err(|e| ActorError::Invalid(e.to_string()))?;
+        let strategy = Strategy::from_wire(&options.strategy, &options.affinity_node, options.affinity_soft)
+            .map_err(|e| ActorError::Invalid(e.to_string()))?;
         let mut t = self.lock();
         if !options.name.is_empty() {
             let key = (options.namespace.clone(), options.name.clone());
@@ -126,7 +117,8 @@ impl ActorManager {
             ..Default::default()
         };
         let args_pending = req.args_pending;
-        t.actors.insert(actor_id, ActorEntry { info: info.clone(), spec, args_pending, owner, lease: None, waiters: Vec::new() });
+        let entry = ActorEntry { info: info.clone(), spec, strategy, args_pending, owner, lease: None, waiters: Vec::new() };
+        t.actors.insert(actor_id, entry);
         drop(t);
         if !args_pending {
             self.clone().start(actor_id);
@@ -158,7 +150,7 @@ impl ActorManager {
     /// Leases a worker and runs the constructor there.
     async fn schedule(self: Arc<Self>, actor_id: ActorId) {
         let Some((spec, strategy)) =
-            self.lock().actors.get(&actor_id).map(|e| (e.spec.clone(), strategy_of(e.info.options.as_ref())))
+            self.lock().actors.get(&actor_id).map(|e| (e.spec.clone(), e.strategy.clone()))
         else {
             return;
         };

@@ -98,17 +98,6 @@ impl NodeService {
     }
 }
 
-fn strategy_of(req: &rtd_common::proto::RequestLease) -> Strategy {
-    if !req.affinity_node.is_empty() {
-        let node_id = NodeId::from_hex(&req.affinity_node).unwrap_or_else(NodeId::nil);
-        return Strategy::NodeAffinity { node_id, soft: req.affinity_soft };
-    }
-    match req.strategy.as_str() {
-        "SPREAD" => Strategy::Spread,
-        _ => Strategy::Default,
-    }
-}
-
 impl Service for NodeService {
     type State = ConnState;
 
@@ -149,9 +138,13 @@ impl Service for NodeService {
                 }
             }
             Body::RequestLease(req) => {
+                let strategy = match Strategy::from_wire(&req.strategy, &req.affinity_node, req.affinity_soft) {
+                    Ok(strategy) => strategy,
+                    Err(e) => return Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+                };
                 let request = LeaseRequest {
                     resources: ResourceSet::from_fixed_map(&req.resources),
-                    strategy: strategy_of(&req),
+                    strategy,
                     no_spillback: req.no_spillback,
                     dedicated: req.dedicated,
                     preferred: NodeId::from_bytes(&req.preferred_node).ok(),
