@@ -251,9 +251,6 @@ impl Raylet {
         for _ in 0..self.pool_size {
             self.start_worker();
         }
-        // The template imports while the pool's first workers start fresh; workers
-        // needed later (actors, refills) are forked from it.
-        self.starter.prepare();
     }
 
     pub fn total(&self) -> ResourceSet {
@@ -301,7 +298,7 @@ impl Raylet {
 
     /// A started worker connected and is ready for leases.
     pub fn register_worker(self: &Arc<Self>, worker_id: WorkerId, address: String) -> bool {
-        {
+        let none_starting = {
             let mut st = self.lock();
             let Some(worker) = st.workers.get_mut(&worker_id) else {
                 return false;
@@ -313,6 +310,13 @@ impl Raylet {
             st.starting = st.starting.saturating_sub(1);
             st.failed_starts = 0;
             st.idle.push_back(worker_id);
+            st.starting == 0
+        };
+        if none_starting {
+            // The worker template imports once the pool is up, so that it does not
+            // compete with the node's start for the CPU; workers needed later (actors,
+            // refills) are forked from it. A template that failed is replaced here.
+            self.starter.prepare();
         }
         self.schedule();
         true
