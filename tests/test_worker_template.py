@@ -62,11 +62,14 @@ def test_actor_workers_are_forked_from_the_template(start_runtime):
     daemon = rtd.api._state.node_process.pid
     template, _, _ = _wait_for_forked_actor(session_dir)
     assert parent_pid(template) == daemon
-    # Many at once: every one answers, and once the template serves they are its children.
+    # Many at once: every one answers. Actors first take the idle pool's workers (up to
+    # num_cpus of them, possibly started fresh); the template forks all the others.
     actors = [Probe.remote() for _ in range(10)]
     answers = rtd.get([a.pids.remote() for a in actors], timeout=60)
     assert len({pid for pid, _ in answers}) == 10
-    assert {ppid for _, ppid in answers} == {template}
+    parents = [ppid for _, ppid in answers]
+    assert set(parents) <= {template, daemon}
+    assert parents.count(template) >= 10 - 2, parents
 
 
 @pytest.mark.timeout(90)
