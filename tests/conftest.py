@@ -106,6 +106,39 @@ def session_processes(session_dir: str) -> list:
     return found
 
 
+def parent_pid(pid: int):
+    """The parent of ``pid`` (from ``/proc/PID/stat``), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def worker_template_pids(session_dir: str) -> list:
+    """The session's worker template (the daemon's child that forks workers). Forked
+    workers share its command line; they are the template's children, not the daemon's."""
+    return [
+        p
+        for p in session_processes(session_dir)
+        if b"rtd._private.worker_template" in _cmdline(p) and session_dir.encode() in _cmdline(parent_pid(p) or 0)
+    ]
+
+
+def worker_pids_of_session(session_dir: str) -> set:
+    """The session's worker processes: its processes other than the daemon and template."""
+    daemons = {p for p in session_processes(session_dir) if session_dir.encode() in _cmdline(p)}
+    return set(session_processes(session_dir)) - daemons - set(worker_template_pids(session_dir))
+
+
 def shm_files(session_dir: str) -> list:
     """The session's shared-memory files: ``/dev/shm/rtd_<daemon pid>_<session name>``."""
     return glob.glob("/dev/shm/rtd_*_" + glob.escape(os.path.basename(session_dir.rstrip("/"))))

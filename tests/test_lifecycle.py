@@ -20,6 +20,7 @@ from conftest import (
     session_processes,
     shm_files,
     wait_for_condition,
+    worker_pids_of_session,
 )
 
 
@@ -217,10 +218,9 @@ def test_a_worker_that_dies_is_replaced(shared_runtime):
 def test_the_pool_refills_without_waiting_for_work_after_a_worker_or_actor_dies(start_runtime):
     start_runtime(num_cpus=2)
     session_dir = rtd.api._state.session_dir
-    daemon = rtd.api._state.node_process.pid
 
     def task_workers():
-        return set(session_processes(session_dir)) - {daemon}
+        return worker_pids_of_session(session_dir)
 
     wait_for_condition(lambda: len(task_workers()) == 2, timeout=10)
 

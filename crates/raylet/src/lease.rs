@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
 use crate::resources::{Allocation, GpuPool, NodeResources};
-use crate::worker_pool::{kill, WorkerCommand};
+use crate::worker_pool::{kill, StartedWorker, WorkerCommand, WorkerStarter};
 
 /// Identifies one client connection of the raylet.
 pub type ConnId = u64;
@@ -208,7 +208,7 @@ pub struct Raylet {
     cluster: Mutex<Vec<RemoteNode>>,
     policy: Mutex<SchedulingPolicy>,
     lease_lost: std::sync::OnceLock<LeaseLostHook>,
-    command: WorkerCommand,
+    starter: WorkerStarter,
     /// Idle workers kept alive; more are stopped when their lease returns.
     pool_size: usize,
 }
@@ -235,7 +235,7 @@ impl Raylet {
                 failed_starts: 0,
                 shutting_down: false,
             }),
-            command,
+            starter: WorkerStarter::new(command),
             pool_size,
             lease_lost: std::sync::OnceLock::new(),
         })
@@ -267,38 +267,38 @@ impl Raylet {
     }
 
     fn start_worker(self: &Arc<Self>) {
-        let worker_id = WorkerId::random();
-        // Spawned under the lock, so that `shutdown` either stops it or it never starts.
-        let child = {
+        // Started under the lock, so that `shutdown` either stops it or it never starts.
+        let started = {
             let mut st = self.lock();
             if st.shutting_down {
                 return;
             }
-            let child = match self.command.spawn(&worker_id) {
-                Ok(child) => child,
+            let started = match self.starter.start() {
+                Ok(started) => started,
                 Err(e) => {
-                    tracing::error!("cannot start a worker with {}: {e}", self.command.python);
+                    tracing::error!("cannot start a worker with {}: {e}", self.starter.command().python);
                     return;
                 }
             };
-            let pid = child.id().unwrap_or(0);
             st.starting += 1;
-            st.workers.insert(worker_id, Worker { pid, address: None, lease: None, blocked: false, doomed: false });
-            child
+            st.workers.insert(
+                started.worker_id,
+                Worker { pid: started.pid, address: None, lease: None, blocked: false, doomed: false },
+            );
+            started
         };
-        let pid = child.id().unwrap_or(0);
+        let StartedWorker { worker_id, pid, exit } = started;
         let raylet = self.clone();
         tokio::spawn(async move {
-            let mut child = child;
-            let status = child.wait().await;
-            tracing::debug!("worker {worker_id} (pid {pid}) exited: {status:?}");
+            exit.wait().await;
+            tracing::debug!("worker {worker_id} (pid {pid}) exited");
             raylet.on_worker_exit(worker_id);
         });
     }
 
     /// A started worker connected and is ready for leases.
     pub fn register_worker(self: &Arc<Self>, worker_id: WorkerId, address: String) -> bool {
-        {
+        let none_starting = {
             let mut st = self.lock();
             let Some(worker) = st.workers.get_mut(&worker_id) else {
                 return false;
@@ -310,6 +310,13 @@ impl Raylet {
             st.starting = st.starting.saturating_sub(1);
             st.failed_starts = 0;
             st.idle.push_back(worker_id);
+            st.starting == 0
+        };
+        if none_starting {
+            // The worker template imports once the pool is up, so that it does not
+            // compete with the node's start for the CPU; workers needed later (actors,
+            // refills) are forked from it. A template that failed is replaced here.
+            self.starter.prepare();
         }
         self.schedule();
         true
@@ -588,7 +595,7 @@ impl Raylet {
                     "worker processes exit during start-up: `{} -m rtd._private.worker` failed \
                      {MAX_FAILED_STARTS} times in a row (is rtd installed for that interpreter? \
                      set it with --python or RTD_PYTHON)",
-                    self.command.python
+                    self.starter.command().python
                 );
                 for req in st.pending.drain(..) {
                     let _ = req.reply.send(rtd_common::rpc::error_body(
@@ -828,6 +835,7 @@ impl Raylet {
         let waiting: Vec<PendingLease> = {
             let mut st = self.lock();
             st.shutting_down = true;
+            self.starter.shutdown();
             for worker in st.workers.values() {
                 kill(worker.pid);
             }
@@ -898,6 +906,7 @@ mod tests {
             raylet_socket: String::new(),
             session_dir: String::new(),
             node_ip: None,
+            fork_from_template: false,
         };
         (Raylet::new(NodeId::random(), set(&[("CPU".into(), cpus)]), command), script)
     }

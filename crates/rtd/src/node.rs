@@ -142,6 +142,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         raylet_socket: session.raylet_socket().display().to_string(),
         session_dir: session.dir.display().to_string(),
         node_ip: node_ip.clone(),
+        fork_from_template: WorkerCommand::fork_allowed_by_env(),
     };
     let raylet = Raylet::new(node_id, opts.resources.clone(), command);
     let peers = Arc::new(ConnectionCache::default());
