@@ -14,7 +14,8 @@ import uuid
 
 from rtd import _core
 from rtd._core import ObjectRef
-from rtd._private import serialization, services
+from rtd._private import serialization, services, task_context
+from rtd.runtime_context import RuntimeContext
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
 
@@ -193,9 +194,7 @@ def _publish_job_info(job_id, namespace, driver_address, driver_ip):
 def current_namespace():
     """The namespace of this job (the driver's, also inside its tasks and actors)."""
     if _state.is_worker:
-        from rtd._private import worker
-
-        return worker.job_namespace()
+        return task_context.job_namespace
     return _state.namespace
 
 
@@ -338,16 +337,12 @@ def available_resources():
 
 def get_gpu_ids():
     """GPU ids assigned to the current task (empty in the driver)."""
-    from rtd._private import worker
-
-    return list(worker.current_gpu_ids())
+    return list(task_context.gpu_ids)
 
 
 def get_runtime_context():
-    from rtd.runtime_context import RuntimeContext
-
     auto_init()
-    return RuntimeContext()
+    return RuntimeContext(current_namespace())
 
 
 def timeline(filename=None):

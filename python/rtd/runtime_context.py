@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from rtd import _core
+from rtd._private import task_context
 
 
 class RuntimeContext:
     """Ids of the current job, node, worker and task, as Ray's RuntimeContext."""
+
+    def __init__(self, namespace: str | None):
+        self._namespace = namespace
 
     def _info(self):
         return _core.runtime_info()
@@ -24,15 +28,11 @@ class RuntimeContext:
         return self._info()["task_id"]
 
     def get_actor_id(self):
-        from rtd._private import worker
-
-        return worker.current_actor_id()
+        return task_context.actor_id
 
     @property
     def namespace(self):
-        from rtd import api
-
-        return api.current_namespace()
+        return self._namespace
 
     @property
     def gcs_address(self):
@@ -43,6 +43,4 @@ class RuntimeContext:
         return {"job_id": info["job_id"], "node_id": info["node_id"], "task_id": info["task_id"]}
 
     def get_assigned_resources(self) -> dict:
-        from rtd._private import worker
-
-        return dict(worker.current_resources())
+        return dict(task_context.resources)

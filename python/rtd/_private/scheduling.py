@@ -9,6 +9,7 @@ scheduled like any other task. Node affinity is checked against the live node li
 from __future__ import annotations
 
 from rtd import _core
+from rtd._private import task_context
 
 # A sliver of the bundle marker, so that work asking for no resources is still pinned
 # to its group.
@@ -76,9 +77,7 @@ def resolve(resources, strategy):
     from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     if strategy is None:
-        from rtd._private import worker
-
-        captured = worker.current_capture_placement_group()
+        captured = task_context.capture_placement_group
         if captured is None:
             return resources, None
         strategy = PlacementGroupSchedulingStrategy(PlacementGroup(captured), -1, True)

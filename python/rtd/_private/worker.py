@@ -17,18 +17,9 @@ import traceback
 import cloudpickle
 
 from rtd import _core, api, exceptions
-from rtd._private import serialization
+from rtd._private import serialization, task_context
 
 _functions: dict = {}
-_current = {"gpu_ids": (), "resources": {}}
-
-
-def current_gpu_ids():
-    return _current["gpu_ids"]
-
-
-def current_resources():
-    return _current["resources"]
 
 
 def _load_function(function_id: bytes):
@@ -55,13 +46,14 @@ def _set_environment(task):
         os.environ.pop("CUDA_VISIBLE_DEVICES", None)
     resources = task.resources
     os.environ["OMP_NUM_THREADS"] = str(max(1, int(resources.get("CPU", 1))))
-    _current["gpu_ids"] = tuple(task.gpu_ids)
-    _current["resources"] = resources
-    _current["name"] = task.function_name
-    _current["capture_pg"] = task.capture_placement_group
+    task_context.gpu_ids = tuple(task.gpu_ids)
+    task_context.resources = resources
+    task_context.name = task.function_name
+    task_context.capture_placement_group = task.capture_placement_group
     _current_job["id"] = task.job_id
     if task.job_id not in _jobs:
         _load_job(task.job_id)
+    task_context.job_namespace = _jobs[task.job_id]["namespace"]
 
 
 def _load_job(job_id):
@@ -73,20 +65,6 @@ def _load_job(job_id):
     for path in reversed(job["sys_path"]):
         if path not in sys.path:
             sys.path.insert(1, path)
-
-
-def job_namespace():
-    job = _jobs.get(_current_job["id"])
-    return job["namespace"] if job else None
-
-
-def current_capture_placement_group():
-    """Raw id of the placement group the running task captures for its children."""
-    return _current.get("capture_pg")
-
-
-def current_actor_id():
-    return _actor.actor_id if _actor is not None else None
 
 
 class _UpstreamError(Exception):
@@ -303,12 +281,12 @@ def _ip_suffix():
 def _current_name():
     if _actor is not None:
         return _actor.class_name
-    return _current.get("name") or "worker"
+    return task_context.name or "worker"
 
 
 def _create_actor(task):
     global _actor
-    _current["name"] = task.function_name.removesuffix(".__init__")
+    task_context.name = task.function_name.removesuffix(".__init__")
     try:
         cls = _load_function(task.function_id)
         args, kwargs, config = serialization.loads(task.args)
@@ -316,6 +294,7 @@ def _create_actor(task):
         args, kwargs = _substitute(args, kwargs, values)
         instance = cls(*args, **kwargs)
         _actor = _ActorRuntime(task, instance, config)
+        task_context.actor_id = _actor.actor_id
     except BaseException as e:  # noqa: BLE001 - the creation error is the actor's death cause
         cause = e.error if isinstance(e, _UpstreamError) else e
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))

@@ -13,7 +13,7 @@ import numbers
 import os
 
 from rtd import _core, api
-from rtd._private import serialization
+from rtd._private import serialization, task_context
 
 VALID_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -148,9 +148,7 @@ def get_placement_group(placement_group_name):
 def get_current_placement_group():
     """The placement group the current task or actor runs in, or None (also in the
     driver)."""
-    from rtd._private import worker
-
-    for name in worker.current_resources():
+    for name in task_context.resources:
         # Work in a group asks for its `bundle_group_[<index>_]<pg hex>` marker.
         if name.startswith("bundle_group_"):
             return PlacementGroup(bytes.fromhex(name.rsplit("_", 1)[1]))
