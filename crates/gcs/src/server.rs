@@ -1,9 +1,9 @@
 //! The GCS as the head node serves it: the tables (`crate::Gcs`), the actor and
 //! placement-group managers, and how they reach the cluster's raylets — this node's
-//! in-process ([`LocalRaylet`]), other nodes' over gRPC at their TCP address. Nodes join with `RegisterNode` and
-//! keep reporting their free resources; one that stops (its connection closes or its
-//! reports stop for `RTD_NODE_TIMEOUT_MS`) is declared dead, its actors restart
-//! elsewhere and its placement-group bundles are placed again.
+//! in-process ([`LocalRaylet`]), other nodes' over gRPC at their TCP address. Nodes
+//! join with `RegisterNode` and keep reporting their free resources; one that stops
+//! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
+//! dead, its actors restart elsewhere and its placement-group bundles are placed again.
 
 use std::collections::HashMap;
 use std::future::Future;
