@@ -1,11 +1,12 @@
 //! Shared vocabulary of every rtd process: ids, fixed-point resource sets, runtime
-//! configuration and the wire protocol (protobuf messages framed over Unix sockets).
-//! Nothing here knows about scheduling or storage policy.
+//! configuration, the words of scheduling (node views, strategies) and the wire protocol
+//! (protobuf messages framed over Unix sockets). No policy lives here, only the terms.
 
 pub mod config;
 pub mod ids;
 pub mod resources;
 pub mod rpc;
+pub mod scheduling;
 
 /// Messages generated from `proto/rtd.proto`.
 pub mod proto {

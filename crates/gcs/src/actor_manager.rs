@@ -24,8 +24,8 @@ use rtd_common::proto::{
     TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
+use rtd_common::scheduling::Strategy;
 use rtd_common::{ActorId, NodeId, ResourceSet};
-use rtd_raylet::policy::Strategy;
 use tokio::sync::oneshot;
 
 /// How the GCS gets worker processes for actors (the raylets).

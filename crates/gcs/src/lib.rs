@@ -1,10 +1,12 @@
-//! The control plane: nodes, jobs, actors, placement groups and a key-value store (which holds the
-//! function table: pickled remote functions by id). One GCS per cluster, hosted by the
-//! head node's daemon, which serves it on its local socket and to other nodes over gRPC
-//! (`rtd_node::gcs_server`).
+//! The GCS, Ray's control plane: one per cluster, on the head node. It owns the tables
+//! (nodes, jobs, KV with the function table), the actor and placement-group managers, node
+//! health checks (`server`), and the client raylets use to reach it (`client`).
 
 pub mod actor_manager;
+pub mod bundle_policy;
+pub mod client;
 pub mod placement_group_manager;
+pub mod server;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};

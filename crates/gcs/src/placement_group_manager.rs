@@ -1,6 +1,6 @@
 //! Placement groups: reserving bundles of resources all or nothing.
 //!
-//! The GCS chooses a node for every bundle (`rtd_raylet::bundle_policy`) and reserves
+//! The GCS chooses a node for every bundle (`crate::bundle_policy`) and reserves
 //! them with a two-phase commit: *prepare* each bundle on its node's raylet, and only
 //! when every prepare succeeded *commit* them all; if any prepare fails, the prepared
 //! ones are cancelled and the group stays PENDING, holding nothing. A committed bundle
@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rtd_common::proto::{CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
+use rtd_common::scheduling::NodeView;
 use rtd_common::{NodeId, ResourceSet};
-use rtd_raylet::bundle_policy::{place_bundles, BundleStrategy};
-use rtd_raylet::policy::NodeView;
 use tokio::sync::oneshot;
+
+use crate::bundle_policy::{place_bundles, BundleStrategy};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

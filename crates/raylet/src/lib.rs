@@ -1,9 +1,10 @@
-//! The raylet: one per node. It owns the node's resource accounting, its pool of
-//! Python worker processes and the worker leases that submitters use to run tasks,
-//! and the scheduling policies that choose a node for work.
+//! The raylet: one per node. It owns the node's resource accounting, its pool of Python
+//! worker processes, the worker leases submitters run tasks on, the policies that choose
+//! a node for them, and its service: what it answers clients, peers and (on the head) the GCS.
 
-pub mod bundle_policy;
+pub mod gcs_link;
 pub mod lease;
 pub mod policy;
 pub mod resources;
+pub mod service;
 pub mod worker_pool;

@@ -25,6 +25,9 @@
 //! and benches are deterministic.
 
 use rtd_common::resources::GPU;
+// The GCS speaks this vocabulary too (actor and bundle placement), so it lives in
+// common; the policy that acts on it lives here.
+pub use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{NodeId, ResourceSet};
 
 use crate::resources::gpu_request_is_assignable;
@@ -37,41 +40,6 @@ pub const TOP_K_FRACTION: f64 = 0.2;
 /// Scores are utilisation in parts per million, so they order exactly.
 const SCORE_SCALE: i128 = 1_000_000;
 const SPREAD_THRESHOLD_PPM: i128 = (SPREAD_THRESHOLD * SCORE_SCALE as f64) as i128;
-
-/// What the policy knows about one node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeView {
-    pub node_id: NodeId,
-    pub total: ResourceSet,
-    pub available: ResourceSet,
-    pub alive: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    Default,
-    Spread,
-    NodeAffinity { node_id: NodeId, soft: bool },
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid node id {0:?} in a NodeAffinitySchedulingStrategy: expected {len} hex digits", len = 2 * NodeId::LEN)]
-pub struct InvalidStrategy(pub String);
-
-impl Strategy {
-    /// The strategy a lease request or an actor's options carry: node affinity when
-    /// `affinity_node` (a hex node id) is set, else SPREAD or DEFAULT by name.
-    pub fn from_wire(name: &str, affinity_node: &str, soft: bool) -> Result<Self, InvalidStrategy> {
-        if !affinity_node.is_empty() {
-            let node_id = NodeId::from_hex(affinity_node).ok_or_else(|| InvalidStrategy(affinity_node.to_string()))?;
-            return Ok(Strategy::NodeAffinity { node_id, soft });
-        }
-        Ok(match name {
-            "SPREAD" => Strategy::Spread,
-            _ => Strategy::Default,
-        })
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -245,20 +213,6 @@ impl XorShift64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn wire_strategies_parse_and_a_malformed_affinity_node_is_an_error() {
-        let node = NodeId::random();
-        assert_eq!(Strategy::from_wire("", "", false).ok(), Some(Strategy::Default));
-        assert_eq!(Strategy::from_wire("SPREAD", "", false).ok(), Some(Strategy::Spread));
-        assert_eq!(
-            Strategy::from_wire("SPREAD", &node.hex(), true).ok(),
-            Some(Strategy::NodeAffinity { node_id: node, soft: true })
-        );
-        for bad in ["zz", "abc", &node.hex()[2..], &format!("{}00", node.hex())] {
-            let err = Strategy::from_wire("", bad, false).err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(err.contains("invalid node id"), "{bad}: {err}");
-        }
-    }
     use proptest::prelude::{any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest, Just};
     use proptest::prelude::{ProptestConfig, Strategy as Gen};
     use rtd_common::resources::{CPU, UNIT};

@@ -1,13 +1,10 @@
-//! The rtd node daemon (raylet + plasma store, and the GCS on the head) and the `rtd`
-//! command line. Linked into the standalone `rtd` binary and into the Python
-//! extension, so both run the same code.
+//! Assembles an rtd node daemon from its parts (raylet, plasma store, object manager,
+//! and the GCS on the head), keeps its session directory, and runs the `rtd` command line.
+//! Linked into the standalone `rtd` binary and into the Python extension: both run this.
 
 pub mod cli;
 pub mod daemons;
-pub mod gcs_server;
 pub mod node;
-pub mod node_service;
-pub mod object_manager;
 pub mod session;
 pub mod system_config;
 

@@ -14,19 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ReportResources};
+use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
+use rtd_gcs::client::GcsClient;
+use rtd_gcs::server::GcsServer;
+use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
-use rtd_raylet::lease::{Raylet, RemoteNode};
-use rtd_raylet::policy::NodeView;
+use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
+use rtd_raylet::lease::Raylet;
+use rtd_raylet::service::NodeService;
 use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::gcs_server::{resources, GcsServer};
-use crate::node_service::{describe_node, GcsLink, NodeService};
-use crate::object_manager::ObjectServer;
 use crate::session::{process_gone, NodeFile, Session};
 
 #[derive(Debug, Clone)]
@@ -53,26 +54,29 @@ pub struct NodeOptions {
     pub spill_root: Option<PathBuf>,
 }
 
-/// Every alive node but this one, as a raylet's view of the cluster.
-pub fn remote_nodes(nodes: &[NodeInfo]) -> Vec<RemoteNode> {
-    nodes
-        .iter()
-        .filter(|n| n.alive && !n.raylet_address.is_empty())
-        .filter_map(|n| {
-            Some(RemoteNode {
-                view: NodeView {
-                    node_id: NodeId::from_bytes(&n.node_id).ok()?,
-                    total: resources(&n.total),
-                    available: resources(&n.available),
-                    alive: true,
-                },
-                raylet_address: n.raylet_address.clone(),
-            })
-        })
-        .collect()
+/// How a node describes itself to the GCS.
+fn describe_node(
+    raylet: &Raylet,
+    session: &Session,
+    node_ip: &Option<String>,
+    raylet_address: &str,
+    is_head: bool,
+) -> NodeInfo {
+    NodeInfo {
+        node_id: raylet.node_id().to_vec().into(),
+        address: node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+        alive: true,
+        total: Some(ResourceMap { amounts: raylet.total().to_fixed_map() }),
+        available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
+        session_dir: session.dir.display().to_string(),
+        raylet_socket: session.raylet_socket().display().to_string(),
+        plasma_socket: session.plasma_socket().display().to_string(),
+        raylet_address: raylet_address.to_string(),
+        is_head,
+        pending_demands: Vec::new(),
+    }
 }
 
-const HEARTBEAT: Duration = Duration::from_millis(100);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a node until it is told to stop. Blocks the calling thread.
@@ -150,7 +154,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let gcs = match &head {
         None => Some(GcsServer::start(
             describe_node(&raylet, &session, &node_ip, &raylet_address, true),
-            raylet.clone(),
+            Arc::new(HeadRaylet(raylet.clone())),
             peers.clone(),
         )),
         Some(head) => {
@@ -170,13 +174,15 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         }
     };
     let gcs_link = match (&gcs, &head) {
-        (Some(gcs), _) => GcsLink::Local(gcs.clone()),
-        (None, Some(head)) => GcsLink::Remote(head.clone()),
+        (Some(gcs), _) => GcsClient::Local(gcs.clone()),
+        (None, Some(head)) => GcsClient::Remote(head.clone()),
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let service = NodeService {
         node_id,
-        session: session.clone(),
+        session_dir: session.dir.display().to_string(),
+        plasma_socket: session.plasma_socket().display().to_string(),
+        shm_path: session.shm_path().display().to_string(),
         shm_size: opts.object_store_memory,
         node_ip: node_ip.clone(),
         raylet: raylet.clone(),
@@ -235,29 +241,6 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let _ = std::fs::remove_dir_all(&spill_dir);
     session.remove();
     Ok(())
-}
-
-/// A worker node's heartbeat: report free resources, learn the cluster. Losing the
-/// head (or being declared dead by it) stops the node.
-async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notify>) {
-    loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        let usage = crate::gcs_server::usage(&raylet);
-        let report = ReportResources {
-            node_id: raylet.node_id().to_vec().into(),
-            total: Some(usage.total),
-            available: Some(usage.available),
-            pending_demands: usage.pending_demands,
-        };
-        match head.call(Body::ReportResources(report)).await {
-            Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),
-            other => {
-                tracing::warn!("lost the head node ({:?}); stopping", other.err());
-                shutdown.notify_one();
-                return;
-            }
-        }
-    }
 }
 
 async fn wait_for_stop(shutdown: Arc<Notify>, watch_stdin: bool) {

@@ -1,9 +1,9 @@
-//! The GCS as the head node serves it: the tables (`rtd_gcs`), the actor and
+//! The GCS as the head node serves it: the tables (`crate::Gcs`), the actor and
 //! placement-group managers, and how they reach the cluster's raylets — this node's
-//! in-process, other nodes' over gRPC at their TCP address. Nodes join with `RegisterNode` and
-//! keep reporting their free resources; one that stops (its connection closes or its
-//! reports stop for `RTD_NODE_TIMEOUT_MS`) is declared dead, its actors restart
-//! elsewhere and its placement-group bundles are placed again.
+//! in-process ([`LocalRaylet`]), other nodes' over gRPC at their TCP address. Nodes
+//! join with `RegisterNode` and keep reporting their free resources; one that stops
+//! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
+//! dead, its actors restart elsewhere and its placement-group bundles are placed again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,17 +17,47 @@ use rtd_common::proto::{
     PlacementGroupRemoved, PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply};
+use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, ResourceSet};
-use rtd_gcs::actor_manager::{ActorManager, WorkerLeaser};
-use rtd_gcs::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
-use rtd_gcs::{Gcs, NodeUsage};
-use rtd_raylet::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
-use rtd_raylet::policy::{NodeView, Strategy};
+use tokio::sync::oneshot;
+
+use crate::actor_manager::{ActorManager, WorkerLeaser};
+use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use crate::{Gcs, NodeUsage};
+
+/// Identifies one client connection of the daemon that hosts the GCS.
+pub type ConnId = u64;
+
+/// The head's own raylet, which shares the GCS's process and is called directly
+/// rather than over a connection. A trait, so that the GCS does not depend on the
+/// raylet crate: in Ray's diagram the raylet uses the GCS, never the reverse. It holds
+/// exactly the raylet calls the GCS makes (leases for actors, bundle two-phase commit)
+/// and what the GCS reads or tells in place of the head's heartbeat.
+pub trait LocalRaylet: Send + Sync {
+    fn node_id(&self) -> NodeId;
+    /// A dedicated worker lease for an actor, owned by the GCS (not by a connection);
+    /// answered with a `RequestLeaseReply` or an error.
+    fn request_actor_lease(&self, resources: ResourceSet, strategy: Strategy) -> oneshot::Receiver<Body>;
+    fn shrink_lease(&self, lease_id: u64, keep: &ResourceSet);
+    fn kill_leased_worker(&self, lease_id: u64);
+    /// Told which actor lease was lost when its worker process exits.
+    fn set_lease_lost_hook(&self, hook: Box<dyn Fn(u64) + Send + Sync>);
+    fn prepare_bundle(&self, group: &str, index: u32, resources: &ResourceSet) -> bool;
+    fn commit_bundle(&self, group: &str, index: u32);
+    fn return_bundle(&self, group: &str, index: u32);
+    fn group_removed(&self, group: &str);
+    /// (total, free) amounts of the resources named in `wanted`, as of now.
+    fn view_of(&self, wanted: &ResourceSet) -> (ResourceSet, ResourceSet);
+    /// What this node would report in a heartbeat, as of now.
+    fn usage(&self) -> NodeUsage;
+    /// The cluster's nodes as the GCS's table holds them.
+    fn set_cluster(&self, nodes: &[NodeInfo]);
+}
 
 /// The cluster's raylets as the GCS reaches them.
 struct Raylets {
     local_id: NodeId,
-    local: Arc<Raylet>,
+    local: Arc<dyn LocalRaylet>,
     tables: Arc<Gcs>,
     peers: Arc<ConnectionCache>,
 }
@@ -63,17 +93,13 @@ impl Raylets {
     }
 }
 
-fn dedicated_request(resources: ResourceSet, strategy: Strategy) -> LeaseRequest {
-    LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None }
-}
-
 impl WorkerLeaser for Raylets {
     fn lease(
         &self,
         resources: ResourceSet,
         strategy: Strategy,
     ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>> {
-        let rx = self.local.request_lease(GCS_CONN, dedicated_request(resources.clone(), strategy));
+        let rx = self.local.request_actor_lease(resources.clone(), strategy);
         let local_id = self.local_id;
         let peers = self.peers.clone();
         Box::pin(async move {
@@ -186,24 +212,6 @@ impl BundleReserver for Raylets {
     }
 }
 
-/// What a raylet's waiting lease requests ask for.
-pub fn demands(raylet: &Raylet) -> Vec<ResourceMap> {
-    raylet.pending_demands().iter().map(|d| ResourceMap { amounts: d.to_fixed_map() }).collect()
-}
-
-/// A raylet's heartbeat contents.
-pub fn usage(raylet: &Raylet) -> NodeUsage {
-    NodeUsage {
-        total: ResourceMap { amounts: raylet.total().to_fixed_map() },
-        available: ResourceMap { amounts: raylet.available().to_fixed_map() },
-        pending_demands: demands(raylet),
-    }
-}
-
-pub fn resources(map: &Option<ResourceMap>) -> ResourceSet {
-    ResourceSet::from_fixed_map(&map.as_ref().map(|m| m.amounts.clone()).unwrap_or_default())
-}
-
 /// The amounts in `map` of the resources named in `wanted` only.
 fn resources_named(map: &Option<ResourceMap>, wanted: &ResourceSet) -> ResourceSet {
     let mut out = ResourceSet::new();
@@ -217,7 +225,7 @@ fn resources_named(map: &Option<ResourceMap>, wanted: &ResourceSet) -> ResourceS
 
 pub struct GcsServer {
     node_id: NodeId,
-    raylet: Arc<Raylet>,
+    raylet: Arc<dyn LocalRaylet>,
     tables: Arc<Gcs>,
     actors: Arc<ActorManager>,
     groups: Arc<PlacementGroupManager>,
@@ -231,7 +239,7 @@ fn node_timeout() -> Duration {
 
 impl GcsServer {
     /// Starts the GCS for the head node `own` (already registered in the tables).
-    pub fn start(own: NodeInfo, raylet: Arc<Raylet>, peers: Arc<ConnectionCache>) -> Arc<Self> {
+    pub fn start(own: NodeInfo, raylet: Arc<dyn LocalRaylet>, peers: Arc<ConnectionCache>) -> Arc<Self> {
         let node_id = raylet.node_id();
         let tables = Arc::new(Gcs::new());
         tables.register_node(own);
@@ -255,8 +263,8 @@ impl GcsServer {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let Some(server) = weak.upgrade() else { return };
-                server.tables.report(server.node_id.as_bytes(), usage(&server.raylet));
-                server.raylet.set_cluster(crate::node::remote_nodes(&server.tables.nodes()));
+                server.tables.report(server.node_id.as_bytes(), server.raylet.usage());
+                server.raylet.set_cluster(&server.tables.nodes());
                 for node in server.tables.silent_nodes(node_timeout(), &server.node_id) {
                     tracing::warn!("node {node} stopped reporting; marking it dead");
                     server.node_dead(node);
@@ -270,7 +278,7 @@ impl GcsServer {
         if !self.tables.mark_dead(&node) {
             return;
         }
-        self.raylet.set_cluster(crate::node::remote_nodes(&self.tables.nodes()));
+        self.raylet.set_cluster(&self.tables.nodes());
         self.actors.node_dead(node);
         let groups = self.groups.clone();
         tokio::spawn(async move {
@@ -283,9 +291,10 @@ impl GcsServer {
         let mut nodes = self.tables.nodes();
         for node in nodes.iter_mut() {
             if node.node_id.as_ref() == self.node_id.as_bytes() {
-                node.available = Some(ResourceMap { amounts: self.raylet.available().to_fixed_map() });
-                node.total = Some(ResourceMap { amounts: self.raylet.total().to_fixed_map() });
-                node.pending_demands = demands(&self.raylet);
+                let usage = self.raylet.usage();
+                node.available = Some(usage.available);
+                node.total = Some(usage.total);
+                node.pending_demands = usage.pending_demands;
             }
         }
         nodes
@@ -310,7 +319,7 @@ impl GcsServer {
                 self.tables.register_node(node);
                 // The head's raylet can send work there right away, and the new node
                 // learns the cluster before its first heartbeat.
-                self.raylet.set_cluster(crate::node::remote_nodes(&self.tables.nodes()));
+                self.raylet.set_cluster(&self.tables.nodes());
                 Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
             }
             Body::ReportResources(report) => {

@@ -1,34 +1,30 @@
-//! What a node daemon answers on its sockets: the raylet's requests (registration,
-//! leases, blocked workers, placement-group bundles, object transfer) and the GCS's.
-//! The head serves GCS requests itself; another node forwards them to the head, so a
-//! client never needs to know which node hosts the GCS.
+//! What a node's raylet answers on its socket and node link: its own requests
+//! (registration, leases, blocked workers, placement-group bundles, object transfer)
+//! and, through its GCS client, the GCS's: the head serves them itself; another node
+//! forwards them to the head, so a client never needs to know which node hosts the GCS.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, NodeInfo, RegisterClientReply, ResourceMap};
-use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, Service};
+use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, RegisterClientReply};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
+use rtd_gcs::client::GcsClient;
+use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
-use rtd_raylet::lease::{ConnId, LeaseRequest, Raylet};
-use rtd_raylet::policy::Strategy;
 use tokio::sync::Notify;
 
-use crate::gcs_server::GcsServer;
-use crate::object_manager::{pull_object, PullError};
-use crate::session::Session;
-
-pub enum GcsLink {
-    /// This is the head: the GCS runs here.
-    Local(Arc<GcsServer>),
-    /// Another node: GCS requests go to the head.
-    Remote(RpcClient),
-}
+use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::policy::Strategy;
 
 pub struct NodeService {
     pub node_id: NodeId,
-    pub session: Session,
+    /// The session directory, and the store's socket and shared-memory file in it:
+    /// what a registering client is told.
+    pub session_dir: String,
+    pub plasma_socket: String,
+    pub shm_path: String,
     pub shm_size: u64,
     /// This node's IP when it is part of a multi-node cluster.
     pub node_ip: Option<String>,
@@ -36,7 +32,7 @@ pub struct NodeService {
     /// The daemon's own client of its object store (object transfer).
     pub plasma: PlasmaClient,
     pub peers: Arc<ConnectionCache>,
-    pub gcs: GcsLink,
+    pub gcs: GcsClient,
     pub next_conn: AtomicU64,
     pub shutdown: Arc<Notify>,
 }
@@ -46,54 +42,16 @@ pub struct ConnState {
     worker: Option<WorkerId>,
 }
 
-/// How a node describes itself to the GCS.
-pub fn describe_node(
-    raylet: &Raylet,
-    session: &Session,
-    node_ip: &Option<String>,
-    raylet_address: &str,
-    is_head: bool,
-) -> NodeInfo {
-    NodeInfo {
-        node_id: raylet.node_id().to_vec().into(),
-        address: node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
-        alive: true,
-        total: Some(ResourceMap { amounts: raylet.total().to_fixed_map() }),
-        available: Some(ResourceMap { amounts: raylet.available().to_fixed_map() }),
-        session_dir: session.dir.display().to_string(),
-        raylet_socket: session.raylet_socket().display().to_string(),
-        plasma_socket: session.plasma_socket().display().to_string(),
-        raylet_address: raylet_address.to_string(),
-        is_head,
-        pending_demands: Vec::new(),
-    }
-}
-
 impl NodeService {
     fn register_reply(&self, job_id: Bytes) -> RegisterClientReply {
         RegisterClientReply {
             node_id: self.node_id.to_vec().into(),
             job_id,
-            plasma_socket: self.session.plasma_socket().display().to_string(),
-            shm_path: self.session.shm_path().display().to_string(),
+            plasma_socket: self.plasma_socket.clone(),
+            shm_path: self.shm_path.clone(),
             shm_size: self.shm_size,
-            session_dir: self.session.dir.display().to_string(),
+            session_dir: self.session_dir.clone(),
             node_ip: self.node_ip.clone().unwrap_or_default(),
-        }
-    }
-
-    /// A GCS request: served here on the head, forwarded elsewhere.
-    fn to_gcs(&self, conn: ConnId, body: Body) -> Reply {
-        match &self.gcs {
-            GcsLink::Local(gcs) => gcs.handle(conn, body).unwrap_or_else(|_| {
-                Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for the node daemon"))
-            }),
-            GcsLink::Remote(head) => {
-                let call = head.start_call(body);
-                Reply::Later(Box::pin(async move {
-                    call.await.unwrap_or_else(|e| error_body(ErrorCode::Internal, format!("the head node is unreachable: {e}")))
-                }))
-            }
         }
     }
 }
@@ -120,7 +78,7 @@ impl Service for NodeService {
                 }
                 // A driver: its job id comes from the GCS.
                 let mut reply = self.register_reply(Bytes::new());
-                match self.to_gcs(conn.id, Body::RegisterClient(reg)) {
+                match self.gcs.request(conn.id, Body::RegisterClient(reg)) {
                     Reply::Now(Body::RegisterClientReply(r)) => {
                         reply.job_id = r.job_id;
                         Reply::Now(Body::RegisterClientReply(reply))
@@ -261,14 +219,12 @@ impl Service for NodeService {
                 self.shutdown.notify_one();
                 Reply::Now(Body::Ack(Ack {}))
             }
-            other => self.to_gcs(conn.id, other),
+            other => self.gcs.request(conn.id, other),
         }
     }
 
     fn disconnected(&self, conn: ConnState) {
-        if let GcsLink::Local(gcs) = &self.gcs {
-            gcs.disconnected(conn.id);
-        }
+        self.gcs.disconnected(conn.id);
         self.raylet.client_disconnected(conn.id, conn.worker);
     }
 }

@@ -14,9 +14,8 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
+use rtd_common::scheduling::NodeView;
 use rtd_common::{NodeId, ResourceSet};
-
-use crate::policy::NodeView;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BundleStrategy {
