@@ -777,7 +777,7 @@ impl Raylet {
             let in_group: Vec<WorkerId> = st
                 .leases
                 .values()
-                .filter(|l| bundle::group_of_any(l.allocation.resources.iter().map(|(name, _)| name)) == Some(group))
+                .filter(|l| l.allocation.resources.iter().any(|(name, _)| BundleResource::parse(name).is_some_and(|b| b.group == group)))
                 .map(|l| l.worker)
                 .collect();
             for worker in &in_group {
