@@ -391,6 +391,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_id_of_the_wrong_length_is_invalid_and_reserves_nothing() {
+        let reserver = FakeReserver::new(&[4.0]);
+        let manager = PlacementGroupManager::new(reserver.clone());
+        let mut req = request(1, "PACK", &[1.0]);
+        req.pg_id = vec![1; 17].into();
+        let err = manager.create(1, req).await.expect_err("17 bytes is not a placement group id");
+        assert!(matches!(err, PlacementGroupError::Invalid(_)), "{err}");
+        assert_eq!((reserver.committed(), reserver.prepared_only()), (0, 0));
+        assert!(manager.list().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_group_that_does_not_fit_holds_nothing_and_waits() {
         // STRICT_SPREAD over two nodes, the second too small: the first bundle fits alone
         // but all or nothing means it is not held.
