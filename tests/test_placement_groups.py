@@ -677,6 +677,26 @@ def test_remove_placement_group_of_a_non_group_raises_type_error(pg_runtime, not
         remove_placement_group(not_a_group)
 
 
+def test_a_handle_whose_id_is_not_18_bytes_raises_value_error(pg_runtime):
+    from rtd.util.placement_group import PlacementGroup
+
+    with pytest.raises(ValueError, match="18 bytes"):
+        PlacementGroup(b"\x01" * 17).wait(1)
+    with pytest.raises(ValueError, match="18 bytes"):
+        remove_placement_group(PlacementGroup(b"\x01" * 19))
+
+
+def test_a_bundle_request_names_its_group_and_a_resource_that_merely_contains_group_does_not():
+    from rtd import _core
+
+    pg_id = bytes(range(18))
+    request = _core.bundle_request({"CPU": 1.0, "my_group_x": 2.0}, pg_id, 0)
+    assert request[f"my_group_x_group_0_{pg_id.hex()}"] == 2.0
+    assert request[f"bundle_group_0_{pg_id.hex()}"] == 0.001
+    assert _core.placement_group_of_resources(list(request)) == pg_id
+    assert _core.placement_group_of_resources(["CPU", "my_group_x", "team_group_1"]) is None
+
+
 # --- detached groups and `rtd status` on a CLI-started node --------------------------------
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import uuid
 
 import cloudpickle
 
@@ -146,9 +145,7 @@ class ActorClass:
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs, contained = serialization.pack_args(args, kwargs, extra=self._meta)
-        actor_id = uuid.uuid4().bytes
         info = _core.create_actor(
-            actor_id,
             class_id,
             self.__name__,
             blob,
@@ -169,7 +166,7 @@ class ActorClass:
         )
         # With get_if_exists the actor may be someone else's: only ours, and only if not
         # detached, ends with our handles.
-        owned = info["actor_id"] == actor_id and lifetime != "detached"
+        owned = info["created"] and lifetime != "detached"
         return ActorHandle(info["actor_id"], self._meta, owned=owned)
 
 

@@ -87,6 +87,7 @@ define_id!(TaskId, 24);
 define_id!(ObjectId, 28);
 define_id!(NodeId, 28);
 define_id!(WorkerId, 28);
+define_id!(PlacementGroupId, 18);
 
 const PUT_BIT: u32 = 1 << 31;
 

@@ -1,7 +1,9 @@
-//! Shared vocabulary of every rtd process: ids, fixed-point resource sets, runtime
-//! configuration, the words of scheduling (node views, strategies) and the wire protocol
-//! (protobuf messages framed over Unix sockets). No policy lives here, only the terms.
+//! Shared vocabulary of every rtd process: ids, fixed-point resource sets, the names of
+//! placement-group bundle resources, runtime configuration, the words of scheduling
+//! (node views, strategies) and the wire protocol (protobuf messages framed over Unix
+//! sockets). No policy lives here, only the terms.
 
+pub mod bundle;
 pub mod config;
 pub mod ids;
 pub mod resources;
@@ -13,7 +15,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/rtd.rs"));
 }
 
-pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use resources::{ResourceError, ResourceSet};
 
 /// What a stored object's bytes hold (the `metadata` of an object).

@@ -22,7 +22,7 @@ use rtd_common::proto::{
     RegisterClient, ReturnObject, TaskArg, TaskSpec, WaitActor, WorkerOutput,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
-use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, ResourceSet, TaskId, WorkerId};
+use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, PlacementGroupId, ResourceSet, TaskId, WorkerId};
 use rtd_plasma::PlasmaClient;
 
 pub use context::Context;
@@ -77,8 +77,8 @@ pub struct TaskRequest {
     pub max_retries: i32,
     pub retry_exceptions: Vec<u8>,
     pub actor: Option<ActorCall>,
-    /// Placement group that tasks submitted by this task use by default (empty: none).
-    pub capture_placement_group: Vec<u8>,
+    /// Placement group that tasks submitted by this task use by default.
+    pub capture_placement_group: Option<PlacementGroupId>,
     pub placement: Placement,
 }
 
@@ -563,7 +563,7 @@ impl CoreWorker {
             actor_creation,
             method_name,
             concurrency_group,
-            capture_placement_group: req.capture_placement_group.into(),
+            capture_placement_group: req.capture_placement_group.map(|g| g.to_vec()).unwrap_or_default().into(),
             scheduling_strategy: req.placement.strategy,
             affinity_node: req.placement.affinity_node,
             affinity_soft: req.placement.affinity_soft,
@@ -666,7 +666,7 @@ impl CoreWorker {
         }
     }
 
-    pub fn remove_placement_group(&self, pg_id: &[u8]) -> Result<(), CoreError> {
+    pub fn remove_placement_group(&self, pg_id: PlacementGroupId) -> Result<(), CoreError> {
         self.node_call(Body::RemovePlacementGroup(RemovePlacementGroup { pg_id: pg_id.to_vec().into() }))?;
         Ok(())
     }
@@ -676,7 +676,7 @@ impl CoreWorker {
     /// (no timeout: wait as long as it takes).
     pub fn wait_placement_group(
         &self,
-        pg_id: &[u8],
+        pg_id: PlacementGroupId,
         timeout: Option<Duration>,
     ) -> Result<Option<PlacementGroupInfo>, CoreError> {
         let call = self.ctx.raylet.call(Body::WaitPlacementGroup(WaitPlacementGroup { pg_id: pg_id.to_vec().into() }));
@@ -700,14 +700,14 @@ impl CoreWorker {
     /// costs what `wait()` costs and `get`/`wait` on it behave as on any pending object.
     /// A removed group's object (asked for after its removal, or before it was created)
     /// is `TaskUnschedulableError`, as a task in that group would be.
-    pub fn placement_group_ready(&self, pg_id: &[u8], payload: &[u8]) -> Result<ObjectId, CoreError> {
+    pub fn placement_group_ready(&self, pg_id: PlacementGroupId, payload: &[u8]) -> Result<ObjectId, CoreError> {
         let index = self.put_index.fetch_add(1, Ordering::Relaxed);
         let id = ObjectId::for_put(&self.current_task(), index);
         let created = self.ctx.store_value(id, object_kind::VALUE, payload, &[])?;
         self.ctx.table.add_owned_pending(id, &self.ctx.address);
         let request = WaitPlacementGroup { pg_id: pg_id.to_vec().into() };
         let ctx = self.ctx.clone();
-        let group: String = pg_id.iter().map(|b| format!("{b:02x}")).collect();
+        let group = pg_id.hex();
         self.ctx.rt.spawn(async move {
             let value = match ctx.raylet.call(Body::WaitPlacementGroup(request)).await {
                 Ok(Body::PlacementGroupInfo(info)) if info.state == PlacementGroupState::PgCreated as i32 => created,
@@ -728,8 +728,14 @@ impl CoreWorker {
         Ok(id)
     }
 
-    pub fn get_placement_group(&self, pg_id: &[u8], name: &str) -> Result<Option<PlacementGroupInfo>, CoreError> {
-        let req = GetPlacementGroup { pg_id: pg_id.to_vec().into(), name: name.to_string() };
+    /// The group with this id, or without one the live group named `name`.
+    pub fn get_placement_group(
+        &self,
+        pg_id: Option<PlacementGroupId>,
+        name: &str,
+    ) -> Result<Option<PlacementGroupInfo>, CoreError> {
+        let pg_id = pg_id.map(|id| id.to_vec()).unwrap_or_default();
+        let req = GetPlacementGroup { pg_id: pg_id.into(), name: name.to_string() };
         match self.node_call(Body::GetPlacementGroup(req)) {
             Ok(Body::PlacementGroupInfo(info)) => Ok(Some(info)),
             Err(CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::NotFound, .. })) => Ok(None),

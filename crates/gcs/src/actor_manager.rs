@@ -24,8 +24,9 @@ use rtd_common::proto::{
     TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
+use rtd_common::bundle::BundleResource;
 use rtd_common::scheduling::Strategy;
-use rtd_common::{ActorId, NodeId, ResourceSet};
+use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
 /// How the GCS gets worker processes for actors (the raylets).
@@ -359,14 +360,13 @@ impl ActorManager {
         }
     }
 
-    /// Ends the actors placed in a removed placement group (`group` is its hex id).
-    pub fn end_actors_in_group(&self, group: &str) {
-        let suffix = format!("_group_{group}");
+    /// Ends the actors placed in a removed placement group.
+    pub fn end_actors_in_group(&self, group: PlacementGroupId) {
         let doomed: Vec<ActorId> = self
             .lock()
             .actors
             .iter()
-            .filter(|(_, e)| e.spec.resources.keys().any(|name| name.ends_with(&suffix)))
+            .filter(|(_, e)| e.spec.resources.keys().any(|name| BundleResource::parse(name).is_some_and(|b| b.group == group)))
             .map(|(id, _)| *id)
             .collect();
         for actor_id in doomed {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rtd_common::proto::{CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
 use rtd_common::scheduling::NodeView;
-use rtd_common::{NodeId, ResourceSet};
+use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
 use crate::bundle_policy::{place_bundles, BundleStrategy};
@@ -32,12 +32,12 @@ pub trait BundleReserver: Send + Sync + 'static {
     /// `wanted` only: a node's full map grows with every committed bundle, and reading
     /// it whole for each group would make creating N groups cost O(N²).
     fn nodes(&self, wanted: &ResourceSet) -> Vec<NodeView>;
-    fn prepare(&self, node: NodeId, group: String, index: u32, resources: ResourceSet) -> BoxFuture<bool>;
-    fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()>;
+    fn prepare(&self, node: NodeId, group: PlacementGroupId, index: u32, resources: ResourceSet) -> BoxFuture<bool>;
+    fn commit(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()>;
     /// Cancels a prepared bundle or removes a committed one.
-    fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()>;
+    fn release(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()>;
     /// Tells a node the group is gone for good.
-    fn group_removed(&self, node: NodeId, group: String) -> BoxFuture<()>;
+    fn group_removed(&self, node: NodeId, group: PlacementGroupId) -> BoxFuture<()>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ struct GroupEntry {
 }
 
 pub struct PlacementGroupManager {
-    groups: Mutex<HashMap<String, GroupEntry>>,
+    groups: Mutex<HashMap<PlacementGroupId, GroupEntry>>,
     reserver: Arc<dyn BundleReserver>,
 }
 
@@ -65,10 +65,6 @@ const RETRY_PENDING: Duration = Duration::from_millis(100);
 
 fn waiting_for_placement(info: &PlacementGroupInfo) -> bool {
     info.state == PlacementGroupState::PgPending as i32 || info.state == PlacementGroupState::PgRescheduling as i32
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl PlacementGroupManager {
@@ -86,11 +82,12 @@ impl PlacementGroupManager {
         manager
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, GroupEntry>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<PlacementGroupId, GroupEntry>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub async fn create(&self, owner: u64, req: CreatePlacementGroup) -> Result<PlacementGroupInfo, PlacementGroupError> {
+        let id = PlacementGroupId::from_bytes(&req.pg_id).map_err(|e| PlacementGroupError::Invalid(e.to_string()))?;
         let strategy: BundleStrategy = req.strategy.parse().map_err(PlacementGroupError::Invalid)?;
         if req.bundles.is_empty() {
             return Err(PlacementGroupError::Invalid("a placement group needs at least one bundle".into()));
@@ -100,7 +97,6 @@ impl PlacementGroupManager {
         if let Some(i) = bundles.iter().position(|b| b.is_empty()) {
             return Err(PlacementGroupError::Invalid(format!("bundle {i} asks for no resources")));
         }
-        let id = hex(&req.pg_id);
         {
             let mut groups = self.lock();
             if !req.name.is_empty()
@@ -117,33 +113,29 @@ impl PlacementGroupManager {
                 bundle_nodes: Vec::new(),
                 detached: req.detached,
             };
-            groups.insert(id.clone(), GroupEntry { info, strategy, bundles, owner, waiters: Vec::new() });
+            groups.insert(id, GroupEntry { info, strategy, bundles, owner, waiters: Vec::new() });
         }
-        self.try_place(&id).await;
-        self.info(&id).ok_or_else(|| PlacementGroupError::Invalid("the group vanished".into()))
+        self.try_place(id).await;
+        self.info(id).ok_or_else(|| PlacementGroupError::Invalid("the group vanished".into()))
     }
 
-    fn info(&self, id: &str) -> Option<PlacementGroupInfo> {
-        self.lock().get(id).map(|g| g.info.clone())
+    fn info(&self, id: PlacementGroupId) -> Option<PlacementGroupInfo> {
+        self.lock().get(&id).map(|g| g.info.clone())
     }
 
     async fn schedule_pending(&self) {
-        let pending: Vec<String> = self
-            .lock()
-            .iter()
-            .filter(|(_, g)| waiting_for_placement(&g.info))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let pending: Vec<PlacementGroupId> =
+            self.lock().iter().filter(|(_, g)| waiting_for_placement(&g.info)).map(|(id, _)| *id).collect();
         for id in pending {
-            self.try_place(&id).await;
+            self.try_place(id).await;
         }
     }
 
     /// Places and reserves a pending group: all bundles, or none.
-    async fn try_place(&self, id: &str) {
+    async fn try_place(&self, id: PlacementGroupId) {
         let Some((strategy, bundles)) = self
             .lock()
-            .get(id)
+            .get(&id)
             .and_then(|g| waiting_for_placement(&g.info).then(|| (g.strategy, g.bundles.clone())))
         else {
             return;
@@ -155,27 +147,27 @@ impl PlacementGroupManager {
         let Some(placement) = place_bundles(&self.reserver.nodes(&wanted), &bundles, strategy) else { return };
         let mut prepared = Vec::new();
         for (index, (node, bundle)) in placement.iter().zip(&bundles).enumerate() {
-            if !self.reserver.prepare(*node, id.to_string(), index as u32, bundle.clone()).await {
+            if !self.reserver.prepare(*node, id, index as u32, bundle.clone()).await {
                 for (i, n) in prepared {
-                    self.reserver.release(n, id.to_string(), i).await;
+                    self.reserver.release(n, id, i).await;
                 }
                 return;
             }
             prepared.push((index as u32, *node));
         }
         // Removed while we prepared: give everything back.
-        let still_pending = self.lock().get(id).is_some_and(|g| waiting_for_placement(&g.info));
+        let still_pending = self.lock().get(&id).is_some_and(|g| waiting_for_placement(&g.info));
         if !still_pending {
             for (i, n) in prepared {
-                self.reserver.release(n, id.to_string(), i).await;
+                self.reserver.release(n, id, i).await;
             }
             return;
         }
         for (i, n) in &prepared {
-            self.reserver.commit(*n, id.to_string(), *i).await;
+            self.reserver.commit(*n, id, *i).await;
         }
         let mut groups = self.lock();
-        if let Some(g) = groups.get_mut(id) {
+        if let Some(g) = groups.get_mut(&id) {
             g.info.state = PlacementGroupState::PgCreated as i32;
             g.info.bundle_nodes = placement.iter().map(|n| n.to_vec().into()).collect();
             let info = g.info.clone();
@@ -186,9 +178,9 @@ impl PlacementGroupManager {
     }
 
     /// Resolves when the group is created or removed.
-    pub fn wait(&self, id: &[u8]) -> Option<oneshot::Receiver<PlacementGroupInfo>> {
+    pub fn wait(&self, id: PlacementGroupId) -> Option<oneshot::Receiver<PlacementGroupInfo>> {
         let mut groups = self.lock();
-        let g = groups.get_mut(&hex(id))?;
+        let g = groups.get_mut(&id)?;
         let (tx, rx) = oneshot::channel();
         if waiting_for_placement(&g.info) {
             g.waiters.push(tx);
@@ -199,13 +191,12 @@ impl PlacementGroupManager {
     }
 
     /// Returns the group's resources. The caller ends actors placed in it.
-    pub async fn remove(&self, id: &[u8]) -> Option<String> {
-        let key = hex(id);
+    pub async fn remove(&self, id: PlacementGroupId) -> Option<PlacementGroupId> {
         let nodes = {
             let mut groups = self.lock();
-            let g = groups.get_mut(&key)?;
+            let g = groups.get_mut(&id)?;
             if g.info.state == PlacementGroupState::PgRemoved as i32 {
-                return Some(key);
+                return Some(id);
             }
             g.info.state = PlacementGroupState::PgRemoved as i32;
             let nodes = std::mem::take(&mut g.info.bundle_nodes);
@@ -216,20 +207,21 @@ impl PlacementGroupManager {
         };
         for (index, node) in nodes.iter().enumerate() {
             if let Ok(node) = NodeId::from_bytes(node) {
-                self.reserver.release(node, key.clone(), index as u32).await;
+                self.reserver.release(node, id, index as u32).await;
             }
         }
         // Only the nodes' ids are needed: ask for no resources.
         for node in self.reserver.nodes(&ResourceSet::new()) {
-            self.reserver.group_removed(node.node_id, key.clone()).await;
+            self.reserver.group_removed(node.node_id, id).await;
         }
-        Some(key)
+        Some(id)
     }
 
-    pub fn get(&self, id: &[u8], name: &str) -> Option<PlacementGroupInfo> {
+    /// The group with this id, or without one the live group with this name.
+    pub fn get(&self, id: Option<PlacementGroupId>, name: &str) -> Option<PlacementGroupInfo> {
         let groups = self.lock();
-        if !id.is_empty() {
-            return groups.get(&hex(id)).map(|g| g.info.clone());
+        if let Some(id) = id {
+            return groups.get(&id).map(|g| g.info.clone());
         }
         groups
             .values()
@@ -242,16 +234,16 @@ impl PlacementGroupManager {
     }
 
     /// Groups (not detached) of a process that has gone; returns their ids.
-    pub async fn owner_disconnected(&self, owner: u64) -> Vec<String> {
-        let ids: Vec<Vec<u8>> = self
+    pub async fn owner_disconnected(&self, owner: u64) -> Vec<PlacementGroupId> {
+        let ids: Vec<PlacementGroupId> = self
             .lock()
-            .values()
-            .filter(|g| g.owner == owner && !g.info.detached && g.info.state != PlacementGroupState::PgRemoved as i32)
-            .map(|g| g.info.pg_id.to_vec())
+            .iter()
+            .filter(|(_, g)| g.owner == owner && !g.info.detached && g.info.state != PlacementGroupState::PgRemoved as i32)
+            .map(|(id, _)| *id)
             .collect();
         let mut removed = Vec::new();
         for id in ids {
-            if let Some(group) = self.remove(&id).await {
+            if let Some(group) = self.remove(id).await {
                 removed.push(group);
             }
         }
@@ -261,15 +253,15 @@ impl PlacementGroupManager {
     /// A node died: groups with a bundle there give back their other bundles and are
     /// placed again (RESCHEDULING) before new groups. Returns their ids; the caller
     /// ends the actors placed in them.
-    pub async fn node_dead(&self, node: NodeId) -> Vec<String> {
-        let hit: Vec<(String, Vec<Vec<u8>>)> = {
+    pub async fn node_dead(&self, node: NodeId) -> Vec<PlacementGroupId> {
+        let hit: Vec<(PlacementGroupId, Vec<Vec<u8>>)> = {
             let mut groups = self.lock();
             groups
                 .iter_mut()
                 .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
                 .map(|(id, g)| {
                     g.info.state = PlacementGroupState::PgRescheduling as i32;
-                    (id.clone(), std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect())
+                    (*id, std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect())
                 })
                 .collect()
         };
@@ -277,13 +269,13 @@ impl PlacementGroupManager {
             for (index, at) in nodes.iter().enumerate() {
                 if let Ok(at) = NodeId::from_bytes(at) {
                     if at != node {
-                        self.reserver.release(at, id.clone(), index as u32).await;
+                        self.reserver.release(at, *id, index as u32).await;
                     }
                 }
             }
         }
         for (id, _) in &hit {
-            self.try_place(id).await;
+            self.try_place(*id).await;
         }
         hit.into_iter().map(|(id, _)| id).collect()
     }
@@ -300,7 +292,7 @@ mod tests {
         nodes: Vec<NodeId>,
         free: Mutex<HashMap<NodeId, ResourceSet>>,
         /// Bundles prepared (false) or committed (true), by node, group and index.
-        held: Mutex<HashMap<(NodeId, String, u32), (ResourceSet, bool)>>,
+        held: Mutex<HashMap<(NodeId, PlacementGroupId, u32), (ResourceSet, bool)>>,
         asked_for: Mutex<Vec<ResourceSet>>,
     }
 
@@ -334,7 +326,7 @@ mod tests {
                 .map(|n| NodeView { node_id: *n, total: free[n].clone(), available: free[n].clone(), alive: true })
                 .collect()
         }
-        fn prepare(&self, node: NodeId, group: String, index: u32, resources: ResourceSet) -> BoxFuture<bool> {
+        fn prepare(&self, node: NodeId, group: PlacementGroupId, index: u32, resources: ResourceSet) -> BoxFuture<bool> {
             let mut free = self.free.lock().unwrap();
             let ok = free.get_mut(&node).is_some_and(|f| {
                 let fits = resources.fits_in(f);
@@ -348,13 +340,13 @@ mod tests {
             }
             Box::pin(async move { ok })
         }
-        fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+        fn commit(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()> {
             if let Some(held) = self.held.lock().unwrap().get_mut(&(node, group, index)) {
                 held.1 = true;
             }
             Box::pin(async {})
         }
-        fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+        fn release(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()> {
             if let Some((resources, _)) = self.held.lock().unwrap().remove(&(node, group, index)) {
                 if let Some(f) = self.free.lock().unwrap().get_mut(&node) {
                     f.add(&resources);
@@ -362,7 +354,7 @@ mod tests {
             }
             Box::pin(async {})
         }
-        fn group_removed(&self, _node: NodeId, _group: String) -> BoxFuture<()> {
+        fn group_removed(&self, _node: NodeId, _group: PlacementGroupId) -> BoxFuture<()> {
             Box::pin(async {})
         }
     }
@@ -400,6 +392,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_id_of_the_wrong_length_is_invalid_and_reserves_nothing() {
+        let reserver = FakeReserver::new(&[4.0]);
+        let manager = PlacementGroupManager::new(reserver.clone());
+        let mut req = request(1, "PACK", &[1.0]);
+        req.pg_id = vec![1; 17].into();
+        let err = manager.create(1, req).await.expect_err("17 bytes is not a placement group id");
+        assert!(matches!(err, PlacementGroupError::Invalid(_)), "{err}");
+        assert_eq!((reserver.committed(), reserver.prepared_only()), (0, 0));
+        assert!(manager.list().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_group_that_does_not_fit_holds_nothing_and_waits() {
         // STRICT_SPREAD over two nodes, the second too small: the first bundle fits alone
         // but all or nothing means it is not held.
@@ -409,8 +413,8 @@ mod tests {
         assert!(!created(&info));
         assert!(info.bundle_nodes.is_empty());
         assert_eq!((reserver.committed(), reserver.prepared_only()), (0, 0));
-        let waiter = manager.wait(&[1; 18]).expect("known group");
-        manager.remove(&[1; 18]).await.expect("known group");
+        let waiter = manager.wait(PlacementGroupId([1; 18])).expect("known group");
+        manager.remove(PlacementGroupId([1; 18])).await.expect("known group");
         let info = waiter.await.expect("answered on removal");
         assert_eq!(info.state, PlacementGroupState::PgRemoved as i32);
     }
@@ -421,8 +425,8 @@ mod tests {
         let manager = PlacementGroupManager::new(reserver.clone());
         assert!(created(&manager.create(1, request(1, "PACK", &[2.0])).await.expect("valid group")));
         assert!(!created(&manager.create(1, request(2, "PACK", &[1.0])).await.expect("valid group")));
-        let waiters: Vec<_> = (0..3).map(|_| manager.wait(&[2; 18]).expect("known group")).collect();
-        manager.remove(&[1; 18]).await.expect("known group");
+        let waiters: Vec<_> = (0..3).map(|_| manager.wait(PlacementGroupId([2; 18])).expect("known group")).collect();
+        manager.remove(PlacementGroupId([1; 18])).await.expect("known group");
         for waiter in waiters {
             let info = tokio::time::timeout(Duration::from_secs(10), waiter)
                 .await

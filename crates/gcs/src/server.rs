@@ -18,7 +18,7 @@ use rtd_common::proto::{
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply};
 use rtd_common::scheduling::{NodeView, Strategy};
-use rtd_common::{ActorId, NodeId, ResourceSet};
+use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, WorkerLeaser};
@@ -42,10 +42,10 @@ pub trait LocalRaylet: Send + Sync {
     fn kill_leased_worker(&self, lease_id: u64);
     /// Told which actor lease was lost when its worker process exits.
     fn set_lease_lost_hook(&self, hook: Box<dyn Fn(u64) + Send + Sync>);
-    fn prepare_bundle(&self, group: &str, index: u32, resources: &ResourceSet) -> bool;
-    fn commit_bundle(&self, group: &str, index: u32);
-    fn return_bundle(&self, group: &str, index: u32);
-    fn group_removed(&self, group: &str);
+    fn prepare_bundle(&self, group: PlacementGroupId, index: u32, resources: &ResourceSet) -> bool;
+    fn commit_bundle(&self, group: PlacementGroupId, index: u32);
+    fn return_bundle(&self, group: PlacementGroupId, index: u32);
+    fn group_removed(&self, group: PlacementGroupId);
     /// (total, free) amounts of the resources named in `wanted`, as of now.
     fn view_of(&self, wanted: &ResourceSet) -> (ResourceSet, ResourceSet);
     /// What this node would report in a heartbeat, as of now.
@@ -151,12 +151,12 @@ impl WorkerLeaser for Raylets {
 }
 
 impl BundleReserver for Raylets {
-    fn group_removed(&self, node: NodeId, group: String) -> BoxFuture<()> {
+    fn group_removed(&self, node: NodeId, group: PlacementGroupId) -> BoxFuture<()> {
         if node == self.local_id {
-            self.local.group_removed(&group);
+            self.local.group_removed(group);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::PlacementGroupRemoved(PlacementGroupRemoved { group }));
+        let call = self.call_remote(node, Body::PlacementGroupRemoved(PlacementGroupRemoved { group: group.hex() }));
         Box::pin(async move {
             let _ = call.await;
         })
@@ -180,32 +180,33 @@ impl BundleReserver for Raylets {
         })
     }
 
-    fn prepare(&self, node: NodeId, group: String, index: u32, bundle: ResourceSet) -> BoxFuture<bool> {
+    fn prepare(&self, node: NodeId, group: PlacementGroupId, index: u32, bundle: ResourceSet) -> BoxFuture<bool> {
         if node == self.local_id {
-            let ok = self.local.prepare_bundle(&group, index, &bundle);
+            let ok = self.local.prepare_bundle(group, index, &bundle);
             return Box::pin(async move { ok });
         }
-        let call = self.call_remote(node, Body::PrepareBundle(PrepareBundle { group, index, resources: bundle.to_fixed_map() }));
+        let prepare = PrepareBundle { group: group.hex(), index, resources: bundle.to_fixed_map() };
+        let call = self.call_remote(node, Body::PrepareBundle(prepare));
         Box::pin(async move { matches!(call.await, Ok(Body::Ack(_))) })
     }
 
-    fn commit(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+    fn commit(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()> {
         if node == self.local_id {
-            self.local.commit_bundle(&group, index);
+            self.local.commit_bundle(group, index);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::CommitBundle(CommitBundle { group, index }));
+        let call = self.call_remote(node, Body::CommitBundle(CommitBundle { group: group.hex(), index }));
         Box::pin(async move {
             let _ = call.await;
         })
     }
 
-    fn release(&self, node: NodeId, group: String, index: u32) -> BoxFuture<()> {
+    fn release(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()> {
         if node == self.local_id {
-            self.local.return_bundle(&group, index);
+            self.local.return_bundle(group, index);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::ReleaseBundle(ReleaseBundle { group, index }));
+        let call = self.call_remote(node, Body::ReleaseBundle(ReleaseBundle { group: group.hex(), index }));
         Box::pin(async move {
             let _ = call.await;
         })
@@ -231,6 +232,11 @@ pub struct GcsServer {
     groups: Arc<PlacementGroupManager>,
     /// Connections over which a node registered: their close means the node is gone.
     node_conns: Mutex<HashMap<ConnId, NodeId>>,
+}
+
+/// A placement group id off the wire; a wrong length is answered as invalid.
+fn placement_group_id(bytes: &[u8]) -> Result<PlacementGroupId, Body> {
+    PlacementGroupId::from_bytes(bytes).map_err(|e| error_body(ErrorCode::Invalid, e.to_string()))
 }
 
 fn node_timeout() -> Duration {
@@ -394,31 +400,45 @@ impl GcsServer {
                     }
                 }))
             }
-            Body::WaitPlacementGroup(w) => match self.groups.wait(&w.pg_id) {
-                Some(rx) => Reply::Later(Box::pin(async move {
-                    match rx.await {
-                        Ok(info) => Body::PlacementGroupInfo(info),
-                        Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
-                    }
-                })),
-                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+            Body::WaitPlacementGroup(w) => match placement_group_id(&w.pg_id) {
+                Err(invalid) => Reply::Now(invalid),
+                Ok(id) => match self.groups.wait(id) {
+                    Some(rx) => Reply::Later(Box::pin(async move {
+                        match rx.await {
+                            Ok(info) => Body::PlacementGroupInfo(info),
+                            Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
+                        }
+                    })),
+                    None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+                },
             },
             Body::RemovePlacementGroup(r) => {
+                let id = match placement_group_id(&r.pg_id) {
+                    Ok(id) => id,
+                    Err(invalid) => return Ok(Reply::Now(invalid)),
+                };
                 let server = self.clone();
                 Reply::Later(Box::pin(async move {
-                    match server.groups.remove(&r.pg_id).await {
+                    match server.groups.remove(id).await {
                         Some(group) => {
-                            server.actors.end_actors_in_group(&group);
+                            server.actors.end_actors_in_group(group);
                             Body::Ack(Ack {})
                         }
                         None => error_body(ErrorCode::NotFound, "no such placement group"),
                     }
                 }))
             }
-            Body::GetPlacementGroup(g) => match self.groups.get(&g.pg_id, &g.name) {
-                Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
-                None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
-            },
+            Body::GetPlacementGroup(g) => {
+                // An empty id asks by name.
+                let id = match (!g.pg_id.is_empty()).then(|| placement_group_id(&g.pg_id)).transpose() {
+                    Ok(id) => id,
+                    Err(invalid) => return Ok(Reply::Now(invalid)),
+                };
+                match self.groups.get(id, &g.name) {
+                    Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
+                    None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
+                }
+            }
             Body::ListPlacementGroups(_) => {
                 Reply::Now(Body::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
             }
@@ -433,7 +453,7 @@ impl GcsServer {
         let server = self.clone();
         tokio::spawn(async move {
             for group in server.groups.owner_disconnected(conn).await {
-                server.actors.end_actors_in_group(&group);
+                server.actors.end_actors_in_group(group);
             }
         });
         let node = self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&conn);

@@ -45,15 +45,16 @@ fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
+/// Creates an actor with a new id. Its info's `created` is False when `get_if_exists`
+/// found an actor of that name instead.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (actor_id, class_id, class_name, args, arg_refs, placement, running, name, namespace,
+#[pyo3(signature = (class_id, class_name, args, arg_refs, placement, running, name, namespace,
                     detached, max_restarts, max_task_retries, get_if_exists, class_meta,
                     strategy=String::new(), affinity_node=String::new(), affinity_soft=false,
                     contained=Vec::new()))]
 pub fn create_actor<'py>(
     py: Python<'py>,
-    actor_id: Vec<u8>,
     class_id: Vec<u8>,
     class_name: String,
     args: Vec<u8>,
@@ -73,7 +74,7 @@ pub fn create_actor<'py>(
     contained: Vec<PyRef<'py, ObjectRef>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = core()?;
-    let id = self::actor_id(&actor_id)?;
+    let id = ActorId::random();
     let request = TaskRequest {
         function_id: class_id,
         function_name: format!("{class_name}.__init__"),
@@ -85,7 +86,7 @@ pub fn create_actor<'py>(
         max_retries: 0,
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: true, method_name: String::new(), concurrency_group: String::new() }),
-        capture_placement_group: Vec::new(),
+        capture_placement_group: None,
         placement: Default::default(),
     };
     let options = ActorOptions {
@@ -103,7 +104,11 @@ pub fn create_actor<'py>(
         affinity_soft,
     };
     let info = py.allow_threads(|| core.create_actor(request, options)).map_err(core_error)?;
-    info_to_py(py, info)
+    // With get_if_exists the answer may be an actor that existed before this call.
+    let created = info.actor_id.as_ref() == id.as_bytes();
+    let info = info_to_py(py, info)?;
+    info.set_item("created", created)?;
+    Ok(info)
 }
 
 #[pyfunction]
@@ -134,7 +139,7 @@ pub fn submit_actor_task(
         max_retries: 0,
         retry_exceptions: Vec::new(),
         actor: Some(ActorCall { actor_id: id, creation: false, method_name, concurrency_group }),
-        capture_placement_group: Vec::new(),
+        capture_placement_group: None,
         placement: Default::default(),
     };
     let ids = py.allow_threads(|| core.submit_task(request));

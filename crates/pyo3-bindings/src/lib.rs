@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
+use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_core_worker::{ConnectOptions, CoreWorker, FetchedValue, TaskRequest};
 
 use buffers::{BorrowedBuffers, PlasmaBuffer};
@@ -233,6 +233,10 @@ fn submit_task(
     let core = core()?;
     let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    let capture_placement_group = capture_placement_group
+        .map(|id| PlacementGroupId::from_bytes(&id))
+        .transpose()
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
     let request = TaskRequest {
         function_id,
         function_name,
@@ -244,7 +248,7 @@ fn submit_task(
         max_retries,
         retry_exceptions,
         actor: None,
-        capture_placement_group: capture_placement_group.unwrap_or_default(),
+        capture_placement_group,
         placement: rtd_core_worker::Placement { strategy, affinity_node, affinity_soft },
     };
     let ids = py.allow_threads(|| core.submit_task(request));
@@ -424,6 +428,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(placement_groups::placement_group_ready, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::get_placement_group, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::list_placement_groups, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::bundle_request, m)?)?;
+    m.add_function(wrap_pyfunction!(placement_groups::placement_group_of_resources, m)?)?;
     m.add_function(wrap_pyfunction!(actors::create_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::submit_actor_task, m)?)?;
     m.add_function(wrap_pyfunction!(actors::get_named_actor, m)?)?;

@@ -1,16 +1,26 @@
 //! Placement groups from Python: create, wait (or an ObjectRef for `ready()`), look up,
-//! list and remove.
+//! list and remove; and the bundle resources work in a group asks for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use rtd_common::proto::{Bundle, CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
-use rtd_common::ResourceSet;
+use rtd_common::bundle;
+use rtd_common::{PlacementGroupId, ResourceSet};
 
 use crate::core;
 use crate::errors::core_error;
 use crate::object_ref::ObjectRef;
+
+fn placement_group_id(bytes: &[u8]) -> PyResult<PlacementGroupId> {
+    PlacementGroupId::from_bytes(bytes).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
+
+fn resources(map: &HashMap<String, f64>) -> PyResult<ResourceSet> {
+    ResourceSet::from_floats(map.iter().map(|(k, v)| (k.as_str(), *v)))
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+}
 
 fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
@@ -40,10 +50,10 @@ fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, Py
     Ok(d)
 }
 
+/// Creates a group with a new id; its info says the id and whether it is placed yet.
 #[pyfunction]
 pub fn create_placement_group<'py>(
     py: Python<'py>,
-    pg_id: Vec<u8>,
     name: String,
     strategy: String,
     bundles: Vec<HashMap<String, f64>>,
@@ -52,13 +62,10 @@ pub fn create_placement_group<'py>(
     let core = core()?;
     let bundles = bundles
         .iter()
-        .map(|b| {
-            ResourceSet::from_floats(b.iter().map(|(k, v)| (k.as_str(), *v)))
-                .map(|set| Bundle { resources: set.to_fixed_map() })
-                .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
-        })
+        .map(|b| resources(b).map(|set| Bundle { resources: set.to_fixed_map() }))
         .collect::<PyResult<Vec<_>>>()?;
-    let req = CreatePlacementGroup { pg_id: pg_id.into(), name, strategy, bundles, detached };
+    let pg_id = PlacementGroupId::random().to_vec().into();
+    let req = CreatePlacementGroup { pg_id, name, strategy, bundles, detached };
     let info = py.allow_threads(|| core.create_placement_group(req)).map_err(core_error)?;
     info_to_py(py, info)
 }
@@ -66,7 +73,8 @@ pub fn create_placement_group<'py>(
 #[pyfunction]
 pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
     let core = core()?;
-    py.allow_threads(|| core.remove_placement_group(&pg_id)).map_err(core_error)
+    let pg_id = placement_group_id(&pg_id)?;
+    py.allow_threads(|| core.remove_placement_group(pg_id)).map_err(core_error)
 }
 
 /// The group's info once created (or removed), or None after `timeout` seconds.
@@ -74,8 +82,9 @@ pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
 #[pyo3(signature = (pg_id, timeout=None))]
 pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
+    let pg_id = placement_group_id(&pg_id)?;
     let timeout = crate::timeout_of(timeout)?;
-    match py.allow_threads(|| core.wait_placement_group(&pg_id, timeout)).map_err(core_error)? {
+    match py.allow_threads(|| core.wait_placement_group(pg_id, timeout)).map_err(core_error)? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -86,7 +95,8 @@ pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>
 #[pyfunction]
 pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> PyResult<ObjectRef> {
     let core = core()?;
-    let id = py.allow_threads(|| core.placement_group_ready(&pg_id, payload)).map_err(core_error)?;
+    let pg_id = placement_group_id(&pg_id)?;
+    let id = py.allow_threads(|| core.placement_group_ready(pg_id, payload)).map_err(core_error)?;
     Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
@@ -94,9 +104,9 @@ pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> 
 #[pyo3(signature = (pg_id=None, name=None))]
 pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<String>) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
-    let pg_id = pg_id.unwrap_or_default();
+    let pg_id = pg_id.as_deref().map(placement_group_id).transpose()?;
     let name = name.unwrap_or_default();
-    match py.allow_threads(|| core.get_placement_group(&pg_id, &name)).map_err(core_error)? {
+    match py.allow_threads(|| core.get_placement_group(pg_id, &name)).map_err(core_error)? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -107,4 +117,24 @@ pub fn list_placement_groups(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>>
     let core = core()?;
     let groups = py.allow_threads(|| core.list_placement_groups()).map_err(core_error)?;
     groups.into_iter().map(|g| info_to_py(py, g)).collect()
+}
+
+/// The resources work asking for `resources` asks for in bundle `index` (-1: any
+/// bundle) of placement group `pg_id` (see `rtd_common::bundle`).
+#[pyfunction]
+pub fn bundle_request(resources: HashMap<String, f64>, pg_id: Vec<u8>, index: i64) -> PyResult<BTreeMap<String, f64>> {
+    let group = placement_group_id(&pg_id)?;
+    let index = match index {
+        -1 => None,
+        i => Some(u32::try_from(i).map_err(|_| {
+            pyo3::exceptions::PyValueError::new_err(format!("bundle index {i} is out of range (use -1 for any bundle)"))
+        })?),
+    };
+    Ok(bundle::request_in_group(&self::resources(&resources)?, group, index).to_floats())
+}
+
+/// The placement group (id bytes) whose bundle resources are among `names`, or None.
+#[pyfunction]
+pub fn placement_group_of_resources(py: Python<'_>, names: Vec<String>) -> Option<Bound<'_, PyBytes>> {
+    bundle::group_of_any(names.iter().map(String::as_str)).map(|group| PyBytes::new(py, group.as_bytes()))
 }

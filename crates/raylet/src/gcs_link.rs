@@ -9,7 +9,7 @@ use std::time::Duration;
 use rtd_common::proto::{frame::Body, NodeInfo, ReportResources, ResourceMap};
 use rtd_common::rpc::RpcClient;
 use rtd_common::scheduling::{NodeView, Strategy};
-use rtd_common::{NodeId, ResourceSet};
+use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
 use rtd_gcs::server::LocalRaylet;
 use rtd_gcs::NodeUsage;
 use tokio::sync::{oneshot, Notify};
@@ -98,19 +98,19 @@ impl LocalRaylet for HeadRaylet {
         self.0.set_lease_lost_hook(hook);
     }
 
-    fn prepare_bundle(&self, group: &str, index: u32, resources: &ResourceSet) -> bool {
+    fn prepare_bundle(&self, group: PlacementGroupId, index: u32, resources: &ResourceSet) -> bool {
         self.0.prepare_bundle(group, index, resources)
     }
 
-    fn commit_bundle(&self, group: &str, index: u32) {
+    fn commit_bundle(&self, group: PlacementGroupId, index: u32) {
         self.0.commit_bundle(group, index);
     }
 
-    fn return_bundle(&self, group: &str, index: u32) {
+    fn return_bundle(&self, group: PlacementGroupId, index: u32) {
         self.0.return_bundle(group, index);
     }
 
-    fn group_removed(&self, group: &str) {
+    fn group_removed(&self, group: PlacementGroupId) {
         self.0.group_removed(group);
     }
 

@@ -18,7 +18,8 @@ use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply, Spillback,
 };
-use rtd_common::{NodeId, ResourceSet, WorkerId};
+use rtd_common::bundle::{self, BundleResource};
+use rtd_common::{NodeId, PlacementGroupId, ResourceSet, WorkerId};
 use tokio::sync::oneshot;
 
 use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
@@ -55,7 +56,7 @@ struct Lease {
 }
 
 struct BundleGpus {
-    bundle: (String, u32),
+    bundle: (PlacementGroupId, u32),
     ids: Vec<u32>,
     amount: i64,
 }
@@ -102,9 +103,9 @@ struct Bundle {
 
 struct State {
     resources: NodeResources,
-    bundles: HashMap<(String, u32), Bundle>,
+    bundles: HashMap<(PlacementGroupId, u32), Bundle>,
     /// Placement groups that were removed: work asking for them can never run.
-    removed_groups: std::collections::HashSet<String>,
+    removed_groups: std::collections::HashSet<PlacementGroupId>,
     workers: HashMap<WorkerId, Worker>,
     idle: VecDeque<WorkerId>,
     starting: usize,
@@ -146,7 +147,7 @@ impl State {
             .bundles
             .iter()
             .filter(|((g, i), b)| *g == group && index.is_none_or(|index| *i == index) && !b.group_resources.is_empty())
-            .find_map(|(key, b)| b.gpus.choose(amount).map(|ids| BundleGpus { bundle: key.clone(), ids, amount }));
+            .find_map(|(key, b)| b.gpus.choose(amount).map(|ids| BundleGpus { bundle: *key, ids, amount }));
         Some(chosen)
     }
 
@@ -160,45 +161,21 @@ impl State {
     }
 }
 
-/// Capacity of a bundle's `bundle_group_*` marker resource (as in Ray: 1000 units).
-const BUNDLE_MARKER: i64 = 1000 * rtd_common::resources::UNIT;
-
 /// The GPUs a request asks of a placement group: its group, the bundle index (None:
 /// any bundle of the group) and the amount, from `GPU_group_<i>_<pg>` (preferred) or
 /// `GPU_group_<pg>`.
-fn bundle_gpu_request(request: &ResourceSet) -> Option<(String, Option<u32>, i64)> {
+fn bundle_gpu_request(request: &ResourceSet) -> Option<(PlacementGroupId, Option<u32>, i64)> {
     let mut any_bundle = None;
     for (name, amount) in request.iter() {
-        let Some(rest) = name.strip_prefix("GPU_group_") else { continue };
-        match rest.split_once('_').and_then(|(index, group)| Some((index.parse::<u32>().ok()?, group))) {
-            Some((index, group)) => return Some((group.to_string(), Some(index), amount)),
-            None => any_bundle = Some((rest.to_string(), None, amount)),
+        let Some(asked) = BundleResource::parse(name).filter(|b| b.resource == rtd_common::resources::GPU) else {
+            continue;
+        };
+        match asked.index {
+            Some(_) => return Some((asked.group, asked.index, amount)),
+            None => any_bundle = Some((asked.group, None, amount)),
         }
     }
     any_bundle
-}
-
-/// Resources that exist only while a placement group is committed.
-fn is_group_resource(name: &str) -> bool {
-    group_of(name).is_some()
-}
-
-/// Hex digits of a placement group's id (18 bytes, as Ray's).
-const GROUP_HEX_LEN: usize = 36;
-
-/// The group (hex id) of a placement-group resource, `<name>_group_<pg>` or
-/// `<name>_group_<index>_<pg>`; None for any other name, even one that merely
-/// contains `_group_` (a user's `my_group_x`).
-fn group_of(name: &str) -> Option<&str> {
-    let (head, group) = name.rsplit_once('_')?;
-    if group.len() != GROUP_HEX_LEN || !group.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let head = match head.rsplit_once('_') {
-        Some((before, index)) if !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) => before,
-        _ => head,
-    };
-    head.strip_suffix("_group").filter(|base| !base.is_empty()).map(|_| group)
 }
 
 pub struct Raylet {
@@ -614,21 +591,17 @@ impl Raylet {
                 }
                 // A bundle's resources appear when its group is committed: wait for them,
                 // unless the group was removed.
-                let waits_for_group = st.pending[i].resources.iter().any(|(name, _)| is_group_resource(name));
-                if waits_for_group {
-                    let removed = st.pending[i]
-                        .resources
-                        .iter()
-                        .find_map(|(name, _)| group_of(name).filter(|g| st.removed_groups.contains(*g)).map(str::to_string));
-                    if let Some(group) = removed {
-                        if let Some(req) = st.pending.remove(i) {
-                            let _ = req.reply.send(rtd_common::rpc::error_body(
-                                rtd_common::proto::ErrorCode::Unschedulable,
-                                format!("its placement group {group} was removed"),
-                            ));
-                        }
-                        continue;
+                let groups: Vec<PlacementGroupId> =
+                    st.pending[i].resources.iter().filter_map(|(name, _)| BundleResource::parse(name)).map(|b| b.group).collect();
+                let waits_for_group = !groups.is_empty();
+                if let Some(group) = groups.iter().find(|g| st.removed_groups.contains(g)) {
+                    if let Some(req) = st.pending.remove(i) {
+                        let _ = req.reply.send(rtd_common::rpc::error_body(
+                            rtd_common::proto::ErrorCode::Unschedulable,
+                            format!("its placement group {group} was removed"),
+                        ));
                     }
+                    continue;
                 }
                 // A bundle on another node is reached through the cluster view too.
                 {
@@ -762,39 +735,32 @@ impl Raylet {
 
     /// Phase one of placing a bundle: reserve its resources. False if they are not
     /// available now (the GCS then cancels the group's other bundles).
-    pub fn prepare_bundle(&self, group: &str, index: u32, resources: &ResourceSet) -> bool {
+    pub fn prepare_bundle(&self, group: PlacementGroupId, index: u32, resources: &ResourceSet) -> bool {
         let mut st = self.lock();
-        if st.bundles.contains_key(&(group.to_string(), index)) {
+        if st.bundles.contains_key(&(group, index)) {
             return true;
         }
         match st.resources.try_allocate(resources) {
             Some(reserved) => {
                 let gpus = GpuPool::of(&reserved);
-                st.bundles.insert((group.to_string(), index), Bundle { reserved, group_resources: ResourceSet::new(), gpus });
+                st.bundles.insert((group, index), Bundle { reserved, group_resources: ResourceSet::new(), gpus });
                 true
             }
             None => false,
         }
     }
 
-    /// Phase two: the reserved bundle becomes resources named after the group, for the
-    /// bundle (`CPU_group_<i>_<pg>`) and for any bundle (`CPU_group_<pg>`), plus a
-    /// `bundle_group_*` marker that zero-resource work in the group can ask for.
-    pub fn commit_bundle(self: &Arc<Self>, group: &str, index: u32) {
+    /// Phase two: the reserved bundle becomes resources named after the group
+    /// ([`bundle::committed_resources`]), which work in the group asks for.
+    pub fn commit_bundle(self: &Arc<Self>, group: PlacementGroupId, index: u32) {
         {
             let mut st = self.lock();
             let st = &mut *st;
-            let Some(bundle) = st.bundles.get_mut(&(group.to_string(), index)) else { return };
+            let Some(bundle) = st.bundles.get_mut(&(group, index)) else { return };
             if !bundle.group_resources.is_empty() {
                 return;
             }
-            let mut added = ResourceSet::new();
-            for (name, amount) in bundle.reserved.resources.iter() {
-                added.set(&format!("{name}_group_{index}_{group}"), amount);
-                added.set(&format!("{name}_group_{group}"), amount);
-            }
-            added.set(&format!("bundle_group_{index}_{group}"), BUNDLE_MARKER);
-            added.set(&format!("bundle_group_{group}"), BUNDLE_MARKER);
+            let added = bundle::committed_resources(&bundle.reserved.resources, group, index);
             st.resources.add_capacity(&added);
             bundle.group_resources = added;
         }
@@ -803,16 +769,15 @@ impl Raylet {
 
     /// Cancels a prepared bundle or removes a committed one: its resources return to
     /// the node and the workers running in it are stopped.
-    pub fn return_bundle(self: &Arc<Self>, group: &str, index: u32) {
+    pub fn return_bundle(self: &Arc<Self>, group: PlacementGroupId, index: u32) {
         {
             let mut st = self.lock();
             let st = &mut *st;
-            let Some(bundle) = st.bundles.remove(&(group.to_string(), index)) else { return };
-            let suffix = format!("_group_{group}");
+            let Some(bundle) = st.bundles.remove(&(group, index)) else { return };
             let in_group: Vec<WorkerId> = st
                 .leases
                 .values()
-                .filter(|l| l.allocation.resources.iter().any(|(name, _)| name.ends_with(&suffix)))
+                .filter(|l| l.allocation.resources.iter().any(|(name, _)| BundleResource::parse(name).is_some_and(|b| b.group == group)))
                 .map(|l| l.worker)
                 .collect();
             for worker in &in_group {
@@ -825,8 +790,8 @@ impl Raylet {
     }
 
     /// A placement group was removed: fail what waits for it, now and later.
-    pub fn group_removed(self: &Arc<Self>, group: &str) {
-        self.lock().removed_groups.insert(group.to_string());
+    pub fn group_removed(self: &Arc<Self>, group: PlacementGroupId) {
+        self.lock().removed_groups.insert(group);
         self.schedule();
     }
 
@@ -868,29 +833,17 @@ mod tests {
     }
 
     #[test]
-    fn only_placement_group_resource_names_belong_to_a_group() {
-        let pg = "8a1f00000000000000000000000000000000";
-        assert_eq!(group_of(&format!("CPU_group_{pg}")), Some(pg));
-        assert_eq!(group_of(&format!("CPU_group_12_{pg}")), Some(pg));
-        assert_eq!(group_of(&format!("bundle_group_0_{pg}")), Some(pg));
-        assert_eq!(group_of(&format!("my_group_x_group_1_{pg}")), Some(pg));
-        for name in ["my_group_x", "team_group_1", "a_group_b_c", "_group_", &format!("_group_{pg}"), &format!("CPU_grp_{pg}")] {
-            assert_eq!(group_of(name), None, "{name}");
-        }
-        assert_eq!(group_of(&format!("CPU_group_{}", &pg[1..])), None);
-    }
-
-    #[test]
     fn bundle_gpu_requests_name_their_group_and_bundle() {
         let pg = "8a1f00000000000000000000000000000000".to_string();
+        let group = PlacementGroupId::from_hex(&pg).expect("valid test id");
         let indexed = set(&[
             (format!("CPU_group_1_{pg}"), 1.0),
             (format!("GPU_group_1_{pg}"), 0.5),
             (format!("GPU_group_{pg}"), 0.5),
         ]);
-        assert_eq!(bundle_gpu_request(&indexed), Some((pg.clone(), Some(1), UNIT / 2)));
+        assert_eq!(bundle_gpu_request(&indexed), Some((group, Some(1), UNIT / 2)));
         let any = set(&[(format!("GPU_group_{pg}"), 2.0)]);
-        assert_eq!(bundle_gpu_request(&any), Some((pg.clone(), None, 2 * UNIT)));
+        assert_eq!(bundle_gpu_request(&any), Some((group, None, 2 * UNIT)));
         let no_bundle_gpus = set(&[("GPU".to_string(), 1.0), (format!("CPU_group_{pg}"), 1.0)]);
         assert_eq!(bundle_gpu_request(&no_bundle_gpus), None);
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, RegisterClientReply};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
-use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
+use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
 use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
@@ -40,6 +40,11 @@ pub struct NodeService {
 pub struct ConnState {
     id: ConnId,
     worker: Option<WorkerId>,
+}
+
+/// The answer to a bundle message whose group is not a placement group's hex id.
+fn not_a_group(group: &str) -> Reply {
+    Reply::Now(error_body(ErrorCode::Invalid, format!("{group:?} is not a placement group id")))
 }
 
 impl NodeService {
@@ -137,22 +142,26 @@ impl Service for NodeService {
                 Reply::None
             }
             Body::PrepareBundle(p) => {
-                if self.raylet.prepare_bundle(&p.group, p.index, &ResourceSet::from_fixed_map(&p.resources)) {
+                let Some(group) = PlacementGroupId::from_hex(&p.group) else { return not_a_group(&p.group) };
+                if self.raylet.prepare_bundle(group, p.index, &ResourceSet::from_fixed_map(&p.resources)) {
                     Reply::Now(Body::Ack(Ack {}))
                 } else {
                     Reply::Now(error_body(ErrorCode::Invalid, "the bundle's resources are not available"))
                 }
             }
             Body::CommitBundle(c) => {
-                self.raylet.commit_bundle(&c.group, c.index);
+                let Some(group) = PlacementGroupId::from_hex(&c.group) else { return not_a_group(&c.group) };
+                self.raylet.commit_bundle(group, c.index);
                 Reply::Now(Body::Ack(Ack {}))
             }
             Body::ReleaseBundle(r) => {
-                self.raylet.return_bundle(&r.group, r.index);
+                let Some(group) = PlacementGroupId::from_hex(&r.group) else { return not_a_group(&r.group) };
+                self.raylet.return_bundle(group, r.index);
                 Reply::Now(Body::Ack(Ack {}))
             }
             Body::PlacementGroupRemoved(g) => {
-                self.raylet.group_removed(&g.group);
+                let Some(group) = PlacementGroupId::from_hex(&g.group) else { return not_a_group(&g.group) };
+                self.raylet.group_removed(group);
                 Reply::Now(Body::Ack(Ack {}))
             }
             Body::PullObject(p) => {

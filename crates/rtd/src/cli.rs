@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rtd_common::bundle::BundleResource;
 use rtd_common::proto::frame::Body;
 use rtd_common::rpc::RpcClient;
 
@@ -460,20 +461,20 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
 fn usage_lines(total: &rtd_common::ResourceSet, avail: &rtd_common::ResourceSet) -> Vec<String> {
     let total = total.to_floats();
     let avail = avail.to_floats();
+    let in_groups: Vec<(BundleResource, &String, f64)> =
+        total.iter().filter_map(|(name, amount)| BundleResource::parse(name).map(|b| (b, name, *amount))).collect();
     let mut lines = Vec::new();
     for (name, amount) in &total {
-        if name.contains("_group_") {
+        if in_groups.iter().any(|(_, group_name, _)| *group_name == name) {
             continue;
         }
         let used = amount - avail.get(name).copied().unwrap_or(0.0);
-        // Wildcard group resources (`CPU_group_<pg>`) sum what all groups reserve.
-        let prefix = format!("{name}_group_");
+        // Group-wide resources (`CPU_group_<pg>`) sum what all groups reserve.
         let (mut reserved, mut reserved_free) = (0.0, 0.0);
-        for (group_name, group_total) in &total {
-            let Some(rest) = group_name.strip_prefix(&prefix) else { continue };
-            if !rest.contains('_') {
+        for (bundle, group_name, group_total) in &in_groups {
+            if bundle.resource == *name && bundle.index.is_none() {
                 reserved += group_total;
-                reserved_free += avail.get(group_name).copied().unwrap_or(0.0);
+                reserved_free += avail.get(*group_name).copied().unwrap_or(0.0);
             }
         }
         let mut line = if name == "memory" || name == "object_store_memory" {
@@ -631,8 +632,10 @@ mod tests {
 
     #[test]
     fn status_folds_group_resources_into_a_reservation_note() {
-        let total = rtd_common::ResourceSet::from_floats([("CPU", 2.0), ("CPU_group_ab", 1.0), ("CPU_group_0_ab", 1.0)]).unwrap();
-        let avail = rtd_common::ResourceSet::from_floats([("CPU", 1.0), ("CPU_group_ab", 0.0), ("CPU_group_0_ab", 0.0)]).unwrap();
+        let pg = rtd_common::PlacementGroupId([0xab; 18]);
+        let (any, first) = (format!("CPU_group_{pg}"), format!("CPU_group_0_{pg}"));
+        let total = rtd_common::ResourceSet::from_floats([("CPU", 2.0), (&any, 1.0), (&first, 1.0)]).unwrap();
+        let avail = rtd_common::ResourceSet::from_floats([("CPU", 1.0), (&any, 0.0), (&first, 0.0)]).unwrap();
         assert_eq!(usage_lines(&total, &avail), vec!["1.0/2.0 CPU (1.0 used of 1.0 reserved in placement groups)"]);
     }
 }

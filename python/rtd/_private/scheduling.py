@@ -1,19 +1,16 @@
 """Scheduling strategies as resource requests.
 
-As in Ray, work in a placement group asks for the group's own resources: a committed
-bundle ``i`` of group ``pg`` adds node resources ``CPU_group_i_pg`` (this bundle) and
-``CPU_group_pg`` (any bundle), and a ``bundle_group_*`` marker, so a task in a bundle is
-scheduled like any other task. Node affinity is checked against the live node list.
+As in Ray, work in a placement group asks for the group's own resources, which a
+committed bundle adds to its node; so a task in a bundle is scheduled like any other
+task. How those resources are named is ``rtd_common::bundle``'s business:
+``_core.bundle_request`` builds the request. Node affinity is checked against the live
+node list.
 """
 
 from __future__ import annotations
 
 from rtd import _core
 from rtd._private import task_context
-
-# A sliver of the bundle marker, so that work asking for no resources is still pinned
-# to its group.
-_MARKER = 0.001
 
 
 def check_affinity(strategy):
@@ -28,19 +25,6 @@ def check_affinity(strategy):
         f"node {strategy.node_id} named by a hard NodeAffinitySchedulingStrategy is not alive "
         "(use soft=True to run elsewhere)"
     )
-
-
-def _in_group(resources, pg_hex, index):
-    out = {}
-    for name, amount in resources.items():
-        if index == -1:
-            out[f"{name}_group_{pg_hex}"] = amount
-        else:
-            out[f"{name}_group_{index}_{pg_hex}"] = amount
-            out[f"{name}_group_{pg_hex}"] = amount
-    marker = f"bundle_group_{pg_hex}" if index == -1 else f"bundle_group_{index}_{pg_hex}"
-    out[marker] = _MARKER
-    return out
 
 
 class Placement:
@@ -94,7 +78,7 @@ def resolve(resources, strategy):
                 f"{pg.bundle_count} bundle(s) (use -1 for any bundle)."
             )
         capture = bytes(pg.id) if strategy.placement_group_capture_child_tasks else None
-        return _in_group(resources, pg.id.hex(), index), capture
+        return _core.bundle_request(resources, bytes(pg.id), index), capture
     if isinstance(strategy, NodeAffinitySchedulingStrategy):
         return resources, None
     raise ValueError(f"Unknown scheduling_strategy {strategy!r}.")

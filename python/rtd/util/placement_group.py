@@ -10,7 +10,6 @@ in them.
 from __future__ import annotations
 
 import numbers
-import os
 
 from rtd import _core, api
 from rtd._private import serialization, task_context
@@ -101,7 +100,7 @@ def placement_group(bundles, strategy="PACK", name="", lifetime=None, **kwargs):
         raise TypeError(f"Placement group `name` must be a string, got {type(name).__name__}.")
     if kwargs:
         raise TypeError(f"placement_group() got unexpected keyword argument(s): {sorted(kwargs)}")
-    info = _core.create_placement_group(os.urandom(18), name, strategy, bundles, lifetime == "detached")
+    info = _core.create_placement_group(name, strategy, bundles, lifetime == "detached")
     return PlacementGroup(info["pg_id"], [dict(b) for b in bundles])
 
 
@@ -148,8 +147,5 @@ def get_placement_group(placement_group_name):
 def get_current_placement_group():
     """The placement group the current task or actor runs in, or None (also in the
     driver)."""
-    for name in task_context.resources:
-        # Work in a group asks for its `bundle_group_[<index>_]<pg hex>` marker.
-        if name.startswith("bundle_group_"):
-            return PlacementGroup(bytes.fromhex(name.rsplit("_", 1)[1]))
-    return None
+    pg_id = _core.placement_group_of_resources(list(task_context.resources))
+    return None if pg_id is None else PlacementGroup(pg_id)
