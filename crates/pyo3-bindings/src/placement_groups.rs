@@ -8,8 +8,8 @@ use pyo3::types::{PyBytes, PyDict};
 use rtd_common::proto::{Bundle, CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
 use rtd_common::ResourceSet;
 
+use crate::blocking::EnterRtd;
 use crate::core;
-use crate::errors::core_error;
 use crate::object_ref::ObjectRef;
 
 fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, PyDict>> {
@@ -59,14 +59,14 @@ pub fn create_placement_group<'py>(
         })
         .collect::<PyResult<Vec<_>>>()?;
     let req = CreatePlacementGroup { pg_id: pg_id.into(), name, strategy, bundles, detached };
-    let info = py.allow_threads(|| core.create_placement_group(req)).map_err(core_error)?;
+    let info = py.enter_rtd(|interrupted| core.create_placement_group(req, interrupted))?;
     info_to_py(py, info)
 }
 
 #[pyfunction]
 pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
     let core = core()?;
-    py.allow_threads(|| core.remove_placement_group(&pg_id)).map_err(core_error)
+    py.enter_rtd(|interrupted| core.remove_placement_group(&pg_id, interrupted))
 }
 
 /// The group's info once created (or removed), or None after `timeout` seconds.
@@ -75,7 +75,7 @@ pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
 pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
     let timeout = crate::timeout_of(timeout)?;
-    match py.allow_threads(|| core.wait_placement_group(&pg_id, timeout)).map_err(core_error)? {
+    match py.enter_rtd(|interrupted| core.wait_placement_group(&pg_id, timeout, interrupted))? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -86,7 +86,7 @@ pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>
 #[pyfunction]
 pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> PyResult<ObjectRef> {
     let core = core()?;
-    let id = py.allow_threads(|| core.placement_group_ready(&pg_id, payload)).map_err(core_error)?;
+    let id = py.enter_rtd(|_| core.placement_group_ready(&pg_id, payload))?;
     Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
@@ -96,7 +96,7 @@ pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<
     let core = core()?;
     let pg_id = pg_id.unwrap_or_default();
     let name = name.unwrap_or_default();
-    match py.allow_threads(|| core.get_placement_group(&pg_id, &name)).map_err(core_error)? {
+    match py.enter_rtd(|interrupted| core.get_placement_group(&pg_id, &name, interrupted))? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -105,6 +105,6 @@ pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<
 #[pyfunction]
 pub fn list_placement_groups(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let core = core()?;
-    let groups = py.allow_threads(|| core.list_placement_groups()).map_err(core_error)?;
+    let groups = py.enter_rtd(|interrupted| core.list_placement_groups(interrupted))?;
     groups.into_iter().map(|g| info_to_py(py, g)).collect()
 }
