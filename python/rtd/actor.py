@@ -145,25 +145,23 @@ class ActorClass:
         lifetime = o.get("lifetime")
         namespace = o.get("namespace") or api.current_namespace()
         blob, arg_refs, contained = serialization.pack_args(args, kwargs, extra=self._meta)
-        info = _core.create_actor(
-            class_id,
-            self.__name__,
-            blob,
-            arg_refs,
-            placement,
-            running,
-            o.get("name") or "",
-            namespace,
-            lifetime == "detached",
-            o.get("max_restarts", 0),
-            o.get("max_task_retries", 0),
-            bool(o.get("get_if_exists", False)),
-            serialization.pickle_dumps(self._meta),
-            placement_hint.strategy,
-            placement_hint.affinity_node,
-            placement_hint.affinity_soft,
-            contained,
+        options = _core.ActorCreationOptions(
+            class_id=class_id,
+            class_name=self.__name__,
+            placement=placement,
+            running=running,
+            class_meta=serialization.pickle_dumps(self._meta),
+            name=o.get("name") or "",
+            namespace=namespace,
+            detached=lifetime == "detached",
+            max_restarts=o.get("max_restarts", 0),
+            max_task_retries=o.get("max_task_retries", 0),
+            get_if_exists=bool(o.get("get_if_exists", False)),
+            strategy=placement_hint.strategy,
+            affinity_node=placement_hint.affinity_node,
+            affinity_soft=placement_hint.affinity_soft,
         )
+        info = _core.create_actor(options, blob, arg_refs, contained)
         # With get_if_exists the actor may be someone else's: only ours, and only if not
         # detached, ends with our handles.
         owned = info["created"] and lifetime != "detached"

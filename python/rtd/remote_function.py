@@ -74,21 +74,19 @@ class RemoteFunction:
         function_id = self._register()
         resources, capture = scheduling.resolve(self._resources, self._strategy)
         blob, arg_refs, contained = serialization.pack_args(args, kwargs)
-        refs = _core.submit_task(
-            function_id,
-            self._name,
-            blob,
-            arg_refs,
-            self._num_returns,
-            resources,
-            self._max_retries,
-            self._retry_exceptions,
-            capture,
-            self._placement.strategy,
-            self._placement.affinity_node,
-            self._placement.affinity_soft,
-            contained,
+        options = _core.TaskOptions(
+            function_id=function_id,
+            function_name=self._name,
+            num_returns=self._num_returns,
+            resources=resources,
+            max_retries=self._max_retries,
+            retry_exceptions=self._retry_exceptions,
+            capture_placement_group=capture,
+            strategy=self._placement.strategy,
+            affinity_node=self._placement.affinity_node,
+            affinity_soft=self._placement.affinity_soft,
         )
+        refs = _core.submit_task(options, blob, arg_refs, contained)
         if self._num_returns == 1:
             return refs[0]
         if self._num_returns == 0:

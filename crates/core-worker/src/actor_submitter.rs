@@ -24,8 +24,8 @@ use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
-use crate::context::{self, Context};
-use crate::submitter::{resolve_args, system_error};
+use crate::context::{self, system_error, Context};
+use crate::submitter::resolve_args;
 
 pub enum ActorEvent {
     Submit { actor_id: ActorId, spec: TaskSpec },

@@ -22,16 +22,16 @@ use rtd_common::rpc::ConnectionCache;
 use rtd_common::ObjectId;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::context::Context;
 use crate::object_table::NewBorrow;
+
+/// How long to wait for owners to confirm borrower registrations; an owner that does
+/// not answer by then is gone or stuck, and its objects will be reported lost.
+pub(crate) const BORROW_CONFIRM_LIMIT: Duration = Duration::from_secs(30);
 
 enum Message {
     Add { id: ObjectId, borrower: String, done: oneshot::Sender<bool> },
     Remove { id: ObjectId, borrower: String, count: u32 },
 }
-
-/// Failed reconnections after which a borrower counts as exited.
-const BORROWER_GONE_AFTER: u32 = 3;
 
 type Links = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
 
@@ -184,57 +184,6 @@ async fn run_link(
     while let Ok(message) = rx.try_recv() {
         if let Message::Add { done, .. } = message {
             let _ = done.send(false);
-        }
-    }
-}
-
-/// Owner side.
-impl Context {
-    /// Counts `borrower` as holding `id` (owned here). False if the object is gone.
-    pub fn add_borrower(self: &Arc<Self>, id: &ObjectId, borrower: &str) -> bool {
-        if !self.table.add_borrower(id, borrower) {
-            return false;
-        }
-        if borrower != self.address && self.watched_borrowers.lock().insert(borrower.to_string()) {
-            let ctx = self.clone();
-            let borrower = borrower.to_string();
-            self.rt.spawn(async move {
-                // A borrower is gone when its connection closes and it cannot be reached
-                // again (a dropped connection alone is not an exit).
-                let mut failures = 0;
-                while failures < BORROWER_GONE_AFTER {
-                    match ctx.peers.get(&borrower).await {
-                        Ok(client) => {
-                            failures = 0;
-                            client.closed().await;
-                        }
-                        Err(_) => {
-                            failures += 1;
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-                ctx.watched_borrowers.lock().remove(&borrower);
-                for freed in ctx.table.remove_borrower_everywhere(&borrower) {
-                    ctx.free(freed);
-                }
-            });
-        }
-        true
-    }
-
-    pub fn remove_borrower(&self, id: &ObjectId, borrower: &str, count: u32) {
-        if let Some(freed) = self.table.remove_borrower(id, borrower, count) {
-            self.free(freed);
-        }
-    }
-
-    /// Registers this process as a borrower if taking a ref created a new borrow.
-    pub fn note_borrow(self: &Arc<Self>, borrow: Option<NewBorrow>) {
-        if let Some(borrow) = borrow {
-            let (ctx, id) = (self.clone(), borrow.id);
-            // Not counted by the owner: nothing to give back for it later.
-            self.borrows.register(borrow, &self.address, move || ctx.table.registration_refused(&id));
         }
     }
 }

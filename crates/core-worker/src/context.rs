@@ -3,25 +3,32 @@
 //! built on them (storing values, freeing them, fetching borrowed ones from owners).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{frame::Body, object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PushTaskReply, PlasmaObject, TaskSpec};
-use rtd_common::rpc::{ConnectionCache, RpcClient};
+use rtd_common::rpc::{ConnectionCache, RpcClient, RpcError};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
 
 use crate::borrowing::BorrowLinks;
 use crate::layout::Layout;
-use crate::object_table::{Freed, Lookup, ObjectTable};
-use crate::submitter::system_error;
-use crate::CoreError;
+use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
+use crate::error::CoreError;
 
 /// How long a task result waits for a copy of the same object that is still being
 /// written into the store (a pull in progress) to be sealed.
 const EXISTING_OBJECT_WAIT_MS: u64 = 30_000;
+
+/// How often a blocking call checks whether its caller was interrupted.
+const INTERRUPT_POLL: Duration = Duration::from_millis(50);
+
+/// Failed reconnections after which a borrower counts as exited.
+const BORROWER_GONE_AFTER: u32 = 3;
 
 pub type OutputSink = Box<dyn Fn(String, bool, tokio::sync::oneshot::Sender<()>) + Send + Sync>;
 
@@ -51,6 +58,33 @@ pub struct Context {
 }
 
 impl Context {
+    /// Runs `call` to completion on this thread, checking `interrupted` every
+    /// `INTERRUPT_POLL` while it is pending.
+    pub fn block_on<F: Future>(&self, call: F, interrupted: &mut dyn FnMut() -> bool) -> Result<F::Output, CoreError> {
+        self.rt.block_on(async {
+            tokio::pin!(call);
+            loop {
+                match tokio::time::timeout(INTERRUPT_POLL, &mut call).await {
+                    Ok(out) => return Ok(out),
+                    Err(_) if interrupted() => return Err(CoreError::Interrupted),
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+
+    /// A request to the node daemon (or, through it, the GCS); a request it rejects
+    /// is the caller's error.
+    pub fn node_call(&self, body: Body, interrupted: &mut dyn FnMut() -> bool) -> Result<Body, CoreError> {
+        match self.block_on(self.raylet.call(body), interrupted)? {
+            Ok(reply) => Ok(reply),
+            Err(RpcError::Remote { code: rtd_common::proto::ErrorCode::Invalid, message }) => {
+                Err(CoreError::Invalid(message))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Serializes a value's parts into an inline value or a sealed plasma object.
     pub fn store_value(
         &self,
@@ -241,5 +275,66 @@ pub fn plasma_error(e: PlasmaError) -> CoreError {
     match e {
         PlasmaError::Full(message) => CoreError::StoreFull(message),
         other => CoreError::Internal(other.to_string()),
+    }
+}
+
+/// Owner side of the borrower protocol (see `borrowing` for the borrower side).
+impl Context {
+    /// Counts `borrower` as holding `id` (owned here). False if the object is gone.
+    pub fn add_borrower(self: &Arc<Self>, id: &ObjectId, borrower: &str) -> bool {
+        if !self.table.add_borrower(id, borrower) {
+            return false;
+        }
+        if borrower != self.address && self.watched_borrowers.lock().insert(borrower.to_string()) {
+            let ctx = self.clone();
+            let borrower = borrower.to_string();
+            self.rt.spawn(async move {
+                // A borrower is gone when its connection closes and it cannot be reached
+                // again (a dropped connection alone is not an exit).
+                let mut failures = 0;
+                while failures < BORROWER_GONE_AFTER {
+                    match ctx.peers.get(&borrower).await {
+                        Ok(client) => {
+                            failures = 0;
+                            client.closed().await;
+                        }
+                        Err(_) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                ctx.watched_borrowers.lock().remove(&borrower);
+                for freed in ctx.table.remove_borrower_everywhere(&borrower) {
+                    ctx.free(freed);
+                }
+            });
+        }
+        true
+    }
+
+    pub fn remove_borrower(&self, id: &ObjectId, borrower: &str, count: u32) {
+        if let Some(freed) = self.table.remove_borrower(id, borrower, count) {
+            self.free(freed);
+        }
+    }
+
+    /// Registers this process as a borrower if taking a ref created a new borrow.
+    pub fn note_borrow(self: &Arc<Self>, borrow: Option<NewBorrow>) {
+        if let Some(borrow) = borrow {
+            let (ctx, id) = (self.clone(), borrow.id);
+            // Not counted by the owner: nothing to give back for it later.
+            self.borrows.register(borrow, &self.address, move || ctx.table.registration_refused(&id));
+        }
+    }
+}
+
+/// An error value stored in place of a task's results.
+pub fn system_error(kind: u32, message: String) -> ObjectValue {
+    ObjectValue {
+        kind: Some(Kind::Inline(rtd_common::proto::InlineObject {
+            metadata: kind,
+            data: message.into_bytes().into(),
+        })),
     }
 }

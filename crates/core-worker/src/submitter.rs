@@ -20,14 +20,14 @@ use std::sync::Arc;
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
     frame::Body, object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode,
-    KillLeasedWorker, LeaseGranted, ObjectValue, PushTask, PushTaskReply, RequestLease,
+    KillLeasedWorker, LeaseGranted, PushTask, PushTaskReply, RequestLease,
     ReturnLease, TaskSpec,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
-use crate::context::{self, Context};
+use crate::context::{self, system_error, Context};
 
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
@@ -188,16 +188,6 @@ fn class_key(spec: &TaskSpec) -> ClassKey {
 
 fn task_id_of(spec: &TaskSpec) -> TaskId {
     TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
-}
-
-/// An error value stored in place of a task's results.
-pub fn system_error(kind: u32, message: String) -> ObjectValue {
-    ObjectValue {
-        kind: Some(Kind::Inline(rtd_common::proto::InlineObject {
-            metadata: kind,
-            data: message.into_bytes().into(),
-        })),
-    }
 }
 
 impl Submitter {

@@ -9,17 +9,13 @@ use rtd_common::proto::{ActorInfo, ActorOptions, ActorState};
 use rtd_common::{ActorId, ResourceSet};
 use rtd_core_worker::{ActorCall, TaskRequest};
 
-use crate::errors::core_error;
+use crate::blocking::EnterRtd;
 use crate::object_ref::{id_owner_pairs, ObjectRef};
+use crate::tasks::resource_set;
 use crate::{core, core_if_connected};
 
 fn actor_id(bytes: &[u8]) -> PyResult<ActorId> {
     ActorId::from_bytes(bytes).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
-}
-
-fn resources(map: HashMap<String, f64>) -> PyResult<ResourceSet> {
-    ResourceSet::from_floats(map.iter().map(|(k, v)| (k.as_str(), *v)))
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
 /// An actor's state as a dict (Ray's state names).
@@ -45,65 +41,97 @@ fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
     Ok(d)
 }
 
-/// Creates an actor with a new id. Its info's `created` is False when `get_if_exists`
-/// found an actor of that name instead.
+/// How to create an actor: its class, where it may be placed, what it holds while it
+/// runs, and its lifetime options (`ActorClass.remote` builds it).
+#[pyclass(module = "rtd._core", frozen)]
+pub struct ActorCreationOptions {
+    class_id: Vec<u8>,
+    /// Resources the constructor needs to be placed.
+    placement: ResourceSet,
+    options: ActorOptions,
+}
+
+#[pymethods]
+impl ActorCreationOptions {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (*, class_id, class_name, placement, running, class_meta, name=String::new(),
+                        namespace=String::new(), detached=false, max_restarts=0, max_task_retries=0,
+                        get_if_exists=false, strategy=String::new(), affinity_node=String::new(),
+                        affinity_soft=false))]
+    fn new(
+        class_id: Vec<u8>,
+        class_name: String,
+        placement: HashMap<String, f64>,
+        running: HashMap<String, f64>,
+        class_meta: Vec<u8>,
+        name: String,
+        namespace: String,
+        detached: bool,
+        max_restarts: i32,
+        max_task_retries: i32,
+        get_if_exists: bool,
+        strategy: String,
+        affinity_node: String,
+        affinity_soft: bool,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            class_id,
+            placement: resource_set(&placement)?,
+            options: ActorOptions {
+                name,
+                namespace,
+                detached,
+                max_restarts,
+                max_task_retries,
+                get_if_exists,
+                class_name,
+                class_meta: class_meta.into(),
+                running_resources: resource_set(&running)?.to_fixed_map(),
+                strategy,
+                affinity_node,
+                affinity_soft,
+            },
+        })
+    }
+}
+
+/// Creates the actor `options` describes, with a new id, its constructor's pickled
+/// `args` and the refs passed as arguments (`arg_refs`) or pickled inside them
+/// (`contained`). Its info's `created` is False when `get_if_exists` found an actor of
+/// that name instead.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (class_id, class_name, args, arg_refs, placement, running, name, namespace,
-                    detached, max_restarts, max_task_retries, get_if_exists, class_meta,
-                    strategy=String::new(), affinity_node=String::new(), affinity_soft=false,
-                    contained=Vec::new()))]
+#[pyo3(signature = (options, args, arg_refs, contained=Vec::new()))]
 pub fn create_actor<'py>(
     py: Python<'py>,
-    class_id: Vec<u8>,
-    class_name: String,
+    options: &ActorCreationOptions,
     args: Vec<u8>,
     arg_refs: Vec<PyRef<'py, ObjectRef>>,
-    placement: HashMap<String, f64>,
-    running: HashMap<String, f64>,
-    name: String,
-    namespace: String,
-    detached: bool,
-    max_restarts: i32,
-    max_task_retries: i32,
-    get_if_exists: bool,
-    class_meta: Vec<u8>,
-    strategy: String,
-    affinity_node: String,
-    affinity_soft: bool,
     contained: Vec<PyRef<'py, ObjectRef>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let core = core()?;
     let id = ActorId::random();
     let request = TaskRequest {
-        function_id: class_id,
-        function_name: format!("{class_name}.__init__"),
+        function_id: options.class_id.clone(),
+        function_name: format!("{}.__init__", options.options.class_name),
         args,
         arg_refs: id_owner_pairs(&arg_refs),
         contained_refs: id_owner_pairs(&contained),
         num_returns: 1,
-        resources: resources(placement)?,
+        resources: options.placement.clone(),
         max_retries: 0,
         retry_exceptions: Vec::new(),
-        actor: Some(ActorCall { actor_id: id, creation: true, method_name: String::new(), concurrency_group: String::new() }),
+        actor: Some(ActorCall {
+            actor_id: id,
+            creation: true,
+            method_name: String::new(),
+            concurrency_group: String::new(),
+        }),
         capture_placement_group: None,
         placement: Default::default(),
     };
-    let options = ActorOptions {
-        name,
-        namespace,
-        detached,
-        max_restarts,
-        max_task_retries,
-        get_if_exists,
-        class_name,
-        class_meta: class_meta.into(),
-        running_resources: resources(running)?.to_fixed_map(),
-        strategy,
-        affinity_node,
-        affinity_soft,
-    };
-    let info = py.allow_threads(|| core.create_actor(request, options)).map_err(core_error)?;
+    let actor_options = options.options.clone();
+    let info = py.enter_rtd(|_| core.create_actor(request, actor_options))?;
     // With get_if_exists the answer may be an actor that existed before this call.
     let created = info.actor_id.as_ref() == id.as_bytes();
     let info = info_to_py(py, info)?;
@@ -142,7 +170,7 @@ pub fn submit_actor_task(
         capture_placement_group: None,
         placement: Default::default(),
     };
-    let ids = py.allow_threads(|| core.submit_task(request));
+    let ids = py.enter_rtd_ok(|| core.submit_task(request))?;
     let owner = core.address().to_string();
     Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
 }
@@ -150,7 +178,7 @@ pub fn submit_actor_task(
 #[pyfunction]
 pub fn get_named_actor<'py>(py: Python<'py>, name: String, namespace: String) -> PyResult<Option<Bound<'py, PyDict>>> {
     let core = core()?;
-    match py.allow_threads(|| core.get_named_actor(&namespace, &name)).map_err(core_error)? {
+    match py.enter_rtd(|interrupted| core.get_named_actor(&namespace, &name, interrupted))? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -161,13 +189,13 @@ pub fn get_named_actor<'py>(py: Python<'py>, name: String, namespace: String) ->
 pub fn kill_actor(py: Python<'_>, actor_id: Vec<u8>, no_restart: bool, cause: String) -> PyResult<()> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
-    py.allow_threads(|| core.kill_actor(id, no_restart, &cause)).map_err(core_error)
+    py.enter_rtd(|interrupted| core.kill_actor(id, no_restart, &cause, interrupted))
 }
 
 #[pyfunction]
 pub fn list_actors(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let core = core()?;
-    let actors = py.allow_threads(|| core.list_actors()).map_err(core_error)?;
+    let actors = py.enter_rtd(|interrupted| core.list_actors(interrupted))?;
     actors.into_iter().map(|info| info_to_py(py, info)).collect()
 }
 

@@ -3,10 +3,12 @@
 //! errors to Ray's exception classes; the logic lives in `rtd-core-worker`.
 
 mod actors;
+mod blocking;
 mod buffers;
 mod errors;
 mod object_ref;
 mod placement_groups;
+mod tasks;
 mod worker;
 
 use std::collections::HashMap;
@@ -16,11 +18,11 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
-use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
-use rtd_core_worker::{ConnectOptions, CoreWorker, FetchedValue, TaskRequest};
+use rtd_common::{NodeId, ObjectId, ResourceSet, WorkerId};
+use rtd_core_worker::{ConnectOptions, CoreWorker, FetchedValue};
 
+use blocking::EnterRtd;
 use buffers::{BorrowedBuffers, PlasmaBuffer};
-use errors::core_error;
 use object_ref::ObjectRef;
 
 /// The process's core worker, set by `connect` and cleared by `disconnect`.
@@ -52,12 +54,10 @@ fn connect(
         Some(hex) => Some(parse_worker_id(&hex)?),
         None => None,
     };
-    let core = py
-        .allow_threads(|| {
-            CoreWorker::connect(ConnectOptions { raylet_socket, session_dir, is_worker, worker_id, node_ip })
-        })
-        .map_err(core_error)?;
-    core.executor.set_interrupt(worker::interrupt_main_thread);
+    let core = py.enter_rtd(|_| {
+        CoreWorker::connect(ConnectOptions { raylet_socket, session_dir, is_worker, worker_id, node_ip })
+    })?;
+    core.set_interrupt(worker::interrupt_main_thread);
     *CORE.write() = Some(Arc::new(core));
     Ok(())
 }
@@ -74,10 +74,11 @@ fn parse_worker_id(hex: &str) -> PyResult<WorkerId> {
 }
 
 #[pyfunction]
-fn disconnect(py: Python<'_>) {
+fn disconnect(py: Python<'_>) -> PyResult<()> {
     let core = CORE.write().take();
-    if let Some(core) = core {
-        py.allow_threads(move || drop(core));
+    match core {
+        Some(core) => py.enter_rtd_ok(move || drop(core)),
+        None => Ok(()),
     }
 }
 
@@ -91,13 +92,13 @@ fn is_connected() -> bool {
 fn runtime_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let core = core()?;
     let d = PyDict::new(py);
-    d.set_item("node_id", core.ctx.node_id.hex())?;
+    d.set_item("node_id", core.node_id().hex())?;
     d.set_item("job_id", core.job_id().hex())?;
-    d.set_item("worker_id", core.ctx.worker_id.hex())?;
+    d.set_item("worker_id", core.worker_id().hex())?;
     d.set_item("task_id", core.current_task_id().map(|t| t.hex()))?;
     d.set_item("address", core.address())?;
-    d.set_item("session_dir", &core.ctx.session_dir)?;
-    d.set_item("is_worker", core.ctx.is_worker)?;
+    d.set_item("session_dir", core.session_dir())?;
+    d.set_item("is_worker", core.is_worker())?;
     Ok(d)
 }
 
@@ -113,9 +114,7 @@ fn put(
     let core = core()?;
     let borrowed = BorrowedBuffers::new(&buffers)?;
     let contained = object_ref::id_owner_pairs(&contained);
-    let id = py
-        .allow_threads(|| core.put(rtd_common::object_kind::VALUE, payload, &borrowed.slices(), contained))
-        .map_err(core_error)?;
+    let id = py.enter_rtd(|_| core.put(rtd_common::object_kind::VALUE, payload, &borrowed.slices(), contained))?;
     Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
@@ -165,28 +164,6 @@ fn check_node_id(node_id: &Bound<'_, PyAny>) -> PyResult<()> {
     )))
 }
 
-/// Runs a blocking wait without the GIL, checking for Ctrl-C between slices.
-fn interruptible<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce(&mut dyn FnMut() -> bool) -> Result<T, rtd_core_worker::CoreError> + Send,
-) -> PyResult<T> {
-    let mut signal_error: Option<PyErr> = None;
-    let result = py.allow_threads(|| {
-        let mut check = || Python::with_gil(|py| match py.check_signals() {
-            Ok(()) => false,
-            Err(e) => {
-                signal_error = Some(e);
-                true
-            }
-        });
-        f(&mut check)
-    });
-    if let Some(e) = signal_error {
-        return Err(e);
-    }
-    result.map_err(core_error)
-}
-
 /// Values of the objects, as `(metadata, bytes | PlasmaBuffer)` tuples.
 #[pyfunction]
 #[pyo3(signature = (refs, timeout=None))]
@@ -194,7 +171,7 @@ fn get<'py>(py: Python<'py>, refs: Vec<PyRef<'py, ObjectRef>>, timeout: Option<f
     let core = core()?;
     let ids = ids_of(&refs);
     let timeout = timeout_of(timeout)?;
-    let values = interruptible(py, |check| core.get(&ids, timeout, check))?;
+    let values = py.enter_rtd(|interrupted| core.get(&ids, timeout, interrupted))?;
     let items: PyResult<Vec<_>> = values.into_iter().map(|v| fetched_to_py(py, v)).collect();
     PyList::new(py, items?)
 }
@@ -206,54 +183,7 @@ fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, tim
     let core = core()?;
     let ids = ids_of(&refs);
     let timeout = timeout_of(timeout)?;
-    interruptible(py, |check| core.wait(&ids, num_returns, timeout, check))
-}
-
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (function_id, function_name, args, arg_refs, num_returns, resources, max_retries,
-                    retry_exceptions, capture_placement_group=None, strategy=String::new(),
-                    affinity_node=String::new(), affinity_soft=false, contained=Vec::new()))]
-fn submit_task(
-    py: Python<'_>,
-    function_id: Vec<u8>,
-    function_name: String,
-    args: Vec<u8>,
-    arg_refs: Vec<PyRef<'_, ObjectRef>>,
-    num_returns: u32,
-    resources: HashMap<String, f64>,
-    max_retries: i32,
-    retry_exceptions: Vec<u8>,
-    capture_placement_group: Option<Vec<u8>>,
-    strategy: String,
-    affinity_node: String,
-    affinity_soft: bool,
-    contained: Vec<PyRef<'_, ObjectRef>>,
-) -> PyResult<Vec<ObjectRef>> {
-    let core = core()?;
-    let resources = ResourceSet::from_floats(resources.iter().map(|(k, v)| (k.as_str(), *v)))
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    let capture_placement_group = capture_placement_group
-        .map(|id| PlacementGroupId::from_bytes(&id))
-        .transpose()
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
-    let request = TaskRequest {
-        function_id,
-        function_name,
-        args,
-        arg_refs: object_ref::id_owner_pairs(&arg_refs),
-        contained_refs: object_ref::id_owner_pairs(&contained),
-        num_returns,
-        resources,
-        max_retries,
-        retry_exceptions,
-        actor: None,
-        capture_placement_group,
-        placement: rtd_core_worker::Placement { strategy, affinity_node, affinity_soft },
-    };
-    let ids = py.allow_threads(|| core.submit_task(request));
-    let owner = core.address().to_string();
-    Ok(ids.into_iter().map(|id| ObjectRef::new(&core, id, owner.clone())).collect())
+    py.enter_rtd(|interrupted| core.wait(&ids, num_returns, timeout, interrupted))
 }
 
 /// Driver side: `handler(text, is_stderr)` writes what workers of this job print. It
@@ -278,12 +208,10 @@ fn set_output_handler(handler: PyObject) -> PyResult<()> {
             }
         })
         .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the output thread: {e}")))?;
-    let sink: rtd_core_worker::context::OutputSink = Box::new(move |text, stderr, written| {
+    let sink: rtd_core_worker::OutputSink = Box::new(move |text, stderr, written| {
         let _ = tx.send((text, stderr, written));
     });
-    core.ctx
-        .output_sink
-        .set(sink)
+    core.set_output_sink(sink)
         .map_err(|_| pyo3::exceptions::PyRuntimeError::new_err("an output handler is already set"))
 }
 
@@ -291,15 +219,15 @@ fn set_output_handler(handler: PyObject) -> PyResult<()> {
 #[pyfunction]
 fn forward_output(py: Python<'_>, driver: String, text: String, stderr: bool) -> PyResult<bool> {
     let core = core()?;
-    Ok(py.allow_threads(|| core.forward_output(&driver, text, stderr)))
+    py.enter_rtd_ok(|| core.forward_output(&driver, text, stderr))
 }
 
 /// Waits until owners have counted this process as borrowing the refs it unpickled.
 #[pyfunction]
 fn flush_borrows(py: Python<'_>) -> PyResult<()> {
     let core = core()?;
-    if core.ctx.borrows.has_unconfirmed() {
-        py.allow_threads(|| core.flush_borrows());
+    if core.has_unconfirmed_borrows() {
+        py.enter_rtd_ok(|| core.flush_borrows())?;
     }
     Ok(())
 }
@@ -325,19 +253,19 @@ fn get_all_reference_counts(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 #[pyfunction]
 fn cancel(r: PyRef<'_, ObjectRef>, force: bool) -> PyResult<()> {
-    core()?.cancel(&r.id, force).map_err(core_error)
+    core()?.cancel(&r.id, force).map_err(errors::core_error)
 }
 
 #[pyfunction]
 fn kv_put(py: Python<'_>, key: String, value: Vec<u8>) -> PyResult<()> {
     let core = core()?;
-    py.allow_threads(|| core.kv_put(&key, value)).map_err(core_error)
+    py.enter_rtd(|interrupted| core.kv_put(&key, value, interrupted))
 }
 
 #[pyfunction]
 fn kv_get<'py>(py: Python<'py>, key: String) -> PyResult<Option<Bound<'py, PyBytes>>> {
     let core = core()?;
-    let value = py.allow_threads(|| core.kv_get(&key)).map_err(core_error)?;
+    let value = py.enter_rtd(|interrupted| core.kv_get(&key, interrupted))?;
     Ok(value.map(|v| PyBytes::new(py, &v)))
 }
 
@@ -363,7 +291,7 @@ fn node_to_py(py: Python<'_>, n: rtd_common::proto::NodeInfo) -> PyResult<Bound<
 #[pyfunction]
 fn nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let core = core()?;
-    let nodes = py.allow_threads(|| core.nodes()).map_err(core_error)?;
+    let nodes = py.enter_rtd(|interrupted| core.nodes(interrupted))?;
     nodes.into_iter().map(|n| node_to_py(py, n)).collect()
 }
 
@@ -371,7 +299,7 @@ fn nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
 /// connecting a core worker (how a driver finds its local node).
 #[pyfunction]
 fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
-    let reply = py.allow_threads(|| {
+    let reply = py.enter_rtd_ok(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
             let connect = rtd_common::rpc::RpcClient::connect(&address);
@@ -381,7 +309,7 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
                 .map_err(|e| e.to_string())?;
             client.call(rtd_common::proto::frame::Body::GetNodes(Default::default())).await.map_err(|e| e.to_string())
         })
-    });
+    })?;
     match reply {
         Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
         Ok(_) => Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node"))),
@@ -399,7 +327,7 @@ fn cli_main(py: Python<'_>, argv: Vec<String>, launcher: Vec<String>) -> PyResul
         .next()
         .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("launcher must name a program"))?;
     let launcher = rtd_node::Launcher { program, args: launcher.collect() };
-    Ok(py.allow_threads(|| rtd_node::cli_main(&argv, &launcher)))
+    py.enter_rtd_ok(|| rtd_node::cli_main(&argv, &launcher))
 }
 
 #[pymodule]
@@ -407,6 +335,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ObjectRef>()?;
     m.add_class::<PlasmaBuffer>()?;
     m.add_class::<worker::Task>()?;
+    m.add_class::<tasks::TaskOptions>()?;
+    m.add_class::<actors::ActorCreationOptions>()?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(disconnect, m)?)?;
     m.add_function(wrap_pyfunction!(is_connected, m)?)?;
@@ -414,7 +344,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(put, m)?)?;
     m.add_function(wrap_pyfunction!(get, m)?)?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
-    m.add_function(wrap_pyfunction!(submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(tasks::submit_task, m)?)?;
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;

@@ -137,21 +137,12 @@ impl ObjectRef {
 /// Calls `callback()` (on a background thread) once the object is ready.
 #[pyfunction]
 pub fn on_ready(r: PyRef<'_, ObjectRef>, callback: PyObject) -> PyResult<()> {
-    let core = core()?;
-    let ctx = core.ctx.clone();
-    let id = r.id;
-    let rt = ctx.rt.clone();
-    rt.spawn(async move {
-        ctx.wait_value(id).await;
-        // Calling into Python may wait for the GIL: do it off the runtime's threads.
-        let _ = tokio::task::spawn_blocking(move || {
-            Python::with_gil(|py| {
-                if let Err(e) = callback.call0(py) {
-                    e.print(py);
-                }
-            })
+    core()?.on_ready(r.id, move || {
+        Python::with_gil(|py| {
+            if let Err(e) = callback.call0(py) {
+                e.print(py);
+            }
         })
-        .await;
     });
     Ok(())
 }

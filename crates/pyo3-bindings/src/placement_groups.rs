@@ -5,21 +5,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use rtd_common::proto::{Bundle, CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
 use rtd_common::bundle;
+use rtd_common::proto::{Bundle, CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
 use rtd_common::{PlacementGroupId, ResourceSet};
 
+use crate::blocking::EnterRtd;
 use crate::core;
-use crate::errors::core_error;
 use crate::object_ref::ObjectRef;
+use crate::tasks::resource_set;
 
 fn placement_group_id(bytes: &[u8]) -> PyResult<PlacementGroupId> {
     PlacementGroupId::from_bytes(bytes).map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
-}
-
-fn resources(map: &HashMap<String, f64>) -> PyResult<ResourceSet> {
-    ResourceSet::from_floats(map.iter().map(|(k, v)| (k.as_str(), *v)))
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
 }
 
 fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, PyDict>> {
@@ -62,11 +58,11 @@ pub fn create_placement_group<'py>(
     let core = core()?;
     let bundles = bundles
         .iter()
-        .map(|b| resources(b).map(|set| Bundle { resources: set.to_fixed_map() }))
+        .map(|b| resource_set(b).map(|set| Bundle { resources: set.to_fixed_map() }))
         .collect::<PyResult<Vec<_>>>()?;
     let pg_id = PlacementGroupId::random().to_vec().into();
     let req = CreatePlacementGroup { pg_id, name, strategy, bundles, detached };
-    let info = py.allow_threads(|| core.create_placement_group(req)).map_err(core_error)?;
+    let info = py.enter_rtd(|interrupted| core.create_placement_group(req, interrupted))?;
     info_to_py(py, info)
 }
 
@@ -74,7 +70,7 @@ pub fn create_placement_group<'py>(
 pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
     let core = core()?;
     let pg_id = placement_group_id(&pg_id)?;
-    py.allow_threads(|| core.remove_placement_group(pg_id)).map_err(core_error)
+    py.enter_rtd(|interrupted| core.remove_placement_group(pg_id, interrupted))
 }
 
 /// The group's info once created (or removed), or None after `timeout` seconds.
@@ -84,7 +80,7 @@ pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>
     let core = core()?;
     let pg_id = placement_group_id(&pg_id)?;
     let timeout = crate::timeout_of(timeout)?;
-    match py.allow_threads(|| core.wait_placement_group(pg_id, timeout)).map_err(core_error)? {
+    match py.enter_rtd(|interrupted| core.wait_placement_group(pg_id, timeout, interrupted))? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -96,7 +92,7 @@ pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>
 pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> PyResult<ObjectRef> {
     let core = core()?;
     let pg_id = placement_group_id(&pg_id)?;
-    let id = py.allow_threads(|| core.placement_group_ready(pg_id, payload)).map_err(core_error)?;
+    let id = py.enter_rtd(|_| core.placement_group_ready(pg_id, payload))?;
     Ok(ObjectRef::new(&core, id, core.address().to_string()))
 }
 
@@ -106,7 +102,7 @@ pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<
     let core = core()?;
     let pg_id = pg_id.as_deref().map(placement_group_id).transpose()?;
     let name = name.unwrap_or_default();
-    match py.allow_threads(|| core.get_placement_group(pg_id, &name)).map_err(core_error)? {
+    match py.enter_rtd(|interrupted| core.get_placement_group(pg_id, &name, interrupted))? {
         Some(info) => Ok(Some(info_to_py(py, info)?)),
         None => Ok(None),
     }
@@ -115,7 +111,7 @@ pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<
 #[pyfunction]
 pub fn list_placement_groups(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     let core = core()?;
-    let groups = py.allow_threads(|| core.list_placement_groups()).map_err(core_error)?;
+    let groups = py.enter_rtd(|interrupted| core.list_placement_groups(interrupted))?;
     groups.into_iter().map(|g| info_to_py(py, g)).collect()
 }
 
@@ -130,7 +126,7 @@ pub fn bundle_request(resources: HashMap<String, f64>, pg_id: Vec<u8>, index: i6
             pyo3::exceptions::PyValueError::new_err(format!("bundle index {i} is out of range (use -1 for any bundle)"))
         })?),
     };
-    Ok(bundle::request_in_group(&self::resources(&resources)?, group, index).to_floats())
+    Ok(bundle::request_in_group(&resource_set(&resources)?, group, index).to_floats())
 }
 
 /// The placement group (id bytes) whose bundle resources are among `names`, or None.

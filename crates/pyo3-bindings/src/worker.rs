@@ -9,9 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rtd_core_worker::IncomingTask;
 
+use crate::blocking::EnterRtd;
 use crate::buffers::BorrowedBuffers;
 use crate::object_ref::{id_owner_pairs, ObjectRef};
-use crate::errors::core_error;
 use crate::{core, fetched_to_py};
 
 /// One pushed task, until Python finishes it.
@@ -76,7 +76,7 @@ fn finished() -> PyErr {
 pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
     let core = core()?;
     let wait = Duration::from_secs_f64(timeout.max(0.0));
-    let Some(task) = py.allow_threads(|| core.next_task(wait)) else {
+    let Some(task) = py.enter_rtd_ok(|| core.next_task(wait))? else {
         return Ok(None);
     };
     let spec = &task.spec;
@@ -107,8 +107,7 @@ pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyLi
         guard.as_ref().ok_or_else(finished)?.spec.arg_refs.clone()
     };
     let values = py
-        .allow_threads(|| args.iter().map(|a| core.arg_value(a)).collect::<Result<Vec<_>, _>>())
-        .map_err(core_error)?;
+        .enter_rtd(|interrupted| args.iter().map(|a| core.arg_value(a, interrupted)).collect::<Result<Vec<_>, _>>())?;
     let items: PyResult<Vec<_>> = values.into_iter().map(|v| fetched_to_py(py, v)).collect();
     PyList::new(py, items?)
 }
@@ -132,11 +131,10 @@ pub fn finish_task(
     for (metadata, payload, buffers, contained) in &results {
         parts.push((*metadata, payload, BorrowedBuffers::new(buffers)?, id_owner_pairs(contained)));
     }
-    py.allow_threads(|| {
+    py.enter_rtd(|_| {
         let results = parts.iter().map(|(m, p, b, c)| (*m, p.as_slice(), b.slices(), c.clone())).collect();
         core.finish_task(incoming, results, app_error, retryable)
     })
-    .map_err(core_error)
 }
 
 /// Raises KeyboardInterrupt in the main thread (cancelling the running task).

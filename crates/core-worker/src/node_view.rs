@@ -1,0 +1,45 @@
+//! The cluster's nodes as this process sees them: the list `rtd.nodes()` shows, and,
+//! in a multi-node cluster, which nodes died. A node that froze or was cut off never
+//! closes its connections, so work stuck on it would wait forever; learning of its
+//! death from the GCS lets that work be retried elsewhere.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtd_common::proto::{frame::Body, GetNodes, NodeInfo};
+
+use crate::actor_submitter::ActorSubmitter;
+use crate::context::Context;
+use crate::error::CoreError;
+use crate::submitter::TaskSubmitter;
+
+/// How often the GCS's node list is read for deaths.
+const DEATH_POLL: Duration = Duration::from_millis(500);
+
+pub(crate) fn nodes(ctx: &Context, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<NodeInfo>, CoreError> {
+    match ctx.node_call(Body::GetNodes(GetNodes {}), interrupted)? {
+        Body::GetNodesReply(r) => Ok(r.nodes),
+        _ => Err(CoreError::Internal("unexpected reply to GetNodes".into())),
+    }
+}
+
+/// Tells the submitters of each node that died (runs for the life of the process).
+pub(crate) async fn watch_node_deaths(ctx: Arc<Context>, tasks: TaskSubmitter, actors: ActorSubmitter) {
+    let mut known_dead: HashSet<String> = Default::default();
+    loop {
+        tokio::time::sleep(DEATH_POLL).await;
+        let Ok(Body::GetNodesReply(r)) = ctx.raylet.call(Body::GetNodes(GetNodes {})).await else { continue };
+        let newly_dead: Vec<String> = r
+            .nodes
+            .into_iter()
+            .filter(|n| !n.alive && !n.raylet_address.is_empty())
+            .map(|n| n.raylet_address)
+            .filter(|a| known_dead.insert(a.clone()))
+            .collect();
+        if !newly_dead.is_empty() {
+            tasks.nodes_dead(newly_dead);
+            actors.nodes_died();
+        }
+    }
+}
