@@ -142,7 +142,8 @@ mod tests {
         assert_eq!(group_of(&format!("CPU_group_12_{PG}")), Some(pg()));
         assert_eq!(group_of(&format!("bundle_group_0_{PG}")), Some(pg()));
         assert_eq!(group_of(&format!("my_group_x_group_1_{PG}")), Some(pg()));
-        for name in ["my_group_x", "team_group_1", "a_group_b_c", "_group_", &format!("_group_{PG}"), &format!("CPU_grp_{PG}")]
+        for name in
+            ["my_group_x", "team_group_1", "a_group_b_c", "_group_", &format!("_group_{PG}"), &format!("CPU_grp_{PG}")]
         {
             assert_eq!(group_of(name), None, "{name}");
         }
@@ -156,7 +157,9 @@ mod tests {
         let parsed = BundleResource::parse(&format!("GPU_group_{PG}")).expect("a bundle resource");
         assert_eq!(parsed, BundleResource { resource: "GPU".into(), group: pg(), index: None });
         // Spellings `format` never writes are not bundle resources.
-        for name in [format!("CPU_group_01_{PG}"), format!("CPU_group_+1_{PG}"), format!("CPU_group_{}", PG.to_uppercase())] {
+        for name in
+            [format!("CPU_group_01_{PG}"), format!("CPU_group_+1_{PG}"), format!("CPU_group_{}", PG.to_uppercase())]
+        {
             assert_eq!(BundleResource::parse(&name), None, "{name}");
         }
     }

@@ -43,9 +43,7 @@ impl ResourceSet {
     }
 
     /// From user-facing float amounts, validating each.
-    pub fn from_floats<'a>(
-        items: impl IntoIterator<Item = (&'a str, f64)>,
-    ) -> Result<Self, ResourceError> {
+    pub fn from_floats<'a>(items: impl IntoIterator<Item = (&'a str, f64)>) -> Result<Self, ResourceError> {
         let mut set = Self::new();
         for (name, value) in items {
             if name.is_empty() {
@@ -145,8 +143,7 @@ impl fmt::Debug for ResourceSet {
 
 impl fmt::Display for ResourceSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> =
-            self.to_floats().iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let parts: Vec<String> = self.to_floats().iter().map(|(k, v)| format!("{k}: {v}")).collect();
         write!(f, "{{{}}}", parts.join(", "))
     }
 }
@@ -176,14 +173,8 @@ mod tests {
 
     #[test]
     fn negative_and_nan_are_rejected() {
-        assert!(matches!(
-            ResourceSet::from_floats([("CPU", -1.0)]),
-            Err(ResourceError::Negative { .. })
-        ));
-        assert!(matches!(
-            ResourceSet::from_floats([("CPU", f64::NAN)]),
-            Err(ResourceError::NotFinite { .. })
-        ));
+        assert!(matches!(ResourceSet::from_floats([("CPU", -1.0)]), Err(ResourceError::Negative { .. })));
+        assert!(matches!(ResourceSet::from_floats([("CPU", f64::NAN)]), Err(ResourceError::NotFinite { .. })));
     }
 
     proptest! {

@@ -230,7 +230,8 @@ impl RpcClient {
     }
 
     async fn connect_grpc(addr: &str) -> Result<Self, RpcError> {
-        let error = |message: String| RpcError::Connect { addr: addr.to_string(), source: std::io::Error::other(message) };
+        let error =
+            |message: String| RpcError::Connect { addr: addr.to_string(), source: std::io::Error::other(message) };
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| error(format!("not a host:port address ({})", describe_error(&e))))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -260,10 +261,7 @@ impl RpcClient {
         tokio::spawn(async move {
             while let Some(frame) = inbound.next().await {
                 let Some(body) = frame.body else { continue };
-                let waiter = reader_pending
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.as_mut().and_then(|p| p.remove(&frame.id)));
+                let waiter = reader_pending.lock().ok().and_then(|mut p| p.as_mut().and_then(|p| p.remove(&frame.id)));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(body);
                 }

@@ -28,13 +28,32 @@ use crate::context::{self, system_error, Context};
 use crate::submitter::resolve_args;
 
 pub enum ActorEvent {
-    Submit { actor_id: ActorId, spec: TaskSpec },
-    Resolved { actor_id: ActorId, spec: TaskSpec },
-    Info { actor_id: ActorId, info: ActorInfo, conn: Option<RpcClient> },
-    InfoFailed { actor_id: ActorId, error: RpcError },
-    Finished { actor_id: ActorId, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
+    Submit {
+        actor_id: ActorId,
+        spec: TaskSpec,
+    },
+    Resolved {
+        actor_id: ActorId,
+        spec: TaskSpec,
+    },
+    Info {
+        actor_id: ActorId,
+        info: ActorInfo,
+        conn: Option<RpcClient>,
+    },
+    InfoFailed {
+        actor_id: ActorId,
+        error: RpcError,
+    },
+    Finished {
+        actor_id: ActorId,
+        task_id: TaskId,
+        result: Result<PushTaskReply, RpcError>,
+    },
     /// The owner's last handle is gone.
-    HandlesGone { actor_id: ActorId },
+    HandlesGone {
+        actor_id: ActorId,
+    },
     /// Some node died: actors with calls in flight may have moved.
     NodesDied,
 }
@@ -190,7 +209,8 @@ impl State {
             }
             q.unpushed.pop_front();
             call.pushed_in = Some(q.epoch);
-            let reply = conn.start_call(Body::PushTask(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() }));
+            let reply =
+                conn.start_call(Body::PushTask(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() }));
             let tx = self.tx.clone();
             self.ctx.rt.spawn(async move {
                 let result = match reply.await {
@@ -213,10 +233,8 @@ impl State {
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
         self.ctx.rt.spawn(async move {
-            let reply = ctx
-                .raylet
-                .call(Body::WaitActor(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch }))
-                .await;
+            let reply =
+                ctx.raylet.call(Body::WaitActor(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch })).await;
             let event = match reply {
                 Ok(Body::ActorInfo(info)) => {
                     let conn = if info.state == ActorState::Alive as i32 {
@@ -255,12 +273,8 @@ impl State {
         q.alive = info.state == ActorState::Alive as i32 && conn.is_some();
         q.conn = conn;
         // Calls pushed to an earlier incarnation died with it: retry or fail them.
-        let lost: Vec<TaskId> = q
-            .calls
-            .iter()
-            .filter(|(_, c)| c.pushed_in.is_some_and(|e| e < q.epoch))
-            .map(|(id, _)| *id)
-            .collect();
+        let lost: Vec<TaskId> =
+            q.calls.iter().filter(|(_, c)| c.pushed_in.is_some_and(|e| e < q.epoch)).map(|(id, _)| *id).collect();
         let mut retry = Vec::new();
         let mut failed = Vec::new();
         for task_id in lost {
@@ -282,7 +296,10 @@ impl State {
             fail_call(
                 &self.ctx,
                 &spec,
-                &format!("The actor {actor_id} died while running {}; no retries left (max_task_retries)", spec.method_name),
+                &format!(
+                    "The actor {actor_id} died while running {}; no retries left (max_task_retries)",
+                    spec.method_name
+                ),
             );
         }
         self.flush(actor_id);

@@ -54,13 +54,7 @@ pub struct BorrowLinks {
 
 impl BorrowLinks {
     pub fn new(rt: tokio::runtime::Handle, peers: Arc<ConnectionCache>) -> Self {
-        Self {
-            rt,
-            peers,
-            links: Default::default(),
-            registrations: Default::default(),
-            confirmed: Default::default(),
-        }
+        Self { rt, peers, links: Default::default(), registrations: Default::default(), confirmed: Default::default() }
     }
 
     /// Asks `owner` to count `borrower` as holding `id`; the receiver says if it did
@@ -169,7 +163,8 @@ async fn run_link(
                     });
                 }
                 Some(Message::Remove { id, borrower, count }) => {
-                    let _ = client.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
+                    let _ =
+                        client.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
                 }
                 None => break,
             }

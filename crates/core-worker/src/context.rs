@@ -10,15 +10,18 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
-use rtd_common::proto::{frame::Body, object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PushTaskReply, PlasmaObject, TaskSpec};
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PlasmaObject,
+    PushTaskReply, TaskSpec,
+};
 use rtd_common::rpc::{ConnectionCache, RpcClient, RpcError};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
 
 use crate::borrowing::BorrowLinks;
+use crate::error::CoreError;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
-use crate::error::CoreError;
 
 /// How long a task result waits for a copy of the same object that is still being
 /// written into the store (a pull in progress) to be sealed.
@@ -101,14 +104,11 @@ impl Context {
         let layout = Layout::new(payload.len(), &lens);
         if layout.total <= RuntimeConfig::get().max_inline_bytes {
             let data = layout.to_vec(payload, buffers);
-            return Ok(ObjectValue {
-                kind: Some(Kind::Inline(InlineObject { metadata, data: data.into() })),
-            });
+            return Ok(ObjectValue { kind: Some(Kind::Inline(InlineObject { metadata, data: data.into() })) });
         }
         let size = layout.total as u64;
-        let at_this_node = ObjectValue {
-            kind: Some(Kind::Plasma(PlasmaObject { node_id: self.node_id.to_vec().into(), size })),
-        };
+        let at_this_node =
+            ObjectValue { kind: Some(Kind::Plasma(PlasmaObject { node_id: self.node_id.to_vec().into(), size })) };
         let offset = match self.rt.block_on(self.plasma.create(&id, size, metadata)) {
             Ok(offset) => offset,
             // A re-run of the task that made it (after its node was lost) finds a copy
@@ -262,9 +262,7 @@ impl Context {
 
 /// Ids and owners of refs sent over the wire (malformed ids are skipped).
 pub fn ref_list(refs: &[ObjectRefProto]) -> Vec<(ObjectId, String)> {
-    refs.iter()
-        .filter_map(|r| ObjectId::from_bytes(&r.id).ok().map(|id| (id, r.owner.clone())))
-        .collect()
+    refs.iter().filter_map(|r| ObjectId::from_bytes(&r.id).ok().map(|id| (id, r.owner.clone()))).collect()
 }
 
 pub fn lost(id: ObjectId) -> ObjectValue {
@@ -332,9 +330,6 @@ impl Context {
 /// An error value stored in place of a task's results.
 pub fn system_error(kind: u32, message: String) -> ObjectValue {
     ObjectValue {
-        kind: Some(Kind::Inline(rtd_common::proto::InlineObject {
-            metadata: kind,
-            data: message.into_bytes().into(),
-        })),
+        kind: Some(Kind::Inline(rtd_common::proto::InlineObject { metadata: kind, data: message.into_bytes().into() })),
     }
 }

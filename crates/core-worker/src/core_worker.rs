@@ -113,7 +113,8 @@ impl CoreWorker {
                 lineage: Default::default(),
             });
             let tasks = TaskSubmitter::start(ctx.clone());
-            let service = Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone(), submitter: tasks.clone() });
+            let service =
+                Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone(), submitter: tasks.clone() });
             tokio::spawn(rtd_common::rpc::serve(listener, service));
             Ok::<_, CoreError>((ctx, tasks))
         })?;
@@ -361,7 +362,11 @@ impl CoreWorker {
         self.gcs.create_placement_group(req, interrupted)
     }
 
-    pub fn remove_placement_group(&self, pg_id: PlacementGroupId, interrupted: &mut dyn FnMut() -> bool) -> Result<(), CoreError> {
+    pub fn remove_placement_group(
+        &self,
+        pg_id: PlacementGroupId,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(), CoreError> {
         self.gcs.remove_placement_group(pg_id, interrupted)
     }
 
@@ -404,7 +409,10 @@ impl CoreWorker {
         self.gcs.get_placement_group(pg_id, name, interrupted)
     }
 
-    pub fn list_placement_groups(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<PlacementGroupInfo>, CoreError> {
+    pub fn list_placement_groups(
+        &self,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Vec<PlacementGroupInfo>, CoreError> {
         self.gcs.list_placement_groups(interrupted)
     }
 

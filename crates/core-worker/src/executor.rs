@@ -131,8 +131,8 @@ impl TaskExecutor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
     use rtd_common::proto::{ObjectRefProto, ObjectValue, TaskArg};
 
     fn valid_spec() -> TaskSpec {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet,
-    KvPut, ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState,
-    RemovePlacementGroup, WaitPlacementGroup,
+    frame::Body, ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet, KvPut,
+    ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
+    WaitPlacementGroup,
 };
 use rtd_common::rpc::RpcError;
 use rtd_common::{object_kind, ActorId, PlacementGroupId};
@@ -38,7 +38,12 @@ impl GcsClient {
         Self { ctx }
     }
 
-    pub(crate) fn kv_put(&self, key: &str, value: Vec<u8>, interrupted: &mut dyn FnMut() -> bool) -> Result<(), CoreError> {
+    pub(crate) fn kv_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(), CoreError> {
         self.ctx.node_call(Body::KvPut(KvPut { key: key.to_string(), value: value.into() }), interrupted)?;
         Ok(())
     }

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtd_common::proto::{frame::Body, object_value::Kind, NotifyBlocked, NotifyUnblocked, ObjectValue, PullObject, TaskArg};
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, NotifyBlocked, NotifyUnblocked, ObjectValue, PullObject, TaskArg,
+};
 use rtd_common::rpc::RpcError;
 use rtd_common::ObjectId;
 use rtd_plasma::PlasmaClient;
@@ -129,11 +131,8 @@ impl ObjectFetcher {
             Ok(()) | Err(CoreError::Timeout(_)) => {}
             Err(e) => return Err(e),
         }
-        let mut ready: Vec<(u64, usize)> = ids
-            .iter()
-            .enumerate()
-            .filter_map(|(i, id)| self.ctx.table.ready_seq(id).map(|seq| (seq, i)))
-            .collect();
+        let mut ready: Vec<(u64, usize)> =
+            ids.iter().enumerate().filter_map(|(i, id)| self.ctx.table.ready_seq(id).map(|seq| (seq, i))).collect();
         ready.sort();
         ready.dedup_by_key(|(_, i)| ids[*i]);
         Ok(ready.into_iter().take(num_returns).map(|(_, i)| i).collect())
@@ -158,9 +157,7 @@ impl ObjectFetcher {
                     Lookup::FetchFrom(owner) => self.ctx.fetch_from_owner(*id, owner, Vec::new()),
                     Lookup::Pending => {}
                     Lookup::Missing => {
-                        return Err(CoreError::ObjectLost(format!(
-                            "object {id} is not known to this process"
-                        )))
+                        return Err(CoreError::ObjectLost(format!("object {id} is not known to this process")))
                     }
                 }
             }

@@ -302,10 +302,8 @@ impl ObjectTable {
     /// Owner side: `borrower` has exited; it holds nothing any more.
     pub fn remove_borrower_everywhere(&self, borrower: &str) -> Vec<Freed> {
         let mut entries = self.entries.lock();
-        let ids: Vec<ObjectId> = entries
-            .iter_mut()
-            .filter_map(|(id, e)| e.borrowers.remove(borrower).map(|_| *id))
-            .collect();
+        let ids: Vec<ObjectId> =
+            entries.iter_mut().filter_map(|(id, e)| e.borrowers.remove(borrower).map(|_| *id)).collect();
         ids.iter().filter_map(|id| Self::take_if_unreferenced(&mut entries, id)).collect()
     }
 
@@ -443,10 +441,7 @@ impl ObjectTable {
     }
 
     pub fn ready_seq(&self, id: &ObjectId) -> Option<u64> {
-        self.entries
-            .lock()
-            .get(id)
-            .and_then(|e| e.value.as_ref().map(|_| e.ready_seq))
+        self.entries.lock().get(id).and_then(|e| e.value.as_ref().map(|_| e.ready_seq))
     }
 
     /// Blocks the calling (non-async) thread until some object changes or `until`.
@@ -594,7 +589,8 @@ mod tests {
     #[test]
     fn task_result_takes_over_the_registrations_made_for_us() {
         let t = ObjectTable::new();
-        let (outer, mine, theirs, gone) = (ObjectId::random(), ObjectId::random(), ObjectId::random(), ObjectId::random());
+        let (outer, mine, theirs, gone) =
+            (ObjectId::random(), ObjectId::random(), ObjectId::random(), ObjectId::random());
         t.add_owned_pending(outer, "me");
         t.add_local_ref(outer, "me", "me");
         // The worker registered us as a borrower of `mine` with ourselves.

@@ -30,9 +30,7 @@ impl OutputForwarder {
     /// Sends printed text to the driver at `driver`. False if it cannot be reached;
     /// the caller then writes it locally.
     pub(crate) fn forward(&self, driver: &str, text: String, stderr: bool) -> bool {
-        let connect = async {
-            tokio::time::timeout(OUTPUT_CONNECT_LIMIT, self.ctx.peers.get(driver)).await.ok()?.ok()
-        };
+        let connect = async { tokio::time::timeout(OUTPUT_CONNECT_LIMIT, self.ctx.peers.get(driver)).await.ok()?.ok() };
         let Some(client) = self.ctx.rt.block_on(connect) else { return false };
         if client.send(Body::WorkerOutput(WorkerOutput { text, stderr })).is_err() {
             return false;

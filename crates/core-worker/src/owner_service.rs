@@ -91,7 +91,10 @@ impl Service for OwnerService {
                 if self.ctx.add_borrower(&id, &add.borrower) {
                     Reply::Now(Body::Ack(Ack {}))
                 } else {
-                    Reply::Now(error_body(ErrorCode::NotFound, format!("object {id} is not owned here (freed or never created)")))
+                    Reply::Now(error_body(
+                        ErrorCode::NotFound,
+                        format!("object {id} is not owned here (freed or never created)"),
+                    ))
                 }
             }
             Body::WorkerOutput(output) => match self.ctx.output_sink.get() {

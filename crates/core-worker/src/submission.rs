@@ -147,7 +147,12 @@ impl Submission {
     ///
     /// Not interruptible: once the GCS may have the actor, the arguments must stay
     /// referenced, so the registration is always seen through.
-    pub(crate) fn create_actor(&self, req: TaskRequest, options: ActorOptions, job: JobId) -> Result<ActorInfo, CoreError> {
+    pub(crate) fn create_actor(
+        &self,
+        req: TaskRequest,
+        options: ActorOptions,
+        job: JobId,
+    ) -> Result<ActorInfo, CoreError> {
         let (spec, _) = self.build_spec(req, job);
         // The arguments stay referenced while the actor may (re)run its constructor:
         // until it is dead for good.

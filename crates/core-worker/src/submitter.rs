@@ -20,15 +20,13 @@ use std::sync::Arc;
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
     frame::Body, object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode,
-    KillLeasedWorker, LeaseGranted, PushTask, PushTaskReply, RequestLease,
-    ReturnLease, TaskSpec,
+    KillLeasedWorker, LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec,
 };
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
 use crate::context::{self, system_error, Context};
-
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
 const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
@@ -38,12 +36,32 @@ enum Event {
     /// Re-run a finished task whose results were lost (lineage reconstruction).
     Reconstruct(TaskSpec),
     Resolved(TaskSpec),
-    Granted { class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient },
-    LeaseFailed { class: ClassKey, error: LeaseFailure },
-    RetryLease { class: ClassKey },
-    Finished { lease_id: u64, task_id: TaskId, result: Result<PushTaskReply, RpcError> },
-    IdleCheck { lease_id: u64, epoch: u64 },
-    Cancel { task_id: TaskId, force: bool },
+    Granted {
+        class: ClassKey,
+        grant: LeaseGranted,
+        worker: RpcClient,
+        raylet: RpcClient,
+    },
+    LeaseFailed {
+        class: ClassKey,
+        error: LeaseFailure,
+    },
+    RetryLease {
+        class: ClassKey,
+    },
+    Finished {
+        lease_id: u64,
+        task_id: TaskId,
+        result: Result<PushTaskReply, RpcError>,
+    },
+    IdleCheck {
+        lease_id: u64,
+        epoch: u64,
+    },
+    Cancel {
+        task_id: TaskId,
+        force: bool,
+    },
     /// These raylets' nodes were declared dead: work leased there is lost.
     NodesDead(Vec<String>),
 }
@@ -200,9 +218,7 @@ impl Submitter {
                 Event::Granted { class, grant, worker, raylet } => self.on_granted(class, grant, worker, raylet),
                 Event::LeaseFailed { class, error } => self.on_lease_failed(class, error),
                 Event::RetryLease { class } => self.dispatch(&class),
-                Event::Finished { lease_id, task_id, result } => {
-                    self.on_finished(lease_id, task_id, result)
-                }
+                Event::Finished { lease_id, task_id, result } => self.on_finished(lease_id, task_id, result),
                 Event::IdleCheck { lease_id, epoch } => self.on_idle_check(lease_id, epoch),
                 Event::Cancel { task_id, force } => self.on_cancel(task_id, force),
                 Event::NodesDead(addresses) => self.on_nodes_dead(&addresses),
@@ -358,7 +374,8 @@ impl Submitter {
                 // be met, fails the tasks as on this node. Anything else (the node is
                 // draining, gone or unreachable) fails no task: ask again soon, from
                 // this node's raylet, which by then may know the other node is gone.
-                let refused = matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
+                let refused =
+                    matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
                 if refused {
                     let (kind, message) = fatal_lease_error(&e);
                     self.fail_queued(&class, kind, &message);
@@ -491,9 +508,7 @@ impl Submitter {
         self.fail_task(
             task_id,
             object_kind::WORKER_CRASHED,
-            format!(
-                "the worker running task {name} died unexpectedly ({error}); no retries left"
-            ),
+            format!("the worker running task {name} died unexpectedly ({error}); no retries left"),
         );
     }
 
@@ -547,11 +562,7 @@ impl Submitter {
         task.cancelled = true;
         match task.lease {
             None => {
-                let queued = self
-                    .classes
-                    .get(&task.class)
-                    .map(|s| s.queue.contains(&task_id))
-                    .unwrap_or(false);
+                let queued = self.classes.get(&task.class).map(|s| s.queue.contains(&task_id)).unwrap_or(false);
                 if queued {
                     self.fail_task(task_id, object_kind::TASK_CANCELLED, "task was cancelled".into());
                 }

@@ -19,12 +19,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rtd_common::bundle::BundleResource;
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask,
-    TaskSpec,
+    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, TaskSpec,
 };
 use rtd_common::rpc::RpcClient;
-use rtd_common::bundle::BundleResource;
 use rtd_common::scheduling::Strategy;
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
@@ -118,7 +117,8 @@ impl ActorManager {
             ..Default::default()
         };
         let args_pending = req.args_pending;
-        let entry = ActorEntry { info: info.clone(), spec, strategy, args_pending, owner, lease: None, waiters: Vec::new() };
+        let entry =
+            ActorEntry { info: info.clone(), spec, strategy, args_pending, owner, lease: None, waiters: Vec::new() };
         t.actors.insert(actor_id, entry);
         drop(t);
         if !args_pending {
@@ -150,8 +150,7 @@ impl ActorManager {
 
     /// Leases a worker and runs the constructor there.
     async fn schedule(self: Arc<Self>, actor_id: ActorId) {
-        let Some((spec, strategy)) =
-            self.lock().actors.get(&actor_id).map(|e| (e.spec.clone(), e.strategy.clone()))
+        let Some((spec, strategy)) = self.lock().actors.get(&actor_id).map(|e| (e.spec.clone(), e.strategy.clone()))
         else {
             return;
         };
@@ -366,7 +365,9 @@ impl ActorManager {
             .lock()
             .actors
             .iter()
-            .filter(|(_, e)| e.spec.resources.keys().any(|name| BundleResource::parse(name).is_some_and(|b| b.group == group)))
+            .filter(|(_, e)| {
+                e.spec.resources.keys().any(|name| BundleResource::parse(name).is_some_and(|b| b.group == group))
+            })
             .map(|(id, _)| *id)
             .collect();
         for actor_id in doomed {

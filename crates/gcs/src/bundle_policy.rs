@@ -34,9 +34,9 @@ impl FromStr for BundleStrategy {
             "SPREAD" => Ok(Self::Spread),
             "STRICT_PACK" => Ok(Self::StrictPack),
             "STRICT_SPREAD" => Ok(Self::StrictSpread),
-            other => Err(format!(
-                "invalid placement strategy {other:?}: use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"
-            )),
+            other => {
+                Err(format!("invalid placement strategy {other:?}: use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD"))
+            }
         }
     }
 }

@@ -28,7 +28,9 @@ impl GcsClient {
             GcsClient::Remote(head) => {
                 let call = head.start_call(body);
                 Reply::Later(Box::pin(async move {
-                    call.await.unwrap_or_else(|e| error_body(ErrorCode::Internal, format!("the head node is unreachable: {e}")))
+                    call.await.unwrap_or_else(|e| {
+                        error_body(ErrorCode::Internal, format!("the head node is unreachable: {e}"))
+                    })
                 }))
             }
         }

@@ -86,21 +86,26 @@ impl PlacementGroupManager {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub async fn create(&self, owner: u64, req: CreatePlacementGroup) -> Result<PlacementGroupInfo, PlacementGroupError> {
+    pub async fn create(
+        &self,
+        owner: u64,
+        req: CreatePlacementGroup,
+    ) -> Result<PlacementGroupInfo, PlacementGroupError> {
         let id = PlacementGroupId::from_bytes(&req.pg_id).map_err(|e| PlacementGroupError::Invalid(e.to_string()))?;
         let strategy: BundleStrategy = req.strategy.parse().map_err(PlacementGroupError::Invalid)?;
         if req.bundles.is_empty() {
             return Err(PlacementGroupError::Invalid("a placement group needs at least one bundle".into()));
         }
-        let bundles: Vec<ResourceSet> =
-            req.bundles.iter().map(|b| ResourceSet::from_fixed_map(&b.resources)).collect();
+        let bundles: Vec<ResourceSet> = req.bundles.iter().map(|b| ResourceSet::from_fixed_map(&b.resources)).collect();
         if let Some(i) = bundles.iter().position(|b| b.is_empty()) {
             return Err(PlacementGroupError::Invalid(format!("bundle {i} asks for no resources")));
         }
         {
             let mut groups = self.lock();
             if !req.name.is_empty()
-                && groups.values().any(|g| g.info.name == req.name && g.info.state != PlacementGroupState::PgRemoved as i32)
+                && groups
+                    .values()
+                    .any(|g| g.info.name == req.name && g.info.state != PlacementGroupState::PgRemoved as i32)
             {
                 return Err(PlacementGroupError::NameTaken(req.name));
             }
@@ -133,10 +138,8 @@ impl PlacementGroupManager {
 
     /// Places and reserves a pending group: all bundles, or none.
     async fn try_place(&self, id: PlacementGroupId) {
-        let Some((strategy, bundles)) = self
-            .lock()
-            .get(&id)
-            .and_then(|g| waiting_for_placement(&g.info).then(|| (g.strategy, g.bundles.clone())))
+        let Some((strategy, bundles)) =
+            self.lock().get(&id).and_then(|g| waiting_for_placement(&g.info).then(|| (g.strategy, g.bundles.clone())))
         else {
             return;
         };
@@ -238,7 +241,9 @@ impl PlacementGroupManager {
         let ids: Vec<PlacementGroupId> = self
             .lock()
             .iter()
-            .filter(|(_, g)| g.owner == owner && !g.info.detached && g.info.state != PlacementGroupState::PgRemoved as i32)
+            .filter(|(_, g)| {
+                g.owner == owner && !g.info.detached && g.info.state != PlacementGroupState::PgRemoved as i32
+            })
             .map(|(id, _)| *id)
             .collect();
         let mut removed = Vec::new();
@@ -326,7 +331,13 @@ mod tests {
                 .map(|n| NodeView { node_id: *n, total: free[n].clone(), available: free[n].clone(), alive: true })
                 .collect()
         }
-        fn prepare(&self, node: NodeId, group: PlacementGroupId, index: u32, resources: ResourceSet) -> BoxFuture<bool> {
+        fn prepare(
+            &self,
+            node: NodeId,
+            group: PlacementGroupId,
+            index: u32,
+            resources: ResourceSet,
+        ) -> BoxFuture<bool> {
             let mut free = self.free.lock().unwrap();
             let ok = free.get_mut(&node).is_some_and(|f| {
                 let fits = resources.fits_in(f);

@@ -65,10 +65,7 @@ struct Raylets {
 impl Raylets {
     fn address_of(&self, node: &NodeId) -> Option<String> {
         self.tables.with_nodes(|nodes| {
-            nodes
-                .iter()
-                .find(|n| n.node_id.as_ref() == node.as_bytes() && n.alive)
-                .map(|n| n.raylet_address.clone())
+            nodes.iter().find(|n| n.node_id.as_ref() == node.as_bytes() && n.alive).map(|n| n.raylet_address.clone())
         })
     }
 
@@ -254,14 +251,7 @@ impl GcsServer {
         let hook_actors = actors.clone();
         raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
         let groups = PlacementGroupManager::new(raylets);
-        let server = Arc::new(Self {
-            node_id,
-            raylet,
-            tables,
-            actors,
-            groups,
-            node_conns: Mutex::new(HashMap::new()),
-        });
+        let server = Arc::new(Self { node_id, raylet, tables, actors, groups, node_conns: Mutex::new(HashMap::new()) });
         // Keep the head's raylet's view of the cluster fresh, publish the head's own
         // free resources, and declare silent nodes dead.
         let weak = Arc::downgrade(&server);
@@ -382,8 +372,9 @@ impl GcsServer {
                 )),
             },
             Body::KillActor(k) => {
-                let killed =
-                    ActorId::from_bytes(&k.actor_id).map(|id| self.actors.kill(&id, k.no_restart, &k.cause)).unwrap_or(false);
+                let killed = ActorId::from_bytes(&k.actor_id)
+                    .map(|id| self.actors.kill(&id, k.no_restart, &k.cause))
+                    .unwrap_or(false);
                 if killed {
                     Reply::Now(Body::Ack(Ack {}))
                 } else {

@@ -71,7 +71,8 @@ impl ObjectManager for ObjectServer {
 
     async fn pull(&self, request: Request<PullChunks>) -> Result<Response<ChunkStream>, Status> {
         let request = request.into_inner();
-        let id = ObjectId::from_bytes(&request.id).map_err(|e| Status::invalid_argument(format!("bad object id: {e}")))?;
+        let id =
+            ObjectId::from_bytes(&request.id).map_err(|e| Status::invalid_argument(format!("bad object id: {e}")))?;
         let chunk_size = request.chunk_size.clamp(1, MAX_CHUNK);
         let info = match self.plasma.get(&id, 0).await {
             Ok(Some(info)) => info,
@@ -91,7 +92,12 @@ impl ObjectManager for ObjectServer {
             .step_by(step)
             .map(|start| {
                 let end = whole.len().min(start + step);
-                Ok(ObjectChunk { total_size: info.size, metadata: info.metadata, offset: start as u64, data: whole.slice(start..end) })
+                Ok(ObjectChunk {
+                    total_size: info.size,
+                    metadata: info.metadata,
+                    offset: start as u64,
+                    data: whole.slice(start..end),
+                })
             })
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
@@ -120,7 +126,12 @@ impl std::fmt::Display for PullError {
 /// Copies object `id` from the node at the other end of `source` (a gRPC connection to
 /// `source_addr`) into this node's store, as a copy the store may evict. Returns once
 /// the object is sealed here (or already was).
-pub async fn pull_object(plasma: &PlasmaClient, source: Channel, source_addr: &str, id: ObjectId) -> Result<(), PullError> {
+pub async fn pull_object(
+    plasma: &PlasmaClient,
+    source: Channel,
+    source_addr: &str,
+    id: ObjectId,
+) -> Result<(), PullError> {
     let mut chunks = ObjectManagerClient::new(source)
         .max_decoding_message_size(MAX_MESSAGE)
         .pull(PullChunks { id: id.to_vec().into(), chunk_size: CHUNK })
@@ -301,8 +312,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr").to_string();
         let router = rtd_common::rpc::grpc_server().add_service(ObjectManagerServer::new(Truncating));
         let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
         let id = ObjectId::random();
         let err = pull_object(&target.client, channel, &addr, id).await.expect_err("cut short");
         assert!(matches!(&err, PullError::Failed(m) if m.contains("ended early")), "{err}");

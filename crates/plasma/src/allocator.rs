@@ -100,10 +100,7 @@ impl Allocator {
 
     /// The largest request that would succeed right now.
     pub fn largest_free(&self) -> u64 {
-        self.free_by_size
-            .iter()
-            .next_back()
-            .map_or(0, |&(size, _)| size)
+        self.free_by_size.iter().next_back().map_or(0, |&(size, _)| size)
     }
 
     /// Number of free extents (a measure of fragmentation).
@@ -166,10 +163,7 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0u64..700).prop_map(Op::Alloc),
-            any::<usize>().prop_map(Op::Free)
-        ]
+        prop_oneof![(0u64..700).prop_map(Op::Alloc), any::<usize>().prop_map(Op::Free)]
     }
 
     proptest! {

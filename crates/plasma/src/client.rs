@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rtd_common::proto::frame::Body;
-use rtd_common::proto::{
-    ErrorCode, PlasmaCreate, PlasmaDelete, PlasmaGet, PlasmaRelease, PlasmaSeal,
-};
+use rtd_common::proto::{ErrorCode, PlasmaCreate, PlasmaDelete, PlasmaGet, PlasmaRelease, PlasmaSeal};
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::ObjectId;
 
@@ -28,10 +26,7 @@ pub enum PlasmaError {
     #[error("{0}")]
     Exists(String),
     #[error("cannot map the object store's shared memory {}: {source}; is the node daemon running with this session?", path.display())]
-    Region {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Region { path: PathBuf, source: std::io::Error },
     #[error("object store protocol error: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -48,25 +43,15 @@ pub struct PlasmaClient {
 
 impl PlasmaClient {
     pub async fn connect(socket: &str, shm_path: &Path) -> Result<Self, PlasmaError> {
-        let region = ShmRegion::open(shm_path).map_err(|source| PlasmaError::Region {
-            path: shm_path.to_path_buf(),
-            source,
-        })?;
+        let region =
+            ShmRegion::open(shm_path).map_err(|source| PlasmaError::Region { path: shm_path.to_path_buf(), source })?;
         let rpc = RpcClient::connect(socket).await?;
-        Ok(Self {
-            rpc,
-            region: Arc::new(region),
-        })
+        Ok(Self { rpc, region: Arc::new(region) })
     }
 
     /// Reserves `size` bytes for a new object and returns the offset to write them at in
     /// [`region`](Self::region). Call [`seal`](Self::seal) when done writing.
-    pub async fn create(
-        &self,
-        id: &ObjectId,
-        size: u64,
-        metadata: u32,
-    ) -> Result<u64, PlasmaError> {
+    pub async fn create(&self, id: &ObjectId, size: u64, metadata: u32) -> Result<u64, PlasmaError> {
         self.create_object(id, size, metadata, false).await
     }
 
@@ -76,13 +61,14 @@ impl PlasmaClient {
         self.create_object(id, size, metadata, true).await
     }
 
-    async fn create_object(&self, id: &ObjectId, size: u64, metadata: u32, secondary: bool) -> Result<u64, PlasmaError> {
-        let body = Body::PlasmaCreate(PlasmaCreate {
-            id: id.to_vec().into(),
-            size,
-            metadata,
-            secondary,
-        });
+    async fn create_object(
+        &self,
+        id: &ObjectId,
+        size: u64,
+        metadata: u32,
+        secondary: bool,
+    ) -> Result<u64, PlasmaError> {
+        let body = Body::PlasmaCreate(PlasmaCreate { id: id.to_vec().into(), size, metadata, secondary });
         match self.rpc.call(body).await {
             Ok(Body::PlasmaCreateReply(r)) => {
                 self.check_range(r.offset, size)?;
@@ -95,13 +81,7 @@ impl PlasmaClient {
 
     /// Makes the object immutable and visible to every `get`, waking those waiting.
     pub async fn seal(&self, id: &ObjectId) -> Result<(), PlasmaError> {
-        match self
-            .rpc
-            .call(Body::PlasmaSeal(PlasmaSeal {
-                id: id.to_vec().into(),
-            }))
-            .await?
-        {
+        match self.rpc.call(Body::PlasmaSeal(PlasmaSeal { id: id.to_vec().into() })).await? {
             Body::Ack(_) => Ok(()),
             _ => Err(self.unexpected("PlasmaSeal")),
         }
@@ -115,11 +95,7 @@ impl PlasmaClient {
         // block; `create` checked that it lies inside the mapping.
         match unsafe { self.region.slice_mut(offset, size) } {
             Some(dest) => dest.copy_from_slice(data),
-            None => {
-                return Err(PlasmaError::Protocol(format!(
-                    "offset {offset} is outside the region"
-                )))
-            }
+            None => return Err(PlasmaError::Protocol(format!("offset {offset} is outside the region"))),
         }
         self.seal(id).await
     }
@@ -127,23 +103,12 @@ impl PlasmaClient {
     /// Pins a sealed object and says where it is, waiting up to `timeout_ms` for it to be
     /// sealed (0: do not wait). `None` if it is not there by then. Every `Some` must be
     /// paired with one [`release`](Self::release).
-    pub async fn get(
-        &self,
-        id: &ObjectId,
-        timeout_ms: u64,
-    ) -> Result<Option<ObjectInfo>, PlasmaError> {
-        let body = Body::PlasmaGet(PlasmaGet {
-            id: id.to_vec().into(),
-            timeout_ms,
-        });
+    pub async fn get(&self, id: &ObjectId, timeout_ms: u64) -> Result<Option<ObjectInfo>, PlasmaError> {
+        let body = Body::PlasmaGet(PlasmaGet { id: id.to_vec().into(), timeout_ms });
         match self.rpc.call(body).await {
             Ok(Body::PlasmaGetReply(r)) if r.found => {
                 self.check_range(r.offset, r.size)?;
-                Ok(Some(ObjectInfo {
-                    offset: r.offset,
-                    size: r.size,
-                    metadata: r.metadata,
-                }))
+                Ok(Some(ObjectInfo { offset: r.offset, size: r.size, metadata: r.metadata }))
             }
             Ok(Body::PlasmaGetReply(_)) => Ok(None),
             Ok(_) => Err(self.unexpected("PlasmaGet")),
@@ -154,19 +119,13 @@ impl PlasmaClient {
     /// Drops one pin taken by `get`. One-way: a failure can only mean the connection is
     /// closed, and a closed connection has already dropped all its pins.
     pub fn release(&self, id: &ObjectId) {
-        let _ = self.rpc.send(Body::PlasmaRelease(PlasmaRelease {
-            id: id.to_vec().into(),
-        }));
+        let _ = self.rpc.send(Body::PlasmaRelease(PlasmaRelease { id: id.to_vec().into() }));
     }
 
     /// Deletes objects now, or when their last reader releases them.
     pub async fn delete(&self, ids: &[ObjectId]) -> Result<(), PlasmaError> {
         let ids = ids.iter().map(|id| id.to_vec().into()).collect();
-        match self
-            .rpc
-            .call(Body::PlasmaDelete(PlasmaDelete { ids }))
-            .await?
-        {
+        match self.rpc.call(Body::PlasmaDelete(PlasmaDelete { ids })).await? {
             Body::Ack(_) => Ok(()),
             _ => Err(self.unexpected("PlasmaDelete")),
         }
@@ -202,23 +161,14 @@ impl PlasmaClient {
     }
 
     fn unexpected(&self, request: &str) -> PlasmaError {
-        PlasmaError::Protocol(format!(
-            "unexpected reply to {request} from {}",
-            self.rpc.addr()
-        ))
+        PlasmaError::Protocol(format!("unexpected reply to {request} from {}", self.rpc.addr()))
     }
 }
 
 fn full_or(e: RpcError) -> PlasmaError {
     match e {
-        RpcError::Remote {
-            code: ErrorCode::StoreFull,
-            message,
-        } => PlasmaError::Full(message),
-        RpcError::Remote {
-            code: ErrorCode::AlreadyExists,
-            message,
-        } => PlasmaError::Exists(message),
+        RpcError::Remote { code: ErrorCode::StoreFull, message } => PlasmaError::Full(message),
+        RpcError::Remote { code: ErrorCode::AlreadyExists, message } => PlasmaError::Exists(message),
         e => PlasmaError::Rpc(e),
     }
 }
@@ -254,28 +204,17 @@ mod tests {
             let sock = dir.join("plasma.sock");
             let listener = rtd_common::rpc::bind(&sock).expect("bind");
             let server = tokio::spawn(rtd_common::rpc::serve(listener, service.clone()));
-            Node {
-                socket: sock.to_string_lossy().into_owned(),
-                shm,
-                service,
-                server,
-                dir,
-            }
+            Node { socket: sock.to_string_lossy().into_owned(), shm, service, server, dir }
         }
 
         async fn client(&self) -> PlasmaClient {
-            PlasmaClient::connect(&self.socket, &self.shm)
-                .await
-                .expect("connect")
+            PlasmaClient::connect(&self.socket, &self.shm).await.expect("connect")
         }
 
         async fn wait_for(&self, what: &str, cond: impl Fn(&crate::store::StoreStats) -> bool) {
             let start = Instant::now();
             while !cond(&self.service.stats()) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(5),
-                    "timed out waiting for {what}"
-                );
+                assert!(start.elapsed() < Duration::from_secs(5), "timed out waiting for {what}");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
@@ -289,9 +228,7 @@ mod tests {
     }
 
     fn bytes_of(client: &PlasmaClient, info: &ObjectInfo) -> Vec<u8> {
-        unsafe { client.object_bytes(info) }
-            .expect("in region")
-            .to_vec()
+        unsafe { client.object_bytes(info) }.expect("in region").to_vec()
     }
 
     #[tokio::test]
@@ -301,18 +238,9 @@ mod tests {
         let reader = node.client().await;
         let id = ObjectId::random();
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
-        let offset = writer
-            .create(&id, data.len() as u64, 1)
-            .await
-            .expect("create");
-        unsafe { writer.region().slice_mut(offset, data.len() as u64) }
-            .expect("in region")
-            .copy_from_slice(&data);
-        assert_eq!(
-            reader.get(&id, 0).await.expect("get"),
-            None,
-            "not visible before seal"
-        );
+        let offset = writer.create(&id, data.len() as u64, 1).await.expect("create");
+        unsafe { writer.region().slice_mut(offset, data.len() as u64) }.expect("in region").copy_from_slice(&data);
+        assert_eq!(reader.get(&id, 0).await.expect("get"), None, "not visible before seal");
         writer.seal(&id).await.expect("seal");
         let info = reader.get(&id, 0).await.expect("get").expect("sealed");
         assert_eq!((info.offset, info.size, info.metadata), (offset, 10_000, 1));
@@ -322,14 +250,8 @@ mod tests {
 
         let err = writer.create(&id, 1, 0).await.expect_err("duplicate id");
         assert!(matches!(err, PlasmaError::Exists(_)), "{err}");
-        let err = writer
-            .create(&ObjectId::random(), 2 << 20, 0)
-            .await
-            .expect_err("too big");
-        assert!(
-            matches!(err, PlasmaError::Full(ref m) if m.contains("object store full")),
-            "{err}"
-        );
+        let err = writer.create(&ObjectId::random(), 2 << 20, 0).await.expect_err("too big");
+        assert!(matches!(err, PlasmaError::Full(ref m) if m.contains("object store full")), "{err}");
 
         writer.delete(&[id]).await.expect("delete");
         assert_eq!(reader.get(&id, 0).await.expect("get"), None);
@@ -349,11 +271,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         writer.put(&id, b"hello plasma", 0).await.expect("put");
         let start = Instant::now();
-        let info = waiting
-            .await
-            .expect("task")
-            .expect("get")
-            .expect("woken by seal");
+        let info = waiting.await.expect("task").expect("get").expect("woken by seal");
         assert!(start.elapsed() < Duration::from_secs(5));
         assert_eq!(bytes_of(&reader, &info), b"hello plasma");
     }
@@ -363,10 +281,7 @@ mod tests {
         let node = Node::start("timeout", 1 << 20);
         let reader = node.client().await;
         let start = Instant::now();
-        assert_eq!(
-            reader.get(&ObjectId::random(), 50).await.expect("get"),
-            None
-        );
+        assert_eq!(reader.get(&ObjectId::random(), 50).await.expect("get"), None);
         assert!(start.elapsed() >= Duration::from_millis(50));
     }
 
@@ -379,21 +294,15 @@ mod tests {
         let reader = node.client().await;
         reader.get(&id, 0).await.expect("get").expect("sealed");
         reader.get(&id, 0).await.expect("get").expect("sealed");
-        reader
-            .create(&ObjectId::random(), 5000, 0)
-            .await
-            .expect("create");
+        reader.create(&ObjectId::random(), 5000, 0).await.expect("create");
         // A get still waiting when its client goes away must not pin afterwards.
         let late = ObjectId::random();
-        let waiting = reader.rpc().start_call(Body::PlasmaGet(PlasmaGet {
-            id: late.to_vec().into(),
-            timeout_ms: 10_000,
-        }));
+        let waiting =
+            reader.rpc().start_call(Body::PlasmaGet(PlasmaGet { id: late.to_vec().into(), timeout_ms: 10_000 }));
         assert_eq!(node.service.stats().pinned_bytes, 1000);
         drop(reader);
         drop(waiting);
-        node.wait_for("disconnect", |s| s.pinned_bytes == 0 && s.num_objects == 1)
-            .await;
+        node.wait_for("disconnect", |s| s.pinned_bytes == 0 && s.num_objects == 1).await;
         writer.put(&late, b"late", 0).await.expect("put");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(node.service.stats().pinned_bytes, 0);
@@ -403,16 +312,10 @@ mod tests {
 
     #[tokio::test]
     async fn bad_region_path_is_explained() {
-        let err = PlasmaClient::connect(
-            "/nonexistent/socket",
-            Path::new("/nonexistent/rtd-plasma-region"),
-        )
-        .await
-        .err()
-        .expect("no such region");
-        assert!(
-            err.to_string().contains("/nonexistent/rtd-plasma-region"),
-            "{err}"
-        );
+        let err = PlasmaClient::connect("/nonexistent/socket", Path::new("/nonexistent/rtd-plasma-region"))
+            .await
+            .err()
+            .expect("no such region");
+        assert!(err.to_string().contains("/nonexistent/rtd-plasma-region"), "{err}");
     }
 }

@@ -57,11 +57,7 @@ impl PlasmaService {
     pub fn new(store: ObjectStore) -> Arc<PlasmaService> {
         Arc::new(PlasmaService {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    store,
-                    waiters: HashMap::new(),
-                    connected: HashSet::new(),
-                }),
+                state: Mutex::new(State { store, waiters: HashMap::new(), connected: HashSet::new() }),
                 next_client: AtomicU64::new(1),
             }),
         })
@@ -192,9 +188,7 @@ impl Service for PlasmaService {
     fn handle(&self, client: &mut ClientId, body: Body) -> Reply {
         let client = *client;
         match body {
-            Body::PlasmaCreate(req) => {
-                Reply::Now(self.create(client, &req))
-            }
+            Body::PlasmaCreate(req) => Reply::Now(self.create(client, &req)),
             Body::PlasmaSeal(req) => Reply::Now(self.seal(&req.id)),
             Body::PlasmaGet(req) => self.get(client, &req.id, req.timeout_ms),
             Body::PlasmaRelease(req) => {
@@ -204,10 +198,7 @@ impl Service for PlasmaService {
                 Reply::None
             }
             Body::PlasmaDelete(req) => Reply::Now(self.delete(&req.ids)),
-            _ => Reply::Now(error_body(
-                ErrorCode::Invalid,
-                "the plasma store does not handle this message",
-            )),
+            _ => Reply::Now(error_body(ErrorCode::Invalid, "the plasma store does not handle this message")),
         }
     }
 
@@ -232,21 +223,11 @@ fn bad_id(e: IdError) -> Body {
 }
 
 fn found(info: ObjectInfo) -> Body {
-    Body::PlasmaGetReply(PlasmaGetReply {
-        found: true,
-        offset: info.offset,
-        size: info.size,
-        metadata: info.metadata,
-    })
+    Body::PlasmaGetReply(PlasmaGetReply { found: true, offset: info.offset, size: info.size, metadata: info.metadata })
 }
 
 fn not_found() -> Body {
-    Body::PlasmaGetReply(PlasmaGetReply {
-        found: false,
-        offset: 0,
-        size: 0,
-        metadata: 0,
-    })
+    Body::PlasmaGetReply(PlasmaGetReply { found: false, offset: 0, size: 0, metadata: 0 })
 }
 
 fn store_error(e: StoreError) -> Body {

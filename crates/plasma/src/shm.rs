@@ -28,10 +28,7 @@ pub struct ShmRegion {
 
 impl std::fmt::Debug for ShmRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShmRegion")
-            .field("path", &self.path)
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("ShmRegion").field("path", &self.path).field("len", &self.len).finish()
     }
 }
 
@@ -47,17 +44,12 @@ impl ShmRegion {
             .mode(0o600)
             .open(path)
             .map_err(|e| annotate(e, "create", path))?;
-        let mapped = file
-            .set_len(size)
-            .map_err(|e| annotate(e, "size", path))
-            .and_then(|()| map_file(&file, size, path));
+        let mapped =
+            file.set_len(size).map_err(|e| annotate(e, "size", path)).and_then(|()| map_file(&file, size, path));
         match mapped {
-            Ok(map) => Ok(Self {
-                map,
-                len: size,
-                path: Some(path.to_path_buf()),
-                unlink_on_drop: AtomicBool::new(true),
-            }),
+            Ok(map) => {
+                Ok(Self { map, len: size, path: Some(path.to_path_buf()), unlink_on_drop: AtomicBool::new(true) })
+            }
             Err(e) => {
                 // A half-made region would block the next `create` at the same path.
                 let _ = std::fs::remove_file(path);
@@ -68,40 +60,19 @@ impl ShmRegion {
 
     /// Maps an existing region file whole. The file is never removed by this handle.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| annotate(e, "open", path))?;
-        let len = file
-            .metadata()
-            .map_err(|e| annotate(e, "stat", path))?
-            .len();
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| annotate(e, "open", path))?;
+        let len = file.metadata().map_err(|e| annotate(e, "stat", path))?.len();
         let map = map_file(&file, len, path)?;
-        Ok(Self {
-            map,
-            len,
-            path: Some(path.to_path_buf()),
-            unlink_on_drop: AtomicBool::new(false),
-        })
+        Ok(Self { map, len, path: Some(path.to_path_buf()), unlink_on_drop: AtomicBool::new(false) })
     }
 
     /// A private anonymous mapping: same interface, no file, nothing to share. Useful
     /// for tests and benchmarks of the store alone.
     pub fn anonymous(size: u64) -> io::Result<Self> {
-        let len = usize::try_from(size).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "region size exceeds the address space",
-            )
-        })?;
+        let len = usize::try_from(size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region size exceeds the address space"))?;
         let map = MmapRaw::from(MmapOptions::new().len(len).map_anon()?);
-        Ok(Self {
-            map,
-            len: size,
-            path: None,
-            unlink_on_drop: AtomicBool::new(false),
-        })
+        Ok(Self { map, len: size, path: None, unlink_on_drop: AtomicBool::new(false) })
     }
 
     /// Size of the region in bytes.
@@ -187,24 +158,15 @@ impl Drop for ShmRegion {
 
 fn map_file(file: &File, len: u64, path: &Path) -> io::Result<MmapRaw> {
     let len = usize::try_from(len).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is larger than the address space", path.display()),
-        )
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{} is larger than the address space", path.display()))
     })?;
-    MmapOptions::new()
-        .len(len)
-        .map_raw(file)
-        .map_err(|e| annotate(e, "map", path))
+    MmapOptions::new().len(len).map_raw(file).map_err(|e| annotate(e, "map", path))
 }
 
 /// Puts the path and the failed step into the error, so a message like "No space left on
 /// device" says which file and what we were doing.
 fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(
-        e.kind(),
-        format!("cannot {what} shared-memory file {}: {e}", path.display()),
-    )
+    io::Error::new(e.kind(), format!("cannot {what} shared-memory file {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -214,11 +176,7 @@ mod tests {
     fn temp_path(tag: &str) -> PathBuf {
         use std::sync::atomic::AtomicU64;
         static N: AtomicU64 = AtomicU64::new(0);
-        std::env::temp_dir().join(format!(
-            "rtd-shm-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ))
+        std::env::temp_dir().join(format!("rtd-shm-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
     }
 
     #[test]
@@ -228,10 +186,7 @@ mod tests {
         let other = ShmRegion::open(&path).expect("open");
         assert_eq!(other.len(), 4096);
         unsafe {
-            owner
-                .slice_mut(100, 5)
-                .expect("in range")
-                .copy_from_slice(b"hello");
+            owner.slice_mut(100, 5).expect("in range").copy_from_slice(b"hello");
             assert_eq!(other.slice(100, 5).expect("in range"), b"hello");
         }
         drop(other);
@@ -259,11 +214,7 @@ mod tests {
         let region = ShmRegion::anonymous(256).expect("anon");
         unsafe {
             region.slice_mut(0, 256).expect("in range").fill(7);
-            assert!(region
-                .slice(0, 256)
-                .expect("in range")
-                .iter()
-                .all(|&b| b == 7));
+            assert!(region.slice(0, 256).expect("in range").iter().all(|&b| b == 7));
         }
     }
 }

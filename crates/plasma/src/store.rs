@@ -58,9 +58,7 @@ pub struct StoreStats {
 pub enum StoreError {
     #[error("object {0} already exists in the object store (ids must be unique; a deleted object that is still being read keeps its id until released)")]
     AlreadyExists(ObjectId),
-    #[error(
-        "object {0} is not in the object store (it was never created, or was deleted or aborted)"
-    )]
+    #[error("object {0} is not in the object store (it was never created, or was deleted or aborted)")]
     NotFound(ObjectId),
     #[error("object {0} is already sealed; sealed objects are immutable")]
     AlreadySealed(ObjectId),
@@ -68,11 +66,7 @@ pub enum StoreError {
     #[error("{0}")]
     Full(String),
     #[error("cannot restore object {id} from spill file {}: {source}; the spill directory may have been removed or the disk may be failing", path.display())]
-    Restore {
-        id: ObjectId,
-        path: PathBuf,
-        source: io::Error,
-    },
+    Restore { id: ObjectId, path: PathBuf, source: io::Error },
 }
 
 #[derive(Debug)]
@@ -101,10 +95,7 @@ struct Entry {
 
 impl Entry {
     fn evictable(&self) -> bool {
-        self.sealed
-            && self.pin_total == 0
-            && !self.delete_pending
-            && matches!(self.location, Location::Memory { .. })
+        self.sealed && self.pin_total == 0 && !self.delete_pending && matches!(self.location, Location::Memory { .. })
     }
 }
 
@@ -195,13 +186,7 @@ impl ObjectStore {
 
     /// Reserves `size` bytes for a new object and returns their offset in the region.
     /// The creator writes the bytes there and then calls [`seal`](Self::seal).
-    pub fn create(
-        &mut self,
-        id: &ObjectId,
-        size: u64,
-        metadata: u32,
-        client: ClientId,
-    ) -> Result<u64, StoreError> {
+    pub fn create(&mut self, id: &ObjectId, size: u64, metadata: u32, client: ClientId) -> Result<u64, StoreError> {
         self.create_entry(id, size, metadata, client, false)
     }
 
@@ -273,15 +258,9 @@ impl ObjectStore {
 
     /// Pins a sealed object for `client` and says where it is, restoring it from disk if
     /// it was spilled. `Ok(None)` if the object is unknown, not sealed yet, or deleted.
-    pub fn get(
-        &mut self,
-        id: &ObjectId,
-        client: ClientId,
-    ) -> Result<Option<ObjectInfo>, StoreError> {
+    pub fn get(&mut self, id: &ObjectId, client: ClientId) -> Result<Option<ObjectInfo>, StoreError> {
         let (size, spilled) = match self.objects.get(id) {
-            Some(e) if e.sealed && !e.delete_pending => {
-                (e.size, matches!(e.location, Location::Spilled))
-            }
+            Some(e) if e.sealed && !e.delete_pending => (e.size, matches!(e.location, Location::Spilled)),
             _ => return Ok(None),
         };
         if spilled {
@@ -302,18 +281,12 @@ impl ObjectStore {
             Some((_, n)) => *n += 1,
             None => e.pins.push((client, 1)),
         }
-        Ok(Some(ObjectInfo {
-            offset,
-            size: e.size,
-            metadata: e.metadata,
-        }))
+        Ok(Some(ObjectInfo { offset, size: e.size, metadata: e.metadata }))
     }
 
     /// Sealed and not deleted (possibly spilled).
     pub fn is_sealed(&self, id: &ObjectId) -> bool {
-        self.objects
-            .get(id)
-            .is_some_and(|e| e.sealed && !e.delete_pending)
+        self.objects.get(id).is_some_and(|e| e.sealed && !e.delete_pending)
     }
 
     /// Known and not deleted, sealed or not.
@@ -359,9 +332,7 @@ impl ObjectStore {
         let affected: Vec<ObjectId> = self
             .objects
             .iter()
-            .filter(|(_, e)| {
-                (!e.sealed && e.creator == client) || e.pins.iter().any(|(c, _)| *c == client)
-            })
+            .filter(|(_, e)| (!e.sealed && e.creator == client) || e.pins.iter().any(|(c, _)| *c == client))
             .map(|(id, _)| *id)
             .collect();
         for id in affected {
@@ -478,32 +449,19 @@ impl ObjectStore {
         let bytes = unsafe { self.region.slice(offset, e.size) }
             .ok_or_else(|| io::Error::other(format!("object {id} lies outside the region")))?;
         std::fs::create_dir_all(&self.spill_dir).map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!(
-                    "cannot create spill directory {}: {err}",
-                    self.spill_dir.display()
-                ),
-            )
+            io::Error::new(err.kind(), format!("cannot create spill directory {}: {err}", self.spill_dir.display()))
         })?;
         let written = File::create(&path).and_then(|mut f| f.write_all(bytes));
         if let Err(err) = written {
             let _ = std::fs::remove_file(&path);
-            return Err(io::Error::new(
-                err.kind(),
-                format!("cannot spill object {id} to {}: {err}", path.display()),
-            ));
+            return Err(io::Error::new(err.kind(), format!("cannot spill object {id} to {}: {err}", path.display())));
         }
         self.lru.remove(e);
         e.location = Location::Spilled;
         self.alloc.free(offset);
         self.num_spilled += 1;
         self.spilled_bytes += e.size;
-        tracing::debug!(
-            "spilled object {id} ({} bytes) to {}",
-            e.size,
-            path.display()
-        );
+        tracing::debug!("spilled object {id} ({} bytes) to {}", e.size, path.display());
         Ok(())
     }
 
@@ -519,11 +477,7 @@ impl ObjectStore {
         };
         if let Err(source) = read {
             self.alloc.free(offset);
-            return Err(StoreError::Restore {
-                id: *id,
-                path,
-                source,
-            });
+            return Err(StoreError::Restore { id: *id, path, source });
         }
         if let Err(err) = std::fs::remove_file(&path) {
             tracing::warn!("cannot remove spill file {}: {err}", path.display());
@@ -533,10 +487,7 @@ impl ObjectStore {
         }
         self.num_spilled -= 1;
         self.spilled_bytes -= size;
-        tracing::debug!(
-            "restored object {id} ({size} bytes) from {}",
-            path.display()
-        );
+        tracing::debug!("restored object {id} ({size} bytes) from {}", path.display());
         Ok(())
     }
 
@@ -563,9 +514,9 @@ impl ObjectStore {
             )
         };
         match cause {
-            Some(e) => msg.push_str(&format!(
-                "; spilling to disk failed: {e}; free disk space or raise object_store_memory"
-            )),
+            Some(e) => {
+                msg.push_str(&format!("; spilling to disk failed: {e}; free disk space or raise object_store_memory"))
+            }
             None => msg.push_str("; raise object_store_memory or release references"),
         }
         StoreError::Full(msg)
@@ -575,12 +526,8 @@ impl ObjectStore {
 impl Drop for ObjectStore {
     /// Spill files only make sense together with this store's table.
     fn drop(&mut self) {
-        let spilled: Vec<ObjectId> = self
-            .objects
-            .iter()
-            .filter(|(_, e)| matches!(e.location, Location::Spilled))
-            .map(|(id, _)| *id)
-            .collect();
+        let spilled: Vec<ObjectId> =
+            self.objects.iter().filter(|(_, e)| matches!(e.location, Location::Spilled)).map(|(id, _)| *id).collect();
         for id in spilled {
             let _ = std::fs::remove_file(self.spill_path(&id));
         }
@@ -626,38 +573,21 @@ mod tests {
         fn new(tag: &str, capacity: u64) -> Self {
             let dir = temp_dir(tag);
             let region = Arc::new(ShmRegion::anonymous(capacity).expect("anonymous region"));
-            Self {
-                store: ObjectStore::new(region, dir.join("spill")),
-                dir,
-            }
+            Self { store: ObjectStore::new(region, dir.join("spill")), dir }
         }
 
         fn put(&mut self, id: &ObjectId, data: &[u8], client: ClientId) -> Result<(), StoreError> {
             let off = self.store.create(id, data.len() as u64, 0, client)?;
-            unsafe {
-                self.store
-                    .region()
-                    .slice_mut(off, data.len() as u64)
-                    .expect("in region")
-            }
-            .copy_from_slice(data);
+            unsafe { self.store.region().slice_mut(off, data.len() as u64).expect("in region") }.copy_from_slice(data);
             self.store.seal(id)
         }
 
         fn read(&self, info: &ObjectInfo) -> Vec<u8> {
-            unsafe {
-                self.store
-                    .region()
-                    .slice(info.offset, info.size)
-                    .expect("in region")
-            }
-            .to_vec()
+            unsafe { self.store.region().slice(info.offset, info.size).expect("in region") }.to_vec()
         }
 
         fn spill_files(&self) -> usize {
-            std::fs::read_dir(self.dir.join("spill"))
-                .map(|d| d.count())
-                .unwrap_or(0)
+            std::fs::read_dir(self.dir.join("spill")).map(|d| d.count()).unwrap_or(0)
         }
     }
 
@@ -674,9 +604,7 @@ mod tests {
     }
 
     fn pattern(n: u8, len: usize) -> Vec<u8> {
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(7).wrapping_add(n.wrapping_mul(31)))
-            .collect()
+        (0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(n.wrapping_mul(31))).collect()
     }
 
     const A: ClientId = ClientId(1);
@@ -705,10 +633,7 @@ mod tests {
         assert!(f.store.delete(&oid(1)));
         assert!(f.store.delete(&oid(2)));
         let s = f.store.stats();
-        assert_eq!(
-            (s.used, s.num_objects, s.num_spilled, s.spilled_bytes),
-            (0, 0, 0, 0)
-        );
+        assert_eq!((s.used, s.num_objects, s.num_spilled, s.spilled_bytes), (0, 0, 0, 0));
         assert_eq!(f.spill_files(), 0);
     }
 
@@ -720,11 +645,7 @@ mod tests {
         f.store.get(&oid(1), B).expect("ok").expect("sealed");
         assert!(f.store.delete(&oid(1)));
         assert!(!f.store.contains(&oid(1)));
-        assert_eq!(
-            f.store.get(&oid(1), A).expect("ok"),
-            None,
-            "deleted objects are not handed out"
-        );
+        assert_eq!(f.store.get(&oid(1), A).expect("ok"), None, "deleted objects are not handed out");
         assert!(f.store.stats().used > 0, "still pinned, still there");
         assert!(f.store.release(&oid(1), B));
         assert!(f.store.stats().used > 0);
@@ -747,14 +668,10 @@ mod tests {
         assert_eq!(s.pinned_bytes, 0);
         assert_eq!(s.num_objects, 1);
         assert!(!f.store.contains(&oid(2)));
-        assert!(matches!(
-            f.store.seal(&oid(2)),
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(f.store.seal(&oid(2)), Err(StoreError::NotFound(_))));
         assert_eq!(s.used, 128, "only the sealed object's block remains");
         // The unpinned object can be spilled now.
-        f.put(&oid(3), &pattern(3, 4000), A)
-            .expect("fits after spilling");
+        f.put(&oid(3), &pattern(3, 4000), A).expect("fits after spilling");
         assert_eq!(f.store.stats().num_spilled, 1);
     }
 
@@ -793,30 +710,14 @@ mod tests {
         assert!(msg.contains("4.0 KiB capacity"), "{msg}");
         assert!(msg.contains("2.9 KiB pinned"), "{msg}");
         assert!(!f.store.contains(&oid(2)));
-        assert_eq!(
-            f.store.stats().num_spilled,
-            0,
-            "nothing moved for a hopeless request"
-        );
+        assert_eq!(f.store.stats().num_spilled, 0, "nothing moved for a hopeless request");
         let err = f.store.create(&oid(3), 1 << 20, 0, A).expect_err("too big");
-        assert!(
-            err.to_string()
-                .contains("larger than the whole object store"),
-            "{err}"
-        );
-        assert!(matches!(
-            f.store.create(&oid(1), 1, 0, A),
-            Err(StoreError::AlreadyExists(_))
-        ));
-        assert!(matches!(
-            f.store.seal(&oid(1)),
-            Err(StoreError::AlreadySealed(_))
-        ));
+        assert!(err.to_string().contains("larger than the whole object store"), "{err}");
+        assert!(matches!(f.store.create(&oid(1), 1, 0, A), Err(StoreError::AlreadyExists(_))));
+        assert!(matches!(f.store.seal(&oid(1)), Err(StoreError::AlreadySealed(_))));
         // Once released, the same request succeeds by spilling.
         f.store.release(&oid(1), B);
-        f.store
-            .create(&oid(2), 2000, 0, A)
-            .expect("fits after spilling");
+        f.store.create(&oid(2), 2000, 0, A).expect("fits after spilling");
     }
 
     #[test]
@@ -826,16 +727,9 @@ mod tests {
         std::fs::create_dir_all(&f.dir).expect("dir");
         std::fs::write(f.dir.join("spill"), b"not a directory").expect("write");
         f.put(&oid(1), &pattern(1, 3000), A).expect("fits");
-        let err = f
-            .store
-            .create(&oid(2), 3000, 0, A)
-            .expect_err("spill fails");
+        let err = f.store.create(&oid(2), 3000, 0, A).expect_err("spill fails");
         assert!(err.to_string().contains("spilling to disk failed"), "{err}");
-        let info = f
-            .store
-            .get(&oid(1), A)
-            .expect("ok")
-            .expect("still in memory");
+        let info = f.store.get(&oid(1), A).expect("ok").expect("still in memory");
         assert_eq!(f.read(&info), pattern(1, 3000));
     }
 

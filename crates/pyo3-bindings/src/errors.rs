@@ -6,10 +6,8 @@ use rtd_core_worker::CoreError;
 /// An instance of `rtd.exceptions.<name>(message)`.
 pub fn rtd_error(name: &str, message: String) -> PyErr {
     Python::with_gil(|py| {
-        let made = py
-            .import("rtd.exceptions")
-            .and_then(|m| m.getattr(name))
-            .and_then(|cls| cls.call1((message.clone(),)));
+        let made =
+            py.import("rtd.exceptions").and_then(|m| m.getattr(name)).and_then(|cls| cls.call1((message.clone(),)));
         match made {
             Ok(exc) => PyErr::from_value(exc),
             Err(e) => e,

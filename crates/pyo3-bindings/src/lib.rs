@@ -30,9 +30,7 @@ static CORE: RwLock<Option<Arc<CoreWorker>>> = RwLock::new(None);
 
 fn core() -> PyResult<Arc<CoreWorker>> {
     CORE.read().clone().ok_or_else(|| {
-        pyo3::exceptions::PyRuntimeError::new_err(
-            "rtd is not initialized (or was shut down): call rtd.init() first",
-        )
+        pyo3::exceptions::PyRuntimeError::new_err("rtd is not initialized (or was shut down): call rtd.init() first")
     })
 }
 
@@ -63,10 +61,8 @@ fn connect(
 }
 
 fn parse_worker_id(hex: &str) -> PyResult<WorkerId> {
-    let bytes: Result<Vec<u8>, _> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect();
+    let bytes: Result<Vec<u8>, _> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16)).collect();
     bytes
         .ok()
         .and_then(|b| WorkerId::from_bytes(&b).ok())
@@ -120,9 +116,7 @@ fn put(
 
 fn fetched_to_py(py: Python<'_>, value: FetchedValue) -> PyResult<Bound<'_, PyTuple>> {
     match value {
-        FetchedValue::Inline { metadata, data } => {
-            (metadata, PyBytes::new(py, &data)).into_pyobject(py)
-        }
+        FetchedValue::Inline { metadata, data } => (metadata, PyBytes::new(py, &data)).into_pyobject(py),
         FetchedValue::Plasma(pinned) => {
             let metadata = pinned.metadata;
             (metadata, Bound::new(py, PlasmaBuffer::new(pinned))?).into_pyobject(py)
@@ -179,7 +173,12 @@ fn get<'py>(py: Python<'py>, refs: Vec<PyRef<'py, ObjectRef>>, timeout: Option<f
 /// Indices of ready refs, in completion order, at most `num_returns`.
 #[pyfunction]
 #[pyo3(signature = (refs, num_returns, timeout=None))]
-fn wait(py: Python<'_>, refs: Vec<PyRef<'_, ObjectRef>>, num_returns: usize, timeout: Option<f64>) -> PyResult<Vec<usize>> {
+fn wait(
+    py: Python<'_>,
+    refs: Vec<PyRef<'_, ObjectRef>>,
+    num_returns: usize,
+    timeout: Option<f64>,
+) -> PyResult<Vec<usize>> {
     let core = core()?;
     let ids = ids_of(&refs);
     let timeout = timeout_of(timeout)?;
@@ -311,7 +310,9 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
         })
     })?;
     match reply {
-        Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
+        Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) => {
+            r.nodes.into_iter().map(|n| node_to_py(py, n)).collect()
+        }
         Ok(_) => Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node"))),
         Err(e) => Err(pyo3::exceptions::PyConnectionError::new_err(format!(
             "Could not reach an rtd cluster at {address}: {e}"
@@ -323,9 +324,8 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
 #[pyfunction]
 fn cli_main(py: Python<'_>, argv: Vec<String>, launcher: Vec<String>) -> PyResult<i32> {
     let mut launcher = launcher.into_iter();
-    let program = launcher
-        .next()
-        .ok_or_else(|| pyo3::exceptions::PyValueError::new_err("launcher must name a program"))?;
+    let program =
+        launcher.next().ok_or_else(|| pyo3::exceptions::PyValueError::new_err("launcher must name a program"))?;
     let launcher = rtd_node::Launcher { program, args: launcher.collect() };
     py.enter_rtd_ok(|| rtd_node::cli_main(&argv, &launcher))
 }

@@ -26,11 +26,7 @@ fn info_to_py(py: Python<'_>, info: PlacementGroupInfo) -> PyResult<Bound<'_, Py
         PlacementGroupState::PgRemoved => "REMOVED",
         PlacementGroupState::PgRescheduling => "RESCHEDULING",
     };
-    let bundles: Vec<_> = info
-        .bundles
-        .iter()
-        .map(|b| ResourceSet::from_fixed_map(&b.resources).to_floats())
-        .collect();
+    let bundles: Vec<_> = info.bundles.iter().map(|b| ResourceSet::from_fixed_map(&b.resources).to_floats()).collect();
     let nodes: Vec<String> = info
         .bundle_nodes
         .iter()
@@ -76,7 +72,11 @@ pub fn remove_placement_group(py: Python<'_>, pg_id: Vec<u8>) -> PyResult<()> {
 /// The group's info once created (or removed), or None after `timeout` seconds.
 #[pyfunction]
 #[pyo3(signature = (pg_id, timeout=None))]
-pub fn wait_placement_group(py: Python<'_>, pg_id: Vec<u8>, timeout: Option<f64>) -> PyResult<Option<Bound<'_, PyDict>>> {
+pub fn wait_placement_group(
+    py: Python<'_>,
+    pg_id: Vec<u8>,
+    timeout: Option<f64>,
+) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
     let pg_id = placement_group_id(&pg_id)?;
     let timeout = crate::timeout_of(timeout)?;
@@ -98,7 +98,11 @@ pub fn placement_group_ready(py: Python<'_>, pg_id: Vec<u8>, payload: &[u8]) -> 
 
 #[pyfunction]
 #[pyo3(signature = (pg_id=None, name=None))]
-pub fn get_placement_group(py: Python<'_>, pg_id: Option<Vec<u8>>, name: Option<String>) -> PyResult<Option<Bound<'_, PyDict>>> {
+pub fn get_placement_group(
+    py: Python<'_>,
+    pg_id: Option<Vec<u8>>,
+    name: Option<String>,
+) -> PyResult<Option<Bound<'_, PyDict>>> {
     let core = core()?;
     let pg_id = pg_id.as_deref().map(placement_group_id).transpose()?;
     let name = name.unwrap_or_default();

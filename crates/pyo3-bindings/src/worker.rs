@@ -90,7 +90,8 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         actor_creation: spec.actor_creation,
         actor_id: rtd_common::ActorId::from_bytes(&spec.actor_id).map(|a| a.hex()).unwrap_or_default(),
         method_name: spec.method_name.clone(),
-        capture_placement_group: (!spec.capture_placement_group.is_empty()).then(|| spec.capture_placement_group.to_vec()),
+        capture_placement_group: (!spec.capture_placement_group.is_empty())
+            .then(|| spec.capture_placement_group.to_vec()),
         concurrency_group: spec.concurrency_group.clone(),
         job_id: rtd_common::JobId::from_bytes(&spec.job_id).map(|j| j.hex()).unwrap_or_default(),
         resources: rtd_common::ResourceSet::from_fixed_map(&spec.resources).to_floats(),
@@ -106,8 +107,8 @@ pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyLi
         let guard = task.inner.lock();
         guard.as_ref().ok_or_else(finished)?.spec.arg_refs.clone()
     };
-    let values = py
-        .enter_rtd(|interrupted| args.iter().map(|a| core.arg_value(a, interrupted)).collect::<Result<Vec<_>, _>>())?;
+    let values =
+        py.enter_rtd(|interrupted| args.iter().map(|a| core.arg_value(a, interrupted)).collect::<Result<Vec<_>, _>>())?;
     let items: PyResult<Vec<_>> = values.into_iter().map(|v| fetched_to_py(py, v)).collect();
     PyList::new(py, items?)
 }

@@ -14,11 +14,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rtd_common::bundle::{self, BundleResource};
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply, Spillback,
 };
-use rtd_common::bundle::{self, BundleResource};
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet, WorkerId};
 use tokio::sync::oneshot;
 
@@ -196,9 +196,7 @@ impl Raylet {
         Arc::new(Self {
             node_id,
             cluster: Mutex::new(Vec::new()),
-            policy: Mutex::new(SchedulingPolicy::new(u64::from_le_bytes(
-                node_id.0[..8].try_into().unwrap_or([7; 8]),
-            ))),
+            policy: Mutex::new(SchedulingPolicy::new(u64::from_le_bytes(node_id.0[..8].try_into().unwrap_or([7; 8])))),
             state: Mutex::new(State {
                 resources: NodeResources::new(total),
                 bundles: HashMap::new(),
@@ -390,8 +388,12 @@ impl Raylet {
     fn draining_reply(&self, req: &PendingLease) -> Body {
         let cluster = self.cluster();
         let views: Vec<NodeView> = cluster.iter().map(|n| n.view.clone()).collect();
-        let decision =
-            self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(&views, &req.resources, &req.strategy, self.node_id);
+        let decision = self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(
+            &views,
+            &req.resources,
+            &req.strategy,
+            self.node_id,
+        );
         let target = match decision {
             Decision::Node(n) => cluster.iter().find(|c| c.view.node_id == n),
             // Busy everywhere: queue where it fits once resources free up.
@@ -458,8 +460,12 @@ impl Raylet {
             alive: true,
         }];
         views.extend(cluster.iter().map(|n| n.view.clone()));
-        let decision =
-            self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(&views, &req.resources, &req.strategy, self.node_id);
+        let decision = self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(
+            &views,
+            &req.resources,
+            &req.strategy,
+            self.node_id,
+        );
         // Hard affinity to another node that could run it: queue there, even if busy.
         if let (Strategy::NodeAffinity { node_id, soft: false }, Decision::Wait) = (&req.strategy, decision) {
             return cluster
@@ -575,10 +581,9 @@ impl Raylet {
                     self.starter.command().python
                 );
                 for req in st.pending.drain(..) {
-                    let _ = req.reply.send(rtd_common::rpc::error_body(
-                        rtd_common::proto::ErrorCode::WorkerDied,
-                        message.clone(),
-                    ));
+                    let _ = req
+                        .reply
+                        .send(rtd_common::rpc::error_body(rtd_common::proto::ErrorCode::WorkerDied, message.clone()));
                 }
                 return;
             }
@@ -591,8 +596,12 @@ impl Raylet {
                 }
                 // A bundle's resources appear when its group is committed: wait for them,
                 // unless the group was removed.
-                let groups: Vec<PlacementGroupId> =
-                    st.pending[i].resources.iter().filter_map(|(name, _)| BundleResource::parse(name)).map(|b| b.group).collect();
+                let groups: Vec<PlacementGroupId> = st.pending[i]
+                    .resources
+                    .iter()
+                    .filter_map(|(name, _)| BundleResource::parse(name))
+                    .map(|b| b.group)
+                    .collect();
                 let waits_for_group = !groups.is_empty();
                 if let Some(group) = groups.iter().find(|g| st.removed_groups.contains(g)) {
                     if let Some(req) = st.pending.remove(i) {
@@ -629,9 +638,12 @@ impl Raylet {
                         None => {}
                     }
                 }
-                let feasible_elsewhere = !self.cluster.lock().unwrap_or_else(|p| p.into_inner()).iter().all(|n| {
-                    !(n.view.alive && st.pending[i].resources.fits_in(&n.view.total))
-                });
+                let feasible_elsewhere = !self
+                    .cluster
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .all(|n| !(n.view.alive && st.pending[i].resources.fits_in(&n.view.total)));
                 if !waits_for_group && !st.resources.is_feasible(&st.pending[i].resources) && feasible_elsewhere {
                     // Another node can run it once it has room: wait for the next view.
                     i += 1;
@@ -694,7 +706,8 @@ impl Raylet {
                     .unwrap_or_default();
                 let mut gpu_ids = allocation.gpu_ids.clone();
                 gpu_ids.extend(bundle_gpus.iter().flat_map(|held| held.ids.iter().copied()));
-                let lease = Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated, bundle_gpus };
+                let lease =
+                    Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated, bundle_gpus };
                 st.leases.insert(lease_id, lease);
                 let granted = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
                     result: Some(LeaseResult::Granted(LeaseGranted {
@@ -724,8 +737,7 @@ impl Raylet {
             // again and again; waiting requests still start workers and report failures.
             let limit = RuntimeConfig::get().max_starting_workers;
             let for_requests = waiting_for_worker.saturating_sub(st.starting);
-            let for_pool =
-                if st.failed_starts == 0 { self.pool_size.saturating_sub(st.task_workers()) } else { 0 };
+            let for_pool = if st.failed_starts == 0 { self.pool_size.saturating_sub(st.task_workers()) } else { 0 };
             to_start = for_requests.max(for_pool).min(limit.saturating_sub(st.starting));
         }
         for _ in 0..to_start {
@@ -777,7 +789,12 @@ impl Raylet {
             let in_group: Vec<WorkerId> = st
                 .leases
                 .values()
-                .filter(|l| l.allocation.resources.iter().any(|(name, _)| BundleResource::parse(name).is_some_and(|b| b.group == group)))
+                .filter(|l| {
+                    l.allocation
+                        .resources
+                        .iter()
+                        .any(|(name, _)| BundleResource::parse(name).is_some_and(|b| b.group == group))
+                })
                 .map(|l| l.worker)
                 .collect();
             for worker in &in_group {
@@ -829,7 +846,8 @@ mod tests {
     use rtd_common::resources::UNIT;
 
     fn set(items: &[(String, f64)]) -> ResourceSet {
-        ResourceSet::from_floats(items.iter().map(|(name, amount)| (name.as_str(), *amount))).expect("valid test resources")
+        ResourceSet::from_floats(items.iter().map(|(name, amount)| (name.as_str(), *amount)))
+            .expect("valid test resources")
     }
 
     #[test]
@@ -912,7 +930,13 @@ mod tests {
     }
 
     fn request(cpus: f64, strategy: Strategy, no_spillback: bool) -> LeaseRequest {
-        LeaseRequest { resources: set(&[("CPU".into(), cpus)]), strategy, no_spillback, dedicated: false, preferred: None }
+        LeaseRequest {
+            resources: set(&[("CPU".into(), cpus)]),
+            strategy,
+            no_spillback,
+            dedicated: false,
+            preferred: None,
+        }
     }
 
     fn spilled_to(reply: Result<Body, oneshot::error::TryRecvError>) -> Option<String> {

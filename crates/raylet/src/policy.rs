@@ -81,8 +81,7 @@ impl SchedulingPolicy {
             Strategy::Default => self.pick_default(nodes, request, local),
             Strategy::Spread => self.pick_spread(nodes, request),
             Strategy::NodeAffinity { node_id, soft } => {
-                let target =
-                    nodes.iter().find(|n| n.node_id == *node_id && is_feasible(n, request));
+                let target = nodes.iter().find(|n| n.node_id == *node_id && is_feasible(n, request));
                 match target {
                     Some(n) if is_available(n, request) => Decision::Node(n.node_id),
                     Some(_) => Decision::Wait,
@@ -93,12 +92,7 @@ impl SchedulingPolicy {
         }
     }
 
-    fn pick_default(
-        &mut self,
-        nodes: &[NodeView],
-        request: &ResourceSet,
-        local: NodeId,
-    ) -> Decision {
+    fn pick_default(&mut self, nodes: &[NodeView], request: &ResourceSet, local: NodeId) -> Decision {
         self.candidates.clear();
         let mut alive = 0usize;
         let mut any_feasible = false;
@@ -252,14 +246,8 @@ mod tests {
         let mut nodes = vec![node(8.0, 8.0), node(1.0, 1.0)];
         nodes[0].alive = false;
         let local = nodes[0].node_id;
-        assert_eq!(
-            policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local),
-            Decision::Node(nodes[1].node_id)
-        );
-        assert_eq!(
-            policy.pick_node(&nodes, &cpu(4.0), &Strategy::Default, local),
-            Decision::Infeasible
-        );
+        assert_eq!(policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local), Decision::Node(nodes[1].node_id));
+        assert_eq!(policy.pick_node(&nodes, &cpu(4.0), &Strategy::Default, local), Decision::Infeasible);
     }
 
     #[test]
@@ -267,18 +255,10 @@ mod tests {
         let mut policy = SchedulingPolicy::new(1);
         let mut gpus = ResourceSet::new();
         gpus.set(GPU, 8 * UNIT);
-        let nodes = vec![NodeView {
-            node_id: NodeId::random(),
-            total: gpus.clone(),
-            available: gpus,
-            alive: true,
-        }];
+        let nodes = vec![NodeView { node_id: NodeId::random(), total: gpus.clone(), available: gpus, alive: true }];
         let request = ResourceSet::from_floats([(GPU, 1.5)]).expect("valid");
         let local = nodes[0].node_id;
-        assert_eq!(
-            policy.pick_node(&nodes, &request, &Strategy::Default, local),
-            Decision::Infeasible
-        );
+        assert_eq!(policy.pick_node(&nodes, &request, &Strategy::Default, local), Decision::Infeasible);
     }
 
     #[test]
@@ -289,10 +269,7 @@ mod tests {
         nodes[3].available = cpu(3.0);
         let local = nodes[3].node_id;
         for _ in 0..20 {
-            assert_eq!(
-                policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local),
-                Decision::Node(local)
-            );
+            assert_eq!(policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local), Decision::Node(local));
         }
     }
 
@@ -322,10 +299,7 @@ mod tests {
         let mut policy = SchedulingPolicy::new(3);
         let nodes: Vec<NodeView> = (0..5).map(|_| node(4.0, 1.0)).collect();
         let local = nodes[4].node_id;
-        assert_eq!(
-            policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local),
-            Decision::Node(local)
-        );
+        assert_eq!(policy.pick_node(&nodes, &cpu(1.0), &Strategy::Default, local), Decision::Node(local));
     }
 
     #[test]
@@ -367,26 +341,23 @@ mod tests {
     }
 
     fn arb_cluster() -> impl Gen<Value = Vec<NodeView>> {
-        proptest::collection::vec(
-            (0..8 * UNIT, 0..=UNIT, 0..3 * UNIT, 0..=UNIT, any::<bool>(), 0..10u8),
-            1..24,
-        )
-        .prop_map(|nodes| {
-            nodes
-                .into_iter()
-                .map(|(cpu_total, cpu_free_frac, custom_total, custom_free_frac, busy, dead)| {
-                    let mut total = ResourceSet::new();
-                    total.set(CPU, cpu_total);
-                    total.set("custom", custom_total);
-                    let mut available = ResourceSet::new();
-                    if !busy {
-                        available.set(CPU, cpu_total * cpu_free_frac / UNIT);
-                        available.set("custom", custom_total * custom_free_frac / UNIT);
-                    }
-                    NodeView { node_id: NodeId::random(), total, available, alive: dead != 0 }
-                })
-                .collect()
-        })
+        proptest::collection::vec((0..8 * UNIT, 0..=UNIT, 0..3 * UNIT, 0..=UNIT, any::<bool>(), 0..10u8), 1..24)
+            .prop_map(|nodes| {
+                nodes
+                    .into_iter()
+                    .map(|(cpu_total, cpu_free_frac, custom_total, custom_free_frac, busy, dead)| {
+                        let mut total = ResourceSet::new();
+                        total.set(CPU, cpu_total);
+                        total.set("custom", custom_total);
+                        let mut available = ResourceSet::new();
+                        if !busy {
+                            available.set(CPU, cpu_total * cpu_free_frac / UNIT);
+                            available.set("custom", custom_total * custom_free_frac / UNIT);
+                        }
+                        NodeView { node_id: NodeId::random(), total, available, alive: dead != 0 }
+                    })
+                    .collect()
+            })
     }
 
     fn arb_request() -> impl Gen<Value = ResourceSet> {

@@ -63,11 +63,8 @@ impl NodeResources {
     pub fn new(mut total: ResourceSet) -> Self {
         let gpus = (total.get(GPU) / UNIT).min(i64::from(u32::MAX));
         total.set(GPU, gpus * UNIT);
-        let free = total
-            .iter()
-            .filter(|(name, _)| *name != GPU)
-            .map(|(name, amount)| (name.to_string(), amount))
-            .collect();
+        let free =
+            total.iter().filter(|(name, _)| *name != GPU).map(|(name, amount)| (name.to_string(), amount)).collect();
         let gpus = GpuPool::new(0..u32::try_from(gpus).unwrap_or(0), UNIT);
         Self { total, free, gpus }
     }
@@ -225,10 +222,7 @@ impl GpuPool {
         let ids = self.free.iter().copied();
         if amount < UNIT {
             // Best fit: the most-used GPU that still has room (first on ties).
-            return ids
-                .filter(|(_, free)| *free >= amount)
-                .min_by_key(|(_, free)| *free)
-                .map(|(id, _)| vec![id]);
+            return ids.filter(|(_, free)| *free >= amount).min_by_key(|(_, free)| *free).map(|(id, _)| vec![id]);
         }
         if amount % UNIT != 0 {
             return None;
@@ -450,15 +444,7 @@ mod tests {
     }
 
     fn gpu_amount() -> impl Strategy<Value = i64> {
-        prop_oneof![
-            Just(0),
-            Just(UNIT),
-            Just(2 * UNIT),
-            Just(UNIT / 2),
-            Just(UNIT / 4),
-            Just(UNIT * 3 / 10),
-            1..UNIT,
-        ]
+        prop_oneof![Just(0), Just(UNIT), Just(2 * UNIT), Just(UNIT / 2), Just(UNIT / 4), Just(UNIT * 3 / 10), 1..UNIT,]
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -490,11 +476,7 @@ mod tests {
         // total, and CPU only while the node shows a deficit. Nothing leaks: free plus
         // held is exactly the total in every resource.
         for (name, total) in node.total().iter() {
-            let free = if name == GPU {
-                node.gpus.free_total()
-            } else {
-                node.free.get(name).copied().unwrap_or(0)
-            };
+            let free = if name == GPU { node.gpus.free_total() } else { node.free.get(name).copied().unwrap_or(0) };
             prop_assert_eq!(free + held.get(name), total, "leak in {}", name);
             prop_assert!(free >= 0 || name == CPU, "{} in deficit", name);
         }

@@ -494,7 +494,9 @@ mod tests {
     #[test]
     fn ready_lines_are_parsed() {
         assert!(parse_ready("ready").is_ok());
-        assert!(matches!(parse_ready("refused 3 threads are running"), Err(TemplateError::Refused(why)) if why == "3 threads are running"));
+        assert!(
+            matches!(parse_ready("refused 3 threads are running"), Err(TemplateError::Refused(why)) if why == "3 threads are running")
+        );
         assert!(matches!(parse_ready("readyish"), Err(TemplateError::BadReply(_))));
         assert!(matches!(parse_ready("ready now"), Err(TemplateError::BadReply(_))));
         assert!(matches!(parse_ready(""), Err(TemplateError::BadReply(_))));
@@ -503,7 +505,9 @@ mod tests {
     #[test]
     fn replies_are_pids_or_errors() {
         assert_eq!(parse_reply("4321").ok(), Some(4321));
-        assert!(matches!(parse_reply("error fork failed: no memory"), Err(TemplateError::Failed(why)) if why == "fork failed: no memory"));
+        assert!(
+            matches!(parse_reply("error fork failed: no memory"), Err(TemplateError::Failed(why)) if why == "fork failed: no memory")
+        );
         for bad in ["", "0", "1", "-5", "12ab", "ready", "99999999999"] {
             assert!(matches!(parse_reply(bad), Err(TemplateError::BadReply(_))), "{bad:?}");
         }

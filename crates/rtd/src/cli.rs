@@ -274,7 +274,8 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
     let session_dir = args.session_dir.clone().unwrap_or_else(|| Session::new_path(&args.temp_dir));
     // Absolute: clients take a relative socket path for a host name, and `rtd stop`
     // reads the daemon's command line without its working directory at hand.
-    let session_dir = std::path::absolute(&session_dir).with_context(|| format!("resolving {}", session_dir.display()))?;
+    let session_dir =
+        std::path::absolute(&session_dir).with_context(|| format!("resolving {}", session_dir.display()))?;
     if args.block {
         return run_node(args.node_options(role, session_dir)?);
     }
@@ -341,11 +342,18 @@ fn stop(args: &StopArgs) -> Result<()> {
     let report = daemons::stop(found, grace, args.force);
     remove_dead_sessions(scope.as_deref().unwrap_or(Path::new(DEFAULT_TEMP_DIR)));
     if report.killed_late > 0 {
-        eprintln!("rtd: note: {} daemon(s) did not exit within {} s of SIGTERM and were killed", report.killed_late, args.grace_period);
+        eprintln!(
+            "rtd: note: {} daemon(s) did not exit within {} s of SIGTERM and were killed",
+            report.killed_late, args.grace_period
+        );
     }
     println!("Stopped {} rtd node daemon(s).", report.stopped);
     if !report.still_running.is_empty() {
-        bail!("{} daemon(s) are still running even after SIGKILL: pids {:?}", report.still_running.len(), report.still_running);
+        bail!(
+            "{} daemon(s) are still running even after SIGKILL: pids {:?}",
+            report.still_running.len(),
+            report.still_running
+        );
     }
     Ok(())
 }
@@ -427,17 +435,27 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
                 println!("{:<56}  {:<5}  {:<4}  ADDRESS", "NODE_ID", "STATE", "HEAD");
                 for n in r.nodes {
                     let state = if n.alive { "ALIVE" } else { "DEAD" };
-                    println!("{:<56}  {state:<5}  {:<4}  {}", hex(&n.node_id), if n.is_head { "yes" } else { "" }, n.address);
+                    println!(
+                        "{:<56}  {state:<5}  {:<4}  {}",
+                        hex(&n.node_id),
+                        if n.is_head { "yes" } else { "" },
+                        n.address
+                    );
                 }
             }
             Body::ListActorsReply(r) => {
                 println!("{:<32}  {:<20}  {:<16}  {:<8}  NAME", "ACTOR_ID", "CLASS", "STATE", "RESTARTS");
                 for a in r.actors {
                     let options = a.options.unwrap_or_default();
-                    let state = rtd_common::proto::ActorState::try_from(a.state)
-                        .map(|s| s.as_str_name())
-                        .unwrap_or("UNKNOWN");
-                    println!("{:<32}  {:<20}  {state:<16}  {:<8}  {}", hex(&a.actor_id), options.class_name, a.num_restarts, options.name);
+                    let state =
+                        rtd_common::proto::ActorState::try_from(a.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
+                    println!(
+                        "{:<32}  {:<20}  {state:<16}  {:<8}  {}",
+                        hex(&a.actor_id),
+                        options.class_name,
+                        a.num_restarts,
+                        options.name
+                    );
                 }
             }
             Body::ListPlacementGroupsReply(r) => {
@@ -446,7 +464,13 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
                     let state = rtd_common::proto::PlacementGroupState::try_from(g.state)
                         .map(|s| s.as_str_name().trim_start_matches("PG_"))
                         .unwrap_or("UNKNOWN");
-                    println!("{:<36}  {:<14}  {state:<16}  {:<7}  {}", hex(&g.pg_id), g.strategy, g.bundles.len(), g.name);
+                    println!(
+                        "{:<36}  {:<14}  {state:<16}  {:<7}  {}",
+                        hex(&g.pg_id),
+                        g.strategy,
+                        g.bundles.len(),
+                        g.name
+                    );
                 }
             }
             _ => bail!("unexpected reply from the node"),
@@ -494,7 +518,6 @@ fn usage_lines(total: &rtd_common::ResourceSet, avail: &rtd_common::ResourceSet)
     lines
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,8 +539,15 @@ mod tests {
 
     #[test]
     fn parses_start_flags_in_both_value_forms() {
-        let a = parse_start(&["--head", "--num-cpus", "4", "--resources", "{\"bob\": 5}", "--object-store-memory=100000000"])
-            .unwrap();
+        let a = parse_start(&[
+            "--head",
+            "--num-cpus",
+            "4",
+            "--resources",
+            "{\"bob\": 5}",
+            "--object-store-memory=100000000",
+        ])
+        .unwrap();
         assert!(a.head);
         assert_eq!(a.num_cpus, Some(4.0));
         assert_eq!(a.resources.unwrap().get("bob"), Some(&5.0));

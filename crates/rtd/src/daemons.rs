@@ -213,7 +213,11 @@ mod tests {
     fn finds_daemons_of_every_launch_form_of_this_user_only() {
         let processes = [
             process(10, 1000, "/opt/bin/rtd start --head --block --session-dir /tmp/a/session_1"),
-            process(11, 1000, "/venv/bin/python3 -m rtd._private.node start --block --watch-stdin --session-dir=/tmp/b/s"),
+            process(
+                11,
+                1000,
+                "/venv/bin/python3 -m rtd._private.node start --block --watch-stdin --session-dir=/tmp/b/s",
+            ),
             process(12, 1000, "/venv/bin/python3 -u /venv/bin/rtd start --head --block --temp-dir /tmp/c"),
             process(13, 1001, "/opt/bin/rtd start --head --block --session-dir /tmp/d/s"),
             process(14, 1000, "/opt/bin/rtd start --head --temp-dir /tmp/e"),

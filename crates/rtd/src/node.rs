@@ -306,13 +306,9 @@ pub fn node_resources(
     object_store_memory: u64,
 ) -> Result<ResourceSet, rtd_common::ResourceError> {
     let cpus = num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
-    let memory =
-        memory.unwrap_or_else(|| system_memory().unwrap_or(0).saturating_sub(object_store_memory)) as f64;
-    let mut items: Vec<(&str, f64)> = vec![
-        ("CPU", cpus),
-        ("memory", memory),
-        ("object_store_memory", object_store_memory as f64),
-    ];
+    let memory = memory.unwrap_or_else(|| system_memory().unwrap_or(0).saturating_sub(object_store_memory)) as f64;
+    let mut items: Vec<(&str, f64)> =
+        vec![("CPU", cpus), ("memory", memory), ("object_store_memory", object_store_memory as f64)];
     if let Some(g) = num_gpus {
         items.push(("GPU", g));
     }

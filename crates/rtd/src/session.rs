@@ -45,10 +45,8 @@ impl Session {
 
     /// A fresh session path under `temp_dir`.
     pub fn new_path(temp_dir: &Path) -> PathBuf {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         temp_dir.join(format!("session_{now}_{}", std::process::id()))
     }
 
@@ -186,7 +184,8 @@ impl NodeFile {
 
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string).unwrap_or_default();
         Ok(Self {
             pid: v.get("pid").and_then(|x| x.as_u64()).unwrap_or(0) as u32,

@@ -66,13 +66,16 @@ impl SystemConfig {
         match params.remove("directory_path") {
             Some(Value::String(dir)) if !dir.is_empty() => self.spill_directory = Some(PathBuf::from(dir)),
             Some(Value::Array(_)) => {
-                return Err("rtd spills to one directory: give object_spilling_config's directory_path as a string".into())
+                return Err(
+                    "rtd spills to one directory: give object_spilling_config's directory_path as a string".into()
+                )
             }
             _ => return Err("object_spilling_config of type \"filesystem\" needs params.directory_path".into()),
         }
         if !params.is_empty() {
             let ignored: Vec<&str> = params.keys().map(String::as_str).collect();
-            self.notices.push(format!("object_spilling_config params rtd does not support, ignored: {}", ignored.join(", ")));
+            self.notices
+                .push(format!("object_spilling_config params rtd does not support, ignored: {}", ignored.join(", ")));
         }
         Ok(())
     }
@@ -125,7 +128,10 @@ mod tests {
             ("[1]", "JSON object"),
             (r#"{"object_spilling_config": "{oops"}"#, "object_spilling_config"),
             (r#"{"object_spilling_config": {"type": "filesystem"}}"#, "directory_path"),
-            (r#"{"object_spilling_config": {"type": "filesystem", "params": {"directory_path": ["/a", "/b"]}}}"#, "one directory"),
+            (
+                r#"{"object_spilling_config": {"type": "filesystem", "params": {"directory_path": ["/a", "/b"]}}}"#,
+                "one directory",
+            ),
         ] {
             let err = SystemConfig::parse(text).unwrap_err();
             assert!(err.contains(message), "{text}: {err}");

@@ -239,7 +239,8 @@ fn draw<S: Strategy>(runner: &mut TestRunner, strategy: S) -> S::Value {
 fn value(runner: &mut TestRunner, n: u32, kind: &Kind) -> Field {
     match kind {
         Kind::Varint => {
-            let special = prop_oneof![0u64..4, Just(u64::MAX), Just(-1i64 as u64), Just(i32::MIN as u64), Just(i64::MAX as u64)];
+            let special =
+                prop_oneof![0u64..4, Just(u64::MAX), Just(-1i64 as u64), Just(i32::MIN as u64), Just(i64::MAX as u64)];
             Field::Varint(n, draw(runner, prop_oneof![special, any::<u64>()]))
         }
         Kind::Fixed64 => {
@@ -253,7 +254,8 @@ fn value(runner: &mut TestRunner, n: u32, kind: &Kind) -> Field {
         Kind::Bytes => {
             let id_lengths = [JobId::LEN, ActorId::LEN, TaskId::LEN, ObjectId::LEN, NodeId::LEN, WorkerId::LEN];
             let bytes = prop_oneof![
-                proptest::sample::select(id_lengths.to_vec()).prop_flat_map(|len| proptest::collection::vec(any::<u8>(), len)),
+                proptest::sample::select(id_lengths.to_vec())
+                    .prop_flat_map(|len| proptest::collection::vec(any::<u8>(), len)),
                 proptest::collection::vec(any::<u8>(), 0..40),
                 "[a-zA-Z0-9_ :/.-]{0,24}".prop_map(String::into_bytes),
                 ".{0,8}".prop_map(String::into_bytes),
@@ -379,8 +381,10 @@ async fn fuzz_socket(socket: &Path, frames: Vec<Vec<u8>>) {
 /// `ObjectManager.Pull` requests.
 async fn fuzz_grpc(address: &str, frames: Vec<Vec<u8>>) {
     let bodies: Vec<Body> = frames.iter().filter_map(|f| Frame::decode(&f[..]).ok()?.body).collect();
-    run_parallel(bodies.chunks(BATCH).map(|batch| send_grpc_batch(address.to_string(), batch.to_vec())).collect::<Vec<_>>())
-        .await;
+    run_parallel(
+        bodies.chunks(BATCH).map(|batch| send_grpc_batch(address.to_string(), batch.to_vec())).collect::<Vec<_>>(),
+    )
+    .await;
     let client = RpcClient::connect(address).await.expect("the daemon accepts gRPC connections");
     let mut pulls = ObjectManagerClient::new(client.channel().expect("a gRPC channel"));
     let mut runner = TestRunner::default();
