@@ -28,15 +28,14 @@ use rtd_common::scheduling::Strategy;
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
+/// A dedicated worker's lease on some node, or why none can be granted now.
+pub type LeaseFuture = Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
+
 /// How the GCS gets worker processes for actors (the raylets).
 pub trait WorkerLeaser: Send + Sync + 'static {
     /// A dedicated worker with `resources` on some node chosen by `strategy`, or why
     /// none can be granted now.
-    fn lease(
-        &self,
-        resources: ResourceSet,
-        strategy: Strategy,
-    ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
+    fn lease(&self, resources: ResourceSet, strategy: Strategy) -> LeaseFuture;
     /// Shrinks the lease to what the actor holds while it runs; the worker stays.
     fn shrink(&self, node: NodeId, lease_id: u64, keep: ResourceSet);
     /// Kills the lease's worker; its exit is reported through `lease_lost`.

@@ -293,11 +293,13 @@ mod tests {
 
     /// Nodes whose free resources the fake reserves from, recording what the manager
     /// asked: the resources each placement read, and the bundles held per node.
+    /// Bundles prepared (false) or committed (true), by node, group and index.
+    type HeldBundles = HashMap<(NodeId, PlacementGroupId, u32), (ResourceSet, bool)>;
+
     struct FakeReserver {
         nodes: Vec<NodeId>,
         free: Mutex<HashMap<NodeId, ResourceSet>>,
-        /// Bundles prepared (false) or committed (true), by node, group and index.
-        held: Mutex<HashMap<(NodeId, PlacementGroupId, u32), (ResourceSet, bool)>>,
+        held: Mutex<HeldBundles>,
         asked_for: Mutex<Vec<ResourceSet>>,
     }
 

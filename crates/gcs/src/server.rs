@@ -6,22 +6,20 @@
 //! dead, its actors restart elsewhere and its placement-group bundles are placed again.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
-    KillLeasedWorker, KvGetReply, LeaseGranted, ListActorsReply, ListPlacementGroupsReply, NodeInfo,
-    PlacementGroupRemoved, PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
+    PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
-use crate::actor_manager::{ActorManager, WorkerLeaser};
+use crate::actor_manager::{ActorManager, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
 use crate::{Gcs, NodeUsage};
 
@@ -91,11 +89,7 @@ impl Raylets {
 }
 
 impl WorkerLeaser for Raylets {
-    fn lease(
-        &self,
-        resources: ResourceSet,
-        strategy: Strategy,
-    ) -> Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>> {
+    fn lease(&self, resources: ResourceSet, strategy: Strategy) -> LeaseFuture {
         let rx = self.local.request_actor_lease(resources.clone(), strategy);
         let local_id = self.local_id;
         let peers = self.peers.clone();
@@ -232,6 +226,7 @@ pub struct GcsServer {
 }
 
 /// A placement group id off the wire; a wrong length is answered as invalid.
+#[allow(clippy::result_large_err)] // the error is the reply itself, sent as is
 fn placement_group_id(bytes: &[u8]) -> Result<PlacementGroupId, Body> {
     PlacementGroupId::from_bytes(bytes).map_err(|e| error_body(ErrorCode::Invalid, e.to_string()))
 }
@@ -296,7 +291,8 @@ impl GcsServer {
         nodes
     }
 
-    /// Handles a GCS request; `None` if `body` is not one.
+    /// Handles a GCS request; gives `body` back if it is not one.
+    #[allow(clippy::result_large_err)] // a message that is not the GCS's goes back whole
     pub fn handle(self: &Arc<Self>, conn: ConnId, body: Body) -> Result<Reply, Body> {
         let reply = match body {
             Body::RegisterClient(_) => Reply::Now(Body::RegisterClientReply(RegisterClientReply {

@@ -109,7 +109,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let session = Session::create(&opts.session_dir)?;
     let node_id = NodeId::random();
     let region = Arc::new(
-        ShmRegion::create(&session.shm_path(), opts.object_store_memory)
+        ShmRegion::create(session.shm_path(), opts.object_store_memory)
             .with_context(|| format!("creating the object store at {}", session.shm_path().display()))?,
     );
     region.set_unlink_on_drop(true);
@@ -122,7 +122,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let plasma = PlasmaService::new(store);
     let plasma_listener = rtd_common::rpc::bind(&session.plasma_socket()).context("binding plasma.sock")?;
     let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma));
-    let plasma_client = PlasmaClient::connect(&session.plasma_socket().display().to_string(), &session.shm_path())
+    let plasma_client = PlasmaClient::connect(&session.plasma_socket().display().to_string(), session.shm_path())
         .await
         .map_err(|e| anyhow!("connecting to this node's object store: {e}"))?;
 

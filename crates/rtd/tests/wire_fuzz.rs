@@ -360,7 +360,9 @@ async fn run_parallel<F: Future<Output = ()> + Send + 'static>(jobs: impl IntoIt
     let mut running = JoinSet::new();
     for job in jobs {
         if running.len() >= PARALLEL {
-            running.join_next().await.map(|r| r.expect("a fuzz connection"));
+            if let Some(done) = running.join_next().await {
+                done.expect("a fuzz connection");
+            }
         }
         running.spawn(job);
     }
