@@ -243,7 +243,7 @@ def run_benchmarks(args):
         assert x.nbytes == arr.nbytes
 
     timeit("single client get calls 100MiB numpy (zero-copy)", get_large, **kw)
-    del big
+    big = None  # frees the 100 MiB object
 
     def small_value_batch():
         rt.get([small_value.remote() for _ in range(1000)])

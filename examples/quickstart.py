@@ -8,7 +8,6 @@ rtd works like Ray: ``import rtd as ray`` and the Ray Core API (tasks and object
 import time
 
 import numpy as np
-
 import rtd as ray
 
 ray.init(num_cpus=2)

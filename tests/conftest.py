@@ -21,7 +21,6 @@ import textwrap
 import time
 
 import pytest
-
 import rtd
 
 SHARED_INIT_ARGS = {"num_cpus": 2}
@@ -170,7 +169,8 @@ def assert_session_gone(session_dir: str, pids=(), timeout=10):
     try:
         wait_for_condition(lambda: not session_left_overs(session_dir, pids), timeout=timeout)
     except RuntimeError:
-        raise AssertionError(f"left behind after the runtime stopped: {session_left_overs(session_dir, pids)}")
+        left = session_left_overs(session_dir, pids)
+        raise AssertionError(f"left behind after the runtime stopped: {left}") from None
 
 
 def run_script(source: str, timeout=60, env=None) -> subprocess.CompletedProcess:

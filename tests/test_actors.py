@@ -11,7 +11,6 @@ import os
 import time
 
 import pytest
-
 import rtd
 from conftest import last_json_line, pid_alive, run_script, wait_for_condition
 
@@ -358,7 +357,8 @@ def test_constructor_and_method_args_resolve_top_level_refs_and_keep_nested_refs
             def kind(x):
                 return "ref" if isinstance(x, rtd.ObjectRef) else x
 
-            return [kind(self.top), kind(self.nested[0]), rtd.get(self.nested[0]), kind(top), kind(nested[0]), rtd.get(nested[0])]
+            held = [kind(self.top), kind(self.nested[0]), rtd.get(self.nested[0])]
+            return [*held, kind(top), kind(nested[0]), rtd.get(nested[0])]
 
     a, b, c, d = rtd.put("a"), rtd.put("b"), rtd.put("c"), rtd.put("d")
     h = Holder.remote(a, [b])

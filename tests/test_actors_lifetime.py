@@ -6,9 +6,9 @@ import signal
 import time
 
 import pytest
-
 import rtd
 from conftest import assert_session_gone, cli_head, last_json_line, pid_alive, rtd_cli, run_script, wait_for_condition
+
 
 def _worker_class(**options):
     """An actor that reports its pid, keeps a counter and can crash on request."""

@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 import rtd
 from conftest import assert_session_gone, last_json_line, run_script
 

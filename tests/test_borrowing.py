@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 import rtd
 from conftest import spilled_bytes, wait_for_condition
 

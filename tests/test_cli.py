@@ -8,8 +8,8 @@ import shutil
 import tempfile
 
 import pytest
-
 from conftest import RTD, assert_session_gone, rtd_cli, run_script
+
 
 @pytest.fixture
 def temp_dir():

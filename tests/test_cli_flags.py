@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 
 import pytest
-
 from conftest import RTD, assert_session_gone, last_json_line, rtd_cli, run_script, wait_for_condition
 
 RAY_START_FLAGS = [

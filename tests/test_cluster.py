@@ -25,12 +25,7 @@ import tempfile
 import time
 
 import pytest
-
 import rtd
-from rtd.cluster_utils import Cluster, _free_port
-from rtd.util.placement_group import placement_group, placement_group_table, remove_placement_group
-from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
-
 from conftest import (
     assert_session_gone,
     last_json_line,
@@ -41,6 +36,9 @@ from conftest import (
     spilled_bytes,
     wait_for_condition,
 )
+from rtd.cluster_utils import Cluster, _free_port
+from rtd.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 # A node id of the right shape (28 bytes, hex) that no node has.
 MISSING_NODE = "ab" * 28
@@ -392,7 +390,6 @@ def test_a_large_result_made_on_another_node_reaches_the_driver(nodes):
     @rtd.remote(resources={"alice": 1})
     def make(n):
         import numpy as np
-
         import rtd
 
         return rtd.get_runtime_context().get_node_id(), np.arange(n, dtype=np.float64)
@@ -473,7 +470,6 @@ def test_a_task_on_another_node_returns_a_ref_to_an_object_it_put(nodes):
     @rtd.remote(resources={"alice": 1})
     def make():
         import numpy as np
-
         import rtd
 
         return [rtd.put(np.full(1_000_000, 2.0))]
@@ -825,7 +821,9 @@ def test_a_node_that_just_joined_can_fetch_objects(failure_cluster):
     fetchable then, not only once the node has heard of the others."""
     import numpy as np
 
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"x": 1}}, {"num_cpus": 1, "resources": {"y": 1}}, settle=False)
+    cluster, (x, y) = failure_cluster(
+        {"num_cpus": 1, "resources": {"x": 1}}, {"num_cpus": 1, "resources": {"y": 1}}, settle=False
+    )
     put_ref = rtd.put(np.arange(1_000_000, dtype=np.float64))
 
     @rtd.remote
@@ -861,7 +859,8 @@ def _long_task(max_retries):
 
 
 def test_a_killed_node_is_marked_dead_and_its_running_task_is_retried_elsewhere(failure_cluster, tmp_path):
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+    pinned = {"num_cpus": 1, "resources": {"pin": 1}}
+    cluster, (x, y) = failure_cluster(pinned, dict(pinned))
     marker = _started_marker(tmp_path)
 
     long_task = _long_task(max_retries=3)
@@ -930,7 +929,8 @@ def test_work_on_a_frozen_node_fails_over_once_the_node_is_declared_dead(failure
     """A node whose daemon and workers all hang (as behind a network partition) closes no
     connection; once the head declares it dead, its work must still move, as in Ray: the
     running retriable task is retried and the actor restarts on the other node."""
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 2}}, {"num_cpus": 1, "resources": {"pin": 2}})
+    pinned = {"num_cpus": 1, "resources": {"pin": 2}}
+    cluster, (x, y) = failure_cluster(pinned, dict(pinned))
     counter = _counter_class().options(resources={"pin": 1}, max_restarts=1).remote()
     victim_id = rtd.get(counter.node.remote(), timeout=TIMEOUT)
     victim, survivor = (x, y) if victim_id == x.node_id else (y, x)
@@ -976,7 +976,8 @@ def test_work_on_a_frozen_node_fails_over_once_the_node_is_declared_dead(failure
 
 
 def test_an_actor_on_a_killed_node_restarts_on_another_node(failure_cluster):
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+    pinned = {"num_cpus": 1, "resources": {"pin": 1}}
+    cluster, (x, y) = failure_cluster(pinned, dict(pinned))
     counter = _counter_class().options(resources={"pin": 0.5}, max_restarts=1).remote()
     old_node = rtd.get(counter.node.remote(), timeout=TIMEOUT)
     assert old_node in (x.node_id, y.node_id)
@@ -1139,12 +1140,12 @@ def test_copies_read_on_a_full_node_are_evicted_not_spilled(failure_cluster):
 def _array_on_one_of_two_pin_nodes(failure_cluster, fill):
     """Two nodes with a "pin" resource; a task with retries left makes an array of
     ``fill`` on one of them. Returns (cluster, that node, the other one, the array's ref)."""
-    cluster, (x, y) = failure_cluster({"num_cpus": 1, "resources": {"pin": 1}}, {"num_cpus": 1, "resources": {"pin": 1}})
+    pinned = {"num_cpus": 1, "resources": {"pin": 1}}
+    cluster, (x, y) = failure_cluster(pinned, dict(pinned))
 
     @rtd.remote(resources={"pin": 1}, max_retries=2, num_returns=2)
     def make(fill):
         import numpy as np
-
         import rtd
 
         return rtd.get_runtime_context().get_node_id(), np.full(1_000_000, fill)
@@ -1280,7 +1281,8 @@ def test_a_worker_node_stops_when_its_head_is_stopped(_shared_cluster):
     worker_dir = tempfile.mkdtemp(prefix="rtd-n-", dir="/tmp")
     port = _free_port()
     try:
-        assert rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir).returncode == 0
+        started = rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir)
+        assert started.returncode == 0
         worker = rtd_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", worker_dir)
         assert worker.returncode == 0, worker.stderr
         worker_session = os.path.realpath(os.path.join(worker_dir, "session_latest"))

@@ -1,7 +1,6 @@
 """Application errors raised in tasks: their types and text at ``get``."""
 
 import pytest
-
 import rtd
 
 pytestmark = pytest.mark.usefixtures("shared_runtime")

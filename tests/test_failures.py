@@ -3,7 +3,6 @@
 import os
 
 import pytest
-
 import rtd
 from conftest import bump, read_counter
 

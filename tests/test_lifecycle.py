@@ -10,7 +10,6 @@ import textwrap
 from time import monotonic as time_monotonic
 
 import pytest
-
 import rtd
 from conftest import (
     assert_session_gone,

@@ -17,8 +17,8 @@ Needs root and `ip netns`; skipped otherwise.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,7 +28,6 @@ import textwrap
 import time
 
 import pytest
-
 import rtd
 from conftest import pid_alive, session_processes, shm_files
 
@@ -57,7 +56,8 @@ def _netns_unavailable():
         veth = _ip("-n", probe, "link", "add", "va", "type", "veth", "peer", "name", "vb", check=False)
         if veth.returncode != 0:
             return f"cannot create veth pairs: {veth.stderr.strip()}"
-        ran = subprocess.run([IP, "netns", "exec", probe, sys.executable, "-c", "pass"], capture_output=True, timeout=20)
+        probe_python = [IP, "netns", "exec", probe, sys.executable, "-c", "pass"]
+        ran = subprocess.run(probe_python, capture_output=True, timeout=20)
         if ran.returncode != 0:
             return f"`ip netns exec` failed: {ran.stderr.decode(errors='replace').strip()}"
     finally:
@@ -136,10 +136,10 @@ class Net:
             return ""
 
     def close(self):
-        for role, process in self.daemons.items():
+        for process in self.daemons.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for role, process in self.daemons.items():
+        for process in self.daemons.values():
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -310,7 +310,8 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         assert one["a_to_b"] == [ids["b"], 2_000_000.0]
         # What the tasks printed reached the driver, marked with their machines' addresses.
         for role in ("a", "b"):
-            assert re.search(rf"^\(total pid=\d+, ip={re.escape(net.ips[role])}\) summing$", driver.stdout, re.M), context
+            line = rf"^\(total pid=\d+, ip={re.escape(net.ips[role])}\) summing$"
+            assert re.search(line, driver.stdout, re.M), context
 
         # Phase 2: the node the actor lives on is cut off; the head declares it dead
         # after the timeout, and the job's work on the other node finishes.

@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 import pytest
-
 from conftest import shm_files
 from rtd._private.services import spawn_node
 

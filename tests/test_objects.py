@@ -6,11 +6,10 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import rtd
 from conftest import shm_files, spilled_bytes
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 MB = 1024**2
 

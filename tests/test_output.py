@@ -4,9 +4,8 @@ import re
 import shutil
 import tempfile
 
-from rtd.cluster_utils import _free_port
-
 from conftest import rtd_cli, run_script
+from rtd.cluster_utils import _free_port
 
 
 def test_actor_and_task_output_is_prefixed_with_name_and_pid():

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 import rtd
 from conftest import _shared, barrier_task, cli_head, last_json_line, rtd_cli, run_script, wait_for_condition
 from rtd.util.placement_group import (
@@ -775,7 +774,7 @@ def test_rtd_status_shows_what_placement_groups_reserve(cli_node):
     try:
         wait_for_condition(settled, timeout=10)
     except RuntimeError:
-        raise AssertionError(status_line()[0])
+        raise AssertionError(status_line()[0]) from None
     stdout, _ = status_line()
     assert "_group_" not in stdout, stdout
 

@@ -4,7 +4,6 @@ queries, and infeasible tasks."""
 import time
 
 import pytest
-
 import rtd
 from conftest import barrier_task, run_script, wait_for_condition
 

@@ -5,7 +5,6 @@ test_placement_groups.py."""
 from __future__ import annotations
 
 import pytest
-
 import rtd
 from rtd.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 

@@ -6,7 +6,6 @@ import os
 import time
 
 import pytest
-
 import rtd
 from conftest import wait_for_condition
 

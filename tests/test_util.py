@@ -6,7 +6,6 @@ import queue as stdlib_queue
 import time
 
 import pytest
-
 import rtd
 from rtd.util import ActorPool
 from rtd.util.queue import Empty, Full, Queue

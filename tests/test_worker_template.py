@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-
 import rtd
 from conftest import (
     assert_session_gone,

@@ -9,7 +9,10 @@
     print(rtd.get([square.remote(i) for i in range(4)]))  # [0, 1, 4, 9]
 """
 
-from rtd import exceptions
+from rtd import (
+    exceptions,
+    util,  # noqa: E402 - `rtd.util` is available after `import rtd`, as in Ray
+)
 from rtd._core import ObjectRef
 from rtd.actor import get_actor, kill, method
 from rtd.api import (
@@ -28,7 +31,6 @@ from rtd.api import (
     wait,
 )
 from rtd.remote_function import RemoteFunction
-from rtd import util  # noqa: E402 - `rtd.util` is available after `import rtd`, as in Ray
 
 __version__ = "0.1.0"
 

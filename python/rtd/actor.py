@@ -23,8 +23,7 @@ import cloudpickle
 
 from rtd import _core, api, exceptions
 from rtd._private import options as opts
-from rtd._private import scheduling
-from rtd._private import serialization
+from rtd._private import scheduling, serialization
 
 _METHOD_OPTIONS = "__rtd_method_options__"
 DEFAULT_ASYNC_CONCURRENCY = 1000

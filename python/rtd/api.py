@@ -103,7 +103,9 @@ def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
     if object_store_memory is not None and (
         not isinstance(object_store_memory, int) or object_store_memory < 1 << 20
     ):
-        raise ValueError(f"object_store_memory must be an integer number of bytes >= 1 MiB, got {object_store_memory!r}.")
+        raise ValueError(
+            f"object_store_memory must be an integer number of bytes >= 1 MiB, got {object_store_memory!r}."
+        )
 
 
 def init(

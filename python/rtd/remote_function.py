@@ -7,8 +7,7 @@ import hashlib
 
 from rtd import _core, api
 from rtd._private import options as opts
-from rtd._private import scheduling
-from rtd._private import serialization
+from rtd._private import scheduling, serialization
 
 
 class RemoteFunction:

@@ -9,7 +9,7 @@ from rtd import _core
 
 
 def future_for(ref) -> concurrent.futures.Future:
-    future = concurrent.futures.Future()
+    future: concurrent.futures.Future = concurrent.futures.Future()
 
     def done():
         from rtd import api

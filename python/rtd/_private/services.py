@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-
 _START_TIMEOUT_S = 30.0
 
 

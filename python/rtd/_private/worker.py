@@ -171,7 +171,9 @@ class _ActorRuntime:
         elif config["max_concurrency"] > 1 or config["concurrency_groups"]:
             from concurrent.futures import ThreadPoolExecutor
 
-            self.pools = {name: ThreadPoolExecutor(n, thread_name_prefix=f"rtd-{name or 'default'}") for name, n in groups.items()}
+            self.pools = {
+                name: ThreadPoolExecutor(n, thread_name_prefix=f"rtd-{name or 'default'}") for name, n in groups.items()
+            }
 
     def dispatch(self, task):
         if self.loop is not None:
@@ -260,7 +262,7 @@ class _PrefixedStream:
         return getattr(self._stream, name)
 
 
-_gone_drivers = set()
+_gone_drivers: set[str] = set()
 
 
 def _driver_address():
