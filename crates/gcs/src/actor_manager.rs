@@ -29,7 +29,20 @@ use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
 /// A dedicated worker's lease on some node, or why none can be granted now.
-pub type LeaseFuture = Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), String>> + Send>>;
+pub type LeaseFuture = Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), LeaseError>> + Send>>;
+
+/// Why no worker could be leased for an actor now; the GCS tries again later.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("no node can host it: {0}")]
+    Infeasible(String),
+    #[error("the raylet refused: {0}")]
+    Refused(String),
+    #[error("the raylet could not be asked: {0}")]
+    Rpc(#[from] rtd_common::rpc::RpcError),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
 
 /// How the GCS gets worker processes for actors (the raylets).
 pub trait WorkerLeaser: Send + Sync + 'static {

@@ -14,12 +14,12 @@ use rtd_common::proto::{
     KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
     PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
 };
-use rtd_common::rpc::{error_body, ConnectionCache, Reply};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
-use crate::actor_manager::{ActorManager, LeaseFuture, WorkerLeaser};
+use crate::actor_manager::{ActorManager, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
 use crate::{Gcs, NodeUsage};
 
@@ -98,8 +98,8 @@ impl WorkerLeaser for Raylets {
                 Ok(Body::RequestLeaseReply(r)) => match r.result {
                     Some(LeaseResult::Granted(g)) => Ok((local_id, g)),
                     Some(LeaseResult::Spillback(to)) => {
-                        let node = NodeId::from_bytes(&to.node_id).map_err(|e| e.to_string())?;
-                        let client = peers.get(&to.raylet_address).await.map_err(|e| e.to_string())?;
+                        let node = NodeId::from_bytes(&to.node_id).map_err(|e| LeaseError::Refused(e.to_string()))?;
+                        let client = peers.get(&to.raylet_address).await?;
                         let request = RequestLease {
                             resources: resources.to_fixed_map(),
                             no_spillback: true,
@@ -109,17 +109,17 @@ impl WorkerLeaser for Raylets {
                         match client.call(Body::RequestLease(request)).await {
                             Ok(Body::RequestLeaseReply(r)) => match r.result {
                                 Some(LeaseResult::Granted(g)) => Ok((node, g)),
-                                _ => Err("the other node could not grant the lease".into()),
+                                _ => Err(LeaseError::Refused(format!("node {node} could not grant the lease"))),
                             },
-                            Ok(_) => Err("unexpected reply to RequestLease".into()),
-                            Err(e) => Err(e.to_string()),
+                            Ok(_) => Err(RpcError::UnexpectedReply(to.raylet_address).into()),
+                            Err(e) => Err(e.into()),
                         }
                     }
-                    Some(LeaseResult::Infeasible(i)) => Err(i.message),
-                    None => Err("empty lease reply".into()),
+                    Some(LeaseResult::Infeasible(i)) => Err(LeaseError::Infeasible(i.message)),
+                    None => Err(LeaseError::Refused("an empty lease reply".into())),
                 },
-                Ok(Body::Error(e)) => Err(e.message),
-                _ => Err("the node is shutting down".into()),
+                Ok(Body::Error(e)) => Err(LeaseError::Refused(e.message)),
+                _ => Err(LeaseError::ShuttingDown),
             }
         })
     }
