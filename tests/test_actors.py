@@ -12,7 +12,7 @@ import time
 
 import pytest
 import rtd
-from conftest import last_json_line, pid_alive, run_script, wait_for_condition
+from conftest import SignalActor, last_json_line, pid_alive, run_script, wait_for_condition
 
 
 def _counter_class(**options):
@@ -977,28 +977,24 @@ def test_constructor_error_reraises_on_calls_as_actor_died_error():
         rtd.get(b.f.remote(), timeout=20)
 
 
-def _released_later(tmp_path):
-    """A task that returns ``value`` once the test creates the file it waits for."""
-    release = tmp_path / "release"
+def _released_later():
+    """A task ``when_released(value)`` that returns (or raises) ``value`` once the test
+    sends the returned signal."""
+    signal = SignalActor.remote()
 
     @rtd.remote(num_cpus=0)
     def when_released(value):
-        import os
-        import time
-
-        deadline = time.monotonic() + 30
-        while not os.path.exists(str(release)) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        rtd.get(signal.wait.remote())
         if isinstance(value, BaseException):
             raise value
         return value
 
-    return when_released, release
+    return when_released, signal
 
 
 @pytest.mark.usefixtures("shared_runtime")
-def test_creating_an_actor_does_not_wait_for_its_constructor_arguments(tmp_path):
-    when_released, release = _released_later(tmp_path)
+def test_creating_an_actor_does_not_wait_for_its_constructor_arguments():
+    when_released, release = _released_later()
     Counter = _counter_class()
     start = when_released.remote(10)
     t0 = time.monotonic()
@@ -1009,19 +1005,19 @@ def test_creating_an_actor_does_not_wait_for_its_constructor_arguments(tmp_path)
     assert rtd.get_actor("pending-args")._actor_id == counter._actor_id
     ready, _ = rtd.wait([first], timeout=0.3)
     assert not ready, "a call ran before the constructor had its argument"
-    release.touch()
+    rtd.get(release.send.remote())
     assert rtd.get(first, timeout=20) == 11
     assert rtd.get(counter.incr.remote(), timeout=20) == 12
     rtd.kill(counter)
 
 
 @pytest.mark.usefixtures("shared_runtime")
-def test_a_constructor_argument_that_fails_later_kills_the_actor_with_that_error(tmp_path):
-    when_released, release = _released_later(tmp_path)
+def test_a_constructor_argument_that_fails_later_kills_the_actor_with_that_error():
+    when_released, release = _released_later()
     Counter = _counter_class()
     counter = Counter.remote(when_released.remote(ZeroDivisionError("argument exploded")))
     call = counter.incr.remote()
-    release.touch()
+    rtd.get(release.send.remote())
     with pytest.raises(rtd.exceptions.RayActorError, match="argument exploded"):
         rtd.get(call, timeout=20)
 
