@@ -70,6 +70,44 @@ def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):
         time.sleep(retry_interval_ms / 1000)
 
 
+def _define_signal_actor():
+    # Defined inside a function so cloudpickle ships it by value to the workers (they
+    # cannot import the test modules).
+    class SignalActor:
+        """A latch a test holds work on, as Ray's ``ray._common.test_utils.SignalActor``:
+        remote code blocks in ``rtd.get(signal.wait.remote())`` until the test calls
+        ``signal.send.remote()``, so the test decides when work proceeds instead of
+        guessing with sleeps. ``cur_num_waiters`` tells the test the work has reached
+        the latch. Every method is async: they all run on the actor's event loop, the
+        only thread that may touch the ``asyncio.Event``."""
+
+        def __init__(self):
+            import asyncio
+
+            self.ready_event = asyncio.Event()
+            self.num_waiters = 0
+
+        async def send(self, clear=False):
+            self.ready_event.set()
+            if clear:
+                self.ready_event.clear()
+
+        async def wait(self, should_wait=True):
+            if should_wait:
+                self.num_waiters += 1
+                await self.ready_event.wait()
+                self.num_waiters -= 1
+
+        async def cur_num_waiters(self):
+            return self.num_waiters
+
+    return SignalActor
+
+
+# Holds no CPU, so it can be created while tasks or placement groups take every CPU.
+SignalActor = rtd.remote(num_cpus=0)(_define_signal_actor())
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` is a live process (a zombie counts as gone)."""
     try:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import rtd
-from conftest import last_json_line, pid_alive, run_script, wait_for_condition
+from conftest import SignalActor, last_json_line, pid_alive, run_script, wait_for_condition
 
 
 def _counter_class(**options):
@@ -878,9 +878,10 @@ def test_dropping_a_handle_from_get_actor_does_not_kill_the_actor():
     found = rtd.get_actor("borrowed-handle")
     assert rtd.get(found.incr.remote()) == 1
     del found
-    time.sleep(0.3)
-    assert pid_alive(pid)
+    # A call goes through the same submitter queue a dropped last handle would: had
+    # `del found` ended the actor, this call would fail, so no wait is needed before it.
     assert rtd.get(c.incr.remote()) == 2
+    assert pid_alive(pid)
 
 
 def _raises(error, fn, *args):
@@ -912,7 +913,10 @@ def test_actor_with_explicit_num_cpus_holds_them_for_its_life():
     c = Counter.remote()
     rtd.get(c.__ray_ready__.remote())
     wait_for_condition(lambda: _available_cpu() == 1.0)
-    time.sleep(0.2)
+    # The GCS shrinks the actor's lease to what it holds while running before it reports
+    # the actor alive, so 1.0 is the settled state, not a moment on the way to 2.0: it
+    # stays while the actor works.
+    assert rtd.get(c.incr.remote()) == 1
     assert _available_cpu() == 1.0
     rtd.kill(c)
     wait_for_condition(lambda: _available_cpu() == 2.0)
@@ -973,28 +977,24 @@ def test_constructor_error_reraises_on_calls_as_actor_died_error():
         rtd.get(b.f.remote(), timeout=20)
 
 
-def _released_later(tmp_path):
-    """A task that returns ``value`` once the test creates the file it waits for."""
-    release = tmp_path / "release"
+def _released_later():
+    """A task ``when_released(value)`` that returns (or raises) ``value`` once the test
+    sends the returned signal."""
+    signal = SignalActor.remote()
 
     @rtd.remote(num_cpus=0)
     def when_released(value):
-        import os
-        import time
-
-        deadline = time.monotonic() + 30
-        while not os.path.exists(str(release)) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        rtd.get(signal.wait.remote())
         if isinstance(value, BaseException):
             raise value
         return value
 
-    return when_released, release
+    return when_released, signal
 
 
 @pytest.mark.usefixtures("shared_runtime")
-def test_creating_an_actor_does_not_wait_for_its_constructor_arguments(tmp_path):
-    when_released, release = _released_later(tmp_path)
+def test_creating_an_actor_does_not_wait_for_its_constructor_arguments():
+    when_released, release = _released_later()
     Counter = _counter_class()
     start = when_released.remote(10)
     t0 = time.monotonic()
@@ -1005,19 +1005,19 @@ def test_creating_an_actor_does_not_wait_for_its_constructor_arguments(tmp_path)
     assert rtd.get_actor("pending-args")._actor_id == counter._actor_id
     ready, _ = rtd.wait([first], timeout=0.3)
     assert not ready, "a call ran before the constructor had its argument"
-    release.touch()
+    rtd.get(release.send.remote())
     assert rtd.get(first, timeout=20) == 11
     assert rtd.get(counter.incr.remote(), timeout=20) == 12
     rtd.kill(counter)
 
 
 @pytest.mark.usefixtures("shared_runtime")
-def test_a_constructor_argument_that_fails_later_kills_the_actor_with_that_error(tmp_path):
-    when_released, release = _released_later(tmp_path)
+def test_a_constructor_argument_that_fails_later_kills_the_actor_with_that_error():
+    when_released, release = _released_later()
     Counter = _counter_class()
     counter = Counter.remote(when_released.remote(ZeroDivisionError("argument exploded")))
     call = counter.incr.remote()
-    release.touch()
+    rtd.get(release.send.remote())
     with pytest.raises(rtd.exceptions.RayActorError, match="argument exploded"):
         rtd.get(call, timeout=20)
 

@@ -7,7 +7,16 @@ import time
 
 import pytest
 import rtd
-from conftest import assert_session_gone, cli_head, last_json_line, pid_alive, rtd_cli, run_script, wait_for_condition
+from conftest import (
+    SignalActor,
+    assert_session_gone,
+    cli_head,
+    last_json_line,
+    pid_alive,
+    rtd_cli,
+    run_script,
+    wait_for_condition,
+)
 
 
 def _worker_class(**options):
@@ -27,14 +36,13 @@ def _worker_class(**options):
 
                 return os.getpid()
 
-            def sleep(self, seconds, marker=None):
-                import time
-
-                time.sleep(seconds)
+            def hold(self, signal, marker=None):
+                """Runs until the test sends ``signal``; then writes ``marker``."""
+                rtd.get(signal.wait.remote())
                 if marker:
                     with open(marker, "w") as f:
                         f.write("done")
-                return "slept"
+                return "released"
 
             def crash(self):
                 import os
@@ -87,12 +95,18 @@ def test_actor_finishes_pending_calls_before_it_is_destroyed(tmp_path):
     Worker = _worker_class()
     w = Worker.remote()
     pid = rtd.get(w.pid.remote())
-    ref = w.sleep.remote(0.5, marker)
+    signal = SignalActor.remote()
+    ref = w.hold.remote(signal, marker)
+    wait_for_condition(lambda: rtd.get(signal.cur_num_waiters.remote()) == 1)
     del w
-    # The pending call is still running: the actor is not killed under it.
-    time.sleep(0.2)
+    # The call cannot finish before the signal is sent, so it is still pending when the
+    # last handle goes. Killing the actor under it would fail the call, making it ready:
+    # `rtd.wait` answering not-ready for a while is the window in which that did not happen.
+    ready, _ = rtd.wait([ref], timeout=0.5)
+    assert ready == []
     assert pid_alive(pid)
-    assert rtd.get(ref, timeout=10) == "slept"
+    rtd.get(signal.send.remote())
+    assert rtd.get(ref, timeout=10) == "released"
     assert os.path.exists(marker)
     wait_for_condition(lambda: not pid_alive(pid), timeout=10)
 
@@ -104,9 +118,10 @@ def test_actor_lives_while_a_copy_of_its_handle_is_held():
     other = w
     pid = rtd.get(w.pid.remote())
     del w
-    time.sleep(0.3)
-    assert pid_alive(pid)
+    # A call goes through the same submitter queue a dropped last handle would: had
+    # `del w` ended the actor, this call would fail, so no wait is needed before it.
     assert rtd.get(other.incr.remote()) == 1
+    assert pid_alive(pid)
     del other
     wait_for_condition(lambda: not pid_alive(pid), timeout=10)
 
@@ -133,9 +148,11 @@ def test_kill_ends_the_actor_at_once_and_later_calls_raise_actor_error():
     Worker = _worker_class()
     w = Worker.remote()
     pid = rtd.get(w.pid.remote())
-    in_flight = w.sleep.remote(30)
+    signal = SignalActor.remote()
+    in_flight = w.hold.remote(signal)
     queued = w.incr.remote()
-    time.sleep(0.2)
+    # The first call is running (blocked on the signal, never sent) and the second queued behind it.
+    wait_for_condition(lambda: rtd.get(signal.cur_num_waiters.remote()) == 1)
     start = time.monotonic()
     rtd.kill(w, no_restart=True)
     wait_for_condition(lambda: not pid_alive(pid), timeout=5)

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import rtd
-from conftest import shm_files, spilled_bytes
+from conftest import SignalActor, shm_files, spilled_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,15 +132,16 @@ def test_object_put_by_a_task_can_be_fetched_by_the_driver(shared_runtime):
 
 def test_ref_nested_in_an_argument_stays_alive_after_the_driver_drops_it(shared_runtime):
     @rtd.remote
-    def total_later(refs):
-        import time
-
-        time.sleep(0.3)
+    def total_later(refs, signal):
+        rtd.get(signal.wait.remote())
         return float(rtd.get(refs[0]).sum())
 
+    signal = SignalActor.remote()
     inner = rtd.put(np.ones(MB // 8 * 4))
-    out = total_later.remote([inner])
+    out = total_later.remote([inner], signal)
     del inner
+    # The task reads the ref only once the signal is sent, after the driver dropped it.
+    rtd.get(signal.send.remote())
     assert rtd.get(out, timeout=20) == float(MB // 8 * 4)
 
 
