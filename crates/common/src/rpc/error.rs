@@ -1,0 +1,44 @@
+//! What can go wrong in a call, and the error reply a handler sends.
+
+use crate::proto::{frame::Body, ErrorCode, ErrorReply};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("connection to {0} is closed")]
+    Disconnected(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("{message}")]
+    Remote { code: ErrorCode, message: String },
+    #[error("unexpected reply from {0}")]
+    UnexpectedReply(String),
+}
+
+impl RpcError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RpcError::Remote { code, .. } => *code,
+            RpcError::Disconnected(_) => ErrorCode::WorkerDied,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+pub fn error_body(code: ErrorCode, message: impl Into<String>) -> Body {
+    Body::Error(ErrorReply { code: code as i32, message: message.into() })
+}
+
+/// An error and its causes on one line (tonic's own message is only "transport error").
+pub fn describe_error(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = e.source();
+    }
+    text
+}
