@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use rtd_common::bundle::BundleResource;
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, TaskSpec,
+    object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, PushTaskReply, TaskSpec,
 };
-use rtd_common::rpc::RpcClient;
+use rtd_common::rpc::RpcError;
 use rtd_common::scheduling::Strategy;
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
@@ -44,11 +44,18 @@ pub enum LeaseError {
     ShuttingDown,
 }
 
-/// How the GCS gets worker processes for actors (the raylets).
+/// The constructor's reply from the worker, or why it did not come.
+pub type CreationFuture = Pin<Box<dyn Future<Output = Result<PushTaskReply, RpcError>> + Send>>;
+
+/// How the GCS gets worker processes for actors and starts actors in them (the raylets
+/// and their workers). Everything the actor manager sends to another process goes
+/// through here, so tests drive the manager with a fake.
 pub trait WorkerLeaser: Send + Sync + 'static {
     /// A dedicated worker with `resources` on some node chosen by `strategy`, or why
     /// none can be granted now.
     fn lease(&self, resources: ResourceSet, strategy: Strategy) -> LeaseFuture;
+    /// Runs the actor's creation task on the leased worker at `worker_address`.
+    fn run_constructor(&self, worker_address: &str, task: PushTask) -> CreationFuture;
     /// Shrinks the lease to what the actor holds while it runs; the worker stays.
     fn shrink(&self, node: NodeId, lease_id: u64, keep: ResourceSet);
     /// Kills the lease's worker; its exit is reported through `lease_lost`.
@@ -192,16 +199,11 @@ impl ActorManager {
                 e.lease = Some((node, grant.lease_id));
             }
         }
-        let reply = match RpcClient::connect(&grant.worker_address).await {
-            Ok(worker) => {
-                let mut spec = spec;
-                spec.attempt = self.lock().actors.get(&actor_id).map(|e| e.info.num_restarts).unwrap_or(0);
-                worker.call(Body::PushTask(PushTask { spec: Some(spec), gpu_ids: grant.gpu_ids.clone() })).await
-            }
-            Err(e) => Err(e),
-        };
-        match reply {
-            Ok(Body::PushTaskReply(r)) if !r.app_error => {
+        let mut spec = spec;
+        spec.attempt = self.lock().actors.get(&actor_id).map(|e| e.info.num_restarts).unwrap_or(0);
+        let task = PushTask { spec: Some(spec), gpu_ids: grant.gpu_ids.clone() };
+        match self.leaser.run_constructor(&grant.worker_address, task).await {
+            Ok(r) if !r.app_error => {
                 let running = self
                     .lock()
                     .actors
@@ -215,7 +217,7 @@ impl ActorManager {
                     info.pid = grant.pid;
                 });
             }
-            Ok(Body::PushTaskReply(r)) => {
+            Ok(r) => {
                 // The constructor raised: the actor is dead, with the error as cause.
                 let cause = r
                     .returns
@@ -397,5 +399,198 @@ impl ActorManager {
         for id in ids {
             self.mark_dead(&id, "the node is shutting down".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtd_common::proto::{ActorOptions, InlineObject, ObjectValue, ReturnObject};
+
+    /// Raylets that grant every lease at once on one node, and workers that answer every
+    /// constructor (raising `raises` if set), recording what the manager asked for.
+    struct FakeRaylets {
+        node: NodeId,
+        raises: Option<String>,
+        leases: Mutex<u64>,
+        attempts: Mutex<Vec<u32>>,
+        shrunk: Mutex<Vec<(u64, ResourceSet)>>,
+        killed: Mutex<Vec<u64>>,
+    }
+
+    impl FakeRaylets {
+        fn new(raises: Option<&str>) -> Arc<Self> {
+            Arc::new(Self {
+                node: NodeId::random(),
+                raises: raises.map(str::to_string),
+                leases: Mutex::new(0),
+                attempts: Mutex::new(Vec::new()),
+                shrunk: Mutex::new(Vec::new()),
+                killed: Mutex::new(Vec::new()),
+            })
+        }
+    }
+
+    impl WorkerLeaser for FakeRaylets {
+        fn lease(&self, _resources: ResourceSet, _strategy: Strategy) -> LeaseFuture {
+            let lease_id = {
+                let mut leases = self.leases.lock().expect("fake lock");
+                *leases += 1;
+                *leases
+            };
+            let grant = LeaseGranted {
+                lease_id,
+                worker_address: format!("worker-{lease_id}"),
+                pid: 1000 + lease_id as u32,
+                ..Default::default()
+            };
+            let node = self.node;
+            Box::pin(async move { Ok((node, grant)) })
+        }
+
+        fn run_constructor(&self, _worker_address: &str, task: PushTask) -> CreationFuture {
+            let attempt = task.spec.map(|s| s.attempt).unwrap_or_default();
+            self.attempts.lock().expect("fake lock").push(attempt);
+            let reply = match &self.raises {
+                None => PushTaskReply::default(),
+                Some(error) => PushTaskReply {
+                    app_error: true,
+                    returns: vec![ReturnObject {
+                        value: Some(ObjectValue {
+                            kind: Some(Kind::Inline(InlineObject {
+                                metadata: 1,
+                                data: error.clone().into_bytes().into(),
+                            })),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            };
+            Box::pin(async move { Ok(reply) })
+        }
+
+        fn shrink(&self, _node: NodeId, lease_id: u64, keep: ResourceSet) {
+            self.shrunk.lock().expect("fake lock").push((lease_id, keep));
+        }
+
+        fn kill(&self, _node: NodeId, lease_id: u64) {
+            self.killed.lock().expect("fake lock").push(lease_id);
+        }
+    }
+
+    fn cpus(n: f64) -> ResourceSet {
+        ResourceSet::from_floats([("CPU", n)]).expect("valid")
+    }
+
+    fn request(name: &str, max_restarts: i32, get_if_exists: bool) -> (ActorId, CreateActor) {
+        let actor_id = ActorId::random();
+        let spec =
+            TaskSpec { actor_id: actor_id.to_vec().into(), resources: cpus(1.0).to_fixed_map(), ..Default::default() };
+        let options = ActorOptions {
+            name: name.into(),
+            namespace: "ns".into(),
+            max_restarts,
+            get_if_exists,
+            running_resources: cpus(0.5).to_fixed_map(),
+            ..Default::default()
+        };
+        (actor_id, CreateActor { spec: Some(spec), options: Some(options), args_pending: false })
+    }
+
+    /// The actor's info once it is in `wanted`; panics after a bounded wait.
+    async fn reaches(manager: &ActorManager, actor_id: &ActorId, wanted: ActorState) -> ActorInfo {
+        let wait = async {
+            let mut epoch = 0;
+            loop {
+                let info = manager.wait(actor_id, epoch).expect("a known actor").await.expect("an answer");
+                if info.state == wanted as i32 {
+                    return info;
+                }
+                epoch = info.epoch;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("the actor reaches the state")
+    }
+
+    #[tokio::test]
+    async fn an_actor_is_alive_once_its_constructor_returns_and_keeps_only_its_running_resources() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone());
+        let (actor_id, req) = request("", 0, false);
+        assert_eq!(manager.create(7, req).expect("created").state, ActorState::Pending as i32);
+        let alive = reaches(&manager, &actor_id, ActorState::Alive).await;
+        assert_eq!((alive.address.as_str(), alive.pid), ("worker-1", 1001));
+        assert_eq!(*raylets.shrunk.lock().expect("fake lock"), vec![(1, cpus(0.5))]);
+    }
+
+    #[tokio::test]
+    async fn a_constructor_that_raises_kills_the_actor_with_its_error_as_the_cause() {
+        let raylets = FakeRaylets::new(Some("ValueError: no"));
+        let manager = ActorManager::new(raylets.clone());
+        let (actor_id, req) = request("", 3, false);
+        manager.create(7, req).expect("created");
+        let dead = reaches(&manager, &actor_id, ActorState::Dead).await;
+        assert_eq!(dead.death_cause, "ValueError: no");
+        // A constructor error is the actor's own: no restart.
+        assert_eq!(raylets.attempts.lock().expect("fake lock").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_worker_restarts_the_actor_while_restarts_remain() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone());
+        let (actor_id, req) = request("", 1, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &actor_id, ActorState::Alive).await;
+
+        manager.lease_lost(raylets.node, 1);
+        let again = reaches(&manager, &actor_id, ActorState::Alive).await;
+        assert_eq!((again.num_restarts, again.address.as_str()), (1, "worker-2"));
+        assert_eq!(*raylets.attempts.lock().expect("fake lock"), vec![0, 1]);
+
+        manager.lease_lost(raylets.node, 2);
+        let dead = reaches(&manager, &actor_id, ActorState::Dead).await;
+        assert!(dead.death_cause.contains("no restarts are left"), "{}", dead.death_cause);
+        // A lease the actor no longer holds changes nothing.
+        manager.lease_lost(raylets.node, 1);
+        assert_eq!(reaches(&manager, &actor_id, ActorState::Dead).await.num_restarts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_name_is_held_until_its_actor_dies_and_get_if_exists_returns_the_holder() {
+        let manager = ActorManager::new(FakeRaylets::new(None));
+        let (first, req) = request("counter", 0, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &first, ActorState::Alive).await;
+
+        let (_, taken) = request("counter", 0, false);
+        assert!(matches!(manager.create(8, taken), Err(ActorError::NameTaken { .. })));
+        let (_, existing) = request("counter", 0, true);
+        assert_eq!(manager.create(8, existing).expect("the holder").actor_id.as_ref(), first.as_bytes());
+        assert_eq!(manager.get_named("ns", "counter").map(|i| i.actor_id), Some(first.to_vec().into()));
+
+        assert!(manager.kill(&first, true, ""));
+        reaches(&manager, &first, ActorState::Dead).await;
+        assert!(manager.get_named("ns", "counter").is_none());
+        let (second, reuse) = request("counter", 0, false);
+        manager.create(8, reuse).expect("the name is free again");
+        reaches(&manager, &second, ActorState::Alive).await;
+    }
+
+    #[tokio::test]
+    async fn kill_without_restart_ends_the_actor_and_its_worker() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone());
+        let (actor_id, req) = request("", -1, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &actor_id, ActorState::Alive).await;
+        assert!(manager.kill(&actor_id, true, ""));
+        let dead = reaches(&manager, &actor_id, ActorState::Dead).await;
+        assert!(dead.death_cause.contains("rtd.kill()"), "{}", dead.death_cause);
+        assert_eq!(*raylets.killed.lock().expect("fake lock"), vec![1]);
+        // Its worker's exit, reported later, does not bring it back.
+        manager.lease_lost(raylets.node, 1);
+        assert_eq!(reaches(&manager, &actor_id, ActorState::Dead).await.num_restarts, 0);
     }
 }

@@ -12,14 +12,14 @@ use std::time::Duration;
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
     KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
-    PrepareBundle, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+    PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
 };
-use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
-use crate::actor_manager::{ActorManager, LeaseError, LeaseFuture, WorkerLeaser};
+use crate::actor_manager::{ActorManager, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
 use crate::{Gcs, NodeUsage};
 
@@ -138,6 +138,19 @@ impl WorkerLeaser for Raylets {
         } else {
             self.send_remote(node, Body::KillLeasedWorker(KillLeasedWorker { lease_id }));
         }
+    }
+
+    fn run_constructor(&self, worker_address: &str, task: PushTask) -> CreationFuture {
+        let address = worker_address.to_string();
+        Box::pin(async move {
+            // A connection of its own, closed once the constructor has answered: the
+            // GCS does not talk to the actor after that.
+            let worker = RpcClient::connect(&address).await?;
+            match worker.call(Body::PushTask(task)).await? {
+                Body::PushTaskReply(reply) => Ok(reply),
+                _ => Err(RpcError::UnexpectedReply(address)),
+            }
+        })
     }
 }
 
