@@ -108,15 +108,26 @@ def _define_signal_actor():
 SignalActor = rtd.remote(num_cpus=0)(_define_signal_actor())
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a live process (a zombie counts as gone)."""
+def _stat_fields(pid: int) -> list:
+    """The fields of ``/proc/PID/stat`` after the command name (state first, then the
+    parent pid, ...); empty once the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie counts as gone)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def process_sleeping(pid: int) -> bool:
+    """True while ``pid``'s main thread sleeps (waits in the kernel) rather than runs."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] == "S"
 
 
 def session_processes(session_dir: str) -> list:
@@ -145,11 +156,8 @@ def session_processes(session_dir: str) -> list:
 
 def parent_pid(pid: int):
     """The parent of ``pid`` (from ``/proc/PID/stat``), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else None
 
 
 def _cmdline(pid: int) -> bytes:

@@ -3,8 +3,9 @@ polls for signals while it waits, so SIGINT raises ``KeyboardInterrupt`` in the 
 promptly instead of after the wait (which here would never end).
 
 Each driver runs as a subprocess: it prints ``BLOCKING`` just before the call, the test
-sends SIGINT, and the driver prints ``INTERRUPTED`` with the seconds since the signal
-reached it once ``KeyboardInterrupt`` came out of the call.
+waits until the driver sleeps in it and sends SIGINT, and the driver prints
+``INTERRUPTED`` with the seconds since the signal reached it and the file of the frame
+``KeyboardInterrupt`` came out of (rtd's, not the driver's own line).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+import rtd
+from conftest import process_sleeping, wait_for_condition
 
 # Seconds within which an interrupted call must have raised.
 PROMPTLY = 3.0
@@ -40,8 +42,16 @@ print("BLOCKING", flush=True)
 try:
     {blocking_call}
     print("RETURNED", flush=True)
-except KeyboardInterrupt:
-    print(f"INTERRUPTED {{time.monotonic() - received[0]:.3f}}", flush=True)
+except KeyboardInterrupt as e:
+    # The innermost frame below our handler: where the signal was taken.
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name != "note_and_raise":
+            frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    raised_in = frames[-1].f_code.co_filename
+    print(f"INTERRUPTED {{time.monotonic() - received[0]:.3f}} {{raised_in}}", flush=True)
 rtd.shutdown()
 """
 
@@ -58,9 +68,16 @@ def _interrupt_driver(setup: str, blocking_call: str) -> float:
     try:
         line = driver.stdout.readline()
         assert line.strip() == "BLOCKING", line + driver.stderr.read()
-        # Let the driver get into the call (a signal before it would be raised by the
-        # interpreter, not by the call).
-        time.sleep(0.5)
+        # A signal before the call would be raised by the interpreter, not by the call:
+        # wait until the driver sleeps in the call, seen twice in a row (a running
+        # interpreter does not sleep).
+        samples = []
+
+        def asleep_in_call():
+            samples.append(process_sleeping(driver.pid))
+            return samples[-2:] == [True, True]
+
+        wait_for_condition(asleep_in_call, timeout=20)
         driver.send_signal(signal.SIGINT)
         out, err = driver.communicate(timeout=30)
     finally:
@@ -70,7 +87,9 @@ def _interrupt_driver(setup: str, blocking_call: str) -> float:
     lines = out.split()
     assert "INTERRUPTED" in lines, f"stdout: {out!r}\nstderr: {err}"
     assert driver.returncode == 0, err
-    return float(lines[lines.index("INTERRUPTED") + 1])
+    waited, raised_in = lines[lines.index("INTERRUPTED") + 1 : lines.index("INTERRUPTED") + 3]
+    assert os.path.dirname(rtd.__file__) in raised_in, raised_in
+    return float(waited)
 
 
 @pytest.mark.timeout(60)
