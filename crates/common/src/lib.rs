@@ -10,7 +10,7 @@ pub mod resources;
 pub mod rpc;
 pub mod scheduling;
 
-/// Messages generated from `proto/rtd.proto`.
+/// Messages generated from `proto/*.proto` (one package, `rtd`).
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/rtd.rs"));
 }

@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, ActorInfo, ActorState, KillActor, PushTask, PushTaskReply, TaskSpec, WaitActor};
+use rtd_common::proto::{ActorInfo, ActorState, KillActor, PushTask, PushTaskReply, TaskSpec, WaitActor};
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
 use tokio::sync::mpsc;
@@ -209,15 +209,10 @@ impl State {
             }
             q.unpushed.pop_front();
             call.pushed_in = Some(q.epoch);
-            let reply =
-                conn.start_call(Body::PushTask(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() }));
+            let reply = conn.start_request(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() });
             let tx = self.tx.clone();
             self.ctx.rt.spawn(async move {
-                let result = match reply.await {
-                    Ok(Body::PushTaskReply(r)) => Ok(r),
-                    Ok(_) => Err(RpcError::UnexpectedReply("actor".into())),
-                    Err(e) => Err(e),
-                };
+                let result = reply.await;
                 let _ = tx.send(ActorEvent::Finished { actor_id, task_id, result });
             });
         }
@@ -233,10 +228,9 @@ impl State {
         let ctx = self.ctx.clone();
         let tx = self.tx.clone();
         self.ctx.rt.spawn(async move {
-            let reply =
-                ctx.raylet.call(Body::WaitActor(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch })).await;
+            let reply = ctx.raylet.request(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch }).await;
             let event = match reply {
-                Ok(Body::ActorInfo(info)) => {
+                Ok(info) => {
                     let conn = if info.state == ActorState::Alive as i32 {
                         ctx.peers.get(&info.address).await.ok()
                     } else {
@@ -244,7 +238,6 @@ impl State {
                     };
                     ActorEvent::Info { actor_id, info, conn }
                 }
-                Ok(_) => ActorEvent::InfoFailed { actor_id, error: RpcError::UnexpectedReply("GCS".into()) },
                 Err(error) => ActorEvent::InfoFailed { actor_id, error },
             };
             let _ = tx.send(event);
@@ -357,7 +350,7 @@ impl State {
         let kill = KillActor { actor_id: actor_id.to_vec().into(), no_restart: true, cause: cause.clone() };
         let raylet = self.ctx.raylet.clone();
         self.ctx.rt.spawn(async move {
-            let _ = raylet.call(Body::KillActor(kill)).await;
+            let _ = raylet.request(kill).await;
         });
         self.on_dead(actor_id, cause);
     }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rtd_common::proto::{frame::Body, AddBorrower, RemoveBorrower};
+use rtd_common::proto::{AddBorrower, RemoveBorrower};
 use rtd_common::rpc::ConnectionCache;
 use rtd_common::ObjectId;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -157,14 +157,13 @@ async fn run_link(
             };
             match message {
                 Some(Message::Add { id, borrower, done }) => {
-                    let reply = client.start_call(Body::AddBorrower(AddBorrower { id: id.to_vec().into(), borrower }));
+                    let reply = client.start_request(AddBorrower { id: id.to_vec().into(), borrower });
                     tokio::spawn(async move {
                         let _ = done.send(reply.await.is_ok());
                     });
                 }
                 Some(Message::Remove { id, borrower, count }) => {
-                    let _ =
-                        client.send(Body::RemoveBorrower(RemoveBorrower { id: id.to_vec().into(), borrower, count }));
+                    let _ = client.send(RemoveBorrower { id: id.to_vec().into(), borrower, count });
                 }
                 None => break,
             }

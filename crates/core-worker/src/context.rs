@@ -11,10 +11,10 @@ use parking_lot::Mutex;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PlasmaObject,
-    PushTaskReply, TaskSpec,
+    object_value::Kind, FreeObjects, GetObject, InlineObject, ObjectRefProto, ObjectValue, PlasmaObject, PushTaskReply,
+    TaskSpec,
 };
-use rtd_common::rpc::{ConnectionCache, RpcClient, RpcError};
+use rtd_common::rpc::{ConnectionCache, Request, RpcClient, RpcError};
 use rtd_common::{object_kind, JobId, NodeId, ObjectId, WorkerId};
 use rtd_plasma::{PlasmaClient, PlasmaError};
 
@@ -78,8 +78,12 @@ impl Context {
 
     /// A request to the node daemon (or, through it, the GCS); a request it rejects
     /// is the caller's error.
-    pub fn node_call(&self, body: Body, interrupted: &mut dyn FnMut() -> bool) -> Result<Body, CoreError> {
-        match self.block_on(self.raylet.call(body), interrupted)? {
+    pub fn node_call<R>(&self, request: R, interrupted: &mut dyn FnMut() -> bool) -> Result<R::Reply, CoreError>
+    where
+        R: Request,
+        R::Reply: Send,
+    {
+        match self.block_on(self.raylet.request(request), interrupted)? {
             Ok(reply) => Ok(reply),
             Err(RpcError::Remote { code: rtd_common::proto::ErrorCode::Invalid, message }) => {
                 Err(CoreError::Invalid(message))
@@ -161,7 +165,7 @@ impl Context {
                 self.free(freed);
             }
             if let Some(ObjectValue { kind: Some(Kind::Plasma(_)) }) = ret.value {
-                let _ = self.raylet.send(Body::FreeObjects(FreeObjects { ids: vec![ret.id], from_peer: false }));
+                let _ = self.raylet.send(FreeObjects { ids: vec![ret.id], from_peer: false });
             }
         }
     }
@@ -190,7 +194,7 @@ impl Context {
                 // The node deletes its copy and has every other node delete theirs (the
                 // primary may live where the task ran, copies where it was read).
                 let free = FreeObjects { ids: vec![freed.id.to_vec().into()], from_peer: false };
-                let _ = self.raylet.send(Body::FreeObjects(free));
+                let _ = self.raylet.send(free);
             }
         }
     }
@@ -215,12 +219,11 @@ impl Context {
         self.rt.spawn(async move {
             let request = GetObject { id: id.to_vec().into(), lost_on_node: lost_on_node.into() };
             let result = match ctx.peers.get(&owner).await {
-                Ok(client) => client.call(Body::GetObject(request)).await,
+                Ok(client) => client.request(request).await,
                 Err(e) => Err(e),
             };
             let value = match result {
-                Ok(Body::GetObjectReply(r)) if r.value.is_some() => r.value,
-                Ok(_) => None,
+                Ok(reply) => reply.value,
                 Err(e) => Some(system_error(
                     object_kind::OBJECT_LOST,
                     format!("object {id} is lost: its owner {owner} cannot serve it ({e})"),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, ActorInfo, ActorOptions, CreatePlacementGroup, NodeInfo, PlacementGroupInfo, RegisterClient, TaskArg,
+    ActorInfo, ActorOptions, CreatePlacementGroup, NodeInfo, PlacementGroupInfo, RegisterClient, TaskArg,
 };
 use rtd_common::rpc::RpcClient;
 use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
@@ -80,17 +80,14 @@ impl CoreWorker {
                 }
             };
             let raylet = RpcClient::connect(&opts.raylet_socket).await?;
-            let reply = raylet
-                .call(Body::RegisterClient(RegisterClient {
+            let info = raylet
+                .request(RegisterClient {
                     is_worker: opts.is_worker,
                     worker_id: worker_id.to_vec().into(),
                     pid: std::process::id(),
                     address: address.clone(),
-                }))
+                })
                 .await?;
-            let Body::RegisterClientReply(info) = reply else {
-                return Err(CoreError::Internal("unexpected reply to RegisterClient".into()));
-            };
             let plasma = PlasmaClient::connect(&info.plasma_socket, std::path::Path::new(&info.shm_path))
                 .await
                 .map_err(|e| CoreError::Internal(format!("cannot connect to the object store: {e}")))?;

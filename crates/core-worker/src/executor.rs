@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rtd_common::proto::{frame::Body, PushTaskReply, TaskSpec};
+use rtd_common::proto::{PushTaskReply, TaskSpec};
 use rtd_common::{ActorId, JobId, ObjectId, TaskId};
 use tokio::sync::oneshot;
 
@@ -33,7 +33,7 @@ pub struct IncomingTask {
     pub gpu_ids: Vec<u32>,
     task_id: TaskId,
     job_id: JobId,
-    reply: oneshot::Sender<Body>,
+    reply: oneshot::Sender<PushTaskReply>,
 }
 
 /// The task and job ids of a pushed spec, once every id in it decodes and every
@@ -67,7 +67,7 @@ impl IncomingTask {
     }
 
     pub fn finish(self, reply: PushTaskReply) {
-        let _ = self.reply.send(Body::PushTaskReply(reply));
+        let _ = self.reply.send(reply);
     }
 }
 
@@ -87,7 +87,7 @@ impl Default for TaskExecutor {
 
 impl TaskExecutor {
     /// Queues a pushed task; the returned receiver yields the reply.
-    pub fn enqueue(&self, spec: TaskSpec, gpu_ids: Vec<u32>) -> Result<oneshot::Receiver<Body>, PushError> {
+    pub fn enqueue(&self, spec: TaskSpec, gpu_ids: Vec<u32>) -> Result<oneshot::Receiver<PushTaskReply>, PushError> {
         let (task_id, job_id) = check_spec(&spec)?;
         let (reply, rx) = oneshot::channel();
         self.tx.send(IncomingTask { spec, gpu_ids, task_id, job_id, reply }).map_err(|_| PushError::ShuttingDown)?;

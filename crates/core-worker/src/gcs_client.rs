@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet, KvPut,
-    ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
+    ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors,
+    ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
     WaitPlacementGroup,
 };
 use rtd_common::rpc::RpcError;
@@ -19,11 +19,6 @@ use rtd_common::{object_kind, ActorId, PlacementGroupId};
 
 use crate::context::{system_error, Context};
 use crate::error::CoreError;
-
-/// An unexpected answer to `request`.
-fn unexpected(request: &str) -> CoreError {
-    CoreError::Internal(format!("unexpected reply to {request}"))
-}
 
 fn is_not_found(e: &CoreError) -> bool {
     matches!(e, CoreError::Rpc(RpcError::Remote { code: ErrorCode::NotFound, .. }))
@@ -44,7 +39,7 @@ impl GcsClient {
         value: Vec<u8>,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<(), CoreError> {
-        self.ctx.node_call(Body::KvPut(KvPut { key: key.to_string(), value: value.into() }), interrupted)?;
+        self.ctx.node_call(KvPut { key: key.to_string(), value: value.into() }, interrupted)?;
         Ok(())
     }
 
@@ -53,10 +48,8 @@ impl GcsClient {
         key: &str,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<bytes::Bytes>, CoreError> {
-        match self.ctx.node_call(Body::KvGet(KvGet { key: key.to_string() }), interrupted)? {
-            Body::KvGetReply(r) if r.found => Ok(Some(r.value)),
-            _ => Ok(None),
-        }
+        let reply = self.ctx.node_call(KvGet { key: key.to_string() }, interrupted)?;
+        Ok(reply.found.then_some(reply.value))
     }
 
     // ------------------------------------------------------------------ actors
@@ -68,11 +61,10 @@ impl GcsClient {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<ActorInfo>, CoreError> {
         let request = GetNamedActor { name: name.to_string(), namespace: namespace.to_string() };
-        match self.ctx.node_call(Body::GetNamedActor(request), interrupted) {
-            Ok(Body::ActorInfo(info)) => Ok(Some(info)),
+        match self.ctx.node_call(request, interrupted) {
+            Ok(info) => Ok(Some(info)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
-            Ok(_) => Err(unexpected("GetNamedActor")),
         }
     }
 
@@ -85,15 +77,12 @@ impl GcsClient {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<(), CoreError> {
         let kill = KillActor { actor_id: actor_id.to_vec().into(), no_restart, cause: cause.to_string() };
-        self.ctx.node_call(Body::KillActor(kill), interrupted)?;
+        self.ctx.node_call(kill, interrupted)?;
         Ok(())
     }
 
     pub(crate) fn list_actors(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<ActorInfo>, CoreError> {
-        match self.ctx.node_call(Body::ListActors(ListActors {}), interrupted)? {
-            Body::ListActorsReply(r) => Ok(r.actors),
-            _ => Err(unexpected("ListActors")),
-        }
+        Ok(self.ctx.node_call(ListActors {}, interrupted)?.actors)
     }
 
     // ------------------------------------------------------------------ placement groups
@@ -103,10 +92,7 @@ impl GcsClient {
         req: CreatePlacementGroup,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<PlacementGroupInfo, CoreError> {
-        match self.ctx.node_call(Body::CreatePlacementGroup(req), interrupted)? {
-            Body::PlacementGroupInfo(info) => Ok(info),
-            _ => Err(unexpected("CreatePlacementGroup")),
-        }
+        self.ctx.node_call(req, interrupted)
     }
 
     pub(crate) fn remove_placement_group(
@@ -115,7 +101,7 @@ impl GcsClient {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<(), CoreError> {
         let request = RemovePlacementGroup { pg_id: pg_id.to_vec().into() };
-        self.ctx.node_call(Body::RemovePlacementGroup(request), interrupted)?;
+        self.ctx.node_call(request, interrupted)?;
         Ok(())
     }
 
@@ -127,7 +113,7 @@ impl GcsClient {
         timeout: Option<Duration>,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<PlacementGroupInfo>, CoreError> {
-        let call = self.ctx.raylet.call(Body::WaitPlacementGroup(WaitPlacementGroup { pg_id: pg_id.to_vec().into() }));
+        let call = self.ctx.raylet.request(WaitPlacementGroup { pg_id: pg_id.to_vec().into() });
         let waited = self.ctx.block_on(
             async {
                 match timeout {
@@ -139,8 +125,7 @@ impl GcsClient {
         )?;
         match waited {
             Err(_) => Ok(None),
-            Ok(Ok(Body::PlacementGroupInfo(info))) => Ok(Some(info)),
-            Ok(Ok(_)) => Err(unexpected("WaitPlacementGroup")),
+            Ok(Ok(info)) => Ok(Some(info)),
             Ok(Err(e)) => Err(e.into()),
         }
     }
@@ -154,11 +139,10 @@ impl GcsClient {
     ) -> Result<Option<PlacementGroupInfo>, CoreError> {
         let pg_id = pg_id.map(|id| id.to_vec()).unwrap_or_default();
         let req = GetPlacementGroup { pg_id: pg_id.into(), name: name.to_string() };
-        match self.ctx.node_call(Body::GetPlacementGroup(req), interrupted) {
-            Ok(Body::PlacementGroupInfo(info)) => Ok(Some(info)),
+        match self.ctx.node_call(req, interrupted) {
+            Ok(info) => Ok(Some(info)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
-            Ok(_) => Err(unexpected("GetPlacementGroup")),
         }
     }
 
@@ -166,10 +150,7 @@ impl GcsClient {
         &self,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Vec<PlacementGroupInfo>, CoreError> {
-        match self.ctx.node_call(Body::ListPlacementGroups(ListPlacementGroups {}), interrupted)? {
-            Body::ListPlacementGroupsReply(r) => Ok(r.groups),
-            _ => Err(unexpected("ListPlacementGroups")),
-        }
+        Ok(self.ctx.node_call(ListPlacementGroups {}, interrupted)?.groups)
     }
 }
 
@@ -182,12 +163,9 @@ pub(crate) async fn placement_group_outcome(
 ) -> ObjectValue {
     let group = pg_id.hex();
     let request = WaitPlacementGroup { pg_id: pg_id.to_vec().into() };
-    match ctx.raylet.call(Body::WaitPlacementGroup(request)).await {
-        Ok(Body::PlacementGroupInfo(info)) if info.state == PlacementGroupState::PgCreated as i32 => created,
-        Ok(Body::PlacementGroupInfo(_)) => {
-            system_error(object_kind::UNSCHEDULABLE, format!("placement group {group} was removed"))
-        }
-        Ok(_) => system_error(object_kind::WORKER_CRASHED, "unexpected reply to WaitPlacementGroup".into()),
+    match ctx.raylet.request(request).await {
+        Ok(info) if info.state == PlacementGroupState::PgCreated as i32 => created,
+        Ok(_) => system_error(object_kind::UNSCHEDULABLE, format!("placement group {group} was removed")),
         Err(e) if e.code() == ErrorCode::NotFound => {
             system_error(object_kind::UNSCHEDULABLE, format!("no placement group {group}"))
         }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtd_common::proto::{frame::Body, GetNodes, NodeInfo};
+use rtd_common::proto::{GetNodes, NodeInfo};
 
 use crate::actor_submitter::ActorSubmitter;
 use crate::context::Context;
@@ -18,10 +18,7 @@ use crate::submitter::TaskSubmitter;
 const DEATH_POLL: Duration = Duration::from_millis(500);
 
 pub(crate) fn nodes(ctx: &Context, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<NodeInfo>, CoreError> {
-    match ctx.node_call(Body::GetNodes(GetNodes {}), interrupted)? {
-        Body::GetNodesReply(r) => Ok(r.nodes),
-        _ => Err(CoreError::Internal("unexpected reply to GetNodes".into())),
-    }
+    Ok(ctx.node_call(GetNodes {}, interrupted)?.nodes)
 }
 
 /// Tells the submitters of each node that died (runs for the life of the process).
@@ -29,7 +26,7 @@ pub(crate) async fn watch_node_deaths(ctx: Arc<Context>, tasks: TaskSubmitter, a
     let mut known_dead: HashSet<String> = Default::default();
     loop {
         tokio::time::sleep(DEATH_POLL).await;
-        let Ok(Body::GetNodesReply(r)) = ctx.raylet.call(Body::GetNodes(GetNodes {})).await else { continue };
+        let Ok(r) = ctx.raylet.request(GetNodes {}).await else { continue };
         let newly_dead: Vec<String> = r
             .nodes
             .into_iter()

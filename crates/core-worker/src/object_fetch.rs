@@ -11,9 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtd_common::proto::{
-    frame::Body, object_value::Kind, NotifyBlocked, NotifyUnblocked, ObjectValue, PullObject, TaskArg,
-};
+use rtd_common::proto::{object_value::Kind, NotifyBlocked, NotifyUnblocked, ObjectValue, PullObject, TaskArg};
 use rtd_common::rpc::RpcError;
 use rtd_common::ObjectId;
 use rtd_plasma::PlasmaClient;
@@ -172,7 +170,7 @@ impl ObjectFetcher {
             }
             if !blocked && self.ctx.is_worker && self.executor.current_task().is_some() {
                 blocked = true;
-                let _ = self.ctx.raylet.send(Body::NotifyBlocked(NotifyBlocked {}));
+                let _ = self.ctx.raylet.send(NotifyBlocked {});
             }
             let slice_end = now + GET_SLICE;
             self.ctx.table.wait_for_change(deadline.map_or(slice_end, |d| d.min(slice_end)));
@@ -181,7 +179,7 @@ impl ObjectFetcher {
             }
         };
         if blocked {
-            let _ = self.ctx.raylet.send(Body::NotifyUnblocked(NotifyUnblocked {}));
+            let _ = self.ctx.raylet.send(NotifyUnblocked {});
         }
         result
     }
@@ -200,7 +198,7 @@ impl ObjectFetcher {
                 // then copy it again.
                 for _ in 0..PULL_ATTEMPTS {
                     let pull = PullObject { id: id.to_vec().into(), node_id: at.node_id.clone() };
-                    self.ctx.node_call(Body::PullObject(pull), interrupted).map_err(|e| match e {
+                    self.ctx.node_call(pull, interrupted).map_err(|e| match e {
                         // Only an object its node no longer has is lost (and may be rebuilt).
                         CoreError::Rpc(RpcError::Remote { code: rtd_common::proto::ErrorCode::NotFound, message }) => {
                             CoreError::ObjectLost(format!("object {id} cannot be fetched from its node: {message}"))

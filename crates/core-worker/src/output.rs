@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rtd_common::proto::{frame::Body, WorkerOutput};
+use rtd_common::proto::WorkerOutput;
 
 use crate::context::Context;
 
@@ -32,7 +32,7 @@ impl OutputForwarder {
     pub(crate) fn forward(&self, driver: &str, text: String, stderr: bool) -> bool {
         let connect = async { tokio::time::timeout(OUTPUT_CONNECT_LIMIT, self.ctx.peers.get(driver)).await.ok()?.ok() };
         let Some(client) = self.ctx.rt.block_on(connect) else { return false };
-        if client.send(Body::WorkerOutput(WorkerOutput { text, stderr })).is_err() {
+        if client.send(WorkerOutput { text, stderr }).is_err() {
             return false;
         }
         *self.forwarded_to.lock() = Some(driver.to_string());
@@ -45,7 +45,7 @@ impl OutputForwarder {
         self.ctx.rt.block_on(async {
             let marker = async {
                 let client = self.ctx.peers.get(&driver).await?;
-                client.call(Body::WorkerOutput(WorkerOutput::default())).await
+                client.request(WorkerOutput::default()).await
             };
             let _ = tokio::time::timeout(OUTPUT_CONNECT_LIMIT, marker).await;
         });

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use rtd_common::proto::core_worker_reply::Reply as CoreWorkerReply;
+use rtd_common::proto::core_worker_request::Request as CoreWorkerRequest;
 use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectReply, ObjectValue};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
@@ -15,9 +17,9 @@ use crate::submitter::TaskSubmitter;
 
 /// Whether the cluster has declared `node_id` dead (or forgotten it).
 async fn node_is_dead(ctx: &Context, node_id: &[u8]) -> bool {
-    match ctx.raylet.call(Body::GetNodes(GetNodes {})).await {
-        Ok(Body::GetNodesReply(r)) => !r.nodes.iter().any(|n| n.node_id.as_ref() == node_id && n.alive),
-        _ => false,
+    match ctx.raylet.request(GetNodes {}).await {
+        Ok(r) => !r.nodes.iter().any(|n| n.node_id.as_ref() == node_id && n.alive),
+        Err(_) => false,
     }
 }
 
@@ -27,14 +29,20 @@ pub struct OwnerService {
     pub submitter: TaskSubmitter,
 }
 
+fn ack() -> Body {
+    CoreWorkerReply::Ack(Ack {}).into()
+}
+
 impl Service for OwnerService {
+    const NAME: &'static str = "a core worker";
+    type Request = CoreWorkerRequest;
     type State = ();
 
     fn connected(&self) {}
 
-    fn handle(&self, _state: &mut (), body: Body) -> Reply {
-        match body {
-            Body::PushTask(push) => {
+    fn handle(&self, _state: &mut (), request: CoreWorkerRequest) -> Reply {
+        match request {
+            CoreWorkerRequest::PushTask(push) => {
                 let Some(spec) = push.spec else {
                     return Reply::Now(error_body(ErrorCode::Invalid, "PushTask without a spec"));
                 };
@@ -43,21 +51,22 @@ impl Service for OwnerService {
                 }
                 match self.executor.enqueue(spec, push.gpu_ids) {
                     Ok(rx) => Reply::Later(Box::pin(async move {
-                        rx.await.unwrap_or_else(|_| {
-                            error_body(ErrorCode::WorkerDied, "the worker stopped before finishing the task")
-                        })
+                        match rx.await {
+                            Ok(reply) => CoreWorkerReply::PushTaskReply(reply).into(),
+                            Err(_) => error_body(ErrorCode::WorkerDied, "the worker stopped before finishing the task"),
+                        }
                     })),
                     Err(e @ PushError::Malformed(_)) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
                     Err(e @ PushError::ShuttingDown) => Reply::Now(error_body(ErrorCode::WorkerDied, e.to_string())),
                 }
             }
-            Body::CancelTask(cancel) => {
+            CoreWorkerRequest::CancelTask(cancel) => {
                 if let Ok(task_id) = TaskId::from_bytes(&cancel.task_id) {
                     self.executor.cancel(task_id);
                 }
                 Reply::None
             }
-            Body::GetObject(get) => {
+            CoreWorkerRequest::GetObject(get) => {
                 let Ok(id) = ObjectId::from_bytes(&get.id) else {
                     return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
                 };
@@ -81,15 +90,15 @@ impl Service for OwnerService {
                         }
                     }
                     let value = ctx.wait_value(id).await;
-                    Body::GetObjectReply(GetObjectReply { value: Some(value) })
+                    CoreWorkerReply::GetObjectReply(GetObjectReply { value: Some(value) }).into()
                 }))
             }
-            Body::AddBorrower(add) => {
+            CoreWorkerRequest::AddBorrower(add) => {
                 let Ok(id) = ObjectId::from_bytes(&add.id) else {
                     return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
                 };
                 if self.ctx.add_borrower(&id, &add.borrower) {
-                    Reply::Now(Body::Ack(Ack {}))
+                    Reply::Now(ack())
                 } else {
                     Reply::Now(error_body(
                         ErrorCode::NotFound,
@@ -97,13 +106,13 @@ impl Service for OwnerService {
                     ))
                 }
             }
-            Body::WorkerOutput(output) => match self.ctx.output_sink.get() {
+            CoreWorkerRequest::WorkerOutput(output) => match self.ctx.output_sink.get() {
                 Some(sink) => {
                     let (written, rx) = tokio::sync::oneshot::channel();
                     sink(output.text, output.stderr, written);
                     Reply::Later(Box::pin(async move {
                         let _ = rx.await;
-                        Body::Ack(Ack {})
+                        ack()
                     }))
                 }
                 None => {
@@ -113,16 +122,15 @@ impl Service for OwnerService {
                     } else {
                         std::io::stdout().write_all(output.text.as_bytes())
                     };
-                    Reply::Now(Body::Ack(Ack {}))
+                    Reply::Now(ack())
                 }
             },
-            Body::RemoveBorrower(remove) => {
+            CoreWorkerRequest::RemoveBorrower(remove) => {
                 if let Ok(id) = ObjectId::from_bytes(&remove.id) {
                     self.ctx.remove_borrower(&id, &remove.borrower, remove.count);
                 }
                 Reply::None
             }
-            _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for a core worker")),
         }
     }
 

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rtd_common::proto::{
-    frame::Body, ActorArgsReady, ActorInfo, ActorOptions, ActorState, CreateActor, ObjectRefProto, TaskArg, TaskSpec,
-    WaitActor,
+    ActorArgsReady, ActorInfo, ActorOptions, ActorState, CreateActor, ObjectRefProto, TaskArg, TaskSpec, WaitActor,
 };
 use rtd_common::{ActorId, JobId, ObjectId, PlacementGroupId, ResourceSet, TaskId};
 
@@ -158,14 +157,11 @@ impl Submission {
         // until it is dead for good.
         let args_pending = spec.arg_refs.iter().any(|arg| arg.value.is_none() && arg.r#ref.is_some());
         let create = CreateActor { spec: Some(spec.clone()), options: Some(options), args_pending };
-        let info = match self.ctx.node_call(Body::CreateActor(create), &mut || false) {
-            Ok(Body::ActorInfo(info)) => info,
-            other => {
+        let info = match self.ctx.node_call(create, &mut || false) {
+            Ok(info) => info,
+            Err(e) => {
                 self.ctx.release_task_args(&spec);
-                return match other {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(CoreError::Internal("unexpected reply to CreateActor".into())),
-                };
+                return Err(e);
             }
         };
         if info.actor_id != spec.actor_id {
@@ -181,7 +177,7 @@ impl Submission {
             let spec = if args_pending {
                 let spec = resolve_args(ctx.clone(), spec).await;
                 let ready = ActorArgsReady { spec: Some(spec.clone()) };
-                if let Err(e) = ctx.raylet.call(Body::ActorArgsReady(ready)).await {
+                if let Err(e) = ctx.raylet.request(ready).await {
                     tracing::warn!("cannot hand the actor's constructor arguments to the GCS: {e}");
                 }
                 spec
@@ -241,8 +237,8 @@ async fn release_args_when_dead(ctx: Arc<Context>, spec: TaskSpec) {
     let mut after_epoch = 0;
     loop {
         let wait = WaitActor { actor_id: actor_id.clone(), after_epoch };
-        match ctx.raylet.call(Body::WaitActor(wait)).await {
-            Ok(Body::ActorInfo(info)) if info.state != ActorState::Dead as i32 => {
+        match ctx.raylet.request(wait).await {
+            Ok(info) if info.state != ActorState::Dead as i32 => {
                 after_epoch = info.epoch;
             }
             _ => break,

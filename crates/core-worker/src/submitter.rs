@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    frame::Body, object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode,
-    KillLeasedWorker, LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec,
+    object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode, KillLeasedWorker,
+    LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec,
 };
-use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::rpc::{Request, RpcClient, RpcError};
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
@@ -73,6 +73,8 @@ enum LeaseFailure {
     /// Another node's raylet (after a spillback) failed it or could not be reached:
     /// that node may be leaving the cluster, so another try may go elsewhere.
     Elsewhere(RpcError),
+    /// Raylets kept passing it on (nodes draining one after another): try again.
+    TooManyHops,
 }
 
 /// Most spillbacks one lease request follows (draining nodes pass requests on).
@@ -273,17 +275,12 @@ impl Submitter {
                 let Some(task) = self.tasks.get_mut(&task_id) else { continue };
                 task.lease = Some(lease_id);
                 lease.in_flight += 1;
-                let reply = lease.worker.start_call(Body::PushTask(PushTask {
-                    spec: Some(task.spec.clone()),
-                    gpu_ids: lease.gpu_ids.clone(),
-                }));
+                let reply = lease
+                    .worker
+                    .start_request(PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() });
                 let tx = self.tx.clone();
                 self.ctx.rt.spawn(async move {
-                    let result = match reply.await {
-                        Ok(Body::PushTaskReply(r)) => Ok(r),
-                        Ok(_) => Err(RpcError::UnexpectedReply("worker".into())),
-                        Err(e) => Err(e),
-                    };
+                    let result = reply.await;
                     let _ = tx.send(Event::Finished { lease_id, task_id, result });
                 });
             }
@@ -369,19 +366,23 @@ impl Submitter {
                 }
                 tracing::debug!("lease request failed: {e}");
             }
-            LeaseFailure::Elsewhere(e) => {
+            LeaseFailure::Elsewhere(_) | LeaseFailure::TooManyHops => {
                 // Another node that cannot start workers, or a placement that can never
                 // be met, fails the tasks as on this node. Anything else (the node is
                 // draining, gone or unreachable) fails no task: ask again soon, from
                 // this node's raylet, which by then may know the other node is gone.
-                let refused =
-                    matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
-                if refused {
-                    let (kind, message) = fatal_lease_error(&e);
-                    self.fail_queued(&class, kind, &message);
-                    return;
+                if let LeaseFailure::Elsewhere(e) = &error {
+                    let refused =
+                        matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
+                    if refused {
+                        let (kind, message) = fatal_lease_error(e);
+                        self.fail_queued(&class, kind, &message);
+                        return;
+                    }
+                    tracing::debug!("lease request to another node failed: {e}");
+                } else {
+                    tracing::debug!("a lease request was passed on more than {MAX_SPILLBACK_HOPS} times");
                 }
-                tracing::debug!("lease request to another node failed: {e}");
                 let tx = self.tx.clone();
                 self.ctx.rt.spawn(async move {
                     tokio::time::sleep(SPILLBACK_RETRY).await;
@@ -427,7 +428,7 @@ impl Submitter {
             return;
         }
         if let Some(lease) = self.drop_lease(lease_id) {
-            let _ = lease.raylet.send(Body::ReturnLease(ReturnLease { lease_id: lease.lease_id }));
+            let _ = lease.raylet.send(ReturnLease { lease_id: lease.lease_id });
         }
     }
 
@@ -572,9 +573,9 @@ impl Submitter {
                 if let Some(lease) = self.leases.get(&lease_id) {
                     if force {
                         let kill = KillLeasedWorker { lease_id: lease.lease_id };
-                        let _ = lease.raylet.send(Body::KillLeasedWorker(kill));
+                        let _ = lease.raylet.send(kill);
                     } else {
-                        let _ = lease.worker.send(Body::CancelTask(CancelTask { task_id: task_id.to_vec().into() }));
+                        let _ = lease.worker.send(CancelTask { task_id: task_id.to_vec().into() });
                     }
                 }
             }
@@ -610,16 +611,13 @@ async fn lease_from_cluster(
     for hop in 0..=MAX_SPILLBACK_HOPS {
         // Errors past the first hop are another node's, not this node's.
         let failure = |e| if hop == 0 { LeaseFailure::Rpc(e) } else { LeaseFailure::Elsewhere(e) };
-        let reply = raylet.call(Body::RequestLease(request.clone())).await.map_err(failure)?;
-        let Body::RequestLeaseReply(reply) = reply else {
-            return Err(failure(RpcError::UnexpectedReply("raylet".into())));
-        };
+        let reply = raylet.request(request.clone()).await.map_err(failure)?;
         match reply.result {
             Some(LeaseResult::Granted(grant)) => match ctx.peers.get(&grant.worker_address).await {
                 Ok(worker) => return Ok((grant, worker, raylet)),
                 Err(e) => {
                     // The worker died between grant and connect: give the lease back.
-                    let _ = raylet.send(Body::ReturnLease(ReturnLease { lease_id: grant.lease_id }));
+                    let _ = raylet.send(ReturnLease { lease_id: grant.lease_id });
                     return Err(LeaseFailure::Elsewhere(e));
                 }
             },
@@ -628,12 +626,13 @@ async fn lease_from_cluster(
                 request.no_spillback = true;
             }
             Some(LeaseResult::Infeasible(i)) => return Err(LeaseFailure::Infeasible(i.message)),
-            None => return Err(failure(RpcError::UnexpectedReply("raylet".into()))),
+            None => {
+                let from = raylet.addr().to_string();
+                return Err(failure(RpcError::UnexpectedReply { request: RequestLease::NAME, from }));
+            }
         }
     }
-    Err(LeaseFailure::Elsewhere(RpcError::UnexpectedReply(format!(
-        "a lease request was passed on more than {MAX_SPILLBACK_HOPS} times"
-    ))))
+    Err(LeaseFailure::TooManyHops)
 }
 
 /// Waits for every top-level ObjectRef argument and attaches its value.

@@ -3,10 +3,14 @@
 //! link. Either way a client of the node daemon never needs to know which node hosts
 //! the GCS: the daemon hands its GCS requests to this client.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, ErrorCode};
-use rtd_common::rpc::{error_body, Reply, RpcClient};
+use bytes::Bytes;
+use rtd_common::proto::gcs_request::Request as GcsRequest;
+use rtd_common::proto::{ErrorCode, NextJobId};
+use rtd_common::rpc::{error_body, Reply, RpcClient, RpcError};
 
 use crate::server::{ConnId, GcsServer};
 
@@ -19,19 +23,31 @@ pub enum GcsClient {
 
 impl GcsClient {
     /// A GCS request from the daemon's connection `conn`: served here on the head,
-    /// forwarded elsewhere.
-    pub fn request(&self, conn: ConnId, body: Body) -> Reply {
+    /// passed on whole to the head elsewhere, its reply (or error) back as it comes.
+    pub fn request(&self, conn: ConnId, request: GcsRequest) -> Reply {
         match self {
-            GcsClient::Local(gcs) => gcs.handle(conn, body).unwrap_or_else(|_| {
-                Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for the node daemon"))
-            }),
+            GcsClient::Local(gcs) => gcs.handle(conn, request),
             GcsClient::Remote(head) => {
-                let call = head.start_call(body);
+                let call = head.start_call(request.into());
                 Reply::Later(Box::pin(async move {
                     call.await.unwrap_or_else(|e| {
                         error_body(ErrorCode::Internal, format!("the head node is unreachable: {e}"))
                     })
                 }))
+            }
+        }
+    }
+
+    /// A new job's id, for a driver registering with the daemon.
+    pub fn next_job_id(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>> {
+        match self {
+            GcsClient::Local(gcs) => {
+                let job_id = gcs.next_job_id();
+                Box::pin(async move { Ok(job_id) })
+            }
+            GcsClient::Remote(head) => {
+                let reply = head.start_request(NextJobId {});
+                Box::pin(async move { Ok(reply.await?.job_id) })
             }
         }
     }

@@ -9,12 +9,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use rtd_common::proto::gcs_reply::Reply as GcsReply;
+use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
-    frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
-    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
-    PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+    request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, ErrorReply, GetNodesReply,
+    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NextJobIdReply, NodeInfo,
+    PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease, RequestLeaseReply, ResourceMap,
+    ShrinkLease,
 };
-use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, RpcError};
+use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
@@ -34,8 +38,12 @@ pub type ConnId = u64;
 pub trait LocalRaylet: Send + Sync {
     fn node_id(&self) -> NodeId;
     /// A dedicated worker lease for an actor, owned by the GCS (not by a connection);
-    /// answered with a `RequestLeaseReply` or an error.
-    fn request_actor_lease(&self, resources: ResourceSet, strategy: Strategy) -> oneshot::Receiver<Body>;
+    /// answered with the raylet's decision or why there is none.
+    fn request_actor_lease(
+        &self,
+        resources: ResourceSet,
+        strategy: Strategy,
+    ) -> oneshot::Receiver<Result<RequestLeaseReply, ErrorReply>>;
     fn shrink_lease(&self, lease_id: u64, keep: &ResourceSet);
     fn kill_leased_worker(&self, lease_id: u64);
     /// Told which actor lease was lost when its worker process exits.
@@ -68,18 +76,26 @@ impl Raylets {
     }
 
     /// Sends a request to another node's raylet; `Err` with why it failed.
-    fn call_remote(&self, node: NodeId, body: Body) -> BoxFuture<Result<Body, String>> {
+    fn call_remote<R>(&self, node: NodeId, request: R) -> BoxFuture<Result<R::Reply, String>>
+    where
+        R: Request + Send + 'static,
+        R::Reply: Send,
+    {
         let address = self.address_of(&node);
         let peers = self.peers.clone();
         Box::pin(async move {
             let address = address.ok_or_else(|| format!("node {node} is not alive"))?;
             let client = peers.get(&address).await.map_err(|e| e.to_string())?;
-            client.call(body).await.map_err(|e| e.to_string())
+            client.request(request).await.map_err(|e| e.to_string())
         })
     }
 
-    fn send_remote(&self, node: NodeId, body: Body) {
-        let call = self.call_remote(node, body);
+    fn send_remote<R>(&self, node: NodeId, request: R)
+    where
+        R: Request + Send + 'static,
+        R::Reply: Send,
+    {
+        let call = self.call_remote(node, request);
         tokio::spawn(async move {
             if let Err(e) = call.await {
                 tracing::warn!("request to a raylet failed: {e}");
@@ -95,7 +111,7 @@ impl WorkerLeaser for Raylets {
         let peers = self.peers.clone();
         Box::pin(async move {
             match rx.await {
-                Ok(Body::RequestLeaseReply(r)) => match r.result {
+                Ok(Ok(r)) => match r.result {
                     Some(LeaseResult::Granted(g)) => Ok((local_id, g)),
                     Some(LeaseResult::Spillback(to)) => {
                         let node = NodeId::from_bytes(&to.node_id).map_err(|e| LeaseError::Refused(e.to_string()))?;
@@ -106,20 +122,16 @@ impl WorkerLeaser for Raylets {
                             dedicated: true,
                             ..Default::default()
                         };
-                        match client.call(Body::RequestLease(request)).await {
-                            Ok(Body::RequestLeaseReply(r)) => match r.result {
-                                Some(LeaseResult::Granted(g)) => Ok((node, g)),
-                                _ => Err(LeaseError::Refused(format!("node {node} could not grant the lease"))),
-                            },
-                            Ok(_) => Err(RpcError::UnexpectedReply(to.raylet_address).into()),
-                            Err(e) => Err(e.into()),
+                        match client.request(request).await?.result {
+                            Some(LeaseResult::Granted(g)) => Ok((node, g)),
+                            _ => Err(LeaseError::Refused(format!("node {node} could not grant the lease"))),
                         }
                     }
                     Some(LeaseResult::Infeasible(i)) => Err(LeaseError::Infeasible(i.message)),
                     None => Err(LeaseError::Refused("an empty lease reply".into())),
                 },
-                Ok(Body::Error(e)) => Err(LeaseError::Refused(e.message)),
-                _ => Err(LeaseError::ShuttingDown),
+                Ok(Err(e)) => Err(LeaseError::Refused(e.message)),
+                Err(_) => Err(LeaseError::ShuttingDown),
             }
         })
     }
@@ -128,7 +140,7 @@ impl WorkerLeaser for Raylets {
         if node == self.local_id {
             self.local.shrink_lease(lease_id, &keep);
         } else {
-            self.send_remote(node, Body::ShrinkLease(ShrinkLease { lease_id, keep: keep.to_fixed_map() }));
+            self.send_remote(node, ShrinkLease { lease_id, keep: keep.to_fixed_map() });
         }
     }
 
@@ -136,7 +148,7 @@ impl WorkerLeaser for Raylets {
         if node == self.local_id {
             self.local.kill_leased_worker(lease_id);
         } else {
-            self.send_remote(node, Body::KillLeasedWorker(KillLeasedWorker { lease_id }));
+            self.send_remote(node, KillLeasedWorker { lease_id });
         }
     }
 
@@ -145,11 +157,7 @@ impl WorkerLeaser for Raylets {
         Box::pin(async move {
             // A connection of its own, closed once the constructor has answered: the
             // GCS does not talk to the actor after that.
-            let worker = RpcClient::connect(&address).await?;
-            match worker.call(Body::PushTask(task)).await? {
-                Body::PushTaskReply(reply) => Ok(reply),
-                _ => Err(RpcError::UnexpectedReply(address)),
-            }
+            RpcClient::connect(&address).await?.request(task).await
         })
     }
 }
@@ -160,7 +168,7 @@ impl BundleReserver for Raylets {
             self.local.group_removed(group);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::PlacementGroupRemoved(PlacementGroupRemoved { group: group.hex() }));
+        let call = self.call_remote(node, PlacementGroupRemoved { group: group.hex() });
         Box::pin(async move {
             let _ = call.await;
         })
@@ -190,8 +198,8 @@ impl BundleReserver for Raylets {
             return Box::pin(async move { ok });
         }
         let prepare = PrepareBundle { group: group.hex(), index, resources: bundle.to_fixed_map() };
-        let call = self.call_remote(node, Body::PrepareBundle(prepare));
-        Box::pin(async move { matches!(call.await, Ok(Body::Ack(_))) })
+        let call = self.call_remote(node, prepare);
+        Box::pin(async move { call.await.is_ok() })
     }
 
     fn commit(&self, node: NodeId, group: PlacementGroupId, index: u32) -> BoxFuture<()> {
@@ -199,7 +207,7 @@ impl BundleReserver for Raylets {
             self.local.commit_bundle(group, index);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::CommitBundle(CommitBundle { group: group.hex(), index }));
+        let call = self.call_remote(node, CommitBundle { group: group.hex(), index });
         Box::pin(async move {
             let _ = call.await;
         })
@@ -210,7 +218,7 @@ impl BundleReserver for Raylets {
             self.local.return_bundle(group, index);
             return Box::pin(async {});
         }
-        let call = self.call_remote(node, Body::ReleaseBundle(ReleaseBundle { group: group.hex(), index }));
+        let call = self.call_remote(node, ReleaseBundle { group: group.hex(), index });
         Box::pin(async move {
             let _ = call.await;
         })
@@ -238,10 +246,13 @@ pub struct GcsServer {
     node_conns: Mutex<HashMap<ConnId, NodeId>>,
 }
 
+fn now(reply: GcsReply) -> Reply {
+    Reply::Now(reply.into())
+}
+
 /// A placement group id off the wire; a wrong length is answered as invalid.
-#[allow(clippy::result_large_err)] // the error is the reply itself, sent as is
-fn placement_group_id(bytes: &[u8]) -> Result<PlacementGroupId, Body> {
-    PlacementGroupId::from_bytes(bytes).map_err(|e| error_body(ErrorCode::Invalid, e.to_string()))
+fn placement_group_id(bytes: &[u8]) -> Result<PlacementGroupId, ErrorReply> {
+    PlacementGroupId::from_bytes(bytes).map_err(|e| error_reply(ErrorCode::Invalid, e.to_string()))
 }
 
 fn node_timeout() -> Duration {
@@ -290,6 +301,16 @@ impl GcsServer {
         });
     }
 
+    /// A new job's id, as it goes on the wire.
+    pub fn next_job_id(&self) -> Bytes {
+        self.tables.next_job_id().to_vec().into()
+    }
+
+    /// The cluster view, the answer to a node's registration and heartbeats.
+    fn cluster_view(&self) -> GcsReply {
+        GcsReply::GetNodesReply(GetNodesReply { nodes: self.nodes() })
+    }
+
     /// Cluster nodes, with this node's free resources as of now.
     pub fn nodes(&self) -> Vec<NodeInfo> {
         let mut nodes = self.tables.nodes();
@@ -304,18 +325,14 @@ impl GcsServer {
         nodes
     }
 
-    /// Handles a GCS request; gives `body` back if it is not one.
-    #[allow(clippy::result_large_err)] // a message that is not the GCS's goes back whole
-    pub fn handle(self: &Arc<Self>, conn: ConnId, body: Body) -> Result<Reply, Body> {
-        let reply = match body {
-            Body::RegisterClient(_) => Reply::Now(Body::RegisterClientReply(RegisterClientReply {
-                job_id: self.tables.next_job_id().to_vec().into(),
-                ..Default::default()
-            })),
-            Body::GetNodes(_) => Reply::Now(Body::GetNodesReply(GetNodesReply { nodes: self.nodes() })),
-            Body::RegisterNode(reg) => {
+    /// Answers a GCS request from the connection `conn`.
+    pub fn handle(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
+        match request {
+            GcsRequest::NextJobId(_) => now(GcsReply::NextJobIdReply(NextJobIdReply { job_id: self.next_job_id() })),
+            GcsRequest::GetNodes(_) => now(self.cluster_view()),
+            GcsRequest::RegisterNode(reg) => {
                 let Some(node) = reg.node else {
-                    return Ok(Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node")));
+                    return Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node"));
                 };
                 if let Ok(id) = NodeId::from_bytes(&node.node_id) {
                     self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, id);
@@ -325,126 +342,124 @@ impl GcsServer {
                 // The head's raylet can send work there right away, and the new node
                 // learns the cluster before its first heartbeat.
                 self.raylet.set_cluster(&self.tables.nodes());
-                Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
+                now(self.cluster_view())
             }
-            Body::ReportResources(report) => {
+            GcsRequest::ReportResources(report) => {
                 let usage = NodeUsage {
                     total: report.total.unwrap_or_default(),
                     available: report.available.unwrap_or_default(),
                     pending_demands: report.pending_demands,
                 };
                 if self.tables.report(&report.node_id, usage) {
-                    Reply::Now(Body::ClusterView(GetNodesReply { nodes: self.nodes() }))
+                    now(self.cluster_view())
                 } else {
                     Reply::Now(error_body(ErrorCode::NotFound, "this node is not (or no longer) part of the cluster"))
                 }
             }
-            Body::LeaseLost(lost) => {
+            GcsRequest::LeaseLost(lost) => {
                 if let Ok(node) = NodeId::from_bytes(&lost.node_id) {
                     self.actors.lease_lost(node, lost.lease_id);
                 }
                 Reply::None
             }
-            Body::KvPut(kv) => {
+            GcsRequest::KvPut(kv) => {
                 self.tables.kv_put(kv.key, kv.value);
-                Reply::Now(Body::Ack(Ack {}))
+                now(GcsReply::Ack(Ack {}))
             }
-            Body::KvGet(kv) => Reply::Now(Body::KvGetReply(match self.tables.kv_get(&kv.key) {
+            GcsRequest::KvGet(kv) => now(GcsReply::KvGetReply(match self.tables.kv_get(&kv.key) {
                 Some(value) => KvGetReply { found: true, value },
                 None => KvGetReply { found: false, value: Default::default() },
             })),
-            Body::CreateActor(req) => match self.actors.create(conn, req) {
-                Ok(info) => Reply::Now(Body::ActorInfo(info)),
+            GcsRequest::CreateActor(req) => match self.actors.create(conn, req) {
+                Ok(info) => now(GcsReply::ActorInfo(info)),
                 Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
             },
-            Body::ActorArgsReady(ready) => match ready.spec.map(|spec| self.actors.args_ready(spec)) {
-                Some(Ok(())) => Reply::Now(Body::Ack(Ack {})),
+            GcsRequest::ActorArgsReady(ready) => match ready.spec.map(|spec| self.actors.args_ready(spec)) {
+                Some(Ok(())) => now(GcsReply::Ack(Ack {})),
                 Some(Err(e)) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
                 None => Reply::Now(error_body(ErrorCode::Invalid, "no creation task")),
             },
-            Body::WaitActor(w) => {
+            GcsRequest::WaitActor(w) => {
                 match ActorId::from_bytes(&w.actor_id).ok().and_then(|id| self.actors.wait(&id, w.after_epoch)) {
                     Some(rx) => Reply::Later(Box::pin(async move {
                         match rx.await {
-                            Ok(info) => Body::ActorInfo(info),
+                            Ok(info) => GcsReply::ActorInfo(info).into(),
                             Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
                         }
                     })),
                     None => Reply::Now(error_body(ErrorCode::NotFound, "no such actor")),
                 }
             }
-            Body::GetNamedActor(g) => match self.actors.get_named(&g.namespace, &g.name) {
-                Some(info) => Reply::Now(Body::ActorInfo(info)),
+            GcsRequest::GetNamedActor(g) => match self.actors.get_named(&g.namespace, &g.name) {
+                Some(info) => now(GcsReply::ActorInfo(info)),
                 None => Reply::Now(error_body(
                     ErrorCode::NotFound,
                     format!("Failed to look up actor with name '{}' in namespace '{}'", g.name, g.namespace),
                 )),
             },
-            Body::KillActor(k) => {
+            GcsRequest::KillActor(k) => {
                 let killed = ActorId::from_bytes(&k.actor_id)
                     .map(|id| self.actors.kill(&id, k.no_restart, &k.cause))
                     .unwrap_or(false);
                 if killed {
-                    Reply::Now(Body::Ack(Ack {}))
+                    now(GcsReply::Ack(Ack {}))
                 } else {
                     Reply::Now(error_body(ErrorCode::NotFound, "no such actor"))
                 }
             }
-            Body::ListActors(_) => Reply::Now(Body::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
-            Body::CreatePlacementGroup(req) => {
+            GcsRequest::ListActors(_) => now(GcsReply::ListActorsReply(ListActorsReply { actors: self.actors.list() })),
+            GcsRequest::CreatePlacementGroup(req) => {
                 let groups = self.groups.clone();
                 Reply::Later(Box::pin(async move {
                     match groups.create(conn, req).await {
-                        Ok(info) => Body::PlacementGroupInfo(info),
+                        Ok(info) => GcsReply::PlacementGroupInfo(info).into(),
                         Err(e) => error_body(ErrorCode::Invalid, e.to_string()),
                     }
                 }))
             }
-            Body::WaitPlacementGroup(w) => match placement_group_id(&w.pg_id) {
-                Err(invalid) => Reply::Now(invalid),
+            GcsRequest::WaitPlacementGroup(w) => match placement_group_id(&w.pg_id) {
+                Err(invalid) => Reply::Now(invalid.into()),
                 Ok(id) => match self.groups.wait(id) {
                     Some(rx) => Reply::Later(Box::pin(async move {
                         match rx.await {
-                            Ok(info) => Body::PlacementGroupInfo(info),
+                            Ok(info) => GcsReply::PlacementGroupInfo(info).into(),
                             Err(_) => error_body(ErrorCode::Internal, "the GCS is shutting down"),
                         }
                     })),
                     None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
                 },
             },
-            Body::RemovePlacementGroup(r) => {
+            GcsRequest::RemovePlacementGroup(r) => {
                 let id = match placement_group_id(&r.pg_id) {
                     Ok(id) => id,
-                    Err(invalid) => return Ok(Reply::Now(invalid)),
+                    Err(invalid) => return Reply::Now(invalid.into()),
                 };
                 let server = self.clone();
                 Reply::Later(Box::pin(async move {
                     match server.groups.remove(id).await {
                         Some(group) => {
                             server.actors.end_actors_in_group(group);
-                            Body::Ack(Ack {})
+                            GcsReply::Ack(Ack {}).into()
                         }
                         None => error_body(ErrorCode::NotFound, "no such placement group"),
                     }
                 }))
             }
-            Body::GetPlacementGroup(g) => {
+            GcsRequest::GetPlacementGroup(g) => {
                 // An empty id asks by name.
                 let id = match (!g.pg_id.is_empty()).then(|| placement_group_id(&g.pg_id)).transpose() {
                     Ok(id) => id,
-                    Err(invalid) => return Ok(Reply::Now(invalid)),
+                    Err(invalid) => return Reply::Now(invalid.into()),
                 };
                 match self.groups.get(id, &g.name) {
-                    Some(info) => Reply::Now(Body::PlacementGroupInfo(info)),
+                    Some(info) => now(GcsReply::PlacementGroupInfo(info)),
                     None => Reply::Now(error_body(ErrorCode::NotFound, "no such placement group")),
                 }
             }
-            Body::ListPlacementGroups(_) => {
-                Reply::Now(Body::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
+            GcsRequest::ListPlacementGroups(_) => {
+                now(GcsReply::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
             }
-            other => return Err(other),
-        };
-        Ok(reply)
+        }
     }
 
     /// A client or node connection closed: what it owned goes with it.

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rtd_common::proto::frame::Body;
 use rtd_common::proto::{ErrorCode, PlasmaCreate, PlasmaDelete, PlasmaGet, PlasmaRelease, PlasmaSeal};
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::ObjectId;
@@ -68,23 +67,16 @@ impl PlasmaClient {
         metadata: u32,
         secondary: bool,
     ) -> Result<u64, PlasmaError> {
-        let body = Body::PlasmaCreate(PlasmaCreate { id: id.to_vec().into(), size, metadata, secondary });
-        match self.rpc.call(body).await {
-            Ok(Body::PlasmaCreateReply(r)) => {
-                self.check_range(r.offset, size)?;
-                Ok(r.offset)
-            }
-            Ok(_) => Err(self.unexpected("PlasmaCreate")),
-            Err(e) => Err(full_or(e)),
-        }
+        let request = PlasmaCreate { id: id.to_vec().into(), size, metadata, secondary };
+        let reply = self.rpc.request(request).await.map_err(full_or)?;
+        self.check_range(reply.offset, size)?;
+        Ok(reply.offset)
     }
 
     /// Makes the object immutable and visible to every `get`, waking those waiting.
     pub async fn seal(&self, id: &ObjectId) -> Result<(), PlasmaError> {
-        match self.rpc.call(Body::PlasmaSeal(PlasmaSeal { id: id.to_vec().into() })).await? {
-            Body::Ack(_) => Ok(()),
-            _ => Err(self.unexpected("PlasmaSeal")),
-        }
+        self.rpc.request(PlasmaSeal { id: id.to_vec().into() }).await?;
+        Ok(())
     }
 
     /// Creates, fills and seals an object in one go.
@@ -104,31 +96,25 @@ impl PlasmaClient {
     /// sealed (0: do not wait). `None` if it is not there by then. Every `Some` must be
     /// paired with one [`release`](Self::release).
     pub async fn get(&self, id: &ObjectId, timeout_ms: u64) -> Result<Option<ObjectInfo>, PlasmaError> {
-        let body = Body::PlasmaGet(PlasmaGet { id: id.to_vec().into(), timeout_ms });
-        match self.rpc.call(body).await {
-            Ok(Body::PlasmaGetReply(r)) if r.found => {
-                self.check_range(r.offset, r.size)?;
-                Ok(Some(ObjectInfo { offset: r.offset, size: r.size, metadata: r.metadata }))
-            }
-            Ok(Body::PlasmaGetReply(_)) => Ok(None),
-            Ok(_) => Err(self.unexpected("PlasmaGet")),
-            Err(e) => Err(full_or(e)),
+        let reply = self.rpc.request(PlasmaGet { id: id.to_vec().into(), timeout_ms }).await.map_err(full_or)?;
+        if !reply.found {
+            return Ok(None);
         }
+        self.check_range(reply.offset, reply.size)?;
+        Ok(Some(ObjectInfo { offset: reply.offset, size: reply.size, metadata: reply.metadata }))
     }
 
     /// Drops one pin taken by `get`. One-way: a failure can only mean the connection is
     /// closed, and a closed connection has already dropped all its pins.
     pub fn release(&self, id: &ObjectId) {
-        let _ = self.rpc.send(Body::PlasmaRelease(PlasmaRelease { id: id.to_vec().into() }));
+        let _ = self.rpc.send(PlasmaRelease { id: id.to_vec().into() });
     }
 
     /// Deletes objects now, or when their last reader releases them.
     pub async fn delete(&self, ids: &[ObjectId]) -> Result<(), PlasmaError> {
         let ids = ids.iter().map(|id| id.to_vec().into()).collect();
-        match self.rpc.call(Body::PlasmaDelete(PlasmaDelete { ids })).await? {
-            Body::Ack(_) => Ok(()),
-            _ => Err(self.unexpected("PlasmaDelete")),
-        }
+        self.rpc.request(PlasmaDelete { ids }).await?;
+        Ok(())
     }
 
     /// This process's mapping of the store's region.
@@ -158,10 +144,6 @@ impl PlasmaClient {
                 self.region.len()
             ))),
         }
-    }
-
-    fn unexpected(&self, request: &str) -> PlasmaError {
-        PlasmaError::Protocol(format!("unexpected reply to {request} from {}", self.rpc.addr()))
     }
 }
 
@@ -297,8 +279,7 @@ mod tests {
         reader.create(&ObjectId::random(), 5000, 0).await.expect("create");
         // A get still waiting when its client goes away must not pin afterwards.
         let late = ObjectId::random();
-        let waiting =
-            reader.rpc().start_call(Body::PlasmaGet(PlasmaGet { id: late.to_vec().into(), timeout_ms: 10_000 }));
+        let waiting = reader.rpc().start_request(PlasmaGet { id: late.to_vec().into(), timeout_ms: 10_000 });
         assert_eq!(node.service.stats().pinned_bytes, 1000);
         drop(reader);
         drop(waiting);

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use rtd_common::ids::IdError;
 use rtd_common::proto::frame::Body;
+use rtd_common::proto::plasma_reply::Reply as PlasmaReply;
+use rtd_common::proto::plasma_request::Request as PlasmaRequest;
 use rtd_common::proto::{Ack, ErrorCode, PlasmaCreate, PlasmaCreateReply, PlasmaGetReply};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::ObjectId;
@@ -79,7 +81,7 @@ impl PlasmaService {
             store.create(&id, req.size, req.metadata, client)
         };
         match created {
-            Ok(offset) => Body::PlasmaCreateReply(PlasmaCreateReply { offset }),
+            Ok(offset) => PlasmaReply::PlasmaCreateReply(PlasmaCreateReply { offset }).into(),
             Err(e) => store_error(e),
         }
     }
@@ -98,7 +100,7 @@ impl PlasmaService {
                 let _ = tx.send(());
             }
         }
-        Body::Ack(Ack {})
+        PlasmaReply::Ack(Ack {}).into()
     }
 
     fn get(&self, client: ClientId, id: &[u8], timeout_ms: u64) -> Reply {
@@ -166,7 +168,7 @@ impl PlasmaService {
         for id in &parsed {
             state.store.delete(id);
         }
-        Body::Ack(Ack {})
+        PlasmaReply::Ack(Ack {}).into()
     }
 }
 
@@ -177,6 +179,8 @@ fn wait_for_seal(state: &mut State, id: ObjectId, client: ClientId) -> oneshot::
 }
 
 impl Service for PlasmaService {
+    const NAME: &'static str = "the plasma store";
+    type Request = PlasmaRequest;
     type State = ClientId;
 
     fn connected(&self) -> ClientId {
@@ -185,20 +189,19 @@ impl Service for PlasmaService {
         client
     }
 
-    fn handle(&self, client: &mut ClientId, body: Body) -> Reply {
+    fn handle(&self, client: &mut ClientId, request: PlasmaRequest) -> Reply {
         let client = *client;
-        match body {
-            Body::PlasmaCreate(req) => Reply::Now(self.create(client, &req)),
-            Body::PlasmaSeal(req) => Reply::Now(self.seal(&req.id)),
-            Body::PlasmaGet(req) => self.get(client, &req.id, req.timeout_ms),
-            Body::PlasmaRelease(req) => {
+        match request {
+            PlasmaRequest::PlasmaCreate(req) => Reply::Now(self.create(client, &req)),
+            PlasmaRequest::PlasmaSeal(req) => Reply::Now(self.seal(&req.id)),
+            PlasmaRequest::PlasmaGet(req) => self.get(client, &req.id, req.timeout_ms),
+            PlasmaRequest::PlasmaRelease(req) => {
                 if let Ok(id) = ObjectId::from_bytes(&req.id) {
                     self.shared.lock().store.release(&id, client);
                 }
                 Reply::None
             }
-            Body::PlasmaDelete(req) => Reply::Now(self.delete(&req.ids)),
-            _ => Reply::Now(error_body(ErrorCode::Invalid, "the plasma store does not handle this message")),
+            PlasmaRequest::PlasmaDelete(req) => Reply::Now(self.delete(&req.ids)),
         }
     }
 
@@ -223,11 +226,17 @@ fn bad_id(e: IdError) -> Body {
 }
 
 fn found(info: ObjectInfo) -> Body {
-    Body::PlasmaGetReply(PlasmaGetReply { found: true, offset: info.offset, size: info.size, metadata: info.metadata })
+    PlasmaReply::PlasmaGetReply(PlasmaGetReply {
+        found: true,
+        offset: info.offset,
+        size: info.size,
+        metadata: info.metadata,
+    })
+    .into()
 }
 
 fn not_found() -> Body {
-    Body::PlasmaGetReply(PlasmaGetReply { found: false, offset: 0, size: 0, metadata: 0 })
+    PlasmaReply::PlasmaGetReply(PlasmaGetReply { found: false, offset: 0, size: 0, metadata: 0 }).into()
 }
 
 fn store_error(e: StoreError) -> Body {

@@ -306,17 +306,19 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
                 .await
                 .map_err(|_| format!("timed out connecting to {address}"))?
                 .map_err(|e| e.to_string())?;
-            client.call(rtd_common::proto::frame::Body::GetNodes(Default::default())).await.map_err(|e| e.to_string())
+            Ok::<_, String>(client.request(rtd_common::proto::GetNodes {}).await)
         })
     })?;
+    let unreachable = |e: &dyn std::fmt::Display| {
+        pyo3::exceptions::PyConnectionError::new_err(format!("Could not reach an rtd cluster at {address}: {e}"))
+    };
     match reply {
-        Ok(rtd_common::proto::frame::Body::GetNodesReply(r)) => {
-            r.nodes.into_iter().map(|n| node_to_py(py, n)).collect()
+        Ok(Ok(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
+        Ok(Err(rtd_common::rpc::RpcError::UnexpectedReply { .. })) => {
+            Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node")))
         }
-        Ok(_) => Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node"))),
-        Err(e) => Err(pyo3::exceptions::PyConnectionError::new_err(format!(
-            "Could not reach an rtd cluster at {address}: {e}"
-        ))),
+        Ok(Err(e)) => Err(unreachable(&e)),
+        Err(e) => Err(unreachable(&e)),
     }
 }
 

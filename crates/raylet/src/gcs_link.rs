@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtd_common::proto::{frame::Body, NodeInfo, ReportResources, ResourceMap};
+use rtd_common::proto::{ErrorReply, NodeInfo, ReportResources, RequestLeaseReply, ResourceMap};
 use rtd_common::rpc::RpcClient;
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
@@ -62,10 +62,10 @@ pub async fn heartbeat(head: RpcClient, raylet: Arc<Raylet>, shutdown: Arc<Notif
             available: Some(usage.available),
             pending_demands: usage.pending_demands,
         };
-        match head.call(Body::ReportResources(report)).await {
-            Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),
-            other => {
-                tracing::warn!("lost the head node ({:?}); stopping", other.err());
+        match head.request(report).await {
+            Ok(view) => raylet.set_cluster(remote_nodes(&view.nodes)),
+            Err(e) => {
+                tracing::warn!("lost the head node ({e}); stopping");
                 shutdown.notify_one();
                 return;
             }
@@ -81,7 +81,11 @@ impl LocalRaylet for HeadRaylet {
         self.0.node_id()
     }
 
-    fn request_actor_lease(&self, resources: ResourceSet, strategy: Strategy) -> oneshot::Receiver<Body> {
+    fn request_actor_lease(
+        &self,
+        resources: ResourceSet,
+        strategy: Strategy,
+    ) -> oneshot::Receiver<Result<RequestLeaseReply, ErrorReply>> {
         let request = LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None };
         self.0.request_lease(GCS_CONN, request)
     }

@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rtd_common::bundle::{self, BundleResource};
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    frame::Body, request_lease_reply::Result as LeaseResult, Infeasible, LeaseGranted, RequestLeaseReply, Spillback,
+    request_lease_reply::Result as LeaseResult, ErrorCode, ErrorReply, Infeasible, LeaseGranted, RequestLeaseReply,
+    Spillback,
 };
+use rtd_common::rpc::error_reply;
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet, WorkerId};
 use tokio::sync::oneshot;
 
@@ -69,7 +71,18 @@ struct PendingLease {
     /// Decide here: this request was already forwarded by another raylet.
     no_spillback: bool,
     owner: ConnId,
-    reply: oneshot::Sender<Body>,
+    reply: oneshot::Sender<LeaseAnswer>,
+}
+
+/// What a lease request is answered: the raylet's decision, or why there is none.
+pub type LeaseAnswer = Result<RequestLeaseReply, ErrorReply>;
+
+fn decided(result: LeaseResult) -> LeaseAnswer {
+    Ok(RequestLeaseReply { result: Some(result) })
+}
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> LeaseAnswer {
+    Err(error_reply(code, message))
 }
 
 /// Another node as this raylet last heard of it (from the GCS).
@@ -357,7 +370,7 @@ impl Raylet {
     }
 
     /// Queues a lease request; the receiver yields the reply when it is decided.
-    pub fn request_lease(self: &Arc<Self>, owner: ConnId, request: LeaseRequest) -> oneshot::Receiver<Body> {
+    pub fn request_lease(self: &Arc<Self>, owner: ConnId, request: LeaseRequest) -> oneshot::Receiver<LeaseAnswer> {
         let (reply, rx) = oneshot::channel();
         let pending = PendingLease {
             resources: request.resources,
@@ -385,7 +398,7 @@ impl Raylet {
     /// The answer of a node that is shutting down: a spillback to another node that can
     /// run the request (even one asked not to spill back: this node never will), so the
     /// requester goes on elsewhere instead of failing.
-    fn draining_reply(&self, req: &PendingLease) -> Body {
+    fn draining_reply(&self, req: &PendingLease) -> LeaseAnswer {
         let cluster = self.cluster();
         let views: Vec<NodeView> = cluster.iter().map(|n| n.view.clone()).collect();
         let decision = self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(
@@ -401,20 +414,17 @@ impl Raylet {
             Decision::Infeasible => None,
         };
         match (target, &req.strategy) {
-            (Some(node), _) => Body::RequestLeaseReply(RequestLeaseReply {
-                result: Some(LeaseResult::Spillback(Spillback {
-                    node_id: node.view.node_id.to_vec().into(),
-                    raylet_address: node.raylet_address.clone(),
-                })),
-            }),
-            (None, Strategy::NodeAffinity { node_id, soft: false }) => rtd_common::rpc::error_body(
-                rtd_common::proto::ErrorCode::Unschedulable,
+            (Some(node), _) => decided(LeaseResult::Spillback(Spillback {
+                node_id: node.view.node_id.to_vec().into(),
+                raylet_address: node.raylet_address.clone(),
+            })),
+            (None, Strategy::NodeAffinity { node_id, soft: false }) => refused(
+                ErrorCode::Unschedulable,
                 format!("node {node_id} named by a hard NodeAffinitySchedulingStrategy is shutting down"),
             ),
-            (None, _) => rtd_common::rpc::error_body(
-                rtd_common::proto::ErrorCode::Internal,
-                "the node is shutting down and no other node can run the request now",
-            ),
+            (None, _) => {
+                refused(ErrorCode::Internal, "the node is shutting down and no other node can run the request now")
+            }
         }
     }
 
@@ -581,9 +591,7 @@ impl Raylet {
                     self.starter.command().python
                 );
                 for req in st.pending.drain(..) {
-                    let _ = req
-                        .reply
-                        .send(rtd_common::rpc::error_body(rtd_common::proto::ErrorCode::WorkerDied, message.clone()));
+                    let _ = req.reply.send(refused(ErrorCode::WorkerDied, message.clone()));
                 }
                 return;
             }
@@ -605,8 +613,8 @@ impl Raylet {
                 let waits_for_group = !groups.is_empty();
                 if let Some(group) = groups.iter().find(|g| st.removed_groups.contains(g)) {
                     if let Some(req) = st.pending.remove(i) {
-                        let _ = req.reply.send(rtd_common::rpc::error_body(
-                            rtd_common::proto::ErrorCode::Unschedulable,
+                        let _ = req.reply.send(refused(
+                            ErrorCode::Unschedulable,
                             format!("its placement group {group} was removed"),
                         ));
                     }
@@ -617,21 +625,16 @@ impl Raylet {
                     match self.route(&st, &st.pending[i]) {
                         Some(Ok(node)) => {
                             if let Some(req) = st.pending.remove(i) {
-                                let _ = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
-                                    result: Some(LeaseResult::Spillback(Spillback {
-                                        node_id: node.view.node_id.to_vec().into(),
-                                        raylet_address: node.raylet_address,
-                                    })),
-                                }));
+                                let _ = req.reply.send(decided(LeaseResult::Spillback(Spillback {
+                                    node_id: node.view.node_id.to_vec().into(),
+                                    raylet_address: node.raylet_address,
+                                })));
                             }
                             continue;
                         }
                         Some(Err(why)) => {
                             if let Some(req) = st.pending.remove(i) {
-                                let _ = req.reply.send(rtd_common::rpc::error_body(
-                                    rtd_common::proto::ErrorCode::Unschedulable,
-                                    why,
-                                ));
+                                let _ = req.reply.send(refused(ErrorCode::Unschedulable, why));
                             }
                             continue;
                         }
@@ -657,9 +660,7 @@ impl Raylet {
                             req.resources,
                             st.resources.total()
                         );
-                        let _ = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
-                            result: Some(LeaseResult::Infeasible(Infeasible { message })),
-                        }));
+                        let _ = req.reply.send(decided(LeaseResult::Infeasible(Infeasible { message })));
                     }
                     continue;
                 }
@@ -709,15 +710,13 @@ impl Raylet {
                 let lease =
                     Lease { worker: worker_id, allocation, owner: req.owner, dedicated: req.dedicated, bundle_gpus };
                 st.leases.insert(lease_id, lease);
-                let granted = req.reply.send(Body::RequestLeaseReply(RequestLeaseReply {
-                    result: Some(LeaseResult::Granted(LeaseGranted {
-                        lease_id,
-                        worker_address: address,
-                        worker_id: worker_id.to_vec().into(),
-                        gpu_ids,
-                        pid,
-                    })),
-                }));
+                let granted = req.reply.send(decided(LeaseResult::Granted(LeaseGranted {
+                    lease_id,
+                    worker_address: address,
+                    worker_id: worker_id.to_vec().into(),
+                    gpu_ids,
+                    pid,
+                })));
                 if granted.is_err() {
                     // The requester left while we decided; take the lease back.
                     if let Some(lease) = st.leases.remove(&lease_id) {
@@ -905,7 +904,7 @@ mod tests {
         };
         let reply = raylet.request_lease(GCS_CONN, actor).try_recv();
         assert!(
-            matches!(&reply, Ok(Body::RequestLeaseReply(RequestLeaseReply { result: Some(LeaseResult::Granted(_)) }))),
+            matches!(&reply, Ok(Ok(RequestLeaseReply { result: Some(LeaseResult::Granted(_)) }))),
             "granted from the idle pool without waiting: {reply:?}"
         );
         {
@@ -939,11 +938,9 @@ mod tests {
         }
     }
 
-    fn spilled_to(reply: Result<Body, oneshot::error::TryRecvError>) -> Option<String> {
+    fn spilled_to(reply: Result<LeaseAnswer, oneshot::error::TryRecvError>) -> Option<String> {
         match reply {
-            Ok(Body::RequestLeaseReply(RequestLeaseReply { result: Some(LeaseResult::Spillback(s)) })) => {
-                Some(s.raylet_address)
-            }
+            Ok(Ok(RequestLeaseReply { result: Some(LeaseResult::Spillback(s)) })) => Some(s.raylet_address),
             _ => None,
         }
     }
@@ -969,14 +966,11 @@ mod tests {
         // Hard affinity to the draining node itself cannot be met anywhere.
         let own = Strategy::NodeAffinity { node_id: raylet.node_id(), soft: false };
         let pinned = raylet.request_lease(7, request(1.0, own, false)).try_recv();
-        assert!(
-            matches!(&pinned, Ok(Body::Error(e)) if e.code == rtd_common::proto::ErrorCode::Unschedulable as i32),
-            "{pinned:?}"
-        );
+        assert!(matches!(&pinned, Ok(Err(e)) if e.code == ErrorCode::Unschedulable as i32), "{pinned:?}");
         // No other node: an error the requester retries, not a grant.
         raylet.set_cluster(Vec::new());
         let alone = raylet.request_lease(7, request(1.0, Strategy::Default, false)).try_recv();
-        assert!(matches!(&alone, Ok(Body::Error(_))), "{alone:?}");
+        assert!(matches!(&alone, Ok(Err(_))), "{alone:?}");
         let _ = std::fs::remove_file(script);
     }
 }

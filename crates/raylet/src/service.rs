@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, RegisterClientReply};
+use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
+use rtd_common::proto::node_manager_request::Request as NodeManagerRequest;
+use rtd_common::proto::{frame::Body, gcs_request, Ack, ErrorCode, FreeObjects, GcsRequest, RegisterClientReply};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
@@ -37,6 +39,33 @@ pub struct NodeService {
     pub shutdown: Arc<Notify>,
 }
 
+/// What a raylet's connections carry: its own requests, and the GCS's (served on the
+/// head, passed on to the head elsewhere).
+// As large as the frame body it comes out of, and moved once, to its handler: boxing
+// the GCS's requests would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum NodeRequest {
+    NodeManager(NodeManagerRequest),
+    Gcs(gcs_request::Request),
+}
+
+impl TryFrom<Body> for NodeRequest {
+    type Error = Body;
+    fn try_from(body: Body) -> Result<Self, Body> {
+        match body {
+            Body::NodeManager(rtd_common::proto::NodeManagerRequest { request: Some(request) }) => {
+                Ok(NodeRequest::NodeManager(request))
+            }
+            Body::Gcs(GcsRequest { request: Some(request) }) => Ok(NodeRequest::Gcs(request)),
+            other => Err(other),
+        }
+    }
+}
+
+fn ack() -> Body {
+    NodeManagerReply::Ack(Ack {}).into()
+}
+
 pub struct ConnState {
     id: ConnId,
     worker: Option<WorkerId>,
@@ -62,15 +91,32 @@ impl NodeService {
 }
 
 impl Service for NodeService {
+    const NAME: &'static str = "the node daemon";
+    type Request = NodeRequest;
     type State = ConnState;
 
     fn connected(&self) -> ConnState {
         ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
     }
 
-    fn handle(&self, conn: &mut ConnState, body: Body) -> Reply {
-        match body {
-            Body::RegisterClient(reg) => {
+    fn handle(&self, conn: &mut ConnState, request: NodeRequest) -> Reply {
+        match request {
+            NodeRequest::NodeManager(request) => self.handle_own(conn, request),
+            NodeRequest::Gcs(request) => self.gcs.request(conn.id, request),
+        }
+    }
+
+    fn disconnected(&self, conn: ConnState) {
+        self.gcs.disconnected(conn.id);
+        self.raylet.client_disconnected(conn.id, conn.worker);
+    }
+}
+
+impl NodeService {
+    /// Answers one of the raylet's own requests.
+    fn handle_own(&self, conn: &mut ConnState, request: NodeManagerRequest) -> Reply {
+        match request {
+            NodeManagerRequest::RegisterClient(reg) => {
                 if reg.is_worker {
                     let Ok(worker_id) = WorkerId::from_bytes(&reg.worker_id) else {
                         return Reply::Now(error_body(ErrorCode::Invalid, "bad worker id"));
@@ -79,28 +125,22 @@ impl Service for NodeService {
                         return Reply::Now(error_body(ErrorCode::Invalid, "unknown or duplicate worker id"));
                     }
                     conn.worker = Some(worker_id);
-                    return Reply::Now(Body::RegisterClientReply(self.register_reply(Bytes::new())));
+                    return Reply::Now(NodeManagerReply::RegisterClientReply(self.register_reply(Bytes::new())).into());
                 }
                 // A driver: its job id comes from the GCS.
                 let mut reply = self.register_reply(Bytes::new());
-                match self.gcs.request(conn.id, Body::RegisterClient(reg)) {
-                    Reply::Now(Body::RegisterClientReply(r)) => {
-                        reply.job_id = r.job_id;
-                        Reply::Now(Body::RegisterClientReply(reply))
-                    }
-                    Reply::Later(fut) => Reply::Later(Box::pin(async move {
-                        match fut.await {
-                            Body::RegisterClientReply(r) => {
-                                reply.job_id = r.job_id;
-                                Body::RegisterClientReply(reply)
-                            }
-                            other => other,
+                let job_id = self.gcs.next_job_id();
+                Reply::Later(Box::pin(async move {
+                    match job_id.await {
+                        Ok(job_id) => {
+                            reply.job_id = job_id;
+                            NodeManagerReply::RegisterClientReply(reply).into()
                         }
-                    })),
-                    other => other,
-                }
+                        Err(e) => error_body(e.code(), e.to_string()),
+                    }
+                }))
             }
-            Body::RequestLease(req) => {
+            NodeManagerRequest::RequestLease(req) => {
                 let strategy = match Strategy::from_wire(&req.strategy, &req.affinity_node, req.affinity_soft) {
                     Ok(strategy) => strategy,
                     Err(e) => return Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
@@ -114,57 +154,61 @@ impl Service for NodeService {
                 };
                 let rx = self.raylet.request_lease(conn.id, request);
                 Reply::Later(Box::pin(async move {
-                    rx.await.unwrap_or_else(|_| error_body(ErrorCode::Internal, "the node is shutting down"))
+                    match rx.await {
+                        Ok(Ok(reply)) => NodeManagerReply::RequestLeaseReply(reply).into(),
+                        Ok(Err(refused)) => refused.into(),
+                        Err(_) => error_body(ErrorCode::Internal, "the node is shutting down"),
+                    }
                 }))
             }
-            Body::ReturnLease(r) => {
+            NodeManagerRequest::ReturnLease(r) => {
                 self.raylet.return_lease(r.lease_id);
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::KillLeasedWorker(k) => {
+            NodeManagerRequest::KillLeasedWorker(k) => {
                 self.raylet.kill_leased_worker(k.lease_id);
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::ShrinkLease(s) => {
+            NodeManagerRequest::ShrinkLease(s) => {
                 self.raylet.shrink_lease(s.lease_id, &ResourceSet::from_fixed_map(&s.keep));
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::NotifyBlocked(_) => {
+            NodeManagerRequest::NotifyBlocked(_) => {
                 if let Some(w) = &conn.worker {
                     self.raylet.worker_blocked(w);
                 }
                 Reply::None
             }
-            Body::NotifyUnblocked(_) => {
+            NodeManagerRequest::NotifyUnblocked(_) => {
                 if let Some(w) = &conn.worker {
                     self.raylet.worker_unblocked(w);
                 }
                 Reply::None
             }
-            Body::PrepareBundle(p) => {
+            NodeManagerRequest::PrepareBundle(p) => {
                 let Some(group) = PlacementGroupId::from_hex(&p.group) else { return not_a_group(&p.group) };
                 if self.raylet.prepare_bundle(group, p.index, &ResourceSet::from_fixed_map(&p.resources)) {
-                    Reply::Now(Body::Ack(Ack {}))
+                    Reply::Now(ack())
                 } else {
                     Reply::Now(error_body(ErrorCode::Invalid, "the bundle's resources are not available"))
                 }
             }
-            Body::CommitBundle(c) => {
+            NodeManagerRequest::CommitBundle(c) => {
                 let Some(group) = PlacementGroupId::from_hex(&c.group) else { return not_a_group(&c.group) };
                 self.raylet.commit_bundle(group, c.index);
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::ReleaseBundle(r) => {
+            NodeManagerRequest::ReleaseBundle(r) => {
                 let Some(group) = PlacementGroupId::from_hex(&r.group) else { return not_a_group(&r.group) };
                 self.raylet.return_bundle(group, r.index);
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::PlacementGroupRemoved(g) => {
+            NodeManagerRequest::PlacementGroupRemoved(g) => {
                 let Some(group) = PlacementGroupId::from_hex(&g.group) else { return not_a_group(&g.group) };
                 self.raylet.group_removed(group);
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            Body::PullObject(p) => {
+            NodeManagerRequest::PullObject(p) => {
                 let Ok(id) = ObjectId::from_bytes(&p.id) else {
                     return Reply::Now(error_body(ErrorCode::Invalid, "bad object id"));
                 };
@@ -179,7 +223,7 @@ impl Service for NodeService {
                     // A copy here serves, even when the node it came from is gone.
                     if let Ok(Some(_)) = plasma.get(&id, 0).await {
                         plasma.release(&id);
-                        return Body::Ack(Ack {});
+                        return ack();
                     }
                     let pulled = async {
                         let source = source
@@ -191,14 +235,14 @@ impl Service for NodeService {
                         pull_object(&plasma, channel, &source, id).await
                     };
                     match pulled.await {
-                        Ok(()) => Body::Ack(Ack {}),
+                        Ok(()) => ack(),
                         Err(PullError::Missing(e)) => error_body(ErrorCode::NotFound, e),
                         Err(PullError::Full(e)) => error_body(ErrorCode::StoreFull, e),
                         Err(PullError::Failed(e)) => error_body(ErrorCode::Internal, e),
                     }
                 }))
             }
-            Body::FreeObjects(free) => {
+            NodeManagerRequest::FreeObjects(free) => {
                 let ids: Vec<ObjectId> = free.ids.iter().filter_map(|id| ObjectId::from_bytes(id).ok()).collect();
                 if !free.from_peer {
                     let others: Vec<String> = self
@@ -213,7 +257,7 @@ impl Service for NodeService {
                     tokio::spawn(async move {
                         for node in others {
                             if let Ok(peer) = peers.get(&node).await {
-                                let _ = peer.send(Body::FreeObjects(forward.clone()));
+                                let _ = peer.send(forward.clone());
                             }
                         }
                     });
@@ -221,19 +265,13 @@ impl Service for NodeService {
                 let plasma = self.plasma.clone();
                 Reply::Later(Box::pin(async move {
                     let _ = plasma.delete(&ids).await;
-                    Body::Ack(Ack {})
+                    ack()
                 }))
             }
-            Body::Shutdown(_) => {
+            NodeManagerRequest::Shutdown(_) => {
                 self.shutdown.notify_one();
-                Reply::Now(Body::Ack(Ack {}))
+                Reply::Now(ack())
             }
-            other => self.gcs.request(conn.id, other),
         }
-    }
-
-    fn disconnected(&self, conn: ConnState) {
-        self.gcs.disconnected(conn.id);
-        self.raylet.client_disconnected(conn.id, conn.worker);
     }
 }

@@ -16,8 +16,8 @@ use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rtd_common::bundle::BundleResource;
-use rtd_common::proto::frame::Body;
-use rtd_common::rpc::RpcClient;
+use rtd_common::proto::{GetNodes, ListActors, ListPlacementGroups};
+use rtd_common::rpc::{Request, RpcClient};
 
 use crate::daemons;
 use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions, NodeRole};
@@ -360,7 +360,11 @@ fn stop(args: &StopArgs) -> Result<()> {
 
 /// Asks this machine's node daemons `body`, once per cluster: nodes of one cluster
 /// forward to the same GCS, so a cluster already answered (same node set) is skipped.
-fn ask_clusters(temp_dir: &Path, body: impl Fn() -> Body) -> Result<Vec<(NodeFile, Body)>> {
+fn ask_clusters<R>(temp_dir: &Path, request: impl Fn() -> R) -> Result<Vec<(NodeFile, R::Reply)>>
+where
+    R: Request,
+    R::Reply: Send,
+{
     let nodes = NodeFile::find_all(temp_dir);
     if nodes.is_empty() {
         bail!("no rtd node is running on this machine (start one with `rtd start --head`)");
@@ -371,15 +375,10 @@ fn ask_clusters(temp_dir: &Path, body: impl Fn() -> Body) -> Result<Vec<(NodeFil
     for node in nodes {
         let (ids, reply) = runtime.block_on(async {
             let client = RpcClient::connect(&node.raylet_socket).await?;
-            let ids = match client.call(Body::GetNodes(Default::default())).await? {
-                Body::GetNodesReply(r) => {
-                    let mut ids: Vec<Vec<u8>> = r.nodes.iter().map(|n| n.node_id.to_vec()).collect();
-                    ids.sort();
-                    ids
-                }
-                _ => Vec::new(),
-            };
-            Ok::<_, rtd_common::rpc::RpcError>((ids, client.call(body()).await?))
+            let mut ids: Vec<Vec<u8>> =
+                client.request(GetNodes {}).await?.nodes.iter().map(|n| n.node_id.to_vec()).collect();
+            ids.sort();
+            Ok::<_, rtd_common::rpc::RpcError>((ids, client.request(request()).await?))
         })?;
         if !seen.contains(&ids) {
             seen.push(ids);
@@ -394,8 +393,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn status(temp_dir: &Path) -> Result<()> {
-    for (node, reply) in ask_clusters(temp_dir, || Body::GetNodes(Default::default()))? {
-        let Body::GetNodesReply(r) = reply else { continue };
+    for (node, r) in ask_clusters(temp_dir, || GetNodes {})? {
         println!("======== rtd status: {} ========", node.session_dir);
         let mut demands: std::collections::BTreeMap<String, usize> = Default::default();
         for n in r.nodes {
@@ -424,14 +422,9 @@ fn status(temp_dir: &Path) -> Result<()> {
 
 /// `rtd list nodes|actors|placement-groups`.
 fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
-    let body = match what {
-        ListKind::Nodes => || Body::GetNodes(Default::default()),
-        ListKind::Actors => || Body::ListActors(Default::default()),
-        ListKind::PlacementGroups => || Body::ListPlacementGroups(Default::default()),
-    };
-    for (_, reply) in ask_clusters(temp_dir, body)? {
-        match reply {
-            Body::GetNodesReply(r) => {
+    match what {
+        ListKind::Nodes => {
+            for (_, r) in ask_clusters(temp_dir, || GetNodes {})? {
                 println!("{:<56}  {:<5}  {:<4}  ADDRESS", "NODE_ID", "STATE", "HEAD");
                 for n in r.nodes {
                     let state = if n.alive { "ALIVE" } else { "DEAD" };
@@ -443,7 +436,9 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
                     );
                 }
             }
-            Body::ListActorsReply(r) => {
+        }
+        ListKind::Actors => {
+            for (_, r) in ask_clusters(temp_dir, || ListActors {})? {
                 println!("{:<32}  {:<20}  {:<16}  {:<8}  NAME", "ACTOR_ID", "CLASS", "STATE", "RESTARTS");
                 for a in r.actors {
                     let options = a.options.unwrap_or_default();
@@ -458,7 +453,9 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
                     );
                 }
             }
-            Body::ListPlacementGroupsReply(r) => {
+        }
+        ListKind::PlacementGroups => {
+            for (_, r) in ask_clusters(temp_dir, || ListPlacementGroups {})? {
                 println!("{:<36}  {:<14}  {:<16}  {:<7}  NAME", "PLACEMENT_GROUP_ID", "STRATEGY", "STATE", "BUNDLES");
                 for g in r.groups {
                     let state = rtd_common::proto::PlacementGroupState::try_from(g.state)
@@ -473,7 +470,6 @@ fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
                     );
                 }
             }
-            _ => bail!("unexpected reply from the node"),
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{frame::Body, NodeInfo, RegisterNode, ResourceMap};
+use rtd_common::proto::{NodeInfo, RegisterNode, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::GcsClient;
@@ -159,15 +159,14 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         )),
         Some(head) => {
             let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
-            match head.call(Body::RegisterNode(RegisterNode { node: Some(me) })).await {
-                Ok(Body::ClusterView(view)) => raylet.set_cluster(remote_nodes(&view.nodes)),
-                Ok(_) => return Err(anyhow!("joining the cluster: unexpected reply from the head")),
+            match head.request(RegisterNode { node: Some(me) }).await {
+                Ok(view) => raylet.set_cluster(remote_nodes(&view.nodes)),
                 Err(e) => return Err(anyhow!("joining the cluster: {e}")),
             }
             let lost_to = head.clone();
             raylet.set_lease_lost_hook(Box::new(move |lease_id| {
                 let lost = rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id };
-                let _ = lost_to.send(Body::LeaseLost(lost));
+                let _ = lost_to.send(lost);
             }));
             tokio::spawn(heartbeat(head.clone(), raylet.clone(), shutdown.clone()));
             None

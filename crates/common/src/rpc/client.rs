@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use super::error::RpcError;
 use super::framing::{write_loop, Inbound};
 use super::grpc;
+use super::request::Request;
 use crate::proto::{frame::Body, ErrorCode, Frame};
 
 /// Whether an address names a Unix socket (a path) rather than a TCP `host:port`.
@@ -24,7 +25,7 @@ pub fn is_unix_address(addr: &str) -> bool {
 /// instead of waiting forever.
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Body>>>>>;
 
-/// The client end of a connection: `call` sends a request and awaits its reply.
+/// The client end of a connection: `request` sends a request and awaits its reply.
 /// Cheap to clone; the connection closes when every clone is dropped.
 #[derive(Clone)]
 pub struct RpcClient {
@@ -32,7 +33,8 @@ pub struct RpcClient {
 }
 
 struct ClientInner {
-    addr: String,
+    /// Shared, so that a call holds the address for its errors without copying it.
+    addr: Arc<str>,
     tx: mpsc::UnboundedSender<Frame>,
     pending: Pending,
     next_id: AtomicU64,
@@ -85,7 +87,7 @@ impl RpcClient {
         });
         Self {
             inner: Arc::new(ClientInner {
-                addr: addr.to_string(),
+                addr: Arc::from(addr),
                 tx,
                 pending,
                 next_id: AtomicU64::new(1),
@@ -103,55 +105,67 @@ impl RpcClient {
     pub fn channel(&self) -> Option<Channel> {
         self.inner.channel.clone()
     }
-    /// Sends a request and returns a future for its reply. The request is queued
-    /// before this returns, so calls made in order are sent in order.
-    pub fn start_call(&self, body: Body) -> impl Future<Output = Result<Body, RpcError>> + Send + 'static {
+    /// Queues `body` as a request; the receiver yields its reply, `None` when the
+    /// connection is closed.
+    fn enqueue(&self, body: Body) -> Option<oneshot::Receiver<Body>> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let registered = match self.inner.pending.lock() {
-            Ok(mut p) => match p.as_mut() {
-                Some(p) => {
-                    p.insert(id, tx);
-                    true
-                }
-                None => false,
-            },
-            Err(_) => false,
-        };
-        let sent = registered && self.inner.tx.send(Frame { id, body: Some(body) }).is_ok();
-        if registered && !sent {
-            if let Ok(mut p) = self.inner.pending.lock() {
-                if let Some(p) = p.as_mut() {
-                    p.remove(&id);
-                }
+        {
+            let mut pending = self.inner.pending.lock().ok()?;
+            pending.as_mut()?.insert(id, tx);
+        }
+        if self.inner.tx.send(Frame { id, body: Some(body) }).is_ok() {
+            return Some(rx);
+        }
+        if let Ok(mut p) = self.inner.pending.lock() {
+            if let Some(p) = p.as_mut() {
+                p.remove(&id);
             }
         }
+        None
+    }
+
+    /// Sends a frame body as a request and returns a future for the body of its
+    /// reply (an error reply is the future's error). The request is queued before this
+    /// returns, so calls made in order are sent in order. For passing a request on
+    /// untouched; a caller that knows its request uses `start_request`.
+    pub fn start_call(&self, body: Body) -> impl Future<Output = Result<Body, RpcError>> + Send + 'static {
+        let reply = self.enqueue(body);
+        let addr = self.inner.addr.clone();
+        async move { reply_body(reply, &addr).await }
+    }
+
+    /// Sends `request` and returns a future for its reply. The request is queued
+    /// before this returns, so requests made in order are sent in order.
+    pub fn start_request<R: Request>(
+        &self,
+        request: R,
+    ) -> impl Future<Output = Result<R::Reply, RpcError>> + Send + 'static
+    where
+        R::Reply: Send,
+    {
+        let reply = self.enqueue(request.into());
         let addr = self.inner.addr.clone();
         async move {
-            if !sent {
-                return Err(RpcError::Disconnected(addr));
-            }
-            match rx.await {
-                Ok(Body::Error(e)) => Err(RpcError::Remote {
-                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-                    message: e.message,
-                }),
-                Ok(body) => Ok(body),
-                Err(_) => Err(RpcError::Disconnected(addr)),
-            }
+            let body = reply_body(reply, &addr).await?;
+            R::reply_from(body).ok_or_else(|| RpcError::UnexpectedReply { request: R::NAME, from: addr.to_string() })
         }
     }
 
-    pub async fn call(&self, body: Body) -> Result<Body, RpcError> {
-        self.start_call(body).await
+    /// Sends `request` and waits for its reply.
+    pub async fn request<R: Request>(&self, request: R) -> Result<R::Reply, RpcError>
+    where
+        R::Reply: Send,
+    {
+        self.start_request(request).await
     }
 
     /// One-way message: no reply is expected.
-    pub fn send(&self, body: Body) -> Result<(), RpcError> {
+    pub fn send(&self, message: impl Into<Body>) -> Result<(), RpcError> {
         self.inner
             .tx
-            .send(Frame { id: 0, body: Some(body) })
-            .map_err(|_| RpcError::Disconnected(self.inner.addr.clone()))
+            .send(Frame { id: 0, body: Some(message.into()) })
+            .map_err(|_| RpcError::Disconnected(self.inner.addr.to_string()))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -166,6 +180,20 @@ impl RpcClient {
                 return;
             }
         }
+    }
+}
+
+/// The body of the reply `reply` brings: an error reply, or none because the
+/// connection closed, is an error.
+async fn reply_body(reply: Option<oneshot::Receiver<Body>>, addr: &str) -> Result<Body, RpcError> {
+    let disconnected = || RpcError::Disconnected(addr.to_string());
+    match reply.ok_or_else(disconnected)?.await {
+        Ok(Body::Error(e)) => Err(RpcError::Remote {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            message: e.message,
+        }),
+        Ok(body) => Ok(body),
+        Err(_) => Err(disconnected()),
     }
 }
 

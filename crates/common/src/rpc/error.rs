@@ -10,8 +10,9 @@ pub enum RpcError {
     Connect { addr: String, source: std::io::Error },
     #[error("{message}")]
     Remote { code: ErrorCode, message: String },
-    #[error("unexpected reply from {0}")]
-    UnexpectedReply(String),
+    /// The peer answered with a message that is not the request's reply.
+    #[error("unexpected reply to {request} from {from}")]
+    UnexpectedReply { request: &'static str, from: String },
 }
 
 impl RpcError {
@@ -24,8 +25,12 @@ impl RpcError {
     }
 }
 
+pub fn error_reply(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply { code: code as i32, message: message.into() }
+}
+
 pub fn error_body(code: ErrorCode, message: impl Into<String>) -> Body {
-    Body::Error(ErrorReply { code: code as i32, message: message.into() })
+    Body::Error(error_reply(code, message))
 }
 
 /// An error and its causes on one line (tonic's own message is only "transport error").

@@ -13,6 +13,24 @@
 //! call (`NodeLink.Converse`) per connection: HTTP/2 does the framing and flow control,
 //! and the call's lifetime is the connection's, so a server still sees its peer leave.
 //!
+//! A frame carries one service's request or reply (or an error in place of a reply):
+//! each service has its own request and reply message sets (`proto/*.proto`), and each
+//! connection carries the requests of the services its server answers:
+//!
+//! - a raylet's client socket and node link: `NodeManagerRequest` and `GcsRequest`
+//!   (the head's raylet serves the GCS in its process; another node's raylet forwards a
+//!   `GcsRequest` whole to the head, so a client keeps one connection, to its raylet);
+//! - a core worker's socket: `CoreWorkerRequest` (from submitters, the GCS, borrowers,
+//!   and its job's workers sending their output);
+//! - the plasma store's socket: `PlasmaRequest`;
+//! - the raylet's `ObjectManager.Pull` gRPC service, next to the node link, streams
+//!   object chunks between nodes.
+//!
+//! Calls are typed (`request`): a request message names its reply type ([`Request`]),
+//! and a reply of another kind is [`RpcError::UnexpectedReply`]. A server sees only its
+//! own request type ([`Service::Request`]); the frames it does not serve are answered
+//! INVALID before they reach it.
+//!
 //! The server side calls the handler inline, in arrival order, so state changes keep
 //! the order the client sent them in; a handler that must wait returns a future, which
 //! runs as its own task and replies when it is done.
@@ -20,18 +38,21 @@
 //! Modules: `framing` (length-prefixed frames on a byte stream, and where a
 //! connection's frames come from), `client` (`RpcClient`, `ConnectionCache`),
 //! `server` (`Service`, `Reply`, serving a connection), `grpc` (the `NodeLink`
-//! bridge between machines), `error`.
+//! bridge between machines), `request` (typed calls: each request's reply type, and
+//! frame bodies in and out of each service's messages), `error`.
 
 mod client;
 mod error;
 mod framing;
 mod grpc;
+mod request;
 mod server;
 
 pub use client::{is_unix_address, ConnectionCache, RpcClient};
-pub use error::{describe_error, error_body, RpcError};
+pub use error::{describe_error, error_body, error_reply, RpcError};
 pub use framing::{decode_frame, FrameError, MAX_FRAME};
 pub use grpc::{grpc_server, link_service, serve_grpc, Link};
+pub use request::Request;
 pub use server::{serve_connection, Reply, Service};
 
 use std::path::Path;
@@ -94,7 +115,7 @@ mod tests {
     use super::framing::{read_frame, READ_CHUNK};
     use super::grpc::CONNECT_TIMEOUT;
     use super::*;
-    use crate::proto::{frame::Body, ErrorCode, Frame, KvGet, KvGetReply};
+    use crate::proto::{frame::Body, gcs_reply, gcs_request, ErrorCode, Frame, KvGet, KvGetReply, KvPut, PlasmaSeal};
     use bytes::BytesMut;
     use prost::Message;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,20 +128,27 @@ mod tests {
         gone: Notify,
     }
 
+    fn found(value: impl Into<bytes::Bytes>) -> Body {
+        gcs_reply::Reply::KvGetReply(KvGetReply { found: true, value: value.into() }).into()
+    }
+
+    /// Answers `KvPut` wrongly, with a `KvGetReply`.
     impl Service for Echo {
+        const NAME: &'static str = "the echo service";
+        type Request = gcs_request::Request;
         type State = u32;
         fn connected(&self) -> u32 {
             0
         }
-        fn handle(&self, count: &mut u32, body: Body) -> Reply {
+        fn handle(&self, count: &mut u32, request: gcs_request::Request) -> Reply {
             *count += 1;
-            match body {
-                Body::KvGet(KvGet { key }) if key == "slow" => Reply::Later(Box::pin(async {
+            match request {
+                gcs_request::Request::KvGet(KvGet { key }) if key == "slow" => Reply::Later(Box::pin(async {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Body::KvGetReply(KvGetReply { found: true, value: "slow".into() })
+                    found("slow")
                 })),
-                Body::KvGet(KvGet { key }) => {
-                    Reply::Now(Body::KvGetReply(KvGetReply { found: true, value: key.into_bytes().into() }))
+                gcs_request::Request::KvGet(KvGet { key }) | gcs_request::Request::KvPut(KvPut { key, .. }) => {
+                    Reply::Now(found(key.into_bytes()))
                 }
                 _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported")),
             }
@@ -130,23 +158,25 @@ mod tests {
         }
     }
 
-    fn value_of(reply: Body) -> Vec<u8> {
-        match reply {
-            Body::KvGetReply(r) => r.value.to_vec(),
-            _ => panic!("wrong reply"),
-        }
+    async fn get(client: &RpcClient, key: &str) -> Vec<u8> {
+        client.request(KvGet { key: key.into() }).await.unwrap().value.to_vec()
     }
 
-    /// A slow request answered after a fast one, a large frame, an error reply, and the
-    /// server noticing the client leave.
+    /// A slow request answered after a fast one, a large frame, error replies, a reply
+    /// of the wrong kind, and the server noticing the client leave.
     async fn exercise(client: RpcClient, echo: &Echo) {
-        let slow = client.start_call(Body::KvGet(KvGet { key: "slow".into() }));
-        assert_eq!(value_of(client.call(Body::KvGet(KvGet { key: "fast".into() })).await.unwrap()), b"fast");
-        assert_eq!(value_of(slow.await.unwrap()), b"slow");
+        let slow = client.start_request(KvGet { key: "slow".into() });
+        assert_eq!(get(&client, "fast").await, b"fast");
+        assert_eq!(slow.await.unwrap().value, "slow");
         let big = "x".repeat(6 << 20);
-        assert_eq!(value_of(client.call(Body::KvGet(KvGet { key: big.clone() })).await.unwrap()).len(), big.len());
-        let err = client.call(Body::Ack(Default::default())).await.unwrap_err();
+        assert_eq!(get(&client, &big).await.len(), big.len());
+        let err = client.request(PlasmaSeal::default()).await.unwrap_err();
         assert_eq!(err.code(), ErrorCode::Invalid);
+        assert!(err.to_string().contains("unsupported request for the echo service"), "{err}");
+        let err = client.start_call(Body::Gcs(Default::default())).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Invalid, "an empty request set is not a request");
+        let err = client.request(KvPut::default()).await.unwrap_err();
+        assert!(matches!(err, RpcError::UnexpectedReply { request: "KvPut", .. }), "{err:?}");
         drop(client);
         tokio::time::timeout(Duration::from_secs(5), echo.gone.notified()).await.expect("server saw the client leave");
     }
@@ -247,7 +277,7 @@ mod tests {
             let frames: Vec<Frame> = keys
                 .into_iter()
                 .enumerate()
-                .map(|(i, key)| Frame { id: i as u64, body: Some(Body::KvGet(KvGet { key })) })
+                .map(|(i, key)| Frame { id: i as u64, body: Some(KvGet { key }.into()) })
                 .collect();
             let bytes = encoded(&frames);
             let mut buf = BytesMut::new();
@@ -296,7 +326,7 @@ mod tests {
             assert!(matches!(read, Ok(Ok(0))), "the server closes a connection that sent {bytes:?}");
             tokio::time::timeout(Duration::from_secs(5), echo.gone.notified()).await.expect("server dropped it");
         }
-        assert_eq!(value_of(good.call(Body::KvGet(KvGet { key: "still".into() })).await.unwrap()), b"still");
+        assert_eq!(get(&good, "still").await, b"still");
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -315,7 +345,7 @@ mod tests {
         let client = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
         accept.await.unwrap();
         client.closed().await;
-        let err = client.call(Body::KvGet(KvGet { key: "x".into() })).await.unwrap_err();
+        let err = client.request(KvGet { key: "x".into() }).await.unwrap_err();
         assert!(matches!(err, RpcError::Disconnected(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,4 +1,5 @@
-//! The server end: a `Service` answers each request of a connection, in arrival order.
+//! The server end: a `Service` answers each request of a connection, in arrival order;
+//! a frame that holds none of its requests is answered INVALID here.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,8 +8,9 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::error::error_body;
 use super::framing::{write_loop, Inbound};
-use crate::proto::{frame::Body, Frame};
+use crate::proto::{frame::Body, ErrorCode, Frame};
 
 /// What a handler answers to one request.
 // `Now` is the common answer and stays unboxed: boxing it would cost an allocation on
@@ -25,9 +27,13 @@ pub enum Reply {
 
 /// A server-side protocol. `State` lives as long as the connection.
 pub trait Service: Send + Sync + 'static {
+    /// Who serves, for the error answering a frame that is not one of its requests.
+    const NAME: &'static str;
+    /// The requests it answers, as taken out of a frame body.
+    type Request: TryFrom<Body>;
     type State: Send + 'static;
     fn connected(&self) -> Self::State;
-    fn handle(&self, state: &mut Self::State, body: Body) -> Reply;
+    fn handle(&self, state: &mut Self::State, request: Self::Request) -> Reply;
     fn disconnected(&self, state: Self::State);
 }
 
@@ -49,7 +55,11 @@ pub(super) async fn run_connection<S: Service>(
     while let Some(frame) = inbound.next().await {
         let Some(body) = frame.body else { continue };
         let id = frame.id;
-        match service.handle(&mut state, body) {
+        let reply = match S::Request::try_from(body) {
+            Ok(request) => service.handle(&mut state, request),
+            Err(_) => Reply::Now(error_body(ErrorCode::Invalid, format!("unsupported request for {}", S::NAME))),
+        };
+        match reply {
             Reply::None => {}
             Reply::Now(reply) => {
                 if id != 0 {
