@@ -78,11 +78,11 @@ impl Context {
 
     /// A request to the node daemon (or, through it, the GCS); a request it rejects
     /// is the caller's error.
-    pub fn node_call<R>(&self, request: R, interrupted: &mut dyn FnMut() -> bool) -> Result<R::Reply, CoreError>
-    where
-        R: Request,
-        R::Reply: Send,
-    {
+    pub fn node_call<R: Request>(
+        &self,
+        request: R,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<R::Reply, CoreError> {
         match self.block_on(self.raylet.request(request), interrupted)? {
             Ok(reply) => Ok(reply),
             Err(RpcError::Remote { code: rtd_common::proto::ErrorCode::Invalid, message }) => {

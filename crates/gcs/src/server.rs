@@ -76,11 +76,7 @@ impl Raylets {
     }
 
     /// Sends a request to another node's raylet; `Err` with why it failed.
-    fn call_remote<R>(&self, node: NodeId, request: R) -> BoxFuture<Result<R::Reply, String>>
-    where
-        R: Request + Send + 'static,
-        R::Reply: Send,
-    {
+    fn call_remote<R: Request>(&self, node: NodeId, request: R) -> BoxFuture<Result<R::Reply, String>> {
         let address = self.address_of(&node);
         let peers = self.peers.clone();
         Box::pin(async move {
@@ -90,11 +86,7 @@ impl Raylets {
         })
     }
 
-    fn send_remote<R>(&self, node: NodeId, request: R)
-    where
-        R: Request + Send + 'static,
-        R::Reply: Send,
-    {
+    fn send_remote<R: Request>(&self, node: NodeId, request: R) {
         let call = self.call_remote(node, request);
         tokio::spawn(async move {
             if let Err(e) = call.await {

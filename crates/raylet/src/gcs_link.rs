@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtd_common::proto::{ErrorReply, NodeInfo, ReportResources, RequestLeaseReply, ResourceMap};
+use rtd_common::proto::{NodeInfo, ReportResources, ResourceMap};
 use rtd_common::rpc::RpcClient;
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
@@ -14,7 +14,7 @@ use rtd_gcs::server::LocalRaylet;
 use rtd_gcs::NodeUsage;
 use tokio::sync::{oneshot, Notify};
 
-use crate::lease::{LeaseRequest, Raylet, RemoteNode, GCS_CONN};
+use crate::lease::{LeaseAnswer, LeaseRequest, Raylet, RemoteNode, GCS_CONN};
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -81,11 +81,7 @@ impl LocalRaylet for HeadRaylet {
         self.0.node_id()
     }
 
-    fn request_actor_lease(
-        &self,
-        resources: ResourceSet,
-        strategy: Strategy,
-    ) -> oneshot::Receiver<Result<RequestLeaseReply, ErrorReply>> {
+    fn request_actor_lease(&self, resources: ResourceSet, strategy: Strategy) -> oneshot::Receiver<LeaseAnswer> {
         let request = LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None };
         self.0.request_lease(GCS_CONN, request)
     }

@@ -360,11 +360,7 @@ fn stop(args: &StopArgs) -> Result<()> {
 
 /// Asks this machine's node daemons `body`, once per cluster: nodes of one cluster
 /// forward to the same GCS, so a cluster already answered (same node set) is skipped.
-fn ask_clusters<R>(temp_dir: &Path, request: impl Fn() -> R) -> Result<Vec<(NodeFile, R::Reply)>>
-where
-    R: Request,
-    R::Reply: Send,
-{
+fn ask_clusters<R: Request>(temp_dir: &Path, request: impl Fn() -> R) -> Result<Vec<(NodeFile, R::Reply)>> {
     let nodes = NodeFile::find_all(temp_dir);
     if nodes.is_empty() {
         bail!("no rtd node is running on this machine (start one with `rtd start --head`)");

@@ -105,6 +105,7 @@ impl RpcClient {
     pub fn channel(&self) -> Option<Channel> {
         self.inner.channel.clone()
     }
+
     /// Queues `body` as a request; the receiver yields its reply, `None` when the
     /// connection is closed.
     fn enqueue(&self, body: Body) -> Option<oneshot::Receiver<Body>> {
@@ -140,10 +141,7 @@ impl RpcClient {
     pub fn start_request<R: Request>(
         &self,
         request: R,
-    ) -> impl Future<Output = Result<R::Reply, RpcError>> + Send + 'static
-    where
-        R::Reply: Send,
-    {
+    ) -> impl Future<Output = Result<R::Reply, RpcError>> + Send + 'static {
         let reply = self.enqueue(request.into());
         let addr = self.inner.addr.clone();
         async move {
@@ -153,10 +151,7 @@ impl RpcClient {
     }
 
     /// Sends `request` and waits for its reply.
-    pub async fn request<R: Request>(&self, request: R) -> Result<R::Reply, RpcError>
-    where
-        R::Reply: Send,
-    {
+    pub async fn request<R: Request>(&self, request: R) -> Result<R::Reply, RpcError> {
         self.start_request(request).await
     }
 

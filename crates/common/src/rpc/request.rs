@@ -7,8 +7,8 @@ use crate::proto::frame::Body;
 use crate::proto::*;
 
 /// A message that a service answers with a `Reply`.
-pub trait Request: Into<Body> {
-    type Reply;
+pub trait Request: Into<Body> + Send + 'static {
+    type Reply: Send + 'static;
     /// The message's name, for errors.
     const NAME: &'static str;
     /// The reply in `body`, or `None` when `body` holds another message.
