@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    frame::Body, ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet, KvPut,
-    ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
-    WaitPlacementGroup,
+    frame::Body, ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, GetTimeline, KillActor,
+    KvGet, KvPut, ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState,
+    RemovePlacementGroup, WaitPlacementGroup,
 };
 use rtd_common::rpc::RpcError;
 use rtd_common::{object_kind, ActorId, PlacementGroupId};
@@ -93,6 +93,14 @@ impl GcsClient {
         match self.ctx.node_call(Body::ListActors(ListActors {}), interrupted)? {
             Body::ListActorsReply(r) => Ok(r.actors),
             _ => Err(unexpected("ListActors")),
+        }
+    }
+
+    /// The tasks the GCS holds, as a JSON list of Chrome-trace events.
+    pub(crate) fn timeline(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<String, CoreError> {
+        match self.ctx.node_call(Body::GetTimeline(GetTimeline {}), interrupted)? {
+            Body::GetTimelineReply(r) => Ok(r.trace_json),
+            _ => Err(unexpected("GetTimeline")),
         }
     }
 

@@ -5,22 +5,25 @@
 //! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
 //! dead, its actors restart elsewhere and its placement-group bundles are placed again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
-    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
-    PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+    GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo,
+    PlacementGroupRemoved, PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap,
+    ShrinkLease, TaskEvent,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
-use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
+use rtd_common::{ActorId, JobId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use crate::task_table::TaskTable;
+use crate::timeline::chrome_trace;
 use crate::{Gcs, NodeUsage};
 
 /// Identifies one client connection of the daemon that hosts the GCS.
@@ -236,6 +239,7 @@ pub struct GcsServer {
     groups: Arc<PlacementGroupManager>,
     /// Connections over which a node registered: their close means the node is gone.
     node_conns: Mutex<HashMap<ConnId, NodeId>>,
+    task_table: TaskTable,
 }
 
 /// A placement group id off the wire; a wrong length is answered as invalid.
@@ -259,7 +263,15 @@ impl GcsServer {
         let hook_actors = actors.clone();
         raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
         let groups = PlacementGroupManager::new(raylets);
-        let server = Arc::new(Self { node_id, raylet, tables, actors, groups, node_conns: Mutex::new(HashMap::new()) });
+        let server = Arc::new(Self {
+            node_id,
+            raylet,
+            tables,
+            actors,
+            groups,
+            node_conns: Mutex::new(HashMap::new()),
+            task_table: TaskTable::default(),
+        });
         // Keep the head's raylet's view of the cluster fresh, publish the head's own
         // free resources, and declare silent nodes dead.
         let weak = Arc::downgrade(&server);
@@ -304,13 +316,63 @@ impl GcsServer {
         nodes
     }
 
+    /// Records the job of a driver that registered over `conn` (directly on the head,
+    /// or through another node's link).
+    fn add_job(&self, conn: ConnId, job_id: JobId, driver_pid: u32, entrypoint: String) {
+        let node = self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).get(&conn).copied();
+        let node = node.unwrap_or(self.node_id);
+        let driver_ip = self.tables.with_nodes(|nodes| {
+            nodes.iter().find(|n| n.node_id.as_ref() == node.as_bytes()).map(|n| n.address.clone()).unwrap_or_default()
+        });
+        self.tables.add_job(JobInfo {
+            job_id: job_id.to_vec().into(),
+            driver_pid,
+            driver_node_id: node.to_vec().into(),
+            driver_ip,
+            entrypoint,
+            ..Default::default()
+        });
+    }
+
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.tables.jobs()
+    }
+
+    /// Every task attempt held, and how many were dropped (see `task_table`).
+    pub fn task_events(&self) -> (Vec<TaskEvent>, u64) {
+        self.task_table.snapshot()
+    }
+
+    /// The tasks that ran, as Chrome-trace events.
+    pub fn timeline(&self) -> Vec<serde_json::Value> {
+        let names = self.tables.with_nodes(|nodes| {
+            nodes.iter().map(|n| (n.node_id.to_vec(), n.address.clone())).collect::<BTreeMap<_, _>>()
+        });
+        chrome_trace(&self.task_table.snapshot().0, &names)
+    }
+
     /// Handles a GCS request; gives `body` back if it is not one.
     #[allow(clippy::result_large_err)] // a message that is not the GCS's goes back whole
     pub fn handle(self: &Arc<Self>, conn: ConnId, body: Body) -> Result<Reply, Body> {
         let reply = match body {
-            Body::RegisterClient(_) => Reply::Now(Body::RegisterClientReply(RegisterClientReply {
-                job_id: self.tables.next_job_id().to_vec().into(),
-                ..Default::default()
+            Body::RegisterClient(reg) => {
+                let job_id = self.tables.next_job_id();
+                self.add_job(conn, job_id, reg.pid, reg.entrypoint);
+                Reply::Now(Body::RegisterClientReply(RegisterClientReply {
+                    job_id: job_id.to_vec().into(),
+                    ..Default::default()
+                }))
+            }
+            Body::MarkJobFinished(done) => {
+                self.tables.job_finished(&done.job_id);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::AddTaskEvents(batch) => {
+                self.task_table.add(batch.events, batch.dropped);
+                Reply::Now(Body::Ack(Ack {}))
+            }
+            Body::GetTimeline(_) => Reply::Now(Body::GetTimelineReply(GetTimelineReply {
+                trace_json: serde_json::Value::Array(self.timeline()).to_string(),
             })),
             Body::GetNodes(_) => Reply::Now(Body::GetNodesReply(GetNodesReply { nodes: self.nodes() })),
             Body::RegisterNode(reg) => {

@@ -4,10 +4,10 @@
 //! forwards them to the head, so a client never needs to know which node hosts the GCS.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, RegisterClientReply};
+use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, MarkJobFinished, RegisterClientReply};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
@@ -40,6 +40,8 @@ pub struct NodeService {
 pub struct ConnState {
     id: ConnId,
     worker: Option<WorkerId>,
+    /// A driver's job, once the GCS has given it one: it ends when this connection does.
+    job: Arc<OnceLock<Bytes>>,
 }
 
 /// The answer to a bundle message whose group is not a placement group's hex id.
@@ -65,7 +67,7 @@ impl Service for NodeService {
     type State = ConnState;
 
     fn connected(&self) -> ConnState {
-        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
+        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None, job: Default::default() }
     }
 
     fn handle(&self, conn: &mut ConnState, body: Body) -> Reply {
@@ -83,17 +85,17 @@ impl Service for NodeService {
                 }
                 // A driver: its job id comes from the GCS.
                 let mut reply = self.register_reply(Bytes::new());
+                let job = conn.job.clone();
+                let with_job = move |r: RegisterClientReply| {
+                    let _ = job.set(r.job_id.clone());
+                    reply.job_id = r.job_id;
+                    Body::RegisterClientReply(reply)
+                };
                 match self.gcs.request(conn.id, Body::RegisterClient(reg)) {
-                    Reply::Now(Body::RegisterClientReply(r)) => {
-                        reply.job_id = r.job_id;
-                        Reply::Now(Body::RegisterClientReply(reply))
-                    }
+                    Reply::Now(Body::RegisterClientReply(r)) => Reply::Now(with_job(r)),
                     Reply::Later(fut) => Reply::Later(Box::pin(async move {
                         match fut.await {
-                            Body::RegisterClientReply(r) => {
-                                reply.job_id = r.job_id;
-                                Body::RegisterClientReply(reply)
-                            }
+                            Body::RegisterClientReply(r) => with_job(r),
                             other => other,
                         }
                     })),
@@ -233,6 +235,12 @@ impl Service for NodeService {
     }
 
     fn disconnected(&self, conn: ConnState) {
+        if let Some(job_id) = conn.job.get() {
+            let done = Body::MarkJobFinished(MarkJobFinished { job_id: job_id.clone() });
+            if let Reply::Later(fut) = self.gcs.request(conn.id, done) {
+                tokio::spawn(fut);
+            }
+        }
         self.gcs.disconnected(conn.id);
         self.raylet.client_disconnected(conn.id, conn.worker);
     }

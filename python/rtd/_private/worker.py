@@ -121,11 +121,12 @@ def _error_payload(error: BaseException) -> bytes:
         return serialization.pickle_dumps(error)
 
 
-def _finish(task, results, app_error, retryable):
-    """Sends the results; what the task printed (even a partial line) goes first."""
+def _finish(task, results, app_error, retryable, error=None):
+    """Sends the results; what the task printed (even a partial line) goes first.
+    ``error`` is (Ray's error type name, text) for the task's state when it failed."""
     sys.stdout.flush()
     sys.stderr.flush()
-    _core.finish_task(task, results, app_error, retryable)
+    _core.finish_task(task, results, app_error, retryable, error)
 
 
 def _is_retryable(task, error) -> bool:
@@ -143,7 +144,8 @@ def _finish_with_error(task, error, retryable):
     # A task with no declared returns still reports its error to the submitter.
     n = max(task.num_returns, 1) if task.num_returns else 0
     results = [(serialization.ERROR, payload, [], [])] * n
-    _finish(task, results, True, retryable)
+    kind = "TASK_CANCELLED" if isinstance(error, exceptions.TaskCancelledError) else "TASK_EXECUTION_EXCEPTION"
+    _finish(task, results, True, retryable, (kind, str(error)))
 
 
 class _ActorRuntime:
@@ -301,7 +303,8 @@ def _create_actor(task):
         cause = e.error if isinstance(e, _UpstreamError) else e
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         message = f"The actor died because of an error raised in its creation task, {task.function_name}:\n{text}"
-        _finish(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False)
+        _finish(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False,
+                ("TASK_EXECUTION_EXCEPTION", message))
         return
     _finish(task, [(serialization.VALUE, pickle.dumps(None), [], [])], False, False)
 
@@ -366,7 +369,7 @@ def _end_actor(task, how):
     and the actor is dead for good (no restart)."""
     cause = f"The actor {_actor.class_name} ({_actor.actor_id}) {how}."
     n = max(task.num_returns, 1) if task.num_returns else 0
-    _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False)
+    _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False, ("ACTOR_DIED", cause))
     try:
         # The node ends this process once the GCS marks the actor dead.
         _core.kill_actor(bytes.fromhex(_actor.actor_id), True, cause)
