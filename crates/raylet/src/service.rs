@@ -1,13 +1,17 @@
 //! What a node's raylet answers on its socket and node link: its own requests
-//! (registration, leases, blocked workers, placement-group bundles, object transfer)
-//! and, through its GCS client, the GCS's: the head serves them itself; another node
-//! forwards them to the head, so a client never needs to know which node hosts the GCS.
+//! (registration, leases, blocked workers, placement-group bundles, object transfer,
+//! its log files) and, through its GCS client, the GCS's: the head serves them itself;
+//! another node forwards them to the head, so a client never needs to know which node
+//! hosts the GCS.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, MarkJobFinished, RegisterClientReply};
+use rtd_common::proto::{
+    frame::Body, Ack, ErrorCode, FreeObjects, ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply,
+};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
@@ -16,6 +20,7 @@ use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
 use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::logs;
 use crate::policy::Strategy;
 
 pub struct NodeService {
@@ -224,6 +229,30 @@ impl Service for NodeService {
                 Reply::Later(Box::pin(async move {
                     let _ = plasma.delete(&ids).await;
                     Body::Ack(Ack {})
+                }))
+            }
+            Body::ListLogs(_) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || logs::list(&dir)).await {
+                        Ok(files) => Body::ListLogsReply(ListLogsReply { files }),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
+                }))
+            }
+            Body::ReadLog(req) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    let read = move || logs::read(&dir, &req.name, req.tail_lines, req.offset);
+                    match tokio::task::spawn_blocking(read).await {
+                        Ok(Ok((data, end_offset))) => {
+                            Body::ReadLogReply(ReadLogReply { data: data.into(), end_offset })
+                        }
+                        Ok(Err(e @ logs::LogError::NotFound(_))) => error_body(ErrorCode::NotFound, e.to_string()),
+                        Ok(Err(e @ logs::LogError::BadName(_))) => error_body(ErrorCode::Invalid, e.to_string()),
+                        Ok(Err(e)) => error_body(ErrorCode::Internal, e.to_string()),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
                 }))
             }
             Body::Shutdown(_) => {
