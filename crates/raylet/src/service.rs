@@ -106,6 +106,7 @@ impl Service for NodeService {
                     pid: reg.pid,
                     is_driver: !reg.is_worker,
                     is_alive: true,
+                    address: reg.address.clone(),
                     ..Default::default()
                 };
                 if reg.is_worker {
