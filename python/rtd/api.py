@@ -348,4 +348,13 @@ def get_runtime_context():
 
 
 def timeline(filename=None):
-    raise NotImplementedError("rtd.timeline() is not implemented yet.")
+    """Chrome-trace events for every task and actor call that ran (one row per worker,
+    grouped by node), as Ray's ``ray.timeline()``: returned as a list, or written to
+    ``filename`` as JSON for ``chrome://tracing`` or Perfetto."""
+    auto_init()
+    events = json.loads(_core.timeline())
+    if filename is None:
+        return events
+    with open(filename, "w") as f:
+        json.dump(events, f)
+    return None

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod resources;
 pub mod rpc;
 pub mod scheduling;
+pub mod task_events;
 
 /// Messages generated from `proto/*.proto` (one package, `rtd`).
 pub mod proto {

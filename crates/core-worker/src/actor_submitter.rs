@@ -19,8 +19,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use rtd_common::proto::{ActorInfo, ActorState, KillActor, PushTask, PushTaskReply, TaskSpec, WaitActor};
+use rtd_common::proto::{ActorInfo, ActorState, KillActor, PushTask, PushTaskReply, TaskSpec, TaskStatus, WaitActor};
 use rtd_common::rpc::{RpcClient, RpcError};
+use rtd_common::task_events::error_type_of_kind;
 use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
@@ -209,6 +210,7 @@ impl State {
             }
             q.unpushed.pop_front();
             call.pushed_in = Some(q.epoch);
+            self.ctx.task_events.state(&call.spec, TaskStatus::TaskSubmittedToWorker);
             let reply = conn.start_request(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() });
             let tx = self.tx.clone();
             self.ctx.rt.spawn(async move {
@@ -357,6 +359,7 @@ impl State {
 }
 
 fn fail_call(ctx: &Context, spec: &TaskSpec, cause: &str) {
+    ctx.task_events.failed(spec, error_type_of_kind(object_kind::ACTOR_DIED), cause.to_string());
     for id in &spec.return_ids {
         if let Ok(id) = ObjectId::from_bytes(id) {
             ctx.store_result(id, system_error(object_kind::ACTOR_DIED, cause.to_string()), Vec::new());

@@ -22,6 +22,7 @@ use crate::borrowing::BorrowLinks;
 use crate::error::CoreError;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
+use crate::task_events::TaskEventBuffer;
 
 /// How long a task result waits for a copy of the same object that is still being
 /// written into the store (a pull in progress) to be sealed.
@@ -58,6 +59,8 @@ pub struct Context {
     pub output_sink: std::sync::OnceLock<OutputSink>,
     /// How to rebuild owned objects held in plasma: the task that made them.
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
+    /// Task state changes waiting to go to the GCS.
+    pub(crate) task_events: TaskEventBuffer,
 }
 
 impl Context {

@@ -27,7 +27,11 @@ use crate::output::OutputForwarder;
 use crate::owner_service::OwnerService;
 use crate::submission::{Submission, TaskRequest};
 use crate::submitter::TaskSubmitter;
+use crate::task_events::TaskEventBuffer;
 use crate::task_execution::{self, ResultParts};
+
+/// How long a disconnecting process waits for its last task events to reach the GCS.
+const FINAL_REPORT_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct ConnectOptions {
     pub raylet_socket: String,
@@ -86,6 +90,11 @@ impl CoreWorker {
                     worker_id: worker_id.to_vec().into(),
                     pid: std::process::id(),
                     address: address.clone(),
+                    entrypoint: if opts.is_worker {
+                        String::new()
+                    } else {
+                        std::env::args().collect::<Vec<_>>().join(" ")
+                    },
                 })
                 .await?;
             let plasma = PlasmaClient::connect(&info.plasma_socket, std::path::Path::new(&info.shm_path))
@@ -108,6 +117,7 @@ impl CoreWorker {
                 watched_borrowers: Default::default(),
                 output_sink: Default::default(),
                 lineage: Default::default(),
+                task_events: Default::default(),
             });
             let tasks = TaskSubmitter::start(ctx.clone());
             let service =
@@ -123,6 +133,7 @@ impl CoreWorker {
                 std::process::exit(0);
             });
         }
+        runtime.spawn(TaskEventBuffer::report_loop(ctx.clone()));
         let actors = ActorSubmitter::start(ctx.clone());
         if opts.node_ip.is_some() {
             runtime.spawn(node_view::watch_node_deaths(ctx.clone(), tasks.clone(), actors.clone()));
@@ -144,6 +155,11 @@ impl CoreWorker {
     pub fn shutdown(&mut self) {
         self.ctx.table.notify_all();
         if let Some(rt) = self.runtime.take() {
+            // What this process saw of its last tasks still reaches the GCS.
+            let ctx = self.ctx.clone();
+            rt.block_on(async {
+                let _ = tokio::time::timeout(FINAL_REPORT_TIMEOUT, ctx.task_events.flush(&ctx)).await;
+            });
             rt.shutdown_timeout(Duration::from_millis(200));
         }
         if rtd_common::rpc::is_unix_address(&self.ctx.address) {
@@ -291,13 +307,13 @@ impl CoreWorker {
     // ------------------------------------------------------------------ tasks and actors
 
     pub fn submit_task(&self, req: TaskRequest) -> Vec<ObjectId> {
-        self.submission.submit_task(req, self.job_id())
+        self.submission.submit_task(req, self.job_id(), self.current_task_id())
     }
 
     /// Registers an actor with the GCS, which places it and runs its constructor
     /// (with `get_if_exists`, the info may be an existing actor's).
     pub fn create_actor(&self, req: TaskRequest, options: ActorOptions) -> Result<ActorInfo, CoreError> {
-        self.submission.create_actor(req, options, self.job_id())
+        self.submission.create_actor(req, options, self.job_id(), self.current_task_id())
     }
 
     /// Cancels the task that creates `id` (only the owner can).
@@ -349,6 +365,13 @@ impl CoreWorker {
 
     pub fn list_actors(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<ActorInfo>, CoreError> {
         self.gcs.list_actors(interrupted)
+    }
+
+    /// The cluster's task attempts that ran, as a JSON list of Chrome-trace events. This
+    /// process's own recent events are sent first, so the trace includes them.
+    pub fn timeline(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<String, CoreError> {
+        self.ctx.block_on(self.ctx.task_events.flush(&self.ctx), interrupted)?;
+        self.gcs.timeline(interrupted)
     }
 
     pub fn create_placement_group(
@@ -426,17 +449,22 @@ impl CoreWorker {
 
     /// The next pushed task, if one arrives within `timeout`.
     pub fn next_task(&self, timeout: Duration) -> Option<IncomingTask> {
-        self.executor.next_task(timeout)
+        let task = self.executor.next_task(timeout)?;
+        self.ctx.task_events.running(&self.ctx, &task.spec);
+        Some(task)
     }
 
-    /// Stores each result and replies to the submitter (see `task_execution`).
+    /// Stores each result and replies to the submitter (see `task_execution`); `error`
+    /// (Ray's error type name and text) when the task failed.
     pub fn finish_task(
         &self,
         task: IncomingTask,
         results: Vec<ResultParts<'_>>,
         app_error: bool,
         retryable: bool,
+        error: Option<(String, String)>,
     ) -> Result<(), CoreError> {
+        self.ctx.task_events.ended(&task.spec, error);
         task_execution::finish_task(&self.ctx, &self.executor, &self.output, task, results, app_error, retryable)
     }
 

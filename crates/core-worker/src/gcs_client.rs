@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, KillActor, KvGet, KvPut, ListActors,
-    ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
+    ActorInfo, CreatePlacementGroup, ErrorCode, GetNamedActor, GetPlacementGroup, GetTimeline, KillActor, KvGet, KvPut,
+    ListActors, ListPlacementGroups, ObjectValue, PlacementGroupInfo, PlacementGroupState, RemovePlacementGroup,
     WaitPlacementGroup,
 };
 use rtd_common::rpc::RpcError;
@@ -83,6 +83,11 @@ impl GcsClient {
 
     pub(crate) fn list_actors(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<ActorInfo>, CoreError> {
         Ok(self.ctx.node_call(ListActors {}, interrupted)?.actors)
+    }
+
+    /// The tasks the GCS holds, as a JSON list of Chrome-trace events.
+    pub(crate) fn timeline(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<String, CoreError> {
+        Ok(self.ctx.node_call(GetTimeline {}, interrupted)?.trace_json)
     }
 
     // ------------------------------------------------------------------ placement groups

@@ -15,6 +15,7 @@
 //! - `gcs_client`: requests answered by the GCS (KV, actors, placement groups).
 //! - `node_view`: the cluster's nodes, and noticing the ones that die.
 //! - `output`: a worker's printed output on its way to the driver.
+//! - `task_events`: task state changes on their way to the GCS (the state API's tasks).
 //! - `executor`, `task_execution` and `owner_service`: the worker side (tasks pushed
 //!   here, their results), and the service other processes call.
 //!
@@ -36,6 +37,7 @@ mod output;
 mod owner_service;
 mod submission;
 mod submitter;
+mod task_events;
 mod task_execution;
 
 pub use context::OutputSink;

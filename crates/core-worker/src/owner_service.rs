@@ -1,13 +1,16 @@
 //! The socket every core worker serves. Other processes call it to push tasks to this
 //! worker (when they hold a lease on it), to cancel them, and, as borrowers, to get the
 //! value of an object this process owns (the reply waits until the value exists) and
-//! to register and give back their borrows (`borrowing.rs`).
+//! to register and give back their borrows (`borrowing.rs`); the state API asks it
+//! which objects it references.
 
 use std::sync::Arc;
 
 use rtd_common::proto::core_worker_reply::Reply as CoreWorkerReply;
 use rtd_common::proto::core_worker_request::Request as CoreWorkerRequest;
-use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectReply, ObjectValue};
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectRefsReply, GetObjectReply, ObjectValue,
+};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
@@ -131,6 +134,9 @@ impl Service for OwnerService {
                 }
                 Reply::None
             }
+            CoreWorkerRequest::GetObjectRefs(_) => Reply::Now(
+                CoreWorkerReply::GetObjectRefsReply(GetObjectRefsReply { objects: self.ctx.table.describe() }).into(),
+            ),
         }
     }
 

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rtd_common::proto::{
-    ActorArgsReady, ActorInfo, ActorOptions, ActorState, CreateActor, ObjectRefProto, TaskArg, TaskSpec, WaitActor,
+    ActorArgsReady, ActorInfo, ActorOptions, ActorState, CreateActor, ObjectRefProto, TaskArg, TaskSpec, TaskStatus,
+    WaitActor,
 };
 use rtd_common::{ActorId, JobId, ObjectId, PlacementGroupId, ResourceSet, TaskId};
 
@@ -130,9 +131,10 @@ impl Submission {
         (spec, return_ids)
     }
 
-    pub(crate) fn submit_task(&self, req: TaskRequest, job: JobId) -> Vec<ObjectId> {
+    pub(crate) fn submit_task(&self, req: TaskRequest, job: JobId, parent: Option<TaskId>) -> Vec<ObjectId> {
         let actor_id = req.actor.as_ref().map(|a| a.actor_id);
         let (spec, return_ids) = self.build_spec(req, job);
+        self.ctx.task_events.submitted(&spec, parent, first_state(&spec));
         match actor_id {
             Some(actor_id) => self.actors.submit(actor_id, spec),
             None => self.tasks.submit(spec),
@@ -151,8 +153,10 @@ impl Submission {
         req: TaskRequest,
         options: ActorOptions,
         job: JobId,
+        parent: Option<TaskId>,
     ) -> Result<ActorInfo, CoreError> {
         let (spec, _) = self.build_spec(req, job);
+        self.ctx.task_events.submitted(&spec, parent, first_state(&spec));
         // The arguments stay referenced while the actor may (re)run its constructor:
         // until it is dead for good.
         let args_pending = spec.arg_refs.iter().any(|arg| arg.value.is_none() && arg.r#ref.is_some());
@@ -227,6 +231,15 @@ impl Submission {
         if let Some(h) = self.owned_actor_handles.lock().get_mut(&actor_id) {
             h.escaped = true;
         }
+    }
+}
+
+/// Where a new task starts: waiting for its arguments, or already for a worker.
+fn first_state(spec: &TaskSpec) -> TaskStatus {
+    if spec.arg_refs.iter().all(|a| a.value.is_some()) {
+        TaskStatus::TaskPendingNodeAssignment
+    } else {
+        TaskStatus::TaskPendingArgsAvail
     }
 }
 

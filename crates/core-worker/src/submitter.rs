@@ -20,9 +20,10 @@ use std::sync::Arc;
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
     object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode, KillLeasedWorker,
-    LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec,
+    LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec, TaskStatus,
 };
 use rtd_common::rpc::{Request, RpcClient, RpcError};
+use rtd_common::task_events::error_type_of_kind;
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
@@ -216,7 +217,10 @@ impl Submitter {
             match event {
                 Event::Submit(spec) => self.on_submit(spec, false),
                 Event::Reconstruct(spec) => self.on_submit(spec, true),
-                Event::Resolved(spec) => self.on_resolved(spec),
+                Event::Resolved(spec) => {
+                    self.ctx.task_events.state(&spec, TaskStatus::TaskPendingNodeAssignment);
+                    self.on_resolved(spec)
+                }
                 Event::Granted { class, grant, worker, raylet } => self.on_granted(class, grant, worker, raylet),
                 Event::LeaseFailed { class, error } => self.on_lease_failed(class, error),
                 Event::RetryLease { class } => self.dispatch(&class),
@@ -275,6 +279,7 @@ impl Submitter {
                 let Some(task) = self.tasks.get_mut(&task_id) else { continue };
                 task.lease = Some(lease_id);
                 lease.in_flight += 1;
+                self.ctx.task_events.state(&task.spec, TaskStatus::TaskSubmittedToWorker);
                 let reply = lease
                     .worker
                     .start_request(PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() });
@@ -502,6 +507,7 @@ impl Submitter {
         if task.retries_left != 0 {
             task.retries_left -= 1;
             tracing::info!("retrying task {task_id} after worker failure: {error}");
+            self.ctx.task_events.failed(&task.spec, error_type_of_kind(object_kind::WORKER_CRASHED), error.to_string());
             self.retry(task_id);
             return;
         }
@@ -517,6 +523,7 @@ impl Submitter {
         let Some(task) = self.tasks.get_mut(&task_id) else { return };
         task.spec.attempt += 1;
         task.lease = None;
+        self.ctx.task_events.submitted(&task.spec, None, TaskStatus::TaskPendingNodeAssignment);
         let class = task.class.clone();
         self.classes.entry(class.clone()).or_default().queue.push_back(task_id);
         self.dispatch(&class);
@@ -528,6 +535,7 @@ impl Submitter {
         if let Some(state) = self.classes.get_mut(&task.class) {
             state.queue.retain(|t| *t != task_id);
         }
+        self.ctx.task_events.failed(&task.spec, error_type_of_kind(kind), message.clone());
         for id in &task.spec.return_ids {
             if let Ok(id) = ObjectId::from_bytes(id) {
                 self.ctx.store_result(id, system_error(kind, message.clone()), Vec::new());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rtd_common::proto::gcs_request::Request as GcsRequest;
-use rtd_common::proto::{ErrorCode, NextJobId};
+use rtd_common::proto::{AddJob, ErrorCode};
 use rtd_common::rpc::{error_body, Reply, RpcClient, RpcError};
 
 use crate::server::{ConnId, GcsServer};
@@ -38,15 +38,16 @@ impl GcsClient {
         }
     }
 
-    /// A new job's id, for a driver registering with the daemon.
-    pub fn next_job_id(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>> {
+    /// Records the job of a driver registering with the daemon over `conn`; resolves
+    /// to the job's id.
+    pub fn add_job(&self, conn: ConnId, job: AddJob) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>> {
         match self {
             GcsClient::Local(gcs) => {
-                let job_id = gcs.next_job_id();
+                let job_id = gcs.add_job(conn, job);
                 Box::pin(async move { Ok(job_id) })
             }
             GcsClient::Remote(head) => {
-                let reply = head.start_request(NextJobId {});
+                let reply = head.start_request(job);
                 Box::pin(async move { Ok(reply.await?.job_id) })
             }
         }

@@ -1,12 +1,15 @@
 //! The GCS, Ray's control plane: one per cluster, on the head node. It owns the tables
-//! (nodes, jobs, KV with the function table), the actor and placement-group managers, node
-//! health checks (`server`), and the client raylets use to reach it (`client`).
+//! (nodes, jobs, KV with the function table, task events in `task_table`), the actor
+//! and placement-group managers, node health checks (`server`), the timeline
+//! (`timeline`), and the client raylets use to reach it (`client`).
 
 pub mod actor_manager;
 pub mod bundle_policy;
 pub mod client;
 pub mod placement_group_manager;
 pub mod server;
+pub mod task_table;
+pub mod timeline;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rtd_common::proto::{NodeInfo, ResourceMap};
+use rtd_common::proto::{JobInfo, NodeInfo, ResourceMap, WorkerInfo};
 use rtd_common::{JobId, NodeId};
 
 /// What a node reports about its resources in a heartbeat.
@@ -32,6 +35,24 @@ pub struct Gcs {
     /// When each node last reported (heartbeat).
     last_seen: Mutex<HashMap<Vec<u8>, Instant>>,
     next_job: AtomicU32,
+    jobs: Mutex<Vec<JobInfo>>,
+    workers: Mutex<WorkerTable>,
+}
+
+/// Dead workers kept for the state API; the oldest go first.
+const MAX_DEAD_WORKERS: usize = 10_000;
+
+/// Worker and driver processes by id, as their raylets reported them.
+#[derive(Default)]
+struct WorkerTable {
+    by_id: HashMap<Bytes, WorkerInfo>,
+    /// Dead workers in the order they died.
+    dead: std::collections::VecDeque<Bytes>,
+}
+
+/// Milliseconds since the Unix epoch, as job records carry time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Gcs {
@@ -50,6 +71,57 @@ impl Gcs {
     /// Jobs are numbered in the order drivers connect, as in Ray.
     pub fn next_job_id(&self) -> JobId {
         JobId(self.next_job.fetch_add(1, Ordering::Relaxed).to_be_bytes())
+    }
+
+    /// Records a driver's job as started now.
+    pub fn add_job(&self, mut job: JobInfo) {
+        job.start_time_ms = now_ms();
+        self.jobs.lock().push(job);
+    }
+
+    /// The job's driver is gone.
+    pub fn job_finished(&self, job_id: &[u8]) {
+        if let Some(job) = self.jobs.lock().iter_mut().find(|j| j.job_id.as_ref() == job_id && !j.is_dead) {
+            job.is_dead = true;
+            job.end_time_ms = now_ms();
+        }
+    }
+
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.jobs.lock().clone()
+    }
+
+    /// A raylet's report of a worker or driver: it started, or it is gone.
+    pub fn report_worker(&self, mut worker: WorkerInfo) {
+        let mut table = self.workers.lock();
+        let now = now_ms();
+        let id = worker.worker_id.clone();
+        match table.by_id.get_mut(&id) {
+            Some(held) => {
+                if !held.is_alive {
+                    return; // a dead worker stays dead
+                }
+                held.is_alive = worker.is_alive;
+            }
+            None => {
+                worker.start_time_ms = now;
+                table.by_id.insert(id.clone(), worker);
+            }
+        }
+        let Some(held) = table.by_id.get_mut(&id) else { return };
+        if !held.is_alive {
+            held.end_time_ms = now;
+            table.dead.push_back(id);
+            while table.dead.len() > MAX_DEAD_WORKERS {
+                if let Some(old) = table.dead.pop_front() {
+                    table.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.workers.lock().by_id.values().cloned().collect()
     }
 
     pub fn register_node(&self, node: NodeInfo) {
@@ -122,6 +194,32 @@ mod tests {
         let b = gcs.next_job_id();
         assert!(a < b);
         assert_eq!(a.hex(), "00000001");
+    }
+
+    #[test]
+    fn workers_start_alive_and_die_once() {
+        let gcs = Gcs::new();
+        let worker = WorkerInfo { worker_id: Bytes::from_static(b"w1"), pid: 5, is_alive: true, ..Default::default() };
+        gcs.report_worker(worker.clone());
+        assert!(gcs.workers()[0].is_alive && gcs.workers()[0].start_time_ms > 0);
+        gcs.report_worker(WorkerInfo { is_alive: false, ..worker.clone() });
+        gcs.report_worker(worker);
+        let workers = gcs.workers();
+        assert_eq!(workers.len(), 1);
+        assert!(!workers[0].is_alive && workers[0].end_time_ms >= workers[0].start_time_ms);
+    }
+
+    #[test]
+    fn jobs_start_and_finish_once() {
+        let gcs = Gcs::new();
+        let id = gcs.next_job_id();
+        gcs.add_job(JobInfo { job_id: id.to_vec().into(), driver_pid: 9, ..Default::default() });
+        assert!(!gcs.jobs()[0].is_dead && gcs.jobs()[0].start_time_ms > 0);
+        gcs.job_finished(&id.to_vec());
+        let end = gcs.jobs()[0].end_time_ms;
+        assert!(gcs.jobs()[0].is_dead && end >= gcs.jobs()[0].start_time_ms);
+        gcs.job_finished(&id.to_vec());
+        assert_eq!(gcs.jobs()[0].end_time_ms, end);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
 //! dead, its actors restart elsewhere and its placement-group bundles are placed again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +13,10 @@ use bytes::Bytes;
 use rtd_common::proto::gcs_reply::Reply as GcsReply;
 use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
-    request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, ErrorReply, GetNodesReply,
-    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NextJobIdReply, NodeInfo,
-    PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease, RequestLeaseReply, ResourceMap,
-    ShrinkLease,
+    request_lease_reply::Result as LeaseResult, Ack, AddJob, AddJobReply, CommitBundle, ErrorCode, ErrorReply,
+    GetNodesReply, GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply,
+    NodeInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease, RequestLeaseReply,
+    ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
 use rtd_common::scheduling::{NodeView, Strategy};
@@ -25,6 +25,8 @@ use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use crate::task_table::TaskTable;
+use crate::timeline::chrome_trace;
 use crate::{Gcs, NodeUsage};
 
 /// Identifies one client connection of the daemon that hosts the GCS.
@@ -236,6 +238,7 @@ pub struct GcsServer {
     groups: Arc<PlacementGroupManager>,
     /// Connections over which a node registered: their close means the node is gone.
     node_conns: Mutex<HashMap<ConnId, NodeId>>,
+    task_table: TaskTable,
 }
 
 fn now(reply: GcsReply) -> Reply {
@@ -262,7 +265,15 @@ impl GcsServer {
         let hook_actors = actors.clone();
         raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
         let groups = PlacementGroupManager::new(raylets);
-        let server = Arc::new(Self { node_id, raylet, tables, actors, groups, node_conns: Mutex::new(HashMap::new()) });
+        let server = Arc::new(Self {
+            node_id,
+            raylet,
+            tables,
+            actors,
+            groups,
+            node_conns: Mutex::new(HashMap::new()),
+            task_table: TaskTable::default(),
+        });
         // Keep the head's raylet's view of the cluster fresh, publish the head's own
         // free resources, and declare silent nodes dead.
         let weak = Arc::downgrade(&server);
@@ -293,11 +304,6 @@ impl GcsServer {
         });
     }
 
-    /// A new job's id, as it goes on the wire.
-    pub fn next_job_id(&self) -> Bytes {
-        self.tables.next_job_id().to_vec().into()
-    }
-
     /// The cluster view, the answer to a node's registration and heartbeats.
     fn cluster_view(&self) -> GcsReply {
         GcsReply::GetNodesReply(GetNodesReply { nodes: self.nodes() })
@@ -317,10 +323,69 @@ impl GcsServer {
         nodes
     }
 
+    /// Records the job of a driver that registered over `conn` (directly on the head,
+    /// or through another node's link) and returns its id as it goes on the wire.
+    pub fn add_job(&self, conn: ConnId, job: AddJob) -> Bytes {
+        let job_id: Bytes = self.tables.next_job_id().to_vec().into();
+        let node = self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).get(&conn).copied();
+        let node = node.unwrap_or(self.node_id);
+        let driver_ip = self.tables.with_nodes(|nodes| {
+            nodes.iter().find(|n| n.node_id.as_ref() == node.as_bytes()).map(|n| n.address.clone()).unwrap_or_default()
+        });
+        self.tables.add_job(JobInfo {
+            job_id: job_id.clone(),
+            driver_pid: job.driver_pid,
+            driver_node_id: node.to_vec().into(),
+            driver_ip,
+            entrypoint: job.entrypoint,
+            ..Default::default()
+        });
+        job_id
+    }
+
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.tables.jobs()
+    }
+
+    /// Worker and driver processes, alive and recently dead.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.tables.workers()
+    }
+
+    /// Every task attempt held, and how many were dropped (see `task_table`).
+    pub fn task_events(&self) -> (Vec<TaskEvent>, u64) {
+        self.task_table.snapshot()
+    }
+
+    /// The tasks that ran, as Chrome-trace events.
+    pub fn timeline(&self) -> Vec<serde_json::Value> {
+        let names = self.tables.with_nodes(|nodes| {
+            nodes.iter().map(|n| (n.node_id.to_vec(), n.address.clone())).collect::<BTreeMap<_, _>>()
+        });
+        chrome_trace(&self.task_table.snapshot().0, &names)
+    }
+
     /// Answers a GCS request from the connection `conn`.
     pub fn handle(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
         match request {
-            GcsRequest::NextJobId(_) => now(GcsReply::NextJobIdReply(NextJobIdReply { job_id: self.next_job_id() })),
+            GcsRequest::AddJob(job) => now(GcsReply::AddJobReply(AddJobReply { job_id: self.add_job(conn, job) })),
+            GcsRequest::MarkJobFinished(done) => {
+                self.tables.job_finished(&done.job_id);
+                now(GcsReply::Ack(Ack {}))
+            }
+            GcsRequest::ReportWorker(report) => {
+                if let Some(worker) = report.worker {
+                    self.tables.report_worker(worker);
+                }
+                now(GcsReply::Ack(Ack {}))
+            }
+            GcsRequest::AddTaskEvents(batch) => {
+                self.task_table.add(batch.events, batch.dropped);
+                now(GcsReply::Ack(Ack {}))
+            }
+            GcsRequest::GetTimeline(_) => now(GcsReply::GetTimelineReply(GetTimelineReply {
+                trace_json: serde_json::Value::Array(self.timeline()).to_string(),
+            })),
             GcsRequest::GetNodes(_) => now(self.cluster_view()),
             GcsRequest::RegisterNode(reg) => {
                 let Some(node) = reg.node else {

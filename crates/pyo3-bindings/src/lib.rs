@@ -294,6 +294,13 @@ fn nodes(py: Python<'_>) -> PyResult<Vec<Bound<'_, PyDict>>> {
     nodes.into_iter().map(|n| node_to_py(py, n)).collect()
 }
 
+/// Every task attempt that ran in the cluster, as a JSON list of Chrome-trace events.
+#[pyfunction]
+fn timeline(py: Python<'_>) -> PyResult<String> {
+    let core = core()?;
+    py.enter_rtd(|interrupted| core.timeline(interrupted))
+}
+
 /// The nodes of the cluster whose head is at `address` (`host:port`), asked without
 /// connecting a core worker (how a driver finds its local node).
 #[pyfunction]
@@ -367,6 +374,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::get_named_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::kill_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::list_actors, m)?)?;
+    m.add_function(wrap_pyfunction!(timeline, m)?)?;
     m.add_function(wrap_pyfunction!(actors::add_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::remove_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::mark_actor_handle_escaped, m)?)?;

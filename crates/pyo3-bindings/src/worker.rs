@@ -117,14 +117,17 @@ pub fn arg_values<'py>(py: Python<'py>, task: &Task) -> PyResult<Bound<'py, PyLi
 type PyResultParts<'py> = (u32, Vec<u8>, Vec<Bound<'py, PyAny>>, Vec<PyRef<'py, ObjectRef>>);
 
 /// Replies to the submitter with the task's results: `(metadata, payload, buffers,
-/// contained refs)` per return value.
+/// contained refs)` per return value; `error` is `(Ray's error type, text)` when the
+/// task failed.
 #[pyfunction]
+#[pyo3(signature = (task, results, app_error, retryable, error=None))]
 pub fn finish_task(
     py: Python<'_>,
     task: &Task,
     results: Vec<PyResultParts<'_>>,
     app_error: bool,
     retryable: bool,
+    error: Option<(String, String)>,
 ) -> PyResult<()> {
     let core = core()?;
     let incoming = task.inner.lock().take().ok_or_else(finished)?;
@@ -134,7 +137,7 @@ pub fn finish_task(
     }
     py.enter_rtd(|_| {
         let results = parts.iter().map(|(m, p, b, c)| (*m, p.as_slice(), b.slices(), c.clone())).collect();
-        core.finish_task(incoming, results, app_error, retryable)
+        core.finish_task(incoming, results, app_error, retryable, error)
     })
 }
 

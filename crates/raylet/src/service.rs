@@ -1,15 +1,20 @@
 //! What a node's raylet answers on its socket and node link: its own requests
-//! (registration, leases, blocked workers, placement-group bundles, object transfer)
-//! and, through its GCS client, the GCS's: the head serves them itself; another node
-//! forwards them to the head, so a client never needs to know which node hosts the GCS.
+//! (registration, leases, blocked workers, placement-group bundles, object transfer,
+//! its log files) and, through its GCS client, the GCS's: the head serves them itself;
+//! another node forwards them to the head, so a client never needs to know which node
+//! hosts the GCS.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
 use rtd_common::proto::node_manager_request::Request as NodeManagerRequest;
-use rtd_common::proto::{frame::Body, gcs_request, Ack, ErrorCode, FreeObjects, GcsRequest, RegisterClientReply};
+use rtd_common::proto::{
+    frame::Body, gcs_request, Ack, AddJob, ErrorCode, FreeObjects, GcsRequest, ListLogsReply, MarkJobFinished,
+    ReadLogReply, RegisterClientReply, ReportWorker, WorkerInfo,
+};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
@@ -18,6 +23,7 @@ use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
 use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::logs;
 use crate::policy::Strategy;
 
 pub struct NodeService {
@@ -69,6 +75,10 @@ fn ack() -> Body {
 pub struct ConnState {
     id: ConnId,
     worker: Option<WorkerId>,
+    /// A driver's job, once the GCS has given it one: it ends when this connection does.
+    job: Arc<OnceLock<Bytes>>,
+    /// The worker or driver process on the other end, as reported to the GCS.
+    process: Option<WorkerInfo>,
 }
 
 /// The answer to a bundle message whose group is not a placement group's hex id.
@@ -90,13 +100,31 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// A message for the GCS whose answer nobody waits for.
+    fn tell_gcs(&self, conn: ConnId, request: gcs_request::Request) {
+        if let Reply::Later(fut) = self.gcs.request(conn, request) {
+            tokio::spawn(fut);
+        }
+    }
+
+    fn report_process(&self, conn: ConnId, worker: WorkerInfo) {
+        self.tell_gcs(conn, gcs_request::Request::ReportWorker(ReportWorker { worker: Some(worker) }));
+    }
+}
+
 impl Service for NodeService {
     const NAME: &'static str = "the node daemon";
     type Request = NodeRequest;
     type State = ConnState;
 
     fn connected(&self) -> ConnState {
-        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None }
+        ConnState {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            worker: None,
+            job: Default::default(),
+            process: None,
+        }
     }
 
     fn handle(&self, conn: &mut ConnState, request: NodeRequest) -> Reply {
@@ -107,6 +135,13 @@ impl Service for NodeService {
     }
 
     fn disconnected(&self, conn: ConnState) {
+        if let Some(job_id) = conn.job.get() {
+            self.tell_gcs(conn.id, gcs_request::Request::MarkJobFinished(MarkJobFinished { job_id: job_id.clone() }));
+        }
+        if let Some(process) = conn.process {
+            let job_id = conn.job.get().cloned().unwrap_or_default();
+            self.report_process(conn.id, WorkerInfo { is_alive: false, job_id, ..process });
+        }
         self.gcs.disconnected(conn.id);
         self.raylet.client_disconnected(conn.id, conn.worker);
     }
@@ -117,6 +152,16 @@ impl NodeService {
     fn handle_own(&self, conn: &mut ConnState, request: NodeManagerRequest) -> Reply {
         match request {
             NodeManagerRequest::RegisterClient(reg) => {
+                let process = WorkerInfo {
+                    worker_id: reg.worker_id.clone(),
+                    node_id: self.node_id.to_vec().into(),
+                    ip: self.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    pid: reg.pid,
+                    is_driver: !reg.is_worker,
+                    is_alive: true,
+                    address: reg.address.clone(),
+                    ..Default::default()
+                };
                 if reg.is_worker {
                     let Ok(worker_id) = WorkerId::from_bytes(&reg.worker_id) else {
                         return Reply::Now(error_body(ErrorCode::Invalid, "bad worker id"));
@@ -125,14 +170,20 @@ impl NodeService {
                         return Reply::Now(error_body(ErrorCode::Invalid, "unknown or duplicate worker id"));
                     }
                     conn.worker = Some(worker_id);
+                    self.report_process(conn.id, process.clone());
+                    conn.process = Some(process);
                     return Reply::Now(NodeManagerReply::RegisterClientReply(self.register_reply(Bytes::new())).into());
                 }
                 // A driver: its job id comes from the GCS.
+                self.report_process(conn.id, process.clone());
+                conn.process = Some(process);
                 let mut reply = self.register_reply(Bytes::new());
-                let job_id = self.gcs.next_job_id();
+                let job_id = self.gcs.add_job(conn.id, AddJob { driver_pid: reg.pid, entrypoint: reg.entrypoint });
+                let job = conn.job.clone();
                 Reply::Later(Box::pin(async move {
                     match job_id.await {
                         Ok(job_id) => {
+                            let _ = job.set(job_id.clone());
                             reply.job_id = job_id;
                             NodeManagerReply::RegisterClientReply(reply).into()
                         }
@@ -266,6 +317,30 @@ impl NodeService {
                 Reply::Later(Box::pin(async move {
                     let _ = plasma.delete(&ids).await;
                     ack()
+                }))
+            }
+            NodeManagerRequest::ListLogs(_) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || logs::list(&dir)).await {
+                        Ok(files) => NodeManagerReply::ListLogsReply(ListLogsReply { files }).into(),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
+                }))
+            }
+            NodeManagerRequest::ReadLog(req) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    let read = move || logs::read(&dir, &req.name, req.tail_lines, req.offset);
+                    match tokio::task::spawn_blocking(read).await {
+                        Ok(Ok((data, end_offset))) => {
+                            NodeManagerReply::ReadLogReply(ReadLogReply { data: data.into(), end_offset }).into()
+                        }
+                        Ok(Err(e @ logs::LogError::NotFound(_))) => error_body(ErrorCode::NotFound, e.to_string()),
+                        Ok(Err(e @ logs::LogError::BadName(_))) => error_body(ErrorCode::Invalid, e.to_string()),
+                        Ok(Err(e)) => error_body(ErrorCode::Internal, e.to_string()),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
                 }))
             }
             NodeManagerRequest::Shutdown(_) => {

@@ -121,11 +121,12 @@ def _error_payload(error: BaseException) -> bytes:
         return serialization.pickle_dumps(error)
 
 
-def _finish(task, results, app_error, retryable):
-    """Sends the results; what the task printed (even a partial line) goes first."""
+def _finish(task, results, app_error, retryable, error=None):
+    """Sends the results; what the task printed (even a partial line) goes first.
+    ``error`` is (Ray's error type name, text) for the task's state when it failed."""
     sys.stdout.flush()
     sys.stderr.flush()
-    _core.finish_task(task, results, app_error, retryable)
+    _core.finish_task(task, results, app_error, retryable, error)
 
 
 def _is_retryable(task, error) -> bool:
@@ -143,7 +144,8 @@ def _finish_with_error(task, error, retryable):
     # A task with no declared returns still reports its error to the submitter.
     n = max(task.num_returns, 1) if task.num_returns else 0
     results = [(serialization.ERROR, payload, [], [])] * n
-    _finish(task, results, True, retryable)
+    kind = "TASK_CANCELLED" if isinstance(error, exceptions.TaskCancelledError) else "TASK_EXECUTION_EXCEPTION"
+    _finish(task, results, True, retryable, (kind, str(error)))
 
 
 class _ActorRuntime:
@@ -216,8 +218,8 @@ class _PrefixedStream:
     """Prefixes every line a task or actor prints with its name and pid, as Ray's
     driver output does: ``(Counter pid=4321) started`` (with ``, ip=...`` when the
     worker's machine is not the driver's). Whole lines go to the driver of the job
-    (over its core worker's socket); they are written here, to the output the worker
-    inherits from its node daemon, only when no driver can take them."""
+    (over its core worker's socket). Everything printed also goes, as printed, to
+    ``stream``: the worker's log file (see ``_log_to_files``)."""
 
     def __init__(self, stream, is_stderr):
         self._stream = stream
@@ -230,6 +232,7 @@ class _PrefixedStream:
     def write(self, text):
         if not text:
             return 0
+        self._stream.write(text)
         prefix = f"({_current_name()} pid={os.getpid()}{_ip_suffix()}) "
         with self._lock:
             for line in text.splitlines(keepends=True):
@@ -250,13 +253,11 @@ class _PrefixedStream:
             return
         text = "".join(self._pending)
         self._pending = []
+        self._stream.flush()
         driver = _driver_address()
         if driver is not None and driver not in _gone_drivers and _core.is_connected():
-            if _core.forward_output(driver, text, self._is_stderr):
-                return
-            _gone_drivers.add(driver)  # it exited (a detached actor outlives it)
-        self._stream.write(text)
-        self._stream.flush()
+            if not _core.forward_output(driver, text, self._is_stderr):
+                _gone_drivers.add(driver)  # it exited (a detached actor outlives it)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -301,7 +302,8 @@ def _create_actor(task):
         cause = e.error if isinstance(e, _UpstreamError) else e
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
         message = f"The actor died because of an error raised in its creation task, {task.function_name}:\n{text}"
-        _finish(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False)
+        _finish(task, [(serialization.ACTOR_DIED, message.encode(), [], [])], True, False,
+                ("TASK_EXECUTION_EXCEPTION", message))
         return
     _finish(task, [(serialization.VALUE, pickle.dumps(None), [], [])], False, False)
 
@@ -366,7 +368,7 @@ def _end_actor(task, how):
     and the actor is dead for good (no restart)."""
     cause = f"The actor {_actor.class_name} ({_actor.actor_id}) {how}."
     n = max(task.num_returns, 1) if task.num_returns else 0
-    _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False)
+    _finish(task, [(serialization.ACTOR_DIED, cause.encode(), [], [])] * n, True, False, ("ACTOR_DIED", cause))
     try:
         # The node ends this process once the GCS marks the actor dead.
         _core.kill_actor(bytes.fromhex(_actor.actor_id), True, cause)
@@ -390,7 +392,24 @@ def _finish_failed(task, e):
         _finish_with_error(task, error, _is_retryable(task, e))
 
 
+def _log_to_files():
+    """Points this process's stdout and stderr (fds 1 and 2, so C extensions and
+    crashes land there too) at ``<session>/logs/worker-<worker id>-<pid>.out`` and
+    ``.err``, Ray's log file names, where ``rtd logs`` and the dashboard find them."""
+    base = os.path.join(
+        os.environ["RTD_SESSION_DIR"], "logs", f"worker-{os.environ['RTD_WORKER_ID']}-{os.getpid()}"
+    )
+    for fd, suffix in ((1, ".out"), (2, ".err")):
+        try:
+            log = os.open(base + suffix, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            return  # no log directory (an older node): keep the daemon's output
+        os.dup2(log, fd)
+        os.close(log)
+
+
 def main():
+    _log_to_files()
     sys.stdout = _PrefixedStream(sys.stdout, False)
     sys.stderr = _PrefixedStream(sys.stderr, True)
     try:

@@ -84,7 +84,11 @@ service! {
         GetNodes => GetNodesReply,
         RegisterNode => GetNodesReply,
         ReportResources => GetNodesReply,
-        NextJobId => NextJobIdReply,
+        AddJob => AddJobReply,
+        MarkJobFinished => Ack,
+        ReportWorker => Ack,
+        AddTaskEvents => Ack,
+        GetTimeline => GetTimelineReply,
         KvPut => Ack,
         KvGet => KvGetReply,
         CreateActor => ActorInfo,
@@ -116,6 +120,8 @@ service! {
         PullObject => Ack,
         FreeObjects => Ack,
         Shutdown => Ack,
+        ListLogs => ListLogsReply,
+        ReadLog => ReadLogReply,
 }
 
 service! {
@@ -126,6 +132,7 @@ service! {
         GetObject => GetObjectReply,
         AddBorrower => Ack,
         WorkerOutput => Ack,
+        GetObjectRefs => GetObjectRefsReply,
 }
 
 service! {
