@@ -15,15 +15,15 @@ use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
     request_lease_reply::Result as LeaseResult, Ack, AddJob, AddJobReply, CommitBundle, ErrorCode, ErrorReply,
     GetNodesReply, GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply,
-    NodeInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease, RequestLeaseReply,
-    ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
+    NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease,
+    RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
-use crate::actor_manager::{ActorManager, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
+use crate::actor_manager::{ActorManager, ActorRecord, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
 use crate::task_table::TaskTable;
 use crate::timeline::chrome_trace;
@@ -363,6 +363,21 @@ impl GcsServer {
             nodes.iter().map(|n| (n.node_id.to_vec(), n.address.clone())).collect::<BTreeMap<_, _>>()
         });
         chrome_trace(&self.task_table.snapshot().0, &names)
+    }
+
+    /// Every actor, for the state API.
+    pub fn actors(&self) -> Vec<ActorRecord> {
+        self.actors.records()
+    }
+
+    /// Every placement group, for the state API.
+    pub fn placement_groups(&self) -> Vec<PlacementGroupInfo> {
+        self.groups.list()
+    }
+
+    /// Publishes `value` under `key` in the GCS's KV store, where every client reads it.
+    pub fn kv_put(&self, key: &str, value: bytes::Bytes) {
+        self.tables.kv_put(key.to_string(), value);
     }
 
     /// Answers a GCS request from the connection `conn`.

@@ -1,0 +1,122 @@
+//! The HTTP routes: the state API, the overview, and the dashboard's own files.
+//!
+//! Every JSON answer has Ray's envelope, `{"result": bool, "msg": str, "data": {...}}`;
+//! a request the server cannot answer gets `result: false` with a message that names
+//! what was wrong and a 4xx status, never a 500.
+//!
+//! Reading and filtering the tables runs on a blocking thread: the head daemon's async
+//! runtime (one thread) also runs the GCS and the raylet, which a request for thousands
+//! of rows must not hold up.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::overview::cluster_status;
+use crate::query::{ListOptions, QueryError};
+use crate::resources::{resource, Resource, RESOURCES};
+use crate::state::ClusterState;
+
+type Shared = Arc<dyn ClusterState>;
+
+/// The dashboard's files, built into the binary so they ship with it: (path under
+/// `/static/`, content type, bytes).
+const STATIC_FILES: &[(&str, &str, &[u8])] =
+    &[("index.html", "text/html; charset=utf-8", include_bytes!("../static/index.html"))];
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(|| static_file(Path("index.html".to_string()))))
+        .route("/static/{*path}", get(static_file))
+        .route("/api/cluster_status", get(overview))
+        .route("/api/v0/{resource}", get(list))
+        .route("/api/v0/{resource}/summarize", get(summarize))
+        .fallback(|| async { not_found("no such endpoint".into()) })
+        .with_state(state)
+}
+
+fn success(data: Value) -> Response {
+    Json(json!({"result": true, "msg": "", "data": data})).into_response()
+}
+
+/// A request the API cannot answer: its status and what was wrong.
+struct ApiError {
+    status: StatusCode,
+    msg: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"result": false, "msg": self.msg, "data": {}}))).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, msg: e.to_string() }
+    }
+}
+
+fn not_found(msg: String) -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, msg }
+}
+
+/// Runs `read` over the cluster's state on a blocking thread.
+async fn read_state<T: Send + 'static>(
+    state: Shared,
+    read: impl FnOnce(&dyn ClusterState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || read(state.as_ref())).await.map_err(|e| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        msg: format!("the state API could not read the cluster's state: {e}"),
+    })?
+}
+
+fn find(name: &str) -> Result<&'static Resource, ApiError> {
+    resource(name).ok_or_else(|| {
+        let known: Vec<&str> = RESOURCES.iter().map(|r| r.name).collect();
+        not_found(format!("unknown resource {name:?}; the state API has {}", known.join(", ")))
+    })
+}
+
+async fn list(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = find(&name)?;
+    let options = ListOptions::from_query(query.as_deref())?;
+    let listed = read_state(state, move |state| Ok(resource.list(state, &options)?)).await?;
+    Ok(success(json!({ "result": listed })))
+}
+
+async fn summarize(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = find(&name)?;
+    let options = ListOptions::from_query(query.as_deref())?;
+    let summary = read_state(state, move |state| match resource.summarize(state, &options.filters) {
+        Some(summary) => Ok(summary?),
+        None => Err(not_found(format!("{name} have no summary"))),
+    })
+    .await?;
+    Ok(success(json!({ "result": summary })))
+}
+
+async fn overview(State(state): State<Shared>) -> Result<Response, ApiError> {
+    Ok(success(read_state(state, |state| Ok(cluster_status(state))).await?))
+}
+
+async fn static_file(Path(path): Path<String>) -> Result<Response, ApiError> {
+    match STATIC_FILES.iter().find(|(name, _, _)| *name == path) {
+        Some((_, content_type, bytes)) => Ok(([(header::CONTENT_TYPE, *content_type)], *bytes).into_response()),
+        None => Err(not_found(format!("no static file {path:?}"))),
+    }
+}
