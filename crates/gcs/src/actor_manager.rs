@@ -79,6 +79,8 @@ struct ActorEntry {
     args_pending: bool,
     owner: u64,
     lease: Option<(NodeId, u64)>,
+    /// The node it last ran on; kept after its worker is gone (as Ray's actor table).
+    node: Option<NodeId>,
     waiters: Vec<oneshot::Sender<ActorInfo>>,
 }
 
@@ -87,6 +89,20 @@ struct Tables {
     actors: HashMap<ActorId, ActorEntry>,
     named: HashMap<(String, String), ActorId>,
     by_lease: HashMap<(NodeId, u64), ActorId>,
+}
+
+/// One actor as the state API shows it: its published info plus what only the
+/// manager knows (where it runs, its job, what it asked for to be placed).
+#[derive(Clone, Debug)]
+pub struct ActorRecord {
+    pub info: ActorInfo,
+    /// The node of its current (or last) worker; None before it was first placed.
+    pub node: Option<NodeId>,
+    pub job_id: bytes::Bytes,
+    /// What its creation task asks for to be placed (bundle resources if in a group).
+    pub placement_resources: ResourceSet,
+    /// Registered, waiting for its owner to resolve the constructor arguments.
+    pub args_pending: bool,
 }
 
 pub struct ActorManager {
@@ -136,8 +152,16 @@ impl ActorManager {
             ..Default::default()
         };
         let args_pending = req.args_pending;
-        let entry =
-            ActorEntry { info: info.clone(), spec, strategy, args_pending, owner, lease: None, waiters: Vec::new() };
+        let entry = ActorEntry {
+            info: info.clone(),
+            spec,
+            strategy,
+            args_pending,
+            owner,
+            lease: None,
+            node: None,
+            waiters: Vec::new(),
+        };
         t.actors.insert(actor_id, entry);
         drop(t);
         if !args_pending {
@@ -197,6 +221,7 @@ impl ActorManager {
             t.by_lease.insert((node, grant.lease_id), actor_id);
             if let Some(e) = t.actors.get_mut(&actor_id) {
                 e.lease = Some((node, grant.lease_id));
+                e.node = Some(node);
             }
         }
         let mut spec = spec;
@@ -391,6 +416,21 @@ impl ActorManager {
 
     pub fn list(&self) -> Vec<ActorInfo> {
         self.lock().actors.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Every actor with what the state API shows, copied out under one short lock.
+    pub fn records(&self) -> Vec<ActorRecord> {
+        self.lock()
+            .actors
+            .values()
+            .map(|e| ActorRecord {
+                info: e.info.clone(),
+                node: e.node,
+                job_id: e.spec.job_id.clone(),
+                placement_resources: ResourceSet::from_fixed_map(&e.spec.resources),
+                args_pending: e.args_pending,
+            })
+            .collect()
     }
 
     /// Stops every actor (node shutdown).

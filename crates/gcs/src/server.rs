@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
-    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupRemoved,
-    PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap, ShrinkLease,
+    KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo, PlacementGroupInfo,
+    PlacementGroupRemoved, PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap,
+    ShrinkLease,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
-use crate::actor_manager::{ActorManager, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
+use crate::actor_manager::{ActorManager, ActorRecord, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
 use crate::{Gcs, NodeUsage};
 
@@ -302,6 +303,21 @@ impl GcsServer {
             }
         }
         nodes
+    }
+
+    /// Every actor, for the state API.
+    pub fn actors(&self) -> Vec<ActorRecord> {
+        self.actors.records()
+    }
+
+    /// Every placement group, for the state API.
+    pub fn placement_groups(&self) -> Vec<PlacementGroupInfo> {
+        self.groups.list()
+    }
+
+    /// Publishes `value` under `key` in the GCS's KV store, where every client reads it.
+    pub fn kv_put(&self, key: &str, value: bytes::Bytes) {
+        self.tables.kv_put(key.to_string(), value);
     }
 
     /// Handles a GCS request; gives `body` back if it is not one.

@@ -1,0 +1,126 @@
+//! The HTTP routes: the state API, the overview, and the dashboard's own files.
+//!
+//! Every JSON answer has Ray's envelope, `{"result": bool, "msg": str, "data": {...}}`;
+//! a request the server cannot answer gets `result: false` with a message that names
+//! what was wrong and a 4xx status, never a 500.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::overview::cluster_status;
+use crate::query::{ListOptions, QueryError};
+use crate::resources::{resource, Resource, RESOURCES};
+use crate::state::ClusterState;
+
+type Shared = Arc<dyn ClusterState>;
+
+/// One file of `crates/dashboard/static/`: (its name, content type, bytes).
+macro_rules! embed {
+    ($name:literal, $content_type:expr) => {
+        ($name, $content_type, include_bytes!(concat!("../static/", $name)))
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The dashboard's files, built into the binary so they ship with it: (path under
+/// `/static/`, content type, bytes). The pages are JavaScript modules, which browsers
+/// run only when served with a JavaScript content type.
+pub(crate) const STATIC_FILES: &[(&str, &str, &[u8])] = &[
+    embed!("index.html", "text/html; charset=utf-8"),
+    embed!("style.css", "text/css; charset=utf-8"),
+    embed!("app.js", JS),
+    embed!("lib.js", JS),
+    embed!("overview.js", JS),
+    embed!("jobs.js", JS),
+    embed!("actors.js", JS),
+    embed!("tasks.js", JS),
+    embed!("placement_groups.js", JS),
+    embed!("objects.js", JS),
+    embed!("logs.js", JS),
+    embed!("timeline.js", JS),
+];
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(|| static_file(Path("index.html".to_string()))))
+        .route("/static/{*path}", get(static_file))
+        .route("/api/cluster_status", get(overview))
+        .route("/api/v0/{resource}", get(list))
+        .route("/api/v0/{resource}/summarize", get(summarize))
+        .fallback(|| async { not_found("no such endpoint".into()) })
+        .with_state(state)
+}
+
+fn success(data: Value) -> Response {
+    Json(json!({"result": true, "msg": "", "data": data})).into_response()
+}
+
+/// A request the API cannot answer: its status and what was wrong.
+struct ApiError {
+    status: StatusCode,
+    msg: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"result": false, "msg": self.msg, "data": {}}))).into_response()
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, msg: e.to_string() }
+    }
+}
+
+fn not_found(msg: String) -> ApiError {
+    ApiError { status: StatusCode::NOT_FOUND, msg }
+}
+
+fn find(name: &str) -> Result<&'static Resource, ApiError> {
+    resource(name).ok_or_else(|| {
+        let known: Vec<&str> = RESOURCES.iter().map(|r| r.name).collect();
+        not_found(format!("unknown resource {name:?}; the state API has {}", known.join(", ")))
+    })
+}
+
+async fn list(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = find(&name)?;
+    let options = ListOptions::from_query(query.as_deref())?;
+    Ok(success(json!({ "result": resource.list(state.as_ref(), &options)? })))
+}
+
+async fn summarize(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let resource = find(&name)?;
+    let options = ListOptions::from_query(query.as_deref())?;
+    match resource.summarize(state.as_ref(), &options.filters) {
+        Some(summary) => Ok(success(json!({ "result": summary? }))),
+        None => Err(not_found(format!("{name} have no summary"))),
+    }
+}
+
+async fn overview(State(state): State<Shared>) -> Response {
+    success(cluster_status(state.as_ref()))
+}
+
+async fn static_file(Path(path): Path<String>) -> Result<Response, ApiError> {
+    match STATIC_FILES.iter().find(|(name, _, _)| *name == path) {
+        Some((_, content_type, bytes)) => Ok(([(header::CONTENT_TYPE, *content_type)], *bytes).into_response()),
+        None => Err(not_found(format!("no static file {path:?}"))),
+    }
+}

@@ -1,0 +1,45 @@
+//! The head's dashboard server: in Ray's diagram, the dashboard head with its state API
+//! (`ray/dashboard`, `state_aggregator.py`). It runs inside the head daemon, next to the
+//! GCS whose tables it reads ([`ClusterState`]), and serves HTTP on the dashboard port
+//! (Ray's 8265; see [`server`]) — JSON for scripts, `rtd list` and `rtd.util.state`,
+//! and the dashboard's pages.
+//!
+//! # Endpoints
+//!
+//! Every JSON answer is Ray's envelope `{"result": bool, "msg": str, "data": {...}}`;
+//! an error is `result: false` with a message naming the problem and status 400 (a
+//! bad parameter or filter) or 404 (no such resource or endpoint).
+//!
+//! - `GET /api/v0/{nodes,actors,placement_groups}`: Ray's list API. Query parameters
+//!   as Ray's client sends them: `limit` (default 100, at most 10 000), `detail`
+//!   (`true`: every column, else Ray's base columns), `timeout` (seconds, accepted and
+//!   checked), and filters as aligned repeated `filter_keys`, `filter_predicates`
+//!   (`=` or `!=`) and `filter_values`, all of which must hold; strings compare without
+//!   regard to case. Only Ray's filterable columns may be filtered on. Answer:
+//!   `data.result = {"total", "num_after_truncation", "num_filtered", "result": [rows],
+//!   "partial_failure_warning", "warnings"}`, rows sorted by id. Row fields are Ray's
+//!   state schema (see [`state`]).
+//! - `GET /api/v0/actors/summarize`: Ray's summary, `data.result.result =
+//!   {"node_id_to_summary": {"cluster": {"summary": {CLASS: {"class_name",
+//!   "state_counts": {STATE: n}}}, "total_actors", "summary_by": "class"}}}`; takes the
+//!   same filters.
+//! - `GET /api/cluster_status`: the overview, `data = {"num_nodes_alive",
+//!   "num_nodes_dead", "resources_total", "resources_available", "nodes": [{"node_id",
+//!   "node_ip", "node_name", "is_head_node", "state", "resources_total",
+//!   "resources_available"}]}` (sums over alive nodes; bundle resources left out).
+//! - `GET /` and `GET /static/{path}`: the dashboard's pages, built into the binary.
+
+mod gcs_state;
+mod http;
+mod overview;
+pub mod query;
+pub mod resources;
+pub mod server;
+pub mod state;
+
+pub use http::router;
+pub use server::{bind, serve, BindError, Port, DEFAULT_PORT};
+pub use state::ClusterState;
+
+#[cfg(test)]
+mod tests;

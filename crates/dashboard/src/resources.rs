@@ -1,0 +1,251 @@
+//! The state API's resources (`nodes`, `actors`, `placement_groups`) as one table:
+//! for each, Ray's columns (which are filterable, which only come with `detail`) and
+//! how to read its rows from [`ClusterState`]. Listing — truncating at the source,
+//! filtering, limiting, choosing columns — and summarizing are written once, for all.
+//!
+//! Adding a resource (tasks, jobs) is one more [`Resource`] in [`RESOURCES`]: its
+//! columns and a function returning its rows.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::query::{parse_bool, Filter, ListOptions, Predicate, QueryError};
+use crate::state::ClusterState;
+
+/// One row as JSON: Ray's column names to values.
+pub type Row = Map<String, Value>;
+
+/// Ray's most rows read from a data source (`RAY_MAX_LIMIT_FROM_DATA_SOURCE`).
+pub const MAX_FROM_SOURCE: usize = 10_000;
+
+/// One column of a resource's schema.
+pub struct Column {
+    pub name: &'static str,
+    /// May be used in a filter.
+    pub filterable: bool,
+    /// Shown only with `detail`.
+    pub detail: bool,
+}
+
+const fn column(name: &'static str, filterable: bool, detail: bool) -> Column {
+    Column { name, filterable, detail }
+}
+
+/// A kind of thing the state API lists.
+pub struct Resource {
+    /// Its name in `/api/v0/<name>`.
+    pub name: &'static str,
+    /// The column that identifies a row (what `get` looks up).
+    pub id_column: &'static str,
+    /// Ray's columns, in Ray's order.
+    pub columns: &'static [Column],
+    pub rows: fn(&dyn ClusterState) -> Vec<Row>,
+    /// `/api/v0/<name>/summarize` groups rows by this column and counts their states;
+    /// with the name of the group key and of the total in the answer (Ray's).
+    pub summary: Option<SummaryShape>,
+}
+
+pub struct SummaryShape {
+    pub by_column: &'static str,
+    pub summary_by: &'static str,
+    pub total_name: &'static str,
+}
+
+fn rows_of<T: Serialize>(items: Vec<T>) -> Vec<Row> {
+    items
+        .into_iter()
+        .filter_map(|item| match serde_json::to_value(item) {
+            Ok(Value::Object(row)) => Some(row),
+            _ => None,
+        })
+        .collect()
+}
+
+pub const RESOURCES: &[Resource] = &[
+    Resource {
+        name: "nodes",
+        id_column: "node_id",
+        columns: &[
+            column("node_id", true, false),
+            column("node_ip", true, false),
+            column("is_head_node", true, false),
+            column("state", true, false),
+            column("state_message", false, false),
+            column("node_name", true, false),
+            column("resources_total", false, false),
+            column("labels", false, false),
+            column("resources_available", false, true),
+            column("start_time_ms", false, true),
+            column("end_time_ms", false, true),
+        ],
+        rows: |state| rows_of(state.nodes()),
+        summary: None,
+    },
+    Resource {
+        name: "actors",
+        id_column: "actor_id",
+        columns: &[
+            column("actor_id", true, false),
+            column("class_name", true, false),
+            column("state", true, false),
+            column("job_id", true, false),
+            column("name", true, false),
+            column("node_id", true, false),
+            column("pid", true, false),
+            column("ray_namespace", true, false),
+            column("serialized_runtime_env", false, true),
+            column("required_resources", false, true),
+            column("death_cause", false, true),
+            column("is_detached", false, true),
+            column("placement_group_id", true, true),
+            column("repr_name", true, true),
+            column("num_restarts", false, true),
+            column("num_restarts_due_to_lineage_reconstruction", false, true),
+        ],
+        rows: |state| rows_of(state.actors()),
+        summary: Some(SummaryShape { by_column: "class_name", summary_by: "class", total_name: "total_actors" }),
+    },
+    Resource {
+        name: "placement_groups",
+        id_column: "placement_group_id",
+        columns: &[
+            column("placement_group_id", true, false),
+            column("name", true, false),
+            column("creator_job_id", true, false),
+            column("state", true, false),
+            column("bundles", false, true),
+            column("is_detached", true, true),
+            column("strategy", true, true),
+            column("stats", false, true),
+        ],
+        rows: |state| rows_of(state.placement_groups()),
+        summary: None,
+    },
+];
+
+/// The resource named `name`, if the state API has it.
+pub fn resource(name: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.name == name)
+}
+
+/// Ray's `ListApiResponse`: the counts at each step, then the rows.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ListResponse {
+    /// Rows the cluster has.
+    pub total: usize,
+    /// Rows read from the source (at most [`MAX_FROM_SOURCE`]).
+    pub num_after_truncation: usize,
+    /// Rows that pass the filters.
+    pub num_filtered: usize,
+    /// At most `limit` of those, with the columns `detail` asks for.
+    pub result: Vec<Row>,
+    pub partial_failure_warning: String,
+    pub warnings: Option<Vec<String>>,
+}
+
+/// Whether `value` (a row's) satisfies `filter.value`, compared as Ray does: strings
+/// without regard to case, booleans and numbers by value.
+fn matches(column: &str, value: &Value, wanted: &str) -> Result<bool, QueryError> {
+    let bad = |kind| QueryError::BadFilterValue { column: column.to_string(), value: wanted.to_string(), kind };
+    Ok(match value {
+        Value::String(s) => s.eq_ignore_ascii_case(wanted),
+        Value::Bool(b) => *b == parse_bool(wanted).ok_or_else(|| bad("boolean"))?,
+        Value::Number(n) => n.as_f64() == Some(wanted.parse::<f64>().map_err(|_| bad("number"))?),
+        // No value equals nothing given; anything else is not filterable.
+        _ => false,
+    })
+}
+
+impl Resource {
+    fn check_filter(&self, filter: &Filter) -> Result<(), QueryError> {
+        if self.columns.iter().any(|c| c.filterable && c.name == filter.key) {
+            return Ok(());
+        }
+        let supported: Vec<&str> = self.columns.iter().filter(|c| c.filterable).map(|c| c.name).collect();
+        Err(QueryError::UnknownColumn { column: filter.key.clone(), supported: supported.join(", ") })
+    }
+
+    /// The rows the source holds (sorted by id, so pages are stable), truncated at
+    /// [`MAX_FROM_SOURCE`], then those that pass `filters`: (total, after truncation, rows).
+    fn filtered(&self, state: &dyn ClusterState, filters: &[Filter]) -> Result<(usize, usize, Vec<Row>), QueryError> {
+        for filter in filters {
+            self.check_filter(filter)?;
+        }
+        let mut rows = (self.rows)(state);
+        let total = rows.len();
+        let id = |row: &Row| row.get(self.id_column).and_then(Value::as_str).unwrap_or_default().to_string();
+        rows.sort_by_key(id);
+        rows.truncate(MAX_FROM_SOURCE);
+        let after_truncation = rows.len();
+        let mut kept = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut pass = true;
+            for f in filters {
+                let equal = matches(&f.key, row.get(&f.key).unwrap_or(&Value::Null), &f.value)?;
+                pass &= equal == (f.predicate == Predicate::Equal);
+            }
+            if pass {
+                kept.push(row);
+            }
+        }
+        Ok((total, after_truncation, kept))
+    }
+
+    pub fn list(&self, state: &dyn ClusterState, options: &ListOptions) -> Result<ListResponse, QueryError> {
+        let (total, num_after_truncation, rows) = self.filtered(state, &options.filters)?;
+        let num_filtered = rows.len();
+        let result = rows
+            .into_iter()
+            .take(options.limit)
+            .map(|mut row| {
+                let mut shown = Row::new();
+                for column in self.columns.iter().filter(|c| options.detail || !c.detail) {
+                    shown.insert(column.name.to_string(), row.remove(column.name).unwrap_or(Value::Null));
+                }
+                shown
+            })
+            .collect();
+        Ok(ListResponse {
+            total,
+            num_after_truncation,
+            num_filtered,
+            result,
+            partial_failure_warning: String::new(),
+            warnings: None,
+        })
+    }
+
+    /// Ray's `SummaryApiResponse` for this resource (None: it has no summary): rows
+    /// that pass `filters`, grouped by the summary column, with counts by state.
+    pub fn summarize(&self, state: &dyn ClusterState, filters: &[Filter]) -> Option<Result<Value, QueryError>> {
+        let shape = self.summary.as_ref()?;
+        Some(self.filtered(state, filters).map(|(total, num_after_truncation, rows)| {
+            let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+            for row in &rows {
+                let text = |column: &str| row.get(column).and_then(Value::as_str).unwrap_or_default().to_string();
+                *groups.entry(text(shape.by_column)).or_default().entry(text("state")).or_default() += 1;
+            }
+            let summary: Map<String, Value> = groups
+                .into_iter()
+                .map(|(key, state_counts)| {
+                    let entry = serde_json::json!({ shape.by_column: key, "state_counts": state_counts });
+                    (key, entry)
+                })
+                .collect();
+            serde_json::json!({
+                "total": total,
+                "num_after_truncation": num_after_truncation,
+                "num_filtered": rows.len(),
+                "result": {"node_id_to_summary": {"cluster": {
+                    "summary": summary,
+                    shape.total_name: rows.len(),
+                    "summary_by": shape.summary_by,
+                }}},
+                "partial_failure_warning": "",
+                "warnings": null,
+            })
+        }))
+    }
+}
