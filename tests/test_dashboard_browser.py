@@ -52,7 +52,7 @@ class Scene:
 
     def __init__(self, cluster, url):
         self.cluster = cluster
-        self.url = url.rstrip("/")
+        self.url = url
         self.node_ids = {n.node_id for n in cluster.list_all_nodes()}
         self.head_id = cluster.head_node.node_id
 
@@ -72,7 +72,8 @@ def scene():
         cluster.add_node(num_cpus=2, resources={"gadget": 1})
         cluster.wait_for_nodes()
         context = rtd.init(address=cluster.address)
-        s = Scene(cluster, context.dashboard_url)
+        # Ray's form: host:port, without the scheme.
+        s = Scene(cluster, f"http://{context.dashboard_url}")
         s.actor = DashboardProbeActor.options(name="dashboard-probe").remote()
         s.actor_pid, s.actor_node = rtd.get(s.actor.where.remote(), timeout=TIMEOUT)
         s.pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD", name="dashboard-pg")
@@ -107,10 +108,14 @@ def browser(_chromium):
 
 
 def open_page(browser, scene, page, query=""):
-    """Loads ``#/page`` afresh and waits until the page has been drawn from the API."""
+    """Loads ``#/page`` in a new document and waits until the page has been drawn from
+    the API."""
+    # Marks the old document, so the wait below cannot be answered by it.
+    browser.evaluate("window.rtdOldDocument = true")
     browser.navigate(f"{scene.url}/?load={os.urandom(4).hex()}#/{page}{query}")
     browser.wait_for(
-        f"document.getElementById('page-{page}') && document.getElementById('refresh-status').dataset.refreshes >= 1",
+        f"!window.rtdOldDocument && document.getElementById('page-{page}')"
+        " && document.getElementById('refresh-status').dataset.refreshes >= 1",
         timeout=TIMEOUT,
         what=f"the {page} page",
     )
