@@ -1,10 +1,11 @@
-//! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`, `rtd list`. The same
+//! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`, and the state commands
+//! `rtd list`, `rtd get`, `rtd summary` (in `state_cli`). The same
 //! code runs in the standalone binary and behind the Python package's `rtd` console
 //! script, so it returns an exit code instead of exiting.
 //!
 //! Ray programs come with Ray's shell lines, so `rtd start` takes `ray start`'s flags.
 //! Those rtd honours do what they do in Ray (`--memory`, `--system-config`'s spilling
-//! directory); those about parts rtd does not have (the dashboard, Redis) are accepted
+//! directory, the dashboard's host and port); those about parts rtd does not have (Redis) are accepted
 //! with a one-line notice on stderr of what rtd does instead, never dropped silently.
 
 use std::collections::HashMap;
@@ -14,14 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use rtd_common::bundle::BundleResource;
 use rtd_common::proto::frame::Body;
 use rtd_common::rpc::RpcClient;
 
 use crate::daemons;
-use crate::node::{default_object_store_memory, node_resources, run_node, NodeOptions, NodeRole};
+use crate::node::{default_object_store_memory, node_resources, run_node, DashboardOptions, NodeOptions, NodeRole};
 use crate::session::{remove_dead_sessions, NodeFile, Session, DEFAULT_TEMP_DIR};
+use crate::state_cli;
 use crate::system_config::SystemConfig;
 
 /// How to start a daemon in the background: the program and leading arguments that,
@@ -47,8 +49,12 @@ enum Command {
     Stop(StopArgs),
     /// Show the nodes, their resource usage and pending demands.
     Status(TempDirArg),
-    /// List the cluster's nodes, actors or placement groups.
-    List(ListArgs),
+    /// List the cluster's nodes, actors or placement groups (Ray's state CLI).
+    List(state_cli::ListArgs),
+    /// Show one node, actor or placement group by id.
+    Get(state_cli::GetArgs),
+    /// Summarize the cluster's actors by class and state.
+    Summary(state_cli::SummaryArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,13 +107,13 @@ struct StartArgs {
     /// Stop when stdin reaches EOF: the process that started this node is gone.
     #[arg(long, hide = true)]
     watch_stdin: bool,
-    /// Accepted for Ray; rtd has no dashboard yet.
+    /// Whether the head serves the dashboard and state API (default: true).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     include_dashboard: Option<bool>,
-    /// Accepted for Ray; rtd has no dashboard yet.
+    /// The address the dashboard listens on (default: 127.0.0.1; 0.0.0.0 for every one).
     #[arg(long, value_name = "HOST")]
     dashboard_host: Option<String>,
-    /// Accepted for Ray; rtd has no dashboard yet.
+    /// The dashboard's port (default: 8265, or the next free one if it is taken).
     #[arg(long, value_name = "PORT")]
     dashboard_port: Option<u16>,
     /// Accepted for Ray; rtd collects no usage stats.
@@ -136,20 +142,6 @@ struct TempDirArg {
     /// Where the node daemons keep their sessions.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_TEMP_DIR)]
     temp_dir: PathBuf,
-}
-
-#[derive(Args, Debug)]
-struct ListArgs {
-    what: ListKind,
-    #[command(flatten)]
-    dir: TempDirArg,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum ListKind {
-    Nodes,
-    Actors,
-    PlacementGroups,
 }
 
 fn parse_head_address(address: &str) -> Result<String, String> {
@@ -201,7 +193,9 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
         Command::Start(args) => start(&args, argv.get(2..).unwrap_or_default(), launcher),
         Command::Stop(args) => stop(&args),
         Command::Status(args) => status(&args.temp_dir),
-        Command::List(args) => list(args.what, &args.dir.temp_dir),
+        Command::List(args) => state_cli::list(&args),
+        Command::Get(args) => state_cli::get(&args),
+        Command::Summary(args) => state_cli::summary(&args),
     };
     match result {
         Ok(()) => 0,
@@ -233,7 +227,15 @@ impl StartArgs {
         .filter_map(|(given, flag)| given.then_some(flag))
         .collect();
         if !dashboard_flags.is_empty() {
-            notices.push(format!("rtd has no dashboard yet; {} ignored", dashboard_flags.join(", ")));
+            if self.address.is_some() {
+                notices
+                    .push(format!("only the head node serves the dashboard; {} ignored", dashboard_flags.join(", ")));
+            } else if self.include_dashboard == Some(false) {
+                notices.push(format!(
+                    "the dashboard is off (--include-dashboard=false); {} ignored",
+                    dashboard_flags.join(", ")
+                ));
+            }
         }
         if self.redis_password.is_some() {
             notices.push("the GCS keeps its state in the head process (no Redis); --redis-password is not used".into());
@@ -242,6 +244,20 @@ impl StartArgs {
             notices.extend(config.notices.iter().cloned());
         }
         notices
+    }
+
+    /// Where the head serves the dashboard; None on other nodes or when it is off.
+    fn dashboard(&self) -> Option<DashboardOptions> {
+        if self.address.is_some() || self.include_dashboard == Some(false) {
+            return None;
+        }
+        Some(DashboardOptions {
+            host: self.dashboard_host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port: match self.dashboard_port {
+                Some(port) => rtd_dashboard::Port::Explicit(port),
+                None => rtd_dashboard::Port::Default(rtd_dashboard::DEFAULT_PORT),
+            },
+        })
     }
 
     fn node_options(&self, role: NodeRole, session_dir: PathBuf) -> Result<NodeOptions> {
@@ -260,6 +276,7 @@ impl StartArgs {
             role,
             node_ip: self.node_ip_address.clone(),
             spill_root: self.system_config.as_ref().and_then(|c| c.spill_directory.clone()),
+            dashboard: self.dashboard(),
         })
     }
 }
@@ -314,6 +331,10 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
     }
     let kind = if args.head { "head" } else { "worker" };
     println!("Started an rtd {kind} node (pid {}).", child.id());
+    let dashboard = NodeFile::read(&session_dir.join("node.json")).map(|n| n.dashboard_url).unwrap_or_default();
+    if !dashboard.is_empty() {
+        println!("  dashboard: http://{dashboard}");
+    }
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
     println!("  log:     {}", log_path.display());
@@ -417,63 +438,6 @@ fn status(temp_dir: &Path) -> Result<()> {
         }
         for (shape, count) in demands {
             println!("  {shape}: {count}+ pending tasks/actors");
-        }
-    }
-    Ok(())
-}
-
-/// `rtd list nodes|actors|placement-groups`.
-fn list(what: ListKind, temp_dir: &Path) -> Result<()> {
-    let body = match what {
-        ListKind::Nodes => || Body::GetNodes(Default::default()),
-        ListKind::Actors => || Body::ListActors(Default::default()),
-        ListKind::PlacementGroups => || Body::ListPlacementGroups(Default::default()),
-    };
-    for (_, reply) in ask_clusters(temp_dir, body)? {
-        match reply {
-            Body::GetNodesReply(r) => {
-                println!("{:<56}  {:<5}  {:<4}  ADDRESS", "NODE_ID", "STATE", "HEAD");
-                for n in r.nodes {
-                    let state = if n.alive { "ALIVE" } else { "DEAD" };
-                    println!(
-                        "{:<56}  {state:<5}  {:<4}  {}",
-                        hex(&n.node_id),
-                        if n.is_head { "yes" } else { "" },
-                        n.address
-                    );
-                }
-            }
-            Body::ListActorsReply(r) => {
-                println!("{:<32}  {:<20}  {:<16}  {:<8}  NAME", "ACTOR_ID", "CLASS", "STATE", "RESTARTS");
-                for a in r.actors {
-                    let options = a.options.unwrap_or_default();
-                    let state =
-                        rtd_common::proto::ActorState::try_from(a.state).map(|s| s.as_str_name()).unwrap_or("UNKNOWN");
-                    println!(
-                        "{:<32}  {:<20}  {state:<16}  {:<8}  {}",
-                        hex(&a.actor_id),
-                        options.class_name,
-                        a.num_restarts,
-                        options.name
-                    );
-                }
-            }
-            Body::ListPlacementGroupsReply(r) => {
-                println!("{:<36}  {:<14}  {:<16}  {:<7}  NAME", "PLACEMENT_GROUP_ID", "STRATEGY", "STATE", "BUNDLES");
-                for g in r.groups {
-                    let state = rtd_common::proto::PlacementGroupState::try_from(g.state)
-                        .map(|s| s.as_str_name().trim_start_matches("PG_"))
-                        .unwrap_or("UNKNOWN");
-                    println!(
-                        "{:<36}  {:<14}  {state:<16}  {:<7}  {}",
-                        hex(&g.pg_id),
-                        g.strategy,
-                        g.bundles.len(),
-                        g.name
-                    );
-                }
-            }
-            _ => bail!("unexpected reply from the node"),
         }
     }
     Ok(())
@@ -606,10 +570,28 @@ mod tests {
     fn notices_name_what_rtd_ignores_and_nothing_else() {
         let notices = |args: &[&str]| parse_start(&[&["--head"], args].concat()).unwrap().notices();
         assert!(notices(&["--include-dashboard=false", "--disable-usage-stats", "--memory", "1"]).is_empty());
-        let dashboard = notices(&["--include-dashboard", "true", "--dashboard-port", "8265"]);
-        assert_eq!(dashboard, vec!["rtd has no dashboard yet; --include-dashboard, --dashboard-port ignored"]);
+        assert!(notices(&["--include-dashboard", "true", "--dashboard-port", "8265"]).is_empty());
+        let off = notices(&["--include-dashboard=false", "--dashboard-port", "8265"]);
+        assert_eq!(off, vec!["the dashboard is off (--include-dashboard=false); --dashboard-port ignored"]);
+        let worker = parse_start(&["--address", "h:1", "--dashboard-host", "0.0.0.0"]).unwrap().notices();
+        assert_eq!(worker, vec!["only the head node serves the dashboard; --dashboard-host ignored"]);
         assert!(notices(&["--redis-password=x"])[0].contains("--redis-password is not used"));
         assert!(notices(&["--system-config", r#"{"max_io_workers": 2}"#])[0].contains("max_io_workers"));
+    }
+
+    #[test]
+    fn the_head_serves_the_dashboard_unless_told_not_to() {
+        let dashboard = |args: &[&str]| parse_start(args).unwrap().dashboard();
+        let default = DashboardOptions {
+            host: "127.0.0.1".into(),
+            port: rtd_dashboard::Port::Default(rtd_dashboard::DEFAULT_PORT),
+        };
+        assert_eq!(dashboard(&["--head"]), Some(default));
+        let chosen = dashboard(&["--head", "--dashboard-host=0.0.0.0", "--dashboard-port", "9000"]);
+        let expected = DashboardOptions { host: "0.0.0.0".into(), port: rtd_dashboard::Port::Explicit(9000) };
+        assert_eq!(chosen, Some(expected));
+        assert_eq!(dashboard(&["--head", "--include-dashboard=false"]), None);
+        assert_eq!(dashboard(&["--address", "h:1"]), None);
     }
 
     #[test]
@@ -637,9 +619,11 @@ mod tests {
         let Command::Stop(stop) = parse(&["stop", "-f", "--temp-dir=/tmp/x"]).unwrap().command else { panic!() };
         assert!(stop.force);
         assert_eq!((stop.grace_period, stop.temp_dir), (16, Some(PathBuf::from("/tmp/x"))));
-        let Command::List(list) = parse(&["list", "placement-groups"]).unwrap().command else { panic!() };
-        assert!(matches!(list.what, ListKind::PlacementGroups));
+        assert!(matches!(parse(&["list", "placement-groups", "--detail"]).unwrap().command, Command::List(_)));
+        assert!(matches!(parse(&["get", "actor", "ab12"]).unwrap().command, Command::Get(_)));
+        assert!(matches!(parse(&["summary", "actors"]).unwrap().command, Command::Summary(_)));
         assert!(parse(&["list", "tables"]).is_err());
+        assert!(parse(&["list", "nodes", "--filter", "state~x"]).unwrap_err().to_string().contains("state~x"));
         assert!(matches!(parse(&["status", "--temp-dir", "/t"]).unwrap().command, Command::Status(_)));
     }
 

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemons;
 pub mod node;
 pub mod session;
+mod state_cli;
 pub mod system_config;
 
 pub use cli::{cli_main, Launcher};

@@ -52,6 +52,37 @@ pub struct NodeOptions {
     /// Spill into a directory of this node's own under here (`--system-config`'s
     /// `object_spilling_config`); None: into the session directory.
     pub spill_root: Option<PathBuf>,
+    /// Where the head serves the dashboard and state API; None: it does not.
+    pub dashboard: Option<DashboardOptions>,
+}
+
+/// `--dashboard-host` and `--dashboard-port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardOptions {
+    pub host: String,
+    pub port: rtd_dashboard::Port,
+}
+
+/// The key under which the head publishes the dashboard's `host:port` in the GCS's KV
+/// store, where every driver finds it, whichever node it connects to.
+pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
+
+/// Starts serving the dashboard over `gcs`; returns the task and the `host:port` a
+/// browser on this machine opens (the node's address when it listens on every one).
+async fn start_dashboard(
+    options: &DashboardOptions,
+    gcs: &Arc<GcsServer>,
+    node_ip: &str,
+) -> Result<(tokio::task::JoinHandle<()>, String)> {
+    let listener = rtd_dashboard::bind(&options.host, options.port).await?;
+    let port = listener.local_addr().context("reading the dashboard's address")?.port();
+    let host = match options.host.as_str() {
+        "0.0.0.0" | "::" | "[::]" => node_ip,
+        host => host,
+    };
+    let url = format!("{host}:{port}");
+    gcs.kv_put(DASHBOARD_URL_KEY, url.clone().into());
+    Ok((rtd_dashboard::serve(listener, gcs.clone()), url))
 }
 
 /// How a node describes itself to the GCS.
@@ -202,6 +233,10 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             .add_service(ObjectServer::new(service.plasma.clone()));
         tokio::spawn(rpc::serve_grpc(l, router))
     });
+    let dashboard = match (&gcs, &opts.dashboard) {
+        (Some(gcs), Some(options)) => Some(start_dashboard(options, gcs, &opts.node_ip).await?),
+        _ => None,
+    };
     raylet.prestart_workers();
     NodeFile {
         pid: std::process::id(),
@@ -215,6 +250,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         },
         shm_path: session.shm_path().display().to_string(),
         spill_dir: spill_dir.display().to_string(),
+        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
     }
     .write(&session)?;
     tracing::info!("node {node_id} ready in {}", session.dir.display());
@@ -234,6 +270,9 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     raylet_task.abort();
+    if let Some((task, _)) = dashboard {
+        task.abort();
+    }
     if let Some(t) = tcp_task {
         t.abort();
     }

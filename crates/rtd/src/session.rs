@@ -151,6 +151,9 @@ pub struct NodeFile {
     pub shm_path: String,
     /// Where the object store spills; outside the session with `--system-config`.
     pub spill_dir: String,
+    /// The head's dashboard and state API as `host:port` (Ray's `webui_url`); empty on
+    /// other nodes and on a head without one.
+    pub dashboard_url: String,
 }
 
 impl NodeFile {
@@ -164,6 +167,7 @@ impl NodeFile {
             "head_address": self.head_address,
             "shm_path": self.shm_path,
             "spill_dir": self.spill_dir,
+            "dashboard_url": self.dashboard_url,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
@@ -196,6 +200,7 @@ impl NodeFile {
             head_address: field("head_address"),
             shm_path: field("shm_path"),
             spill_dir: field("spill_dir"),
+            dashboard_url: field("dashboard_url"),
         })
     }
 }
@@ -234,6 +239,7 @@ mod tests {
                 head_address: String::new(),
                 shm_path: String::new(),
                 spill_dir: String::new(),
+                dashboard_url: String::new(),
             };
             node.write(&session).expect("node.json");
             std::fs::write(shm_dir.join(format!("rtd_{pid}_{name}")), b"").expect("shm file");
