@@ -105,7 +105,7 @@ def test_head_started_with_rays_flags_runs_tasks_and_says_what_it_ignores(temp_d
     assert started.returncode == 0, started.stderr
     notices = [line for line in started.stderr.splitlines() if line.startswith("rtd: note:")]
     assert notices == [
-        "rtd: note: rtd has no dashboard yet; --dashboard-host ignored",
+        "rtd: note: the dashboard is off (--include-dashboard=false); --dashboard-host ignored",
         "rtd: note: the GCS keeps its state in the head process (no Redis); --redis-password is not used",
         "rtd: note: --system-config keys rtd does not support, ignored: max_io_workers",
     ], started.stderr

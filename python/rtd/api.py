@@ -18,6 +18,8 @@ from rtd._private import serialization, services, task_context
 from rtd.runtime_context import RuntimeContext
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
+# Where the head publishes its dashboard's host:port in the GCS's KV store (node.rs).
+DASHBOARD_URL_KEY = "dashboard_url"
 
 
 class _State:
@@ -25,6 +27,7 @@ class _State:
         self.lock = threading.RLock()
         self.node_process = None  # the local head daemon this driver started
         self.session_dir = None
+        self.dashboard_url = None  # the head's dashboard as host:port, if it serves one
         self.namespace = None
         self.registered_functions = set()
         self.is_worker = False
@@ -34,11 +37,16 @@ _state = _State()
 
 
 class RayContext(dict):
-    """What ``init`` returns (Ray returns a context with ``address_info``)."""
+    """What ``init`` returns (Ray returns a context with ``address_info``, whose
+    ``webui_url`` is the dashboard's ``host:port``, also ``dashboard_url``)."""
 
     @property
     def address_info(self):
         return self
+
+    @property
+    def dashboard_url(self):
+        return self.get("webui_url")
 
     def disconnect(self):
         shutdown()
@@ -54,10 +62,10 @@ def is_initialized() -> bool:
     return _core.is_connected()
 
 
-def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir):
+def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir, dashboard_args):
     os.makedirs(temp_dir, exist_ok=True)
     session_dir = os.path.join(temp_dir, f"session_{int(time.time() * 1000)}_{os.getpid()}")
-    args = ["--head", *services.node_args(num_cpus, num_gpus, resources, object_store_memory)]
+    args = ["--head", *services.node_args(num_cpus, num_gpus, resources, object_store_memory), *dashboard_args]
     return services.spawn_node(session_dir, args), session_dir
 
 
@@ -126,14 +134,14 @@ def init(
     with _state.lock:
         if is_initialized():
             if ignore_reinit_error:
-                return RayContext(session_dir=_state.session_dir)
+                return RayContext(session_dir=_state.session_dir, webui_url=_state.dashboard_url)
             raise RuntimeError(
                 "Maybe you called rtd.init twice by accident? This error can be suppressed by "
                 "passing in 'ignore_reinit_error=True' or by calling 'rtd.shutdown()' prior to 'rtd.init()'."
             )
-        ignored = {"include_dashboard", "dashboard_host", "dashboard_port", "log_to_driver",
-                   "logging_level", "configure_logging", "_system_config", "local_mode"}
-        unknown = set(kwargs) - ignored
+        dashboard_options = {"include_dashboard", "dashboard_host", "dashboard_port"}
+        ignored = {"log_to_driver", "logging_level", "configure_logging", "_system_config", "local_mode"}
+        unknown = set(kwargs) - ignored - dashboard_options
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s): {sorted(unknown)}")
         if kwargs.get("local_mode"):
@@ -146,7 +154,10 @@ def init(
             address = os.environ.get("RTD_ADDRESS") or None
         node_ip = None
         if address in (None, "local"):
-            process, session_dir = _start_local_node(num_cpus, num_gpus, resources, object_store_memory, temp_dir)
+            dashboard = services.dashboard_args(**{k: v for k, v in kwargs.items() if k in dashboard_options})
+            process, session_dir = _start_local_node(
+                num_cpus, num_gpus, resources, object_store_memory, temp_dir, dashboard
+            )
             _state.node_process = process
         else:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
@@ -171,7 +182,14 @@ def init(
         if log_to_driver:
             _core.set_output_handler(_write_worker_output)
         _publish_job_info(info["job_id"], _state.namespace, info["address"] if log_to_driver else None, node_ip)
-        return RayContext(session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"])
+        dashboard_url = _core.kv_get(DASHBOARD_URL_KEY)
+        _state.dashboard_url = dashboard_url.decode() if dashboard_url else None
+        if _state.dashboard_url:
+            started = "Started a local rtd instance." if _state.node_process else "Connected to an rtd cluster."
+            print(f"{started} View the dashboard at http://{_state.dashboard_url}", file=sys.stderr)
+        return RayContext(
+            session_dir=session_dir, node_id=info["node_id"], job_id=info["job_id"], webui_url=_state.dashboard_url
+        )
 
 
 def _write_worker_output(text, is_stderr):
@@ -223,6 +241,7 @@ def shutdown():
         _core.disconnect()
         _stop_local_node()
         _state.session_dir = None
+        _state.dashboard_url = None
         _state.registered_functions.clear()
 
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from rtd import _core
-from rtd._private.services import node_args, spawn_node
+from rtd._private.services import dashboard_args, node_args, spawn_node
 
 
 def _free_port() -> int:
@@ -40,6 +40,8 @@ class Node:
         self.node_id = info["node_id"]
         self.unique_id = self.node_id
         self.shm_path = info["shm_path"]
+        # The head's dashboard as host:port (Ray's ``webui_url``); None on other nodes.
+        self.webui_url = info.get("dashboard_url") or None
 
     def __repr__(self):
         return f"Node({'head' if self.is_head else 'worker'}, {self.node_id[:8]})"
@@ -69,6 +71,11 @@ class Cluster:
             atexit.register(self.shutdown)
 
     @property
+    def webui_url(self):
+        """The head's dashboard and state API as ``host:port`` (None when it has none)."""
+        return self.head_node.webui_url if self.head_node else None
+
+    @property
     def address(self):
         if self._port is None:
             raise RuntimeError("The cluster has no head node yet.")
@@ -79,7 +86,8 @@ class Cluster:
 
     def add_node(self, wait=True, num_cpus=1, num_gpus=None, resources=None, object_store_memory=None, **kwargs):
         """Starts a node daemon: the head first, then nodes that join it."""
-        unknown = set(kwargs) - {"env_vars", "node_name", "dashboard_port", "_system_config"}
+        dashboard_options = {"include_dashboard", "dashboard_host", "dashboard_port"}
+        unknown = set(kwargs) - {"env_vars", "node_name", "_system_config"} - dashboard_options
         if unknown:
             raise TypeError(f"add_node() got unexpected keyword argument(s): {sorted(unknown)}")
         is_head = self.head_node is None
@@ -92,6 +100,7 @@ class Cluster:
         if is_head:
             self._port = _free_port()
             args += ["--head", "--port", str(self._port)]
+            args += dashboard_args(**{k: v for k, v in kwargs.items() if k in dashboard_options})
         else:
             args += ["--address", self.address]
         args += node_args(num_cpus, num_gpus, resources, object_store_memory)

@@ -30,6 +30,18 @@ def node_args(num_cpus=None, num_gpus=None, resources=None, object_store_memory=
     return args
 
 
+def dashboard_args(include_dashboard=None, dashboard_host=None, dashboard_port=None):
+    """`rtd start` options for the head's dashboard (Ray's ``init``/``Cluster`` names)."""
+    args = []
+    if include_dashboard is not None:
+        args += ["--include-dashboard", "true" if include_dashboard else "false"]
+    if dashboard_host is not None:
+        args += ["--dashboard-host", str(dashboard_host)]
+    if dashboard_port is not None:
+        args += ["--dashboard-port", str(int(dashboard_port))]
+    return args
+
+
 def _node_file_pid(path):
     try:
         with open(path) as f:
