@@ -36,7 +36,7 @@ PAGES = [
 ]
 
 
-@rtd.remote(num_cpus=1)
+@rtd.remote(num_cpus=1, resources={"accelerator": 1})
 class ParameterServer:
     def __init__(self):
         self.weights = [0.0] * 10
@@ -94,12 +94,13 @@ def main():
     try:
         cluster.add_node(num_cpus=4, num_gpus=1, resources={"accelerator": 2})
         cluster.wait_for_nodes()
-        url = "http://" + rtd.init(address=cluster.address).dashboard_url  # Ray's form: host:port
+        url = "http://" + rtd.init(address=cluster.address, namespace="demo").dashboard_url  # Ray's form: host:port
 
         ps = ParameterServer.options(name="parameter-server").remote()
         counters = [Counter.options(name=f"counter-{i}").remote() for i in range(3)]
         rtd.get([c.incr.remote() for c in counters])
         rtd.get([ps.update.remote([0.1] * 10) for _ in range(5)])
+        rtd.kill(counters[2])  # a dead actor, with its death cause
         pg = placement_group([{"CPU": 1}, {"CPU": 1, "GPU": 1}], strategy="SPREAD", name="trainers")
         pg.wait(30)
         placement_group([{"CPU": 64}], name="too-big")  # stays PENDING

@@ -195,6 +195,8 @@ def test_a_new_actor_shows_up_without_reloading_the_page(browser, scene):
             timeout=TIMEOUT,
             what="the killed actor's row to turn DEAD",
         )
+        dead = q('#actors-table tr[data-class-name="LateComerActor"] [data-field="death_cause"]')
+        assert "rtd.kill" in browser.evaluate(f"{dead}.textContent")
     finally:
         rtd.kill(late)
 
