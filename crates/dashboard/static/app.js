@@ -38,11 +38,13 @@ async function refresh() {
   const mine = generation;
   const { name, params } = route();
   const page = pages[name];
-  const content = await page.render(params); // sections catch their own errors
-  // A route change while this page was being fetched started a newer refresh.
-  if (mine !== generation) return;
-  show(name, page, content);
-  timer = setTimeout(refresh, REFRESH_MS);
+  try {
+    const content = await page.render(params); // sections catch their own errors
+    // A route change while this page was being fetched started a newer refresh.
+    if (mine === generation) show(name, page, content);
+  } finally {
+    if (mine === generation) timer = setTimeout(refresh, REFRESH_MS);
+  }
 }
 
 function show(name, page, content) {

@@ -69,9 +69,12 @@ export async function text(path) {
   return body;
 }
 
+// Rows asked of a list endpoint (the server allows up to 10 000).
+const LIST_LIMIT = 1000;
+
 // Rows of a list endpoint (/api/v0/<resource>) with the total the server knows of.
 export async function list(resource, params = {}) {
-  const query = new URLSearchParams({ limit: 1000, detail: true, ...params });
+  const query = new URLSearchParams({ limit: LIST_LIMIT, detail: true, ...params });
   const result = (await api(`/api/v0/${resource}?${query}`)).result;
   return { rows: result.result, total: result.total ?? result.result.length };
 }

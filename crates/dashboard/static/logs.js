@@ -14,11 +14,14 @@ export async function render(params) {
     const [kind, id] = actorId ? ['actor', actorId] : ['task', taskId];
     return [await section('log-tail', `Log of ${kind} ${id.slice(0, 8)}…`, () => tail({ [`${kind}_id`]: id }))];
   }
-  const nodes = (await list('nodes').catch(() => ({ rows: [] }))).rows;
-  const nodeId = params.get('node_id') || nodes.find((n) => n.is_head_node)?.node_id;
+  const nodes = list('nodes');
+  // The head's files unless a node is chosen; no node at all when the list fails (its
+  // section says why).
+  const head = (await nodes.catch(() => ({ rows: [] }))).rows.find((n) => n.is_head_node);
+  const nodeId = params.get('node_id') || head?.node_id;
   const filename = params.get('filename');
   return Promise.all([
-    section('log-nodes', 'Nodes', async () => nodePicker(nodes, nodeId)),
+    section('log-nodes', 'Nodes', async () => nodePicker((await nodes).rows, nodeId)),
     nodeId ? section('log-files', 'Files', () => files(nodeId, filename)) : null,
     nodeId && filename ? section('log-tail', filename, () => tail({ node_id: nodeId, filename })) : null,
   ]);

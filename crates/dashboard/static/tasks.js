@@ -68,8 +68,10 @@ function duration(task) {
 
 function recent({ rows, total }, labels) {
   const sorted = [...rows].sort((a, b) => (b.creation_time_ms ?? 0) - (a.creation_time_ms ?? 0)).slice(0, RECENT);
+  // A list answers at most lib.js's LIST_LIMIT rows, in id order, not by time.
+  const read = rows.length < total ? ` of the ${rows.length} read (${total} in all)` : ` of ${total}`;
   return [
-    h('p', { class: 'note' }, `The ${sorted.length} most recent of ${total} tasks.`),
+    h('p', { class: 'note' }, `The ${sorted.length} most recent tasks${read}.`),
     table(
       'tasks-table',
       [

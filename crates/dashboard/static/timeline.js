@@ -51,8 +51,8 @@ function draw(events) {
     const process = names.get(`process_name:${pid}:`) || pid;
     return `${process} · ${names.get(`thread_name:${pid}:${tid}`) || tid}`;
   };
-  const start = Math.min(...spans.map((e) => e.ts));
-  const end = Math.max(...spans.map((e) => e.ts + (e.dur || 0)));
+  const start = spans.reduce((min, e) => Math.min(min, e.ts), Infinity);
+  const end = spans.reduce((max, e) => Math.max(max, e.ts + (e.dur || 0)), -Infinity);
   const scale = (WIDTH - LABEL - 10) / Math.max(end - start, 1);
   const height = AXIS + rowKeys.length * ROW;
   const root = svg('svg', { id: 'timeline-svg', width: WIDTH, height, viewBox: `0 0 ${WIDTH} ${height}` });
