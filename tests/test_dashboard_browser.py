@@ -4,7 +4,7 @@ tests read the DOM the page's JavaScript built from the JSON API. Each page's sc
 is saved under ``test-artifacts/dashboard/`` (git-ignored) for a person to look at.
 
 The cluster holds what the pages should show: a named actor of a class no other test
-uses, a placement group with a bundle on each node, and a finished task. A page whose
+uses, a placement group with a bundle on each node, a finished task and a failed one. A page whose
 endpoint the server does not have yet must say so (the 404's notice) instead of breaking;
 once it has it, the test checks what the page shows.
 """
@@ -47,6 +47,11 @@ def dashboard_probe_task():
     return 42
 
 
+@rtd.remote(max_retries=0)
+def dashboard_failing_task():
+    raise ValueError("the dashboard probe failed on purpose")
+
+
 class Scene:
     """The live cluster and what the tests put in it."""
 
@@ -79,6 +84,8 @@ def scene():
         s.pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD", name="dashboard-pg")
         assert s.pg.wait(TIMEOUT)
         assert rtd.get(dashboard_probe_task.remote(), timeout=TIMEOUT) == 42
+        with pytest.raises(ValueError):
+            rtd.get(dashboard_failing_task.remote(), timeout=TIMEOUT)
         s.job_id = rtd.get_runtime_context().get_job_id()
         yield s
     finally:
@@ -235,7 +242,7 @@ def unavailable_notice(browser, endpoint):
     )
 
 
-def test_tasks_page_counts_the_finished_task_by_function(browser, scene):
+def test_tasks_page_counts_tasks_by_function_and_shows_the_failed_ones_traceback(browser, scene):
     open_page(browser, scene, "tasks")
     if scene.status("/api/v0/tasks") == 404:
         unavailable_notice(browser, "/api/v0/tasks")
@@ -248,6 +255,10 @@ def test_tasks_page_counts_the_finished_task_by_function(browser, scene):
         timeout=TIMEOUT,
         what="the finished task's row",
     )
+    traceback = q('#task-errors-list details.task-error pre.traceback')
+    browser.wait_for(traceback, timeout=TIMEOUT, what="the failed task's traceback")
+    text = browser.evaluate(f"{traceback}.textContent")
+    assert "ValueError" in text and "the dashboard probe failed on purpose" in text
     screenshot(browser, "tasks")
 
 
