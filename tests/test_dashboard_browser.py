@@ -114,12 +114,12 @@ def browser(_chromium):
     assert _chromium.page_errors() == []
 
 
-def open_page(browser, scene, page, query=""):
+def open_page(browser, url, page, query=""):
     """Loads ``#/page`` in a new document and waits until the page has been drawn from
     the API."""
     # Marks the old document, so the wait below cannot be answered by it.
     browser.evaluate("window.rtdOldDocument = true")
-    browser.navigate(f"{scene.url}/?load={os.urandom(4).hex()}#/{page}{query}")
+    browser.navigate(f"{url}/?load={os.urandom(4).hex()}#/{page}{query}")
     browser.wait_for(
         f"!window.rtdOldDocument && document.getElementById('page-{page}')"
         " && document.getElementById('refresh-status').dataset.refreshes >= 1",
@@ -143,7 +143,7 @@ def q(selector):
 
 
 def test_overview_shows_both_nodes_alive_with_their_resources(browser, scene):
-    open_page(browser, scene, "overview")
+    open_page(browser, scene.url, "overview")
     browser.wait_for(q('#node-count[data-alive="2"]'), timeout=TIMEOUT, what="2 nodes alive")
     rows = browser.evaluate(
         """[...document.querySelectorAll('#nodes-table tbody tr')].map(tr => ({
@@ -163,7 +163,7 @@ def test_overview_shows_both_nodes_alive_with_their_resources(browser, scene):
 
 
 def test_actors_page_shows_the_named_actor(browser, scene):
-    open_page(browser, scene, "actors")
+    open_page(browser, scene.url, "actors")
     row = q('#actors-table tr[data-class-name="DashboardProbeActor"]')
     browser.wait_for(row, timeout=TIMEOUT, what="the DashboardProbeActor row")
     cells = browser.evaluate(
@@ -184,7 +184,7 @@ def test_actors_page_shows_the_named_actor(browser, scene):
 
 
 def test_a_new_actor_shows_up_without_reloading_the_page(browser, scene):
-    open_page(browser, scene, "actors")
+    open_page(browser, scene.url, "actors")
     # A reload would lose this.
     browser.evaluate("window.rtdTestMarker = 'still the same document'")
     late = LateComerActor.remote()
@@ -209,7 +209,7 @@ def test_a_new_actor_shows_up_without_reloading_the_page(browser, scene):
 
 
 def test_placement_groups_page_shows_the_group_and_where_its_bundles_are(browser, scene):
-    open_page(browser, scene, "placement-groups")
+    open_page(browser, scene.url, "placement-groups")
     row = q(f'#pgs-table tr[data-pg-id="{scene.pg.id.hex()}"]')
     browser.wait_for(row, timeout=TIMEOUT, what="the placement group's row")
     assert browser.evaluate(f"{row}.dataset.state") == "CREATED"
@@ -224,7 +224,7 @@ def test_a_removed_placement_group_shows_as_removed(browser, scene):
     pg = placement_group([{"CPU": 0.1}], name="dashboard-removed-pg")
     assert pg.wait(TIMEOUT)
     remove_placement_group(pg)
-    open_page(browser, scene, "placement-groups")
+    open_page(browser, scene.url, "placement-groups")
     browser.wait_for(
         q(f'#pgs-table tr[data-pg-id="{pg.id.hex()}"][data-state="REMOVED"]'),
         timeout=TIMEOUT,
@@ -243,7 +243,7 @@ def unavailable_notice(browser, endpoint):
 
 
 def test_tasks_page_counts_tasks_by_function_and_shows_the_failed_ones_traceback(browser, scene):
-    open_page(browser, scene, "tasks")
+    open_page(browser, scene.url, "tasks")
     if scene.status("/api/v0/tasks") == 404:
         unavailable_notice(browser, "/api/v0/tasks")
         screenshot(browser, "tasks")
@@ -263,7 +263,7 @@ def test_tasks_page_counts_tasks_by_function_and_shows_the_failed_ones_traceback
 
 
 def test_jobs_page_shows_this_driver(browser, scene):
-    open_page(browser, scene, "jobs")
+    open_page(browser, scene.url, "jobs")
     if scene.status("/api/v0/jobs") == 404:
         unavailable_notice(browser, "/api/v0/jobs")
     else:
@@ -277,7 +277,7 @@ def test_jobs_page_shows_this_driver(browser, scene):
 
 def test_objects_page_shows_a_held_object(browser, scene):
     ref = rtd.put(b"x" * 1_000_000)
-    open_page(browser, scene, "objects")
+    open_page(browser, scene.url, "objects")
     if scene.status("/api/v0/objects") == 404:
         unavailable_notice(browser, "/api/v0/objects")
     else:
@@ -292,7 +292,7 @@ def test_objects_page_shows_a_held_object(browser, scene):
 
 def test_actor_log_link_shows_what_the_actor_printed(browser, scene):
     rtd.get(scene.actor.say.remote("hello from the dashboard probe"), timeout=TIMEOUT)
-    open_page(browser, scene, "logs", f"?actor_id={scene.actor._actor_id.hex()}")
+    open_page(browser, scene.url, "logs", f"?actor_id={scene.actor._actor_id.hex()}")
     if scene.status(f"/api/v0/logs/file?actor_id={scene.actor._actor_id.hex()}") == 404:
         unavailable_notice(browser, "/api/v0/logs/file")
     else:
@@ -305,7 +305,7 @@ def test_actor_log_link_shows_what_the_actor_printed(browser, scene):
 
 
 def test_timeline_draws_the_finished_task(browser, scene):
-    open_page(browser, scene, "timeline")
+    open_page(browser, scene.url, "timeline")
     if scene.status("/api/v0/tasks/timeline") == 404:
         unavailable_notice(browser, "/api/v0/tasks/timeline")
     else:
@@ -315,3 +315,16 @@ def test_timeline_draws_the_finished_task(browser, scene):
             what="a bar for the finished task",
         )
     screenshot(browser, "timeline")
+
+
+def test_a_page_whose_cluster_stopped_says_so_and_keeps_trying(browser):
+    # A cluster of its own, which this test stops; no driver connects to it.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0}, shutdown_at_exit=False)
+    try:
+        open_page(browser, f"http://{cluster.webui_url}", "actors")
+        assert browser.evaluate(f"{q('#refresh-status')}.classList.contains('offline')") is False
+    finally:
+        cluster.shutdown()
+    browser.wait_for(q("#refresh-status.offline"), timeout=TIMEOUT, what="the status line to say the server is gone")
+    assert "unreachable" in browser.evaluate(f"{q('#refresh-status')}.textContent")
+    assert browser.evaluate(f"{q('#page-actors .error.unreachable')} !== null")

@@ -4,14 +4,13 @@ import { ACTOR_STATES, badge, countBy, h, list, nodeCell, nodeLabels, section, s
 export const title = 'Actors';
 
 export async function render() {
-  const [actors, labels] = [list('actors'), nodeLabels()];
   return [
     await section('actors', 'Actors', async () => {
-      const { rows, total } = await actors;
+      const [{ rows, total }, labels] = await Promise.all([list('actors'), nodeLabels()]);
       return [
         stateCounts('actor-state-counts', Object.fromEntries(countBy(rows, (a) => a.state)), ACTOR_STATES),
         rows.length < total ? h('p', { class: 'note' }, `Showing ${rows.length} of ${total} actors.`) : null,
-        actorsTable(rows, await labels),
+        actorsTable(rows, labels),
       ];
     }),
   ];

@@ -60,7 +60,10 @@ function show(name, page, content) {
   refreshes += 1;
   const status = document.getElementById('refresh-status');
   status.dataset.refreshes = refreshes;
-  status.textContent = `Live · updated ${new Date().toLocaleTimeString()}`;
+  // The cluster stopped (or the server is too slow): the page keeps trying.
+  const offline = root.querySelector('.unreachable') !== null;
+  status.classList.toggle('offline', offline);
+  status.textContent = `${offline ? 'Server unreachable, retrying' : 'Live'} · ${new Date().toLocaleTimeString()}`;
 }
 
 // What the user did to the old page that a rebuild must not undo: opened <details>

@@ -88,8 +88,10 @@ export async function section(id, title, build) {
   } catch (e) {
     if (e instanceof NotAvailable) {
       body = h('p', { class: 'unavailable', dataset: { endpoint: e.path } }, `Not available yet: ${e.path} answers 404 (${e.message}).`);
-    } else if (e instanceof ApiError || e instanceof Unreachable) {
+    } else if (e instanceof ApiError) {
       body = h('p', { class: 'error' }, e.message);
+    } else if (e instanceof Unreachable) {
+      body = h('p', { class: 'error unreachable' }, e.message);
     } else {
       console.error(e); // a bug in the page: the browser test fails on it
       body = h('p', { class: 'error' }, `This section failed: ${e}`);

@@ -4,11 +4,9 @@ import { badge, fmtNumber, h, list, nodeCell, nodeLabels, section, shortId, tabl
 export const title = 'Placement groups';
 
 export async function render() {
-  const [groups, labels] = [list('placement_groups'), nodeLabels()];
   return [
     await section('placement-groups', 'Placement groups', async () => {
-      const { rows } = await groups;
-      const nodes = await labels;
+      const [{ rows }, nodes] = await Promise.all([list('placement_groups'), nodeLabels()]);
       return table(
         'pgs-table',
         [

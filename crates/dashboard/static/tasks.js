@@ -20,10 +20,9 @@ export const title = 'Tasks';
 const RECENT = 100; // rows in the recent-tasks table
 
 export async function render() {
-  const labels = nodeLabels();
   return Promise.all([
     section('task-summary', 'By function', async () => summaryTable((await clusterSummary('tasks')).summary)),
-    section('recent-tasks', 'Recent tasks', async () => recent(await list('tasks'), await labels)),
+    section('recent-tasks', 'Recent tasks', async () => recent(...(await Promise.all([list('tasks'), nodeLabels()])))),
     section('task-errors', 'Errors', async () =>
       errors((await list('tasks', { filter_keys: 'state', filter_predicates: '=', filter_values: 'FAILED' })).rows),
     ),
