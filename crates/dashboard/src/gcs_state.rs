@@ -7,7 +7,7 @@ use rtd_common::bundle::{BundleResource, MARKER};
 use rtd_common::proto::{
     ActorState as WireActorState, NodeInfo, PlacementGroupInfo, PlacementGroupState as WireGroupState,
 };
-use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
+use rtd_common::{PlacementGroupId, ResourceSet};
 use rtd_gcs::actor_manager::ActorRecord;
 use rtd_gcs::server::GcsServer;
 
@@ -96,7 +96,7 @@ fn actor_state(record: &ActorRecord) -> ActorState {
         state,
         job_id: hex(&record.job_id),
         name: options.name,
-        node_id: record.node.map(|n: NodeId| n.hex()),
+        node_id: record.node.map(|node| node.hex()),
         pid: info.pid,
         ray_namespace: options.namespace,
         serialized_runtime_env: None,

@@ -3,6 +3,10 @@
 //! Every JSON answer has Ray's envelope, `{"result": bool, "msg": str, "data": {...}}`;
 //! a request the server cannot answer gets `result: false` with a message that names
 //! what was wrong and a 4xx status, never a 500.
+//!
+//! Reading and filtering the tables runs on a blocking thread: the head daemon's async
+//! runtime (one thread) also runs the GCS and the raylet, which a request for thousands
+//! of rows must not hold up.
 
 use std::sync::Arc;
 
@@ -84,6 +88,17 @@ fn not_found(msg: String) -> ApiError {
     ApiError { status: StatusCode::NOT_FOUND, msg }
 }
 
+/// Runs `read` over the cluster's state on a blocking thread.
+async fn read_state<T: Send + 'static>(
+    state: Shared,
+    read: impl FnOnce(&dyn ClusterState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || read(state.as_ref())).await.map_err(|e| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        msg: format!("the state API could not read the cluster's state: {e}"),
+    })?
+}
+
 fn find(name: &str) -> Result<&'static Resource, ApiError> {
     resource(name).ok_or_else(|| {
         let known: Vec<&str> = RESOURCES.iter().map(|r| r.name).collect();
@@ -98,7 +113,8 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let resource = find(&name)?;
     let options = ListOptions::from_query(query.as_deref())?;
-    Ok(success(json!({ "result": resource.list(state.as_ref(), &options)? })))
+    let listed = read_state(state, move |state| Ok(resource.list(state, &options)?)).await?;
+    Ok(success(json!({ "result": listed })))
 }
 
 async fn summarize(
@@ -108,14 +124,16 @@ async fn summarize(
 ) -> Result<Response, ApiError> {
     let resource = find(&name)?;
     let options = ListOptions::from_query(query.as_deref())?;
-    match resource.summarize(state.as_ref(), &options.filters) {
-        Some(summary) => Ok(success(json!({ "result": summary? }))),
+    let summary = read_state(state, move |state| match resource.summarize(state, &options.filters) {
+        Some(summary) => Ok(summary?),
         None => Err(not_found(format!("{name} have no summary"))),
-    }
+    })
+    .await?;
+    Ok(success(json!({ "result": summary })))
 }
 
-async fn overview(State(state): State<Shared>) -> Response {
-    success(cluster_status(state.as_ref()))
+async fn overview(State(state): State<Shared>) -> Result<Response, ApiError> {
+    Ok(success(read_state(state, |state| Ok(cluster_status(state))).await?))
 }
 
 async fn static_file(Path(path): Path<String>) -> Result<Response, ApiError> {
