@@ -24,10 +24,32 @@ use crate::state::ClusterState;
 
 type Shared = Arc<dyn ClusterState>;
 
+/// One file of `crates/dashboard/static/`: (its name, content type, bytes).
+macro_rules! embed {
+    ($name:literal, $content_type:expr) => {
+        ($name, $content_type, include_bytes!(concat!("../static/", $name)))
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
 /// The dashboard's files, built into the binary so they ship with it: (path under
-/// `/static/`, content type, bytes).
-const STATIC_FILES: &[(&str, &str, &[u8])] =
-    &[("index.html", "text/html; charset=utf-8", include_bytes!("../static/index.html"))];
+/// `/static/`, content type, bytes). The pages are JavaScript modules, which browsers
+/// run only when served with a JavaScript content type.
+pub(crate) const STATIC_FILES: &[(&str, &str, &[u8])] = &[
+    embed!("index.html", "text/html; charset=utf-8"),
+    embed!("style.css", "text/css; charset=utf-8"),
+    embed!("app.js", JS),
+    embed!("lib.js", JS),
+    embed!("overview.js", JS),
+    embed!("jobs.js", JS),
+    embed!("actors.js", JS),
+    embed!("tasks.js", JS),
+    embed!("placement_groups.js", JS),
+    embed!("objects.js", JS),
+    embed!("logs.js", JS),
+    embed!("timeline.js", JS),
+];
 
 pub fn router(state: Shared) -> Router {
     Router::new()

@@ -214,6 +214,31 @@ async fn the_index_page_is_served() {
 }
 
 #[tokio::test]
+async fn the_pages_scripts_are_served_as_javascript() {
+    let app = crate::router(Arc::new(FakeCluster));
+    let response =
+        app.oneshot(Request::get("/static/app.js").body(Body::empty()).expect("request")).await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().unwrap_or("").starts_with("text/javascript"));
+}
+
+/// A page module added to `static/` but not to `STATIC_FILES` would only show up as a
+/// blank page in a browser; this names it.
+#[test]
+fn every_file_the_pages_load_is_embedded() {
+    let embedded = |file: &str| crate::http::STATIC_FILES.iter().any(|(name, _, _)| *name == file);
+    for (name, _, bytes) in crate::http::STATIC_FILES {
+        let text = std::str::from_utf8(bytes).expect("static files are text");
+        // Module imports (`from './lib.js'`) and the index's `/static/...` links.
+        let imports = text.split("from './").skip(1).filter_map(|rest| rest.split('\'').next());
+        let links = text.split("\"/static/").skip(1).filter_map(|rest| rest.split('"').next());
+        for file in imports.chain(links) {
+            assert!(embedded(file), "{name} loads {file}, which is not in STATIC_FILES");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_busy_default_port_moves_on_and_a_busy_explicit_port_is_an_error() {
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let port = taken.local_addr().expect("address").port();
