@@ -3,15 +3,25 @@
 //! The GCS hands out copies of its entries (each manager's lock is held only while it
 //! copies); everything here runs on those copies.
 
+use std::future::Future;
+use std::time::Duration;
+
 use rtd_common::bundle::{BundleResource, MARKER};
 use rtd_common::proto::{
-    ActorState as WireActorState, NodeInfo, PlacementGroupInfo, PlacementGroupState as WireGroupState,
+    ActorState as WireActorState, ErrorCode, GetObjectRefs, JobInfo, ListLogs, NodeInfo, ObjectRefInfo,
+    PlacementGroupInfo, PlacementGroupState as WireGroupState, ReadLog, TaskEvent, TaskStatus, TaskType, WorkerInfo,
 };
+use rtd_common::rpc::{Request, RpcClient, RpcError};
+use rtd_common::task_events::{is_terminal, status_name, type_name};
 use rtd_common::{PlacementGroupId, ResourceSet};
 use rtd_gcs::actor_manager::ActorRecord;
 use rtd_gcs::server::GcsServer;
+use rtd_gcs::task_table::latest_state;
 
-use crate::state::{ActorState, BundleState, ClusterState, DeathCause, NodeState, PlacementGroupState, Resources};
+use crate::state::{
+    ActorState, BundleState, ClusterState, DeathCause, JobState, LogError, LogFileState, LogRead, NodeState,
+    ObjectState, PlacementGroupState, Resources, TaskState, WorkerState,
+};
 
 impl ClusterState for GcsServer {
     fn nodes(&self) -> Vec<NodeState> {
@@ -24,6 +34,209 @@ impl ClusterState for GcsServer {
 
     fn placement_groups(&self) -> Vec<PlacementGroupState> {
         GcsServer::placement_groups(self).iter().map(placement_group_state).collect()
+    }
+
+    fn tasks(&self) -> (Vec<TaskState>, u64) {
+        let (events, dropped) = self.task_events();
+        (events.iter().map(task_state).collect(), dropped)
+    }
+
+    fn jobs(&self) -> Vec<JobState> {
+        GcsServer::jobs(self).iter().map(job_state).collect()
+    }
+
+    fn workers(&self) -> Vec<WorkerState> {
+        GcsServer::workers(self).iter().map(worker_state).collect()
+    }
+
+    fn objects(&self, timeout: Duration) -> (Vec<ObjectState>, Vec<String>) {
+        let processes: Vec<WorkerInfo> =
+            GcsServer::workers(self).into_iter().filter(|w| w.is_alive && !w.address.is_empty()).collect();
+        let asked = processes.iter().map(|p| call(p.address.clone(), GetObjectRefs {}, timeout));
+        let answers = block_on_all(asked.collect());
+        let (mut objects, mut warnings) = (Vec::new(), Vec::new());
+        for (process, answer) in processes.iter().zip(answers) {
+            match answer {
+                Ok(reply) => objects.extend(reply.objects.iter().map(|o| object_state(process, o))),
+                // It exited since the worker table was read: nothing of it to show.
+                Err(RpcError::Connect { .. }) => {}
+                Err(e) => warnings.push(format!("process {} on {} did not answer: {e}", process.pid, process.ip)),
+            }
+        }
+        (objects, warnings)
+    }
+
+    fn timeline(&self) -> Vec<serde_json::Value> {
+        GcsServer::timeline(self)
+    }
+
+    fn list_logs(&self, node_id: &str, timeout: Duration) -> Result<Vec<LogFileState>, LogError> {
+        let address = raylet_of(self, node_id)?;
+        let reply = block_on_all(vec![call(address, ListLogs {}, timeout)]).pop().ok_or_else(unavailable)?;
+        let files = reply.map_err(log_error)?.files;
+        Ok(files.into_iter().map(|f| LogFileState { name: f.name, size: f.size, modified_ms: f.modified_ms }).collect())
+    }
+
+    fn read_log(&self, node_id: &str, read: LogRead, timeout: Duration) -> Result<(Vec<u8>, u64), LogError> {
+        let address = raylet_of(self, node_id)?;
+        let request = ReadLog { name: read.filename, tail_lines: read.tail_lines, offset: read.offset };
+        let reply = block_on_all(vec![call(address, request, timeout)]).pop().ok_or_else(unavailable)?;
+        let reply = reply.map_err(log_error)?;
+        Ok((reply.data.to_vec(), reply.end_offset))
+    }
+}
+
+type Call<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send>>;
+
+/// `request` to the process serving at `address`, given up after `timeout`.
+fn call<R: Request>(address: String, request: R, timeout: Duration) -> Call<R::Reply> {
+    Box::pin(async move {
+        let asked = async {
+            let client = RpcClient::connect(&address).await?;
+            client.request(request).await
+        };
+        tokio::time::timeout(timeout, asked).await.unwrap_or_else(|_| Err(RpcError::Disconnected(address)))
+    })
+}
+
+/// Runs `calls` at once on the daemon's runtime, from the blocking thread the state
+/// API reads on; their answers in order.
+fn block_on_all<T: Send + 'static>(calls: Vec<Call<T>>) -> Vec<Result<T, RpcError>> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return calls.iter().map(|_| Err(RpcError::Disconnected("no runtime to call from".into()))).collect();
+    };
+    runtime.block_on(async {
+        let tasks: Vec<_> = calls.into_iter().map(tokio::spawn).collect();
+        let mut answers = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            answers.push(task.await.unwrap_or_else(|e| Err(RpcError::Disconnected(e.to_string()))));
+        }
+        answers
+    })
+}
+
+fn unavailable() -> LogError {
+    LogError::Unavailable("the node did not answer".into())
+}
+
+fn log_error(e: RpcError) -> LogError {
+    match e.code() {
+        ErrorCode::NotFound => LogError::NotFound(e.to_string()),
+        ErrorCode::Invalid => LogError::Invalid(e.to_string()),
+        _ => LogError::Unavailable(e.to_string()),
+    }
+}
+
+/// Where to reach the raylet of the node `node_id` (hex): its TCP address in a
+/// multi-node cluster, else its Unix socket (a lone node, on this machine).
+fn raylet_of(gcs: &GcsServer, node_id: &str) -> Result<String, LogError> {
+    let node = gcs
+        .nodes()
+        .into_iter()
+        .find(|n| hex(&n.node_id) == node_id.to_ascii_lowercase())
+        .ok_or_else(|| LogError::NotFound(format!("no node {node_id:?} in the cluster")))?;
+    if !node.alive {
+        return Err(LogError::NotFound(format!("node {node_id} is dead; its logs are on its machine")));
+    }
+    Ok(if node.raylet_address.is_empty() { node.raylet_socket } else { node.raylet_address })
+}
+
+fn ms(ns: u64) -> u64 {
+    ns / 1_000_000
+}
+
+fn non_empty(bytes: &[u8]) -> Option<String> {
+    (!bytes.is_empty()).then(|| hex(bytes))
+}
+
+fn task_state(event: &TaskEvent) -> TaskState {
+    let state = latest_state(event).unwrap_or(TaskStatus::TaskPendingArgsAvail);
+    let time_of = |wanted: fn(TaskStatus) -> bool| {
+        event.changes.iter().filter(|c| TaskStatus::try_from(c.state).is_ok_and(wanted)).map(|c| ms(c.time_ns)).min()
+    };
+    let mut changes = event.changes.clone();
+    changes.sort_by_key(|c| c.time_ns);
+    let events = changes
+        .iter()
+        .filter_map(|c| {
+            let state = TaskStatus::try_from(c.state).ok()?;
+            Some(serde_json::json!({"state": status_name(state), "created_ms": ms(c.time_ns)}))
+        })
+        .collect();
+    TaskState {
+        task_id: hex(&event.task_id),
+        attempt_number: event.attempt,
+        name: event.name.clone(),
+        state: status_name(state),
+        job_id: hex(&event.job_id),
+        actor_id: non_empty(&event.actor_id),
+        task_type: type_name(TaskType::try_from(event.r#type).unwrap_or(TaskType::NormalTask)),
+        func_or_class_name: event.name.clone(),
+        parent_task_id: non_empty(&event.parent_task_id),
+        node_id: non_empty(&event.node_id),
+        worker_id: non_empty(&event.worker_id),
+        worker_pid: (event.worker_pid != 0).then_some(event.worker_pid),
+        error_type: (!event.error_type.is_empty()).then(|| event.error_type.clone()),
+        error_message: (!event.error_message.is_empty()).then(|| event.error_message.clone()),
+        required_resources: ResourceSet::from_fixed_map(&event.required_resources).to_floats().into_iter().collect(),
+        events,
+        creation_time_ms: changes.first().map(|c| ms(c.time_ns)),
+        start_time_ms: time_of(|s| s == TaskStatus::TaskRunning),
+        end_time_ms: time_of(is_terminal),
+    }
+}
+
+fn job_state(job: &JobInfo) -> JobState {
+    JobState {
+        job_id: hex(&job.job_id),
+        submission_id: None,
+        job_type: "DRIVER",
+        status: if job.is_dead { "SUCCEEDED" } else { "RUNNING" },
+        entrypoint: job.entrypoint.clone(),
+        message: None,
+        error_type: None,
+        start_time: job.start_time_ms,
+        end_time: job.is_dead.then_some(job.end_time_ms),
+        metadata: Default::default(),
+        runtime_env: Default::default(),
+        driver_info: serde_json::json!({
+            "id": hex(&job.job_id),
+            "node_ip_address": job.driver_ip,
+            "pid": job.driver_pid.to_string(),
+        }),
+        driver_node_id: hex(&job.driver_node_id),
+    }
+}
+
+fn worker_state(worker: &WorkerInfo) -> WorkerState {
+    WorkerState {
+        worker_id: hex(&worker.worker_id),
+        is_alive: worker.is_alive,
+        worker_type: if worker.is_driver { "DRIVER" } else { "WORKER" },
+        exit_type: None,
+        node_id: hex(&worker.node_id),
+        ip: worker.ip.clone(),
+        pid: worker.pid,
+        exit_detail: None,
+        worker_launch_time_ms: worker.start_time_ms,
+        start_time_ms: worker.start_time_ms,
+        end_time_ms: (!worker.is_alive).then_some(worker.end_time_ms),
+    }
+}
+
+fn object_state(process: &WorkerInfo, object: &ObjectRefInfo) -> ObjectState {
+    ObjectState {
+        object_id: hex(&object.object_id),
+        object_size: object.ready.then_some(object.size),
+        task_status: if object.ready { "FINISHED" } else { "PENDING" },
+        reference_type: object.reference_type.clone(),
+        // rtd does not record where refs are made (Ray's RAY_record_ref_creation_sites=0).
+        call_site: "disabled".into(),
+        process_type: if process.is_driver { "DRIVER" } else { "WORKER" },
+        pid: process.pid,
+        ip: process.ip.clone(),
+        node_id: non_empty(&object.node_id),
+        owned: object.owned,
     }
 }
 

@@ -9,6 +9,7 @@
 //! of rows must not hold up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -17,10 +18,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::logs::{self, categorize, LogQuery, LogQueryError};
 use crate::overview::cluster_status;
 use crate::query::{ListOptions, QueryError};
 use crate::resources::{resource, Resource, RESOURCES};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, LogError};
 
 type Shared = Arc<dyn ClusterState>;
 
@@ -56,6 +58,9 @@ pub fn router(state: Shared) -> Router {
         .route("/", get(|| static_file(Path("index.html".to_string()))))
         .route("/static/{*path}", get(static_file))
         .route("/api/cluster_status", get(overview))
+        .route("/api/v0/tasks/timeline", get(timeline))
+        .route("/api/v0/logs", get(list_logs))
+        .route("/api/v0/logs/file", get(log_file))
         .route("/api/v0/{resource}", get(list))
         .route("/api/v0/{resource}/summarize", get(summarize))
         .fallback(|| async { not_found("no such endpoint".into()) })
@@ -124,13 +129,55 @@ async fn summarize(
 ) -> Result<Response, ApiError> {
     let resource = find(&name)?;
     let options = ListOptions::from_query(query.as_deref())?;
-    let summary = read_state(state, move |state| match resource.summarize(state, &options.filters) {
+    let summary = read_state(state, move |state| match resource.summarize(state, &options) {
         Some(summary) => Ok(summary?),
         None => Err(not_found(format!("{name} have no summary"))),
     })
     .await?;
     Ok(success(json!({ "result": summary })))
 }
+
+/// Ray's `/api/v0/tasks/timeline`: the Chrome-trace events as a bare JSON list.
+async fn timeline(State(state): State<Shared>) -> Result<Response, ApiError> {
+    Ok(Json(read_state(state, |state| Ok(state.timeline())).await?).into_response())
+}
+
+impl From<LogQueryError> for ApiError {
+    fn from(e: LogQueryError) -> Self {
+        let status = match &e {
+            LogQueryError::Bad(_) | LogQueryError::Log(LogError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            LogQueryError::Log(LogError::NotFound(_)) => StatusCode::NOT_FOUND,
+            LogQueryError::Log(LogError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self { status, msg: e.to_string() }
+    }
+}
+
+/// How long a log request waits for the node that has the file.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `/api/v0/logs?node_id=...`: the node's log files by Ray's categories.
+async fn list_logs(State(state): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let node_id = LogQuery::from_query(query.as_deref())?
+        .node_id
+        .ok_or_else(|| ApiError { status: StatusCode::BAD_REQUEST, msg: "node_id is required".into() })?;
+    let files =
+        read_state(state, move |state| Ok(state.list_logs(&node_id, LOG_TIMEOUT).map_err(LogQueryError::from)?))
+            .await?;
+    Ok(success(json!({ "result": categorize(files) })))
+}
+
+/// `/api/v0/logs/file?...`: the log's text; the header `x-rtd-end-offset` says where
+/// a follower asks on from (`offset=`).
+async fn log_file(State(state): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    let q = LogQuery::from_query(query.as_deref())?;
+    let (data, end) = read_state(state, move |state| Ok(logs::read(state, q, LOG_TIMEOUT)?)).await?;
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()), (END_OFFSET, end.to_string())];
+    Ok((headers, data).into_response())
+}
+
+/// The response header that carries where a log read ended.
+const END_OFFSET: header::HeaderName = header::HeaderName::from_static("x-rtd-end-offset");
 
 async fn overview(State(state): State<Shared>) -> Result<Response, ApiError> {
     Ok(success(read_state(state, |state| Ok(cluster_status(state))).await?))

@@ -60,8 +60,8 @@ pub struct Filter {
 pub struct ListOptions {
     pub limit: usize,
     pub detail: bool,
-    /// Seconds the caller waits. Every answer here is a snapshot taken at once, so it
-    /// is only checked, as Ray checks it.
+    /// Seconds the caller waits: the bound on asking other processes (objects); the
+    /// tables the GCS holds are a snapshot taken at once.
     pub timeout_s: u64,
     pub filters: Vec<Filter>,
 }
@@ -73,7 +73,7 @@ impl Default for ListOptions {
 }
 
 /// The `name=value` pairs of a query string, percent-decoded (`+` is a space).
-fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(crate) fn pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     let decode = |text: &str| percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned();
     query.split('&').filter(|pair| !pair.is_empty()).map(move |pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

@@ -1,12 +1,14 @@
-//! The state API's resources (`nodes`, `actors`, `placement_groups`) as one table:
+//! The state API's resources (`nodes`, `actors`, `placement_groups`, `tasks`, `jobs`,
+//! `workers`, `objects`) as one table:
 //! for each, Ray's columns (which are filterable, which only come with `detail`) and
 //! how to read its rows from [`ClusterState`]. Listing — truncating at the source,
 //! filtering, limiting, choosing columns — and summarizing are written once, for all.
 //!
-//! Adding a resource (tasks, jobs) is one more [`Resource`] in [`RESOURCES`]: its
-//! columns and a function returning its rows.
+//! Adding a resource is one more [`Resource`] in [`RESOURCES`]: its columns and a
+//! function returning its rows.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -41,7 +43,7 @@ pub struct Resource {
     pub id_column: &'static str,
     /// Ray's columns, in Ray's order.
     pub columns: &'static [Column],
-    pub rows: fn(&dyn ClusterState) -> Vec<Row>,
+    pub rows: fn(&dyn ClusterState, Duration) -> Rows,
     /// `/api/v0/<name>/summarize` groups rows by this column and counts their states;
     /// with the name of the group key and of the total in the answer (Ray's).
     pub summary: Option<SummaryShape>,
@@ -53,14 +55,39 @@ pub struct SummaryShape {
     pub total_name: &'static str,
 }
 
-fn rows_of<T: Serialize>(items: Vec<T>) -> Vec<Row> {
-    items
+/// A resource's rows, and warnings when they are partial (dropped task events,
+/// processes that did not answer).
+pub struct Rows {
+    pub rows: Vec<Row>,
+    pub warnings: Vec<String>,
+}
+
+fn rows_of<T: Serialize>(items: Vec<T>) -> Rows {
+    let rows = items
         .into_iter()
         .filter_map(|item| match serde_json::to_value(item) {
             Ok(Value::Object(row)) => Some(row),
             _ => None,
         })
-        .collect()
+        .collect();
+    Rows { rows, warnings: Vec::new() }
+}
+
+fn task_rows(state: &dyn ClusterState) -> Rows {
+    let (tasks, dropped) = state.tasks();
+    let mut rows = rows_of(tasks);
+    if dropped > 0 {
+        rows.warnings.push(format!(
+            "{dropped} task attempts were dropped (the GCS keeps at most RTD_TASK_EVENTS_MAX_NUM_TASK_IN_GCS, \
+             oldest finished first); the task list is partial"
+        ));
+    }
+    rows
+}
+
+fn object_rows(state: &dyn ClusterState, timeout: Duration) -> Rows {
+    let (objects, warnings) = state.objects(timeout);
+    Rows { warnings, ..rows_of(objects) }
 }
 
 pub const RESOURCES: &[Resource] = &[
@@ -80,7 +107,7 @@ pub const RESOURCES: &[Resource] = &[
             column("start_time_ms", false, true),
             column("end_time_ms", false, true),
         ],
-        rows: |state| rows_of(state.nodes()),
+        rows: |state, _| rows_of(state.nodes()),
         summary: None,
     },
     Resource {
@@ -104,7 +131,7 @@ pub const RESOURCES: &[Resource] = &[
             column("num_restarts", false, true),
             column("num_restarts_due_to_lineage_reconstruction", false, true),
         ],
-        rows: |state| rows_of(state.actors()),
+        rows: |state, _| rows_of(state.actors()),
         summary: Some(SummaryShape { by_column: "class_name", summary_by: "class", total_name: "total_actors" }),
     },
     Resource {
@@ -120,7 +147,96 @@ pub const RESOURCES: &[Resource] = &[
             column("strategy", true, true),
             column("stats", false, true),
         ],
-        rows: |state| rows_of(state.placement_groups()),
+        rows: |state, _| rows_of(state.placement_groups()),
+        summary: None,
+    },
+    Resource {
+        name: "tasks",
+        id_column: "task_id",
+        columns: &[
+            column("task_id", true, false),
+            column("attempt_number", true, false),
+            column("name", true, false),
+            column("state", true, false),
+            column("job_id", true, false),
+            column("actor_id", true, false),
+            column("type", true, false),
+            column("func_or_class_name", true, false),
+            column("parent_task_id", true, false),
+            column("node_id", true, false),
+            column("worker_id", true, false),
+            column("worker_pid", true, false),
+            column("error_type", true, false),
+            column("error_message", false, true),
+            column("required_resources", false, true),
+            column("events", false, true),
+            column("creation_time_ms", false, true),
+            column("start_time_ms", false, true),
+            column("end_time_ms", false, true),
+        ],
+        rows: |state, _| task_rows(state),
+        summary: Some(SummaryShape {
+            by_column: "func_or_class_name",
+            summary_by: "func_name",
+            total_name: "total_tasks",
+        }),
+    },
+    Resource {
+        name: "jobs",
+        id_column: "job_id",
+        columns: &[
+            column("job_id", true, false),
+            column("submission_id", true, false),
+            column("type", true, false),
+            column("status", true, false),
+            column("entrypoint", false, false),
+            column("message", false, false),
+            column("error_type", false, false),
+            column("start_time", false, false),
+            column("end_time", false, false),
+            column("metadata", false, false),
+            column("runtime_env", false, false),
+            column("driver_info", false, false),
+            column("driver_node_id", true, false),
+        ],
+        rows: |state, _| rows_of(state.jobs()),
+        summary: None,
+    },
+    Resource {
+        name: "workers",
+        id_column: "worker_id",
+        columns: &[
+            column("worker_id", true, false),
+            column("is_alive", true, false),
+            column("worker_type", true, false),
+            column("exit_type", true, false),
+            column("node_id", true, false),
+            column("ip", true, false),
+            column("pid", true, false),
+            column("exit_detail", false, false),
+            column("worker_launch_time_ms", false, true),
+            column("start_time_ms", false, true),
+            column("end_time_ms", false, true),
+        ],
+        rows: |state, _| rows_of(state.workers()),
+        summary: None,
+    },
+    Resource {
+        name: "objects",
+        id_column: "object_id",
+        columns: &[
+            column("object_id", true, false),
+            column("object_size", true, false),
+            column("task_status", true, false),
+            column("reference_type", true, false),
+            column("call_site", true, false),
+            column("type", true, false),
+            column("pid", true, false),
+            column("ip", true, false),
+            column("node_id", true, true),
+            column("owned", true, true),
+        ],
+        rows: object_rows,
         summary: None,
     },
 ];
@@ -128,6 +244,14 @@ pub const RESOURCES: &[Resource] = &[
 /// The resource named `name`, if the state API has it.
 pub fn resource(name: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(|r| r.name == name)
+}
+
+/// A resource's rows that pass the filters, with the counts before.
+struct Filtered {
+    total: usize,
+    after_truncation: usize,
+    rows: Vec<Row>,
+    warnings: Vec<String>,
 }
 
 /// Ray's `ListApiResponse`: the counts at each step, then the rows.
@@ -168,12 +292,12 @@ impl Resource {
     }
 
     /// The rows the source holds (sorted by id, so pages are stable), truncated at
-    /// [`MAX_FROM_SOURCE`], then those that pass `filters`: (total, after truncation, rows).
-    fn filtered(&self, state: &dyn ClusterState, filters: &[Filter]) -> Result<(usize, usize, Vec<Row>), QueryError> {
-        for filter in filters {
+    /// [`MAX_FROM_SOURCE`], then those that pass `filters`.
+    fn filtered(&self, state: &dyn ClusterState, options: &ListOptions) -> Result<Filtered, QueryError> {
+        for filter in &options.filters {
             self.check_filter(filter)?;
         }
-        let mut rows = (self.rows)(state);
+        let Rows { mut rows, warnings } = (self.rows)(state, Duration::from_secs(options.timeout_s));
         let total = rows.len();
         let id = |row: &Row| row.get(self.id_column).and_then(Value::as_str).unwrap_or_default().to_string();
         rows.sort_by_key(id);
@@ -182,7 +306,7 @@ impl Resource {
         let mut kept = Vec::with_capacity(rows.len());
         for row in rows {
             let mut pass = true;
-            for f in filters {
+            for f in &options.filters {
                 let equal = matches(&f.key, row.get(&f.key).unwrap_or(&Value::Null), &f.value)?;
                 pass &= equal == (f.predicate == Predicate::Equal);
             }
@@ -190,11 +314,12 @@ impl Resource {
                 kept.push(row);
             }
         }
-        Ok((total, after_truncation, kept))
+        Ok(Filtered { total, after_truncation, rows: kept, warnings })
     }
 
     pub fn list(&self, state: &dyn ClusterState, options: &ListOptions) -> Result<ListResponse, QueryError> {
-        let (total, num_after_truncation, rows) = self.filtered(state, &options.filters)?;
+        let Filtered { total, after_truncation: num_after_truncation, rows, warnings } =
+            self.filtered(state, options)?;
         let num_filtered = rows.len();
         let result = rows
             .into_iter()
@@ -212,16 +337,16 @@ impl Resource {
             num_after_truncation,
             num_filtered,
             result,
-            partial_failure_warning: String::new(),
-            warnings: None,
+            partial_failure_warning: warnings.join("; "),
+            warnings: (!warnings.is_empty()).then_some(warnings),
         })
     }
 
     /// Ray's `SummaryApiResponse` for this resource (None: it has no summary): rows
     /// that pass `filters`, grouped by the summary column, with counts by state.
-    pub fn summarize(&self, state: &dyn ClusterState, filters: &[Filter]) -> Option<Result<Value, QueryError>> {
+    pub fn summarize(&self, state: &dyn ClusterState, options: &ListOptions) -> Option<Result<Value, QueryError>> {
         let shape = self.summary.as_ref()?;
-        Some(self.filtered(state, filters).map(|(total, num_after_truncation, rows)| {
+        Some(self.filtered(state, options).map(|Filtered { total, after_truncation, rows, warnings }| {
             let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
             for row in &rows {
                 let text = |column: &str| row.get(column).and_then(Value::as_str).unwrap_or_default().to_string();
@@ -236,15 +361,15 @@ impl Resource {
                 .collect();
             serde_json::json!({
                 "total": total,
-                "num_after_truncation": num_after_truncation,
+                "num_after_truncation": after_truncation,
                 "num_filtered": rows.len(),
                 "result": {"node_id_to_summary": {"cluster": {
                     "summary": summary,
                     shape.total_name: rows.len(),
                     "summary_by": shape.summary_by,
                 }}},
-                "partial_failure_warning": "",
-                "warnings": null,
+                "partial_failure_warning": warnings.join("; "),
+                "warnings": (!warnings.is_empty()).then_some(&warnings),
             })
         }))
     }

@@ -11,17 +11,151 @@
 //! does for a column it has no data for.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
 /// Resource amounts by name, as floats (`{"CPU": 2.0}`).
 pub type Resources = BTreeMap<String, f64>;
 
-/// The cluster's tables, as the state API reads them.
+/// The cluster's tables, as the state API reads them. Methods that reach other
+/// processes (objects, logs) block the calling thread for at most `timeout`; the
+/// server calls every method from a blocking thread.
 pub trait ClusterState: Send + Sync + 'static {
     fn nodes(&self) -> Vec<NodeState>;
     fn actors(&self) -> Vec<ActorState>;
     fn placement_groups(&self) -> Vec<PlacementGroupState>;
+    /// Task attempts, and how many the GCS or the workers had to drop.
+    fn tasks(&self) -> (Vec<TaskState>, u64);
+    fn jobs(&self) -> Vec<JobState>;
+    fn workers(&self) -> Vec<WorkerState>;
+    /// Every object some live process references, asked of each process; with a
+    /// warning for each process that did not answer.
+    fn objects(&self, timeout: Duration) -> (Vec<ObjectState>, Vec<String>);
+    /// The tasks that ran, as Chrome-trace events.
+    fn timeline(&self) -> Vec<serde_json::Value>;
+    /// A node's log files (`node_id` in hex).
+    fn list_logs(&self, node_id: &str, timeout: Duration) -> Result<Vec<LogFileState>, LogError>;
+    /// Part of one log file of a node (see `ReadLog`): its bytes and where they end.
+    fn read_log(&self, node_id: &str, read: LogRead, timeout: Duration) -> Result<(Vec<u8>, u64), LogError>;
+}
+
+/// Why a log could not be listed or read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Which part of a log file to read.
+#[derive(Clone, Debug)]
+pub struct LogRead {
+    pub filename: String,
+    /// The last lines (<= 0: all), when `offset` is 0.
+    pub tail_lines: i64,
+    /// Read on from here (a follower's last end).
+    pub offset: u64,
+}
+
+/// Ray's `TaskState`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskState {
+    pub task_id: String,
+    pub attempt_number: u32,
+    pub name: String,
+    /// `PENDING_ARGS_AVAIL` ... `FINISHED` / `FAILED`: the latest state.
+    pub state: &'static str,
+    pub job_id: String,
+    pub actor_id: Option<String>,
+    /// `NORMAL_TASK`, `ACTOR_CREATION_TASK` or `ACTOR_TASK`.
+    #[serde(rename = "type")]
+    pub task_type: &'static str,
+    pub func_or_class_name: String,
+    pub parent_task_id: Option<String>,
+    pub node_id: Option<String>,
+    pub worker_id: Option<String>,
+    pub worker_pid: Option<u32>,
+    pub error_type: Option<String>,
+    pub error_message: Option<String>,
+    pub required_resources: Resources,
+    /// Every state change: `{"state", "created_ms"}`.
+    pub events: Vec<serde_json::Value>,
+    pub creation_time_ms: Option<u64>,
+    pub start_time_ms: Option<u64>,
+    pub end_time_ms: Option<u64>,
+}
+
+/// Ray's `JobDetails`, for a driver's job.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JobState {
+    pub job_id: String,
+    pub submission_id: Option<String>,
+    /// `DRIVER` (jobs submitted through the jobs API would be `SUBMISSION`).
+    #[serde(rename = "type")]
+    pub job_type: &'static str,
+    /// `RUNNING`, or `SUCCEEDED` once its driver disconnected.
+    pub status: &'static str,
+    pub entrypoint: String,
+    pub message: Option<String>,
+    pub error_type: Option<String>,
+    pub start_time: u64,
+    pub end_time: Option<u64>,
+    pub metadata: BTreeMap<String, String>,
+    pub runtime_env: BTreeMap<String, String>,
+    pub driver_info: serde_json::Value,
+    pub driver_node_id: String,
+}
+
+/// Ray's `WorkerState`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WorkerState {
+    pub worker_id: String,
+    pub is_alive: bool,
+    /// `WORKER` or `DRIVER`.
+    pub worker_type: &'static str,
+    pub exit_type: Option<String>,
+    pub node_id: String,
+    pub ip: String,
+    pub pid: u32,
+    pub exit_detail: Option<String>,
+    pub worker_launch_time_ms: u64,
+    pub start_time_ms: u64,
+    pub end_time_ms: Option<u64>,
+}
+
+/// Ray's `ObjectState`: one object as one process references it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ObjectState {
+    pub object_id: String,
+    /// Bytes of its value; None while the task that makes it is pending.
+    pub object_size: Option<u64>,
+    /// `FINISHED` once the value exists, else `PENDING`.
+    pub task_status: &'static str,
+    /// `LOCAL_REFERENCE`, `USED_BY_PENDING_TASK`, `CAPTURED_IN_OBJECT`, `BORROWED` or
+    /// `PINNED_IN_MEMORY`.
+    pub reference_type: String,
+    pub call_site: String,
+    /// Whether the referencing process is a `WORKER` or a `DRIVER`.
+    #[serde(rename = "type")]
+    pub process_type: &'static str,
+    pub pid: u32,
+    pub ip: String,
+    /// The node whose object store holds the value (None: inline, in its owner).
+    pub node_id: Option<String>,
+    /// Whether the process that answered owns the object.
+    pub owned: bool,
+}
+
+/// One log file of a node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LogFileState {
+    pub name: String,
+    pub size: u64,
+    pub modified_ms: u64,
 }
 
 /// Ray's `NodeState`.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -79,6 +80,110 @@ impl ClusterState for FakeCluster {
             stats: None,
         }]
     }
+
+    fn tasks(&self) -> (Vec<TaskState>, u64) {
+        (vec![task("t1", "f", "FINISHED", 0), task("t2", "f", "FAILED", 0), task("t2", "f", "RUNNING", 1)], 3)
+    }
+
+    fn jobs(&self) -> Vec<JobState> {
+        vec![JobState {
+            job_id: "01000000".into(),
+            submission_id: None,
+            job_type: "DRIVER",
+            status: "RUNNING",
+            entrypoint: "python x.py".into(),
+            message: None,
+            error_type: None,
+            start_time: 1,
+            end_time: None,
+            metadata: BTreeMap::new(),
+            runtime_env: BTreeMap::new(),
+            driver_info: serde_json::json!({"pid": "7"}),
+            driver_node_id: "aa".into(),
+        }]
+    }
+
+    fn workers(&self) -> Vec<WorkerState> {
+        vec![WorkerState {
+            worker_id: "w1".into(),
+            is_alive: true,
+            worker_type: "WORKER",
+            exit_type: None,
+            node_id: "aa".into(),
+            ip: "127.0.0.1".into(),
+            pid: 42,
+            exit_detail: None,
+            worker_launch_time_ms: 1,
+            start_time_ms: 1,
+            end_time_ms: None,
+        }]
+    }
+
+    fn objects(&self, _timeout: Duration) -> (Vec<ObjectState>, Vec<String>) {
+        let object = ObjectState {
+            object_id: "o1".into(),
+            object_size: Some(3),
+            task_status: "FINISHED",
+            reference_type: "LOCAL_REFERENCE".into(),
+            call_site: "disabled".into(),
+            process_type: "DRIVER",
+            pid: 7,
+            ip: "127.0.0.1".into(),
+            node_id: None,
+            owned: true,
+        };
+        (vec![object], vec!["process 8 on 127.0.0.1 did not answer".into()])
+    }
+
+    fn timeline(&self) -> Vec<Value> {
+        vec![serde_json::json!({"name": "task::f", "ph": "X"})]
+    }
+
+    fn list_logs(&self, node_id: &str, _timeout: Duration) -> Result<Vec<LogFileState>, LogError> {
+        if node_id != "aa" {
+            return Err(LogError::NotFound(format!("no node {node_id:?}")));
+        }
+        let file = |name: &str| LogFileState { name: name.into(), size: 3, modified_ms: 0 };
+        Ok(vec![file("worker-w1-42.out"), file("worker-w1-42.err"), file("worker-w2-43.out")])
+    }
+
+    fn read_log(&self, node_id: &str, read: LogRead, _timeout: Duration) -> Result<(Vec<u8>, u64), LogError> {
+        Ok((format!("{node_id}/{} from {}", read.filename, read.offset).into_bytes(), 99))
+    }
+}
+
+fn task(id: &str, name: &str, state: &'static str, attempt: u32) -> TaskState {
+    TaskState {
+        task_id: id.into(),
+        attempt_number: attempt,
+        name: name.into(),
+        state,
+        job_id: "01000000".into(),
+        actor_id: None,
+        task_type: "NORMAL_TASK",
+        func_or_class_name: name.into(),
+        parent_task_id: None,
+        node_id: Some("aa".into()),
+        worker_id: Some("w1".into()),
+        worker_pid: Some(42),
+        error_type: None,
+        error_message: None,
+        required_resources: resources(&[("CPU", 1.0)]),
+        events: Vec::new(),
+        creation_time_ms: Some(1),
+        start_time_ms: Some(2),
+        end_time_ms: None,
+    }
+}
+
+/// (status, body as text, the end-offset header) of `GET uri`.
+async fn get_text(uri: &str) -> (StatusCode, String, Option<String>) {
+    let app = crate::router(Arc::new(FakeCluster));
+    let response = app.oneshot(Request::get(uri).body(Body::empty()).expect("request")).await.expect("answered");
+    let status = response.status();
+    let end = response.headers().get("x-rtd-end-offset").and_then(|v| v.to_str().ok()).map(String::from);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned(), end)
 }
 
 /// (status, JSON body) of `GET uri`.
@@ -246,4 +351,54 @@ async fn a_busy_default_port_moves_on_and_a_busy_explicit_port_is_an_error() {
     assert_ne!(moved.local_addr().expect("address").port(), port);
     let error = crate::bind("127.0.0.1", crate::Port::Explicit(port)).await.expect_err("busy");
     assert!(error.to_string().contains(&format!("127.0.0.1:{port} is already in use")), "{error}");
+}
+
+#[tokio::test]
+async fn tasks_list_every_attempt_summarize_by_function_and_warn_of_drops() {
+    let list = listed("/api/v0/tasks?filter_keys=state&filter_predicates=%3D&filter_values=failed").await;
+    assert_eq!(ids(&list, "task_id"), ["t2"]);
+    assert!(list["partial_failure_warning"].as_str().unwrap_or("").contains("3 task attempts were dropped"));
+    let (status, body) = get("/api/v0/tasks/summarize").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cluster = &body["data"]["result"]["result"]["node_id_to_summary"]["cluster"];
+    assert_eq!(cluster["summary"]["f"]["state_counts"], serde_json::json!({"FAILED": 1, "FINISHED": 1, "RUNNING": 1}));
+    assert_eq!((&cluster["total_tasks"], &cluster["summary_by"]), (&3.into(), &"func_name".into()));
+}
+
+#[tokio::test]
+async fn objects_name_the_processes_that_did_not_answer() {
+    let list = listed("/api/v0/objects").await;
+    assert_eq!(list["warnings"][0], "process 8 on 127.0.0.1 did not answer");
+    assert_eq!(ids(&list, "object_id"), ["o1"]);
+}
+
+#[tokio::test]
+async fn the_timeline_is_a_bare_list_of_trace_events() {
+    let (status, body) = get("/api/v0/tasks/timeline").await;
+    assert_eq!((status, &body[0]["name"]), (StatusCode::OK, &Value::from("task::f")));
+}
+
+#[tokio::test]
+async fn logs_are_listed_by_category_and_found_by_what_wrote_them() {
+    let (status, body) = get("/api/v0/logs?node_id=aa").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["result"]["worker_out"], serde_json::json!(["worker-w1-42.out", "worker-w2-43.out"]));
+    let (status, text, end) = get_text("/api/v0/logs/file?node_id=aa&filename=worker-w2-43.out&offset=5").await;
+    assert_eq!((status, text.as_str(), end.as_deref()), (StatusCode::OK, "aa/worker-w2-43.out from 5", Some("99")));
+    // The actor a1 runs as pid 42 on node aa; the task t2's last attempt ran there too.
+    let (_, text, _) = get_text("/api/v0/logs/file?actor_id=a1&suffix=err").await;
+    assert_eq!(text, "aa/worker-w1-42.err from 0");
+    let (_, text, _) = get_text("/api/v0/logs/file?task_id=t2").await;
+    assert_eq!(text, "aa/worker-w1-42.out from 0");
+    for (uri, status) in [
+        ("/api/v0/logs", StatusCode::BAD_REQUEST),
+        ("/api/v0/logs?node_id=zz", StatusCode::NOT_FOUND),
+        ("/api/v0/logs/file?actor_id=nope", StatusCode::NOT_FOUND),
+        ("/api/v0/logs/file?lines=many&node_id=aa&filename=x", StatusCode::BAD_REQUEST),
+        ("/api/v0/logs/file", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) = get(uri).await;
+        assert_eq!(got, status, "{uri}: {body}");
+        assert!(!body["msg"].as_str().unwrap_or("").is_empty(), "{uri} says why");
+    }
 }
