@@ -36,17 +36,28 @@ def test_timeline_has_every_task_and_actor_call_with_its_worker(shared_runtime, 
     counter = TracedCounter.remote()
     actor_pid = rtd.get([counter.incr.remote() for _ in range(3)])[-1]
 
-    def complete():
-        events = rtd.timeline()
-        return len(_by_name(events, "traced_square")) == 6 and len(_by_name(events, "TracedCounter.incr")) == 3
+    def finished(events, name):
+        return [e for e in _by_name(events, name) if e["args"]["state"] == "FINISHED"]
 
-    wait_for_condition(complete, timeout=15)
-    events = rtd.timeline()
-    for e in _by_name(events, "traced_square"):
+    seen = {}
+
+    def complete():
+        seen["events"] = rtd.timeline()
+        return len(finished(seen["events"], "traced_square")) == 6 and len(
+            finished(seen["events"], "TracedCounter.incr")
+        ) == 3
+
+    try:
+        wait_for_condition(complete, timeout=30)
+    except RuntimeError as e:
+        names = sorted((ev["name"], ev["args"]["state"]) for ev in seen.get("events", []))
+        raise AssertionError(f"{e} The timeline had: {names}") from None
+    events = seen["events"]
+    for e in finished(events, "traced_square"):
         assert e["ph"] == "X" and e["dur"] >= 0 and e["ts"] > 0
-        assert e["args"]["state"] == "FINISHED" and e["args"]["type"] == "NORMAL_TASK"
+        assert e["args"]["type"] == "NORMAL_TASK"
         assert e["pid"].startswith("Node ") and e["name"].startswith("task::")
-    calls = _by_name(events, "TracedCounter.incr")
+    calls = finished(events, "TracedCounter.incr")
     assert {e["tid"] for e in calls} == {calls[0]["tid"]}, "every call ran on the actor's one worker"
     assert f"(pid {actor_pid})" in calls[0]["tid"]
     assert calls[0]["args"]["type"] == "ACTOR_TASK"

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rtd_common::bundle::{self, BundleResource};
 use rtd_common::config::RuntimeConfig;
@@ -26,7 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
 use crate::resources::{Allocation, GpuPool, NodeResources};
-use crate::worker_pool::{kill, StartedWorker, WorkerCommand, WorkerStarter};
+use crate::worker_pool::{kill, terminate, StartedWorker, WorkerCommand, WorkerStarter};
 
 /// Identifies one client connection of the raylet.
 pub type ConnId = u64;
@@ -132,6 +133,9 @@ struct State {
 }
 
 const MAX_FAILED_STARTS: u32 = 3;
+
+/// How long an idle worker asked to exit has to send what it buffered.
+const IDLE_EXIT_GRACE: Duration = Duration::from_secs(3);
 
 impl State {
     /// Workers that run tasks (idle, starting or leased): not those dedicated to
@@ -518,11 +522,30 @@ impl Raylet {
             // the least recently used idle one once nothing waits for a worker.
             if st.task_workers() > self.pool_size && st.pending.is_empty() {
                 if let Some(surplus) = st.idle.back().copied() {
-                    st.stop_worker(&surplus);
+                    self.stop_idle_worker(&mut st, surplus);
                 }
             }
         }
         self.schedule();
+    }
+
+    /// Stops an idle worker gently: it has no task to lose but may still hold task
+    /// events and metrics to send, so it is asked to exit, and killed only if it has
+    /// not after `IDLE_EXIT_GRACE`.
+    fn stop_idle_worker(self: &Arc<Self>, st: &mut State, worker_id: WorkerId) {
+        let Some(worker) = st.workers.get_mut(&worker_id) else { return };
+        worker.doomed = true;
+        let pid = worker.pid;
+        st.idle.retain(|w| *w != worker_id);
+        terminate(pid);
+        let raylet = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(IDLE_EXIT_GRACE).await;
+            let still_there = raylet.upgrade().is_some_and(|r| r.lock().workers.contains_key(&worker_id));
+            if still_there {
+                kill(pid);
+            }
+        });
     }
 
     /// Force-cancel: the process dies and its exit frees the lease.

@@ -487,6 +487,15 @@ pub fn kill(pid: u32) {
     }
 }
 
+/// Asks an idle worker process to exit (SIGTERM): it sends what it buffered (task
+/// events, metrics) and disconnects.
+pub fn terminate(pid: u32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import sys
 import threading
 import traceback
@@ -408,7 +409,15 @@ def _log_to_files():
         os.close(log)
 
 
+def _exit_when_asked(signum, frame):
+    """The node stops an idle worker with SIGTERM: what it buffered (task events,
+    metrics) goes out as it disconnects, then the process ends."""
+    _core.disconnect()
+    os._exit(0)
+
+
 def main():
+    signal.signal(signal.SIGTERM, _exit_when_asked)
     _log_to_files()
     sys.stdout = _PrefixedStream(sys.stdout, False)
     sys.stderr = _PrefixedStream(sys.stderr, True)
