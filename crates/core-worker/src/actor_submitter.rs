@@ -15,6 +15,10 @@
 //! The process that created an actor also counts its handles; when the last one is
 //! dropped (and no handle left the process), the actor is killed once its queued calls
 //! are done.
+//!
+//! As in `submitter`, one tokio task (`State::run`) holds all state and is fed events;
+//! the GCS and the actors' workers are reached through [`ActorCluster`], which tests
+//! implement with a scripted fake.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -25,10 +29,12 @@ use rtd_common::task_events::error_type_of_kind;
 use rtd_common::{object_kind, ActorId, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
+use crate::cluster::ActorCluster;
 use crate::context::{self, system_error, Context};
 use crate::submitter::resolve_args;
 
-pub enum ActorEvent {
+/// `P` is the connection to an actor's worker (`Peers::Peer`).
+enum ActorEvent<P> {
     Submit {
         actor_id: ActorId,
         spec: TaskSpec,
@@ -40,7 +46,7 @@ pub enum ActorEvent {
     Info {
         actor_id: ActorId,
         info: ActorInfo,
-        conn: Option<RpcClient>,
+        conn: Option<P>,
     },
     InfoFailed {
         actor_id: ActorId,
@@ -69,12 +75,11 @@ struct ActorCall {
     retries_left: i32,
 }
 
-#[derive(Default)]
-struct ActorQueue {
+struct ActorQueue<P> {
     epoch: u64,
     alive: bool,
     dead: Option<String>,
-    conn: Option<RpcClient>,
+    conn: Option<P>,
     waiting_for_info: bool,
     max_task_retries: i32,
     /// Calls not pushed yet, in submission order.
@@ -84,15 +89,42 @@ struct ActorQueue {
     kill_when_idle: bool,
 }
 
+// Derived, it would ask `P: Default`.
+impl<P> Default for ActorQueue<P> {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            alive: false,
+            dead: None,
+            conn: None,
+            waiting_for_info: false,
+            max_task_retries: 0,
+            unpushed: VecDeque::new(),
+            calls: HashMap::new(),
+            next_seq: 0,
+            kill_when_idle: false,
+        }
+    }
+}
+
+/// Handle used by the API to hand actor calls to the submitter task; `P` is the
+/// cluster's connection type (`RpcClient` but in tests).
 #[derive(Clone)]
-pub struct ActorSubmitter {
-    tx: mpsc::UnboundedSender<ActorEvent>,
+pub struct ActorSubmitter<P = RpcClient> {
+    tx: mpsc::UnboundedSender<ActorEvent<P>>,
 }
 
 impl ActorSubmitter {
     pub fn start(ctx: Arc<Context>) -> Self {
+        Self::start_over(ctx.clone(), ctx)
+    }
+}
+
+impl<P: Clone + Send + Sync + 'static> ActorSubmitter<P> {
+    /// Starts the submitter task, finding actors and pushing calls through `cluster`.
+    fn start_over<C: ActorCluster<Peer = P>>(ctx: Arc<Context>, cluster: Arc<C>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = State { ctx: ctx.clone(), tx: tx.clone(), actors: HashMap::new() };
+        let state = State { ctx: ctx.clone(), cluster, tx: tx.clone(), actors: HashMap::new() };
         ctx.rt.spawn(state.run(rx));
         Self { tx }
     }
@@ -110,18 +142,19 @@ impl ActorSubmitter {
     }
 }
 
-struct State {
+struct State<C: ActorCluster> {
     ctx: Arc<Context>,
-    tx: mpsc::UnboundedSender<ActorEvent>,
-    actors: HashMap<ActorId, ActorQueue>,
+    cluster: Arc<C>,
+    tx: mpsc::UnboundedSender<ActorEvent<C::Peer>>,
+    actors: HashMap<ActorId, ActorQueue<C::Peer>>,
 }
 
 fn task_id_of(spec: &TaskSpec) -> TaskId {
     TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
 }
 
-impl State {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ActorEvent>) {
+impl<C: ActorCluster> State<C> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ActorEvent<C::Peer>>) {
         while let Some(event) = rx.recv().await {
             match event {
                 ActorEvent::Submit { actor_id, spec } => self.on_submit(actor_id, spec),
@@ -211,7 +244,7 @@ impl State {
             q.unpushed.pop_front();
             call.pushed_in = Some(q.epoch);
             self.ctx.task_events.state(&call.spec, TaskStatus::TaskSubmittedToWorker);
-            let reply = conn.start_request(PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() });
+            let reply = self.cluster.push_task(&conn, PushTask { spec: Some(call.spec.clone()), gpu_ids: Vec::new() });
             let tx = self.tx.clone();
             self.ctx.rt.spawn(async move {
                 let result = reply.await;
@@ -227,14 +260,14 @@ impl State {
         }
         q.waiting_for_info = true;
         let after_epoch = q.epoch;
-        let ctx = self.ctx.clone();
+        let cluster = self.cluster.clone();
         let tx = self.tx.clone();
         self.ctx.rt.spawn(async move {
-            let reply = ctx.raylet.request(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch }).await;
+            let reply = cluster.wait_actor(WaitActor { actor_id: actor_id.to_vec().into(), after_epoch }).await;
             let event = match reply {
                 Ok(info) => {
                     let conn = if info.state == ActorState::Alive as i32 {
-                        ctx.peers.get(&info.address).await.ok()
+                        cluster.connect(&info.address).await.ok()
                     } else {
                         None
                     };
@@ -246,7 +279,7 @@ impl State {
         });
     }
 
-    fn on_info(&mut self, actor_id: ActorId, info: ActorInfo, conn: Option<RpcClient>) {
+    fn on_info(&mut self, actor_id: ActorId, info: ActorInfo, conn: Option<C::Peer>) {
         let Some(q) = self.actors.get_mut(&actor_id) else { return };
         q.waiting_for_info = false;
         if info.epoch <= q.epoch {
@@ -350,9 +383,9 @@ impl State {
         }
         let cause = format!("The actor {actor_id} was destroyed: every handle to it was dropped");
         let kill = KillActor { actor_id: actor_id.to_vec().into(), no_restart: true, cause: cause.clone() };
-        let raylet = self.ctx.raylet.clone();
+        let killed = self.cluster.kill_actor(kill);
         self.ctx.rt.spawn(async move {
-            let _ = raylet.request(kill).await;
+            let _ = killed.await;
         });
         self.on_dead(actor_id, cause);
     }

@@ -12,27 +12,30 @@
 //! top-level ObjectRef argument and ships its value (inline) or its plasma location.
 //!
 //! All state lives in one tokio task (`Submitter::run`) fed by events, so nothing here
-//! needs a lock; network calls run in their own tasks and report back as events.
+//! needs a lock; network calls run in their own tasks and report back as events. The
+//! calls go through [`LeaseCluster`], which tests implement with a scripted fake.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode, KillLeasedWorker,
-    LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec, TaskStatus,
+    object_value::Kind, request_lease_reply::Result as LeaseResult, ErrorCode, LeaseGranted, PushTask, PushTaskReply,
+    RequestLease, TaskSpec, TaskStatus,
 };
 use rtd_common::rpc::{Request, RpcClient, RpcError};
 use rtd_common::task_events::error_type_of_kind;
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
+use crate::cluster::LeaseCluster;
 use crate::context::{self, system_error, Context};
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
 const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
 
-enum Event {
+/// `P` is the connection to a raylet or a leased worker (`LeaseCluster::Peer`).
+enum Event<P> {
     Submit(TaskSpec),
     /// Re-run a finished task whose results were lost (lineage reconstruction).
     Reconstruct(TaskSpec),
@@ -40,8 +43,8 @@ enum Event {
     Granted {
         class: ClassKey,
         grant: LeaseGranted,
-        worker: RpcClient,
-        raylet: RpcClient,
+        worker: P,
+        raylet: P,
     },
     LeaseFailed {
         class: ClassKey,
@@ -102,11 +105,11 @@ struct ClassState {
     warned_infeasible: bool,
 }
 
-struct Lease {
+struct Lease<P> {
     class: ClassKey,
-    worker: RpcClient,
+    worker: P,
     /// The raylet that granted it (this node's, or another after spillback).
-    raylet: RpcClient,
+    raylet: P,
     /// The id the granting raylet knows it by.
     lease_id: u64,
     gpu_ids: Vec<u32>,
@@ -114,17 +117,31 @@ struct Lease {
     idle_epoch: u64,
 }
 
-/// Handle used by the API to hand tasks to the submitter task.
+/// Handle used by the API to hand tasks to the submitter task; `P` is the cluster's
+/// connection type (`RpcClient` but in tests).
 #[derive(Clone)]
-pub struct TaskSubmitter {
-    tx: mpsc::UnboundedSender<Event>,
+pub struct TaskSubmitter<P = RpcClient> {
+    tx: mpsc::UnboundedSender<Event<P>>,
 }
 
 impl TaskSubmitter {
     pub fn start(ctx: Arc<Context>) -> Self {
+        Self::start_over(ctx.clone(), ctx, RuntimeConfig::get())
+    }
+}
+
+impl<P: Clone + Send + Sync + 'static> TaskSubmitter<P> {
+    /// Starts the submitter task, asking `cluster` for leases and pushing tasks through it.
+    fn start_over<C: LeaseCluster<Peer = P>>(
+        ctx: Arc<Context>,
+        cluster: Arc<C>,
+        config: &'static RuntimeConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let submitter = Submitter {
             ctx: ctx.clone(),
+            cluster,
+            config,
             tx: tx.clone(),
             tasks: HashMap::new(),
             classes: HashMap::new(),
@@ -164,12 +181,15 @@ impl TaskSubmitter {
     }
 }
 
-struct Submitter {
+struct Submitter<C: LeaseCluster> {
     ctx: Arc<Context>,
-    tx: mpsc::UnboundedSender<Event>,
+    cluster: Arc<C>,
+    /// Pipeline depth, lease idle time and infeasible retry (read once, at start).
+    config: &'static RuntimeConfig,
+    tx: mpsc::UnboundedSender<Event<C::Peer>>,
     tasks: HashMap<TaskId, PendingTask>,
     classes: HashMap<ClassKey, ClassState>,
-    leases: HashMap<u64, Lease>,
+    leases: HashMap<u64, Lease<C::Peer>>,
     next_lease_key: u64,
 }
 
@@ -211,8 +231,8 @@ fn task_id_of(spec: &TaskSpec) -> TaskId {
     TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
 }
 
-impl Submitter {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+impl<C: LeaseCluster> Submitter<C> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event<C::Peer>>) {
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Submit(spec) => self.on_submit(spec, false),
@@ -270,7 +290,7 @@ impl Submitter {
     /// Pushes queued tasks to leases with room, then asks for more leases if tasks
     /// remain, and starts the idle clock on leases left without work.
     fn dispatch(&mut self, class: &ClassKey) {
-        let depth = RuntimeConfig::get().pipeline_depth;
+        let depth = self.config.pipeline_depth;
         let Some(state) = self.classes.get_mut(class) else { return };
         for lease_id in state.leases.clone() {
             let Some(lease) = self.leases.get_mut(&lease_id) else { continue };
@@ -280,9 +300,8 @@ impl Submitter {
                 task.lease = Some(lease_id);
                 lease.in_flight += 1;
                 self.ctx.task_events.state(&task.spec, TaskStatus::TaskSubmittedToWorker);
-                let reply = lease
-                    .worker
-                    .start_request(PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() });
+                let push = PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() };
+                let reply = self.cluster.push_task(&lease.worker, push);
                 let tx = self.tx.clone();
                 self.ctx.rt.spawn(async move {
                     let result = reply.await;
@@ -311,10 +330,10 @@ impl Submitter {
     }
 
     fn request_lease(&self, class: ClassKey) {
-        let ctx = self.ctx.clone();
+        let cluster = self.cluster.clone();
         let tx = self.tx.clone();
         self.ctx.rt.spawn(async move {
-            let event = match lease_from_cluster(&ctx, &class).await {
+            let event = match lease_from_cluster(&*cluster, &class).await {
                 Ok((grant, worker, raylet)) => Event::Granted { class, grant, worker, raylet },
                 Err(error) => Event::LeaseFailed { class, error },
             };
@@ -322,7 +341,7 @@ impl Submitter {
         });
     }
 
-    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient) {
+    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: C::Peer, raylet: C::Peer) {
         let state = self.classes.entry(class.clone()).or_default();
         state.requests_in_flight = state.requests_in_flight.saturating_sub(1);
         // Lease ids are per raylet: key ours by a local counter.
@@ -345,7 +364,7 @@ impl Submitter {
     }
 
     fn on_lease_failed(&mut self, class: ClassKey, error: LeaseFailure) {
-        let retry = RuntimeConfig::get().infeasible_retry;
+        let retry = self.config.infeasible_retry;
         let Some(state) = self.classes.get_mut(&class) else { return };
         state.requests_in_flight = state.requests_in_flight.saturating_sub(1);
         match error {
@@ -358,7 +377,7 @@ impl Submitter {
             LeaseFailure::Rpc(e) => {
                 // The node is gone, it cannot start workers, or the placement can never
                 // be met: nothing can run these tasks, and saying so beats waiting.
-                let fatal = if self.ctx.raylet.is_closed() {
+                let fatal = if self.cluster.local_raylet_gone() {
                     Some((object_kind::WORKER_CRASHED, format!("the node daemon is gone: {e}")))
                 } else if matches!(e, RpcError::Remote { .. }) {
                     Some(fatal_lease_error(&e))
@@ -416,7 +435,7 @@ impl Submitter {
         lease.idle_epoch += 1;
         let epoch = lease.idle_epoch;
         let tx = self.tx.clone();
-        let idle = RuntimeConfig::get().lease_idle;
+        let idle = self.config.lease_idle;
         self.ctx.rt.spawn(async move {
             tokio::time::sleep(idle).await;
             let _ = tx.send(Event::IdleCheck { lease_id, epoch });
@@ -433,11 +452,11 @@ impl Submitter {
             return;
         }
         if let Some(lease) = self.drop_lease(lease_id) {
-            let _ = lease.raylet.send(ReturnLease { lease_id: lease.lease_id });
+            self.cluster.return_lease(&lease.raylet, lease.lease_id);
         }
     }
 
-    fn drop_lease(&mut self, lease_id: u64) -> Option<Lease> {
+    fn drop_lease(&mut self, lease_id: u64) -> Option<Lease<C::Peer>> {
         let lease = self.leases.remove(&lease_id)?;
         if let Some(state) = self.classes.get_mut(&lease.class) {
             state.leases.retain(|l| *l != lease_id);
@@ -552,7 +571,7 @@ impl Submitter {
         let lost: Vec<u64> = self
             .leases
             .iter()
-            .filter(|(_, l)| addresses.iter().any(|a| a == l.raylet.addr()))
+            .filter(|(_, l)| addresses.iter().any(|a| a == C::address(&l.raylet)))
             .map(|(id, _)| *id)
             .collect();
         for lease_id in lost {
@@ -560,7 +579,7 @@ impl Submitter {
             let tasks: Vec<TaskId> =
                 self.tasks.iter().filter(|(_, t)| t.lease == Some(lease_id)).map(|(id, _)| *id).collect();
             for task_id in tasks {
-                self.on_worker_died(task_id, RpcError::Disconnected(lease.raylet.addr().to_string()));
+                self.on_worker_died(task_id, RpcError::Disconnected(C::address(&lease.raylet).to_string()));
             }
             self.dispatch(&lease.class);
         }
@@ -580,10 +599,9 @@ impl Submitter {
             Some(lease_id) => {
                 if let Some(lease) = self.leases.get(&lease_id) {
                     if force {
-                        let kill = KillLeasedWorker { lease_id: lease.lease_id };
-                        let _ = lease.raylet.send(kill);
+                        self.cluster.kill_leased_worker(&lease.raylet, lease.lease_id);
                     } else {
-                        let _ = lease.worker.send(CancelTask { task_id: task_id.to_vec().into() });
+                        self.cluster.cancel_task(&lease.worker, task_id);
                     }
                 }
             }
@@ -602,11 +620,11 @@ fn fatal_lease_error(e: &RpcError) -> (u32, String) {
 
 /// Asks this node's raylet for a lease, following a spillback to another node's raylet.
 /// Returns the grant, the worker's connection and the granting raylet's.
-async fn lease_from_cluster(
-    ctx: &Arc<Context>,
+async fn lease_from_cluster<C: LeaseCluster>(
+    cluster: &C,
     class: &ClassKey,
-) -> Result<(LeaseGranted, RpcClient, RpcClient), LeaseFailure> {
-    let mut raylet = ctx.raylet.clone();
+) -> Result<(LeaseGranted, C::Peer, C::Peer), LeaseFailure> {
+    let mut raylet = cluster.local_raylet();
     let mut request = RequestLease {
         resources: class.resources.iter().cloned().collect(),
         strategy: class.strategy.clone(),
@@ -619,23 +637,23 @@ async fn lease_from_cluster(
     for hop in 0..=MAX_SPILLBACK_HOPS {
         // Errors past the first hop are another node's, not this node's.
         let failure = |e| if hop == 0 { LeaseFailure::Rpc(e) } else { LeaseFailure::Elsewhere(e) };
-        let reply = raylet.request(request.clone()).await.map_err(failure)?;
+        let reply = cluster.request_lease(&raylet, request.clone()).await.map_err(failure)?;
         match reply.result {
-            Some(LeaseResult::Granted(grant)) => match ctx.peers.get(&grant.worker_address).await {
+            Some(LeaseResult::Granted(grant)) => match cluster.connect(&grant.worker_address).await {
                 Ok(worker) => return Ok((grant, worker, raylet)),
                 Err(e) => {
                     // The worker died between grant and connect: give the lease back.
-                    let _ = raylet.send(ReturnLease { lease_id: grant.lease_id });
+                    cluster.return_lease(&raylet, grant.lease_id);
                     return Err(LeaseFailure::Elsewhere(e));
                 }
             },
             Some(LeaseResult::Spillback(to)) => {
-                raylet = ctx.peers.get(&to.raylet_address).await.map_err(LeaseFailure::Elsewhere)?;
+                raylet = cluster.connect(&to.raylet_address).await.map_err(LeaseFailure::Elsewhere)?;
                 request.no_spillback = true;
             }
             Some(LeaseResult::Infeasible(i)) => return Err(LeaseFailure::Infeasible(i.message)),
             None => {
-                let from = raylet.addr().to_string();
+                let from = C::address(&raylet).to_string();
                 return Err(failure(RpcError::UnexpectedReply { request: RequestLease::NAME, from }));
             }
         }
