@@ -31,6 +31,8 @@ mod context;
 mod core_worker;
 mod error;
 mod executor;
+#[cfg(test)]
+mod fake_cluster;
 mod gcs_client;
 mod layout;
 mod node_view;

@@ -673,3 +673,292 @@ pub async fn resolve_args(ctx: Arc<Context>, mut spec: TaskSpec) -> TaskSpec {
     }
     spec
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rtd_common::proto::{ReturnObject, Spillback};
+
+    use super::*;
+    use crate::fake_cluster::{
+        inline, settle, stored, test_config, test_context, Answer, CallLog, ClusterCall, FakeCluster, LOCAL_RAYLET,
+    };
+
+    /// How long a lease stays idle before the submitter returns it, in these tests.
+    const LEASE_IDLE: Duration = Duration::from_millis(100);
+
+    struct Harness {
+        ctx: Arc<Context>,
+        cluster: Arc<FakeCluster>,
+        calls: CallLog,
+        submitter: TaskSubmitter<String>,
+    }
+
+    async fn harness(pipeline_depth: usize) -> Harness {
+        let ctx = test_context().await;
+        let (cluster, calls) = FakeCluster::new();
+        let config = test_config(pipeline_depth, LEASE_IDLE);
+        let submitter = TaskSubmitter::start_over(ctx.clone(), cluster.clone(), config);
+        Harness { ctx, cluster, calls, submitter }
+    }
+
+    /// A one-CPU task with one return, which the table expects as a submitted task's.
+    fn task(ctx: &Context, max_retries: i32) -> (TaskSpec, ObjectId) {
+        let task_id = TaskId::random();
+        let ret = ObjectId::for_return(&task_id, 1);
+        ctx.table.add_owned_pending(ret, &ctx.address);
+        let spec = TaskSpec {
+            task_id: task_id.to_vec().into(),
+            function_name: "f".into(),
+            return_ids: vec![ret.to_vec().into()],
+            resources: [("CPU".to_string(), 10_000)].into(),
+            max_retries,
+            ..Default::default()
+        };
+        (spec, ret)
+    }
+
+    fn answer<T>(answer: Answer<T>, result: Result<T, RpcError>) {
+        assert!(answer.send(result).is_ok(), "the submitter stopped waiting for the answer");
+    }
+
+    fn granted(lease_id: u64, worker: &str) -> Result<rtd_common::proto::RequestLeaseReply, RpcError> {
+        let grant = LeaseGranted { lease_id, worker_address: worker.into(), ..Default::default() };
+        Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Granted(grant)) })
+    }
+
+    /// The worker's reply to `task`: `value` for each return; `app_error` when the
+    /// function raised (`retryable` when the exception matches `retry_exceptions`).
+    fn reply(task: &PushTask, value: &[u8], app_error: bool, retryable: bool) -> Result<PushTaskReply, RpcError> {
+        let returns = task
+            .spec
+            .iter()
+            .flat_map(|spec| &spec.return_ids)
+            .map(|id| ReturnObject { id: id.clone(), value: Some(inline(value)), contained: Vec::new() })
+            .collect();
+        Ok(PushTaskReply { returns, app_error, retryable })
+    }
+
+    fn worker_died() -> Result<PushTaskReply, RpcError> {
+        Err(RpcError::Disconnected("worker".into()))
+    }
+
+    fn attempt(task: &PushTask) -> u32 {
+        task.spec.as_ref().map(|s| s.attempt).unwrap_or_default()
+    }
+
+    fn is_push(call: &ClusterCall) -> bool {
+        matches!(call, ClusterCall::PushTask { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn worker_death_is_retried_max_retries_times_then_fails_the_task() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 2);
+        h.submitter.submit(spec);
+        for expected_attempt in 0..3 {
+            let (_, _, lease) = h.calls.lease_request().await;
+            answer(lease, granted(expected_attempt as u64 + 1, "worker"));
+            let (_, task, push) = h.calls.push().await;
+            assert_eq!(attempt(&task), expected_attempt);
+            answer(push, worker_died());
+        }
+        h.calls.assert_none("PushTask", is_push).await;
+        let (kind, message) = stored(&h.ctx, &ret).expect("the task has failed");
+        assert_eq!(kind, object_kind::WORKER_CRASHED);
+        assert!(message.contains("no retries left"), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_of_minus_one_retries_worker_death_forever() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, -1);
+        h.submitter.submit(spec);
+        for expected_attempt in 0..10 {
+            let (_, _, lease) = h.calls.lease_request().await;
+            answer(lease, granted(expected_attempt as u64 + 1, "worker"));
+            let (_, task, push) = h.calls.push().await;
+            assert_eq!(attempt(&task), expected_attempt);
+            if expected_attempt < 9 {
+                answer(push, worker_died());
+            } else {
+                answer(push, reply(&task, b"done", false, false));
+            }
+        }
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_app_errors_rerun_on_the_same_lease_until_retries_run_out() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 1);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, task, push) = h.calls.push().await;
+        answer(push, reply(&task, b"first error", true, true));
+        // The worker survived an exception: the retry needs no new lease.
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!((worker.as_str(), attempt(&task)), ("worker", 1));
+        answer(push, reply(&task, b"second error", true, true));
+        h.calls
+            .assert_none("PushTask or RequestLease", |c| is_push(c) || matches!(c, ClusterCall::RequestLease { .. }))
+            .await;
+        // The last attempt's exception is the task's result.
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "second error".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn app_errors_outside_retry_exceptions_are_not_retried() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, task, push) = h.calls.push().await;
+        answer(push, reply(&task, b"error", true, false));
+        h.calls.assert_none("PushTask", is_push).await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "error".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_lease_fails_every_queued_task_of_the_class() {
+        let mut h = harness(1).await;
+        let rets: Vec<ObjectId> = (0..3)
+            .map(|_| {
+                let (spec, ret) = task(&h.ctx, 3);
+                h.submitter.submit(spec);
+                ret
+            })
+            .collect();
+        let (_, _, lease) = h.calls.lease_request().await;
+        let refusal = RpcError::Remote { code: ErrorCode::Unschedulable, message: "no node has 1 CPU".into() };
+        answer(lease, Err(refusal));
+        settle().await;
+        for ret in &rets {
+            let (kind, message) = stored(&h.ctx, ret).expect("the task has failed");
+            assert_eq!(kind, object_kind::UNSCHEDULABLE);
+            assert!(message.contains("no node has 1 CPU"), "{message}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_holds_at_most_pipeline_depth_tasks_at_once() {
+        let mut h = harness(2).await;
+        for _ in 0..3 {
+            h.submitter.submit(task(&h.ctx, 0).0);
+        }
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, first, first_push) = h.calls.push().await;
+        let (_, _second, _second_push) = h.calls.push().await;
+        h.calls.assert_none("third PushTask", is_push).await;
+        answer(first_push, reply(&first, b"done", false, false));
+        let (worker, _, _) = h.calls.push().await;
+        assert_eq!(worker, "worker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spilled_back_lease_comes_from_the_other_raylet_and_goes_back_there_when_idle() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 0);
+        h.submitter.submit(spec);
+        let (raylet, request, lease) = h.calls.lease_request().await;
+        assert_eq!((raylet.as_str(), request.no_spillback), (LOCAL_RAYLET, false));
+        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
+        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
+        let (raylet, request, lease) = h.calls.lease_request().await;
+        // The other raylet must grant it or fail it, not pass it on again.
+        assert_eq!((raylet.as_str(), request.no_spillback), ("raylet-b", true));
+        answer(lease, granted(7, "worker-b"));
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!(worker, "worker-b");
+        answer(push, reply(&task, b"done", false, false));
+        let returned = h.calls.next("ReturnLease", |call| matches!(call, ClusterCall::ReturnLease { .. })).await;
+        let ClusterCall::ReturnLease { raylet, lease_id } = returned else { unreachable!("picked a ReturnLease") };
+        assert_eq!((raylet.as_str(), lease_id), ("raylet-b", 7));
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_queued_task_fails_it_and_never_pushes_it() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        let task_id = task_id_of(&spec);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        h.submitter.cancel(task_id, false);
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret).map(|(kind, _)| kind), Some(object_kind::TASK_CANCELLED));
+        // A lease granted after the cancel finds no work and goes back.
+        answer(lease, granted(1, "worker"));
+        h.calls.assert_none("PushTask", is_push).await;
+        h.calls.next("ReturnLease", |call| matches!(call, ClusterCall::ReturnLease { lease_id: 1, .. })).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_running_task_asks_its_worker_and_force_kills_it_without_retry() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        let task_id = task_id_of(&spec);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(4, "worker"));
+        let (_, _, push) = h.calls.push().await;
+        h.submitter.cancel(task_id, false);
+        let asked = h.calls.next("CancelTask", |call| matches!(call, ClusterCall::CancelTask { .. })).await;
+        let ClusterCall::CancelTask { worker, task_id: asked_for } = asked else { unreachable!("picked a CancelTask") };
+        assert_eq!((worker.as_str(), asked_for), ("worker", task_id));
+        h.submitter.cancel(task_id, true);
+        let killed =
+            h.calls.next("KillLeasedWorker", |call| matches!(call, ClusterCall::KillLeasedWorker { .. })).await;
+        let ClusterCall::KillLeasedWorker { raylet, lease_id } = killed else {
+            unreachable!("picked a KillLeasedWorker")
+        };
+        assert_eq!((raylet.as_str(), lease_id), (LOCAL_RAYLET, 4));
+        answer(push, worker_died());
+        h.calls
+            .assert_none("PushTask or RequestLease", |c| is_push(c) || matches!(c, ClusterCall::RequestLease { .. }))
+            .await;
+        assert_eq!(stored(&h.ctx, &ret).map(|(kind, _)| kind), Some(object_kind::TASK_CANCELLED));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_on_a_dead_nodes_lease_are_retried_from_this_node() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 1);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
+        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker-b"));
+        // The node freezes: its worker never answers.
+        let (_, _, _frozen_push) = h.calls.push().await;
+        h.submitter.nodes_dead(vec!["raylet-b".into()]);
+        let (raylet, _, lease) = h.calls.lease_request().await;
+        assert_eq!(raylet, LOCAL_RAYLET);
+        answer(lease, granted(2, "worker-a"));
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!((worker.as_str(), attempt(&task)), ("worker-a", 1));
+        answer(push, reply(&task, b"done", false, false));
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lease_request_fails_queued_tasks_once_this_nodes_raylet_is_gone() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        h.cluster.local_raylet_gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer(lease, Err(RpcError::Disconnected(LOCAL_RAYLET.into())));
+        settle().await;
+        let (kind, message) = stored(&h.ctx, &ret).expect("the task has failed");
+        assert_eq!(kind, object_kind::WORKER_CRASHED);
+        assert!(message.contains("node daemon is gone"), "{message}");
+    }
+}
