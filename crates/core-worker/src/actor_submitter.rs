@@ -116,13 +116,13 @@ pub struct ActorSubmitter<P = RpcClient> {
 
 impl ActorSubmitter {
     pub fn start(ctx: Arc<Context>) -> Self {
-        Self::start_over(ctx.clone(), ctx)
+        Self::start_with(ctx.clone(), ctx)
     }
 }
 
 impl<P: Clone + Send + Sync + 'static> ActorSubmitter<P> {
-    /// Starts the submitter task, finding actors and pushing calls through `cluster`.
-    fn start_over<C: ActorCluster<Peer = P>>(ctx: Arc<Context>, cluster: Arc<C>) -> Self {
+    /// Starts the submitter task, which finds actors and pushes calls through `cluster`.
+    fn start_with<C: ActorCluster<Peer = P>>(ctx: Arc<Context>, cluster: Arc<C>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let state = State { ctx: ctx.clone(), cluster, tx: tx.clone(), actors: HashMap::new() };
         ctx.rt.spawn(state.run(rx));
@@ -418,7 +418,7 @@ mod tests {
     async fn harness() -> Harness {
         let ctx = test_context().await;
         let (cluster, calls) = FakeCluster::new();
-        let submitter = ActorSubmitter::start_over(ctx.clone(), cluster);
+        let submitter = ActorSubmitter::start_with(ctx.clone(), cluster);
         Harness { ctx, calls, submitter, actor_id: ActorId::random() }
     }
 

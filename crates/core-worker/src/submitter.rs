@@ -126,13 +126,13 @@ pub struct TaskSubmitter<P = RpcClient> {
 
 impl TaskSubmitter {
     pub fn start(ctx: Arc<Context>) -> Self {
-        Self::start_over(ctx.clone(), ctx, RuntimeConfig::get())
+        Self::start_with(ctx.clone(), ctx, RuntimeConfig::get())
     }
 }
 
 impl<P: Clone + Send + Sync + 'static> TaskSubmitter<P> {
-    /// Starts the submitter task, asking `cluster` for leases and pushing tasks through it.
-    fn start_over<C: LeaseCluster<Peer = P>>(
+    /// Starts the submitter task, which asks `cluster` for leases and pushes tasks through it.
+    fn start_with<C: LeaseCluster<Peer = P>>(
         ctx: Arc<Context>,
         cluster: Arc<C>,
         config: &'static RuntimeConfig,
@@ -699,7 +699,7 @@ mod tests {
         let ctx = test_context().await;
         let (cluster, calls) = FakeCluster::new();
         let config = test_config(pipeline_depth, LEASE_IDLE);
-        let submitter = TaskSubmitter::start_over(ctx.clone(), cluster.clone(), config);
+        let submitter = TaskSubmitter::start_with(ctx.clone(), cluster.clone(), config);
         Harness { ctx, cluster, calls, submitter }
     }
 
