@@ -12,6 +12,8 @@
 //!   and having lost ones rebuilt.
 //! - `submission`: task specs, plain and actor task submission over `submitter` and
 //!   `actor_submitter`, actor creation and the handles that keep actors alive.
+//! - `cluster`: what the two submitters ask of raylets, workers and the GCS, as traits
+//!   that `Context` implements over RPC (and tests with fakes).
 //! - `gcs_client`: requests answered by the GCS (KV, actors, placement groups).
 //! - `node_view`: the cluster's nodes, and noticing the ones that die.
 //! - `output`: a worker's printed output on its way to the driver.
@@ -24,10 +26,13 @@
 
 mod actor_submitter;
 mod borrowing;
+mod cluster;
 mod context;
 mod core_worker;
 mod error;
 mod executor;
+#[cfg(test)]
+mod fake_cluster;
 mod gcs_client;
 mod layout;
 mod node_view;

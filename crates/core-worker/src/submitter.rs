@@ -12,27 +12,30 @@
 //! top-level ObjectRef argument and ships its value (inline) or its plasma location.
 //!
 //! All state lives in one tokio task (`Submitter::run`) fed by events, so nothing here
-//! needs a lock; network calls run in their own tasks and report back as events.
+//! needs a lock; network calls run in their own tasks and report back as events. The
+//! calls go through [`LeaseCluster`], which tests implement with a scripted fake.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use rtd_common::config::RuntimeConfig;
 use rtd_common::proto::{
-    object_value::Kind, request_lease_reply::Result as LeaseResult, CancelTask, ErrorCode, KillLeasedWorker,
-    LeaseGranted, PushTask, PushTaskReply, RequestLease, ReturnLease, TaskSpec, TaskStatus,
+    object_value::Kind, request_lease_reply::Result as LeaseResult, ErrorCode, LeaseGranted, PushTask, PushTaskReply,
+    RequestLease, TaskSpec, TaskStatus,
 };
 use rtd_common::rpc::{Request, RpcClient, RpcError};
 use rtd_common::task_events::error_type_of_kind;
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::mpsc;
 
+use crate::cluster::LeaseCluster;
 use crate::context::{self, system_error, Context};
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
 const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
 
-enum Event {
+/// `P` is the connection to a raylet or a leased worker (`LeaseCluster::Peer`).
+enum Event<P> {
     Submit(TaskSpec),
     /// Re-run a finished task whose results were lost (lineage reconstruction).
     Reconstruct(TaskSpec),
@@ -40,8 +43,8 @@ enum Event {
     Granted {
         class: ClassKey,
         grant: LeaseGranted,
-        worker: RpcClient,
-        raylet: RpcClient,
+        worker: P,
+        raylet: P,
     },
     LeaseFailed {
         class: ClassKey,
@@ -102,11 +105,11 @@ struct ClassState {
     warned_infeasible: bool,
 }
 
-struct Lease {
+struct Lease<P> {
     class: ClassKey,
-    worker: RpcClient,
+    worker: P,
     /// The raylet that granted it (this node's, or another after spillback).
-    raylet: RpcClient,
+    raylet: P,
     /// The id the granting raylet knows it by.
     lease_id: u64,
     gpu_ids: Vec<u32>,
@@ -114,17 +117,31 @@ struct Lease {
     idle_epoch: u64,
 }
 
-/// Handle used by the API to hand tasks to the submitter task.
+/// Handle used by the API to hand tasks to the submitter task; `P` is the cluster's
+/// connection type (`RpcClient` but in tests).
 #[derive(Clone)]
-pub struct TaskSubmitter {
-    tx: mpsc::UnboundedSender<Event>,
+pub struct TaskSubmitter<P = RpcClient> {
+    tx: mpsc::UnboundedSender<Event<P>>,
 }
 
 impl TaskSubmitter {
     pub fn start(ctx: Arc<Context>) -> Self {
+        Self::start_with(ctx.clone(), ctx, RuntimeConfig::get())
+    }
+}
+
+impl<P: Clone + Send + Sync + 'static> TaskSubmitter<P> {
+    /// Starts the submitter task, which asks `cluster` for leases and pushes tasks through it.
+    fn start_with<C: LeaseCluster<Peer = P>>(
+        ctx: Arc<Context>,
+        cluster: Arc<C>,
+        config: &'static RuntimeConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let submitter = Submitter {
             ctx: ctx.clone(),
+            cluster,
+            config,
             tx: tx.clone(),
             tasks: HashMap::new(),
             classes: HashMap::new(),
@@ -164,12 +181,15 @@ impl TaskSubmitter {
     }
 }
 
-struct Submitter {
+struct Submitter<C: LeaseCluster> {
     ctx: Arc<Context>,
-    tx: mpsc::UnboundedSender<Event>,
+    cluster: Arc<C>,
+    /// Pipeline depth, lease idle time and infeasible retry (read once, at start).
+    config: &'static RuntimeConfig,
+    tx: mpsc::UnboundedSender<Event<C::Peer>>,
     tasks: HashMap<TaskId, PendingTask>,
     classes: HashMap<ClassKey, ClassState>,
-    leases: HashMap<u64, Lease>,
+    leases: HashMap<u64, Lease<C::Peer>>,
     next_lease_key: u64,
 }
 
@@ -211,8 +231,8 @@ fn task_id_of(spec: &TaskSpec) -> TaskId {
     TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
 }
 
-impl Submitter {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+impl<C: LeaseCluster> Submitter<C> {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event<C::Peer>>) {
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Submit(spec) => self.on_submit(spec, false),
@@ -270,7 +290,7 @@ impl Submitter {
     /// Pushes queued tasks to leases with room, then asks for more leases if tasks
     /// remain, and starts the idle clock on leases left without work.
     fn dispatch(&mut self, class: &ClassKey) {
-        let depth = RuntimeConfig::get().pipeline_depth;
+        let depth = self.config.pipeline_depth;
         let Some(state) = self.classes.get_mut(class) else { return };
         for lease_id in state.leases.clone() {
             let Some(lease) = self.leases.get_mut(&lease_id) else { continue };
@@ -280,9 +300,8 @@ impl Submitter {
                 task.lease = Some(lease_id);
                 lease.in_flight += 1;
                 self.ctx.task_events.state(&task.spec, TaskStatus::TaskSubmittedToWorker);
-                let reply = lease
-                    .worker
-                    .start_request(PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() });
+                let push = PushTask { spec: Some(task.spec.clone()), gpu_ids: lease.gpu_ids.clone() };
+                let reply = self.cluster.push_task(&lease.worker, push);
                 let tx = self.tx.clone();
                 self.ctx.rt.spawn(async move {
                     let result = reply.await;
@@ -311,10 +330,10 @@ impl Submitter {
     }
 
     fn request_lease(&self, class: ClassKey) {
-        let ctx = self.ctx.clone();
+        let cluster = self.cluster.clone();
         let tx = self.tx.clone();
         self.ctx.rt.spawn(async move {
-            let event = match lease_from_cluster(&ctx, &class).await {
+            let event = match lease_from_cluster(&*cluster, &class).await {
                 Ok((grant, worker, raylet)) => Event::Granted { class, grant, worker, raylet },
                 Err(error) => Event::LeaseFailed { class, error },
             };
@@ -322,7 +341,7 @@ impl Submitter {
         });
     }
 
-    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: RpcClient, raylet: RpcClient) {
+    fn on_granted(&mut self, class: ClassKey, grant: LeaseGranted, worker: C::Peer, raylet: C::Peer) {
         let state = self.classes.entry(class.clone()).or_default();
         state.requests_in_flight = state.requests_in_flight.saturating_sub(1);
         // Lease ids are per raylet: key ours by a local counter.
@@ -345,7 +364,7 @@ impl Submitter {
     }
 
     fn on_lease_failed(&mut self, class: ClassKey, error: LeaseFailure) {
-        let retry = RuntimeConfig::get().infeasible_retry;
+        let retry = self.config.infeasible_retry;
         let Some(state) = self.classes.get_mut(&class) else { return };
         state.requests_in_flight = state.requests_in_flight.saturating_sub(1);
         match error {
@@ -358,7 +377,7 @@ impl Submitter {
             LeaseFailure::Rpc(e) => {
                 // The node is gone, it cannot start workers, or the placement can never
                 // be met: nothing can run these tasks, and saying so beats waiting.
-                let fatal = if self.ctx.raylet.is_closed() {
+                let fatal = if self.cluster.local_raylet_gone() {
                     Some((object_kind::WORKER_CRASHED, format!("the node daemon is gone: {e}")))
                 } else if matches!(e, RpcError::Remote { .. }) {
                     Some(fatal_lease_error(&e))
@@ -416,7 +435,7 @@ impl Submitter {
         lease.idle_epoch += 1;
         let epoch = lease.idle_epoch;
         let tx = self.tx.clone();
-        let idle = RuntimeConfig::get().lease_idle;
+        let idle = self.config.lease_idle;
         self.ctx.rt.spawn(async move {
             tokio::time::sleep(idle).await;
             let _ = tx.send(Event::IdleCheck { lease_id, epoch });
@@ -433,11 +452,11 @@ impl Submitter {
             return;
         }
         if let Some(lease) = self.drop_lease(lease_id) {
-            let _ = lease.raylet.send(ReturnLease { lease_id: lease.lease_id });
+            self.cluster.return_lease(&lease.raylet, lease.lease_id);
         }
     }
 
-    fn drop_lease(&mut self, lease_id: u64) -> Option<Lease> {
+    fn drop_lease(&mut self, lease_id: u64) -> Option<Lease<C::Peer>> {
         let lease = self.leases.remove(&lease_id)?;
         if let Some(state) = self.classes.get_mut(&lease.class) {
             state.leases.retain(|l| *l != lease_id);
@@ -552,7 +571,7 @@ impl Submitter {
         let lost: Vec<u64> = self
             .leases
             .iter()
-            .filter(|(_, l)| addresses.iter().any(|a| a == l.raylet.addr()))
+            .filter(|(_, l)| addresses.iter().any(|a| a == C::address(&l.raylet)))
             .map(|(id, _)| *id)
             .collect();
         for lease_id in lost {
@@ -560,7 +579,7 @@ impl Submitter {
             let tasks: Vec<TaskId> =
                 self.tasks.iter().filter(|(_, t)| t.lease == Some(lease_id)).map(|(id, _)| *id).collect();
             for task_id in tasks {
-                self.on_worker_died(task_id, RpcError::Disconnected(lease.raylet.addr().to_string()));
+                self.on_worker_died(task_id, RpcError::Disconnected(C::address(&lease.raylet).to_string()));
             }
             self.dispatch(&lease.class);
         }
@@ -580,10 +599,9 @@ impl Submitter {
             Some(lease_id) => {
                 if let Some(lease) = self.leases.get(&lease_id) {
                     if force {
-                        let kill = KillLeasedWorker { lease_id: lease.lease_id };
-                        let _ = lease.raylet.send(kill);
+                        self.cluster.kill_leased_worker(&lease.raylet, lease.lease_id);
                     } else {
-                        let _ = lease.worker.send(CancelTask { task_id: task_id.to_vec().into() });
+                        self.cluster.cancel_task(&lease.worker, task_id);
                     }
                 }
             }
@@ -602,11 +620,11 @@ fn fatal_lease_error(e: &RpcError) -> (u32, String) {
 
 /// Asks this node's raylet for a lease, following a spillback to another node's raylet.
 /// Returns the grant, the worker's connection and the granting raylet's.
-async fn lease_from_cluster(
-    ctx: &Arc<Context>,
+async fn lease_from_cluster<C: LeaseCluster>(
+    cluster: &C,
     class: &ClassKey,
-) -> Result<(LeaseGranted, RpcClient, RpcClient), LeaseFailure> {
-    let mut raylet = ctx.raylet.clone();
+) -> Result<(LeaseGranted, C::Peer, C::Peer), LeaseFailure> {
+    let mut raylet = cluster.local_raylet();
     let mut request = RequestLease {
         resources: class.resources.iter().cloned().collect(),
         strategy: class.strategy.clone(),
@@ -619,23 +637,23 @@ async fn lease_from_cluster(
     for hop in 0..=MAX_SPILLBACK_HOPS {
         // Errors past the first hop are another node's, not this node's.
         let failure = |e| if hop == 0 { LeaseFailure::Rpc(e) } else { LeaseFailure::Elsewhere(e) };
-        let reply = raylet.request(request.clone()).await.map_err(failure)?;
+        let reply = cluster.request_lease(&raylet, request.clone()).await.map_err(failure)?;
         match reply.result {
-            Some(LeaseResult::Granted(grant)) => match ctx.peers.get(&grant.worker_address).await {
+            Some(LeaseResult::Granted(grant)) => match cluster.connect(&grant.worker_address).await {
                 Ok(worker) => return Ok((grant, worker, raylet)),
                 Err(e) => {
                     // The worker died between grant and connect: give the lease back.
-                    let _ = raylet.send(ReturnLease { lease_id: grant.lease_id });
+                    cluster.return_lease(&raylet, grant.lease_id);
                     return Err(LeaseFailure::Elsewhere(e));
                 }
             },
             Some(LeaseResult::Spillback(to)) => {
-                raylet = ctx.peers.get(&to.raylet_address).await.map_err(LeaseFailure::Elsewhere)?;
+                raylet = cluster.connect(&to.raylet_address).await.map_err(LeaseFailure::Elsewhere)?;
                 request.no_spillback = true;
             }
             Some(LeaseResult::Infeasible(i)) => return Err(LeaseFailure::Infeasible(i.message)),
             None => {
-                let from = raylet.addr().to_string();
+                let from = C::address(&raylet).to_string();
                 return Err(failure(RpcError::UnexpectedReply { request: RequestLease::NAME, from }));
             }
         }
@@ -654,4 +672,293 @@ pub async fn resolve_args(ctx: Arc<Context>, mut spec: TaskSpec) -> TaskSpec {
         arg.value = Some(ctx.wait_value(id).await);
     }
     spec
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rtd_common::proto::{ReturnObject, Spillback};
+
+    use super::*;
+    use crate::fake_cluster::{
+        inline, settle, stored, test_config, test_context, Answer, CallLog, ClusterCall, FakeCluster, LOCAL_RAYLET,
+    };
+
+    /// How long a lease stays idle before the submitter returns it, in these tests.
+    const LEASE_IDLE: Duration = Duration::from_millis(100);
+
+    struct Harness {
+        ctx: Arc<Context>,
+        cluster: Arc<FakeCluster>,
+        calls: CallLog,
+        submitter: TaskSubmitter<String>,
+    }
+
+    async fn harness(pipeline_depth: usize) -> Harness {
+        let ctx = test_context().await;
+        let (cluster, calls) = FakeCluster::new();
+        let config = test_config(pipeline_depth, LEASE_IDLE);
+        let submitter = TaskSubmitter::start_with(ctx.clone(), cluster.clone(), config);
+        Harness { ctx, cluster, calls, submitter }
+    }
+
+    /// A one-CPU task with one return, which the table expects as a submitted task's.
+    fn task(ctx: &Context, max_retries: i32) -> (TaskSpec, ObjectId) {
+        let task_id = TaskId::random();
+        let ret = ObjectId::for_return(&task_id, 1);
+        ctx.table.add_owned_pending(ret, &ctx.address);
+        let spec = TaskSpec {
+            task_id: task_id.to_vec().into(),
+            function_name: "f".into(),
+            return_ids: vec![ret.to_vec().into()],
+            resources: [("CPU".to_string(), 10_000)].into(),
+            max_retries,
+            ..Default::default()
+        };
+        (spec, ret)
+    }
+
+    fn answer<T>(answer: Answer<T>, result: Result<T, RpcError>) {
+        assert!(answer.send(result).is_ok(), "the submitter stopped waiting for the answer");
+    }
+
+    fn granted(lease_id: u64, worker: &str) -> Result<rtd_common::proto::RequestLeaseReply, RpcError> {
+        let grant = LeaseGranted { lease_id, worker_address: worker.into(), ..Default::default() };
+        Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Granted(grant)) })
+    }
+
+    /// The worker's reply to `task`: `value` for each return; `app_error` when the
+    /// function raised (`retryable` when the exception matches `retry_exceptions`).
+    fn reply(task: &PushTask, value: &[u8], app_error: bool, retryable: bool) -> Result<PushTaskReply, RpcError> {
+        let returns = task
+            .spec
+            .iter()
+            .flat_map(|spec| &spec.return_ids)
+            .map(|id| ReturnObject { id: id.clone(), value: Some(inline(value)), contained: Vec::new() })
+            .collect();
+        Ok(PushTaskReply { returns, app_error, retryable })
+    }
+
+    fn worker_died() -> Result<PushTaskReply, RpcError> {
+        Err(RpcError::Disconnected("worker".into()))
+    }
+
+    fn attempt(task: &PushTask) -> u32 {
+        task.spec.as_ref().map(|s| s.attempt).unwrap_or_default()
+    }
+
+    fn is_push(call: &ClusterCall) -> bool {
+        matches!(call, ClusterCall::PushTask { .. })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn worker_death_is_retried_max_retries_times_then_fails_the_task() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 2);
+        h.submitter.submit(spec);
+        for expected_attempt in 0..3 {
+            let (_, _, lease) = h.calls.lease_request().await;
+            answer(lease, granted(expected_attempt as u64 + 1, "worker"));
+            let (_, task, push) = h.calls.push().await;
+            assert_eq!(attempt(&task), expected_attempt);
+            answer(push, worker_died());
+        }
+        h.calls.assert_none("PushTask", is_push).await;
+        let (kind, message) = stored(&h.ctx, &ret).expect("the task has failed");
+        assert_eq!(kind, object_kind::WORKER_CRASHED);
+        assert!(message.contains("no retries left"), "{message}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_retries_of_minus_one_retries_worker_death_forever() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, -1);
+        h.submitter.submit(spec);
+        for expected_attempt in 0..10 {
+            let (_, _, lease) = h.calls.lease_request().await;
+            answer(lease, granted(expected_attempt as u64 + 1, "worker"));
+            let (_, task, push) = h.calls.push().await;
+            assert_eq!(attempt(&task), expected_attempt);
+            if expected_attempt < 9 {
+                answer(push, worker_died());
+            } else {
+                answer(push, reply(&task, b"done", false, false));
+            }
+        }
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_app_errors_rerun_on_the_same_lease_until_retries_run_out() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 1);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, task, push) = h.calls.push().await;
+        answer(push, reply(&task, b"first error", true, true));
+        // The worker survived an exception: the retry needs no new lease.
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!((worker.as_str(), attempt(&task)), ("worker", 1));
+        answer(push, reply(&task, b"second error", true, true));
+        h.calls
+            .assert_none("PushTask or RequestLease", |c| is_push(c) || matches!(c, ClusterCall::RequestLease { .. }))
+            .await;
+        // The last attempt's exception is the task's result.
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "second error".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn app_errors_outside_retry_exceptions_are_not_retried() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, task, push) = h.calls.push().await;
+        answer(push, reply(&task, b"error", true, false));
+        h.calls.assert_none("PushTask", is_push).await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "error".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_lease_fails_every_queued_task_of_the_class() {
+        let mut h = harness(1).await;
+        let rets: Vec<ObjectId> = (0..3)
+            .map(|_| {
+                let (spec, ret) = task(&h.ctx, 3);
+                h.submitter.submit(spec);
+                ret
+            })
+            .collect();
+        let (_, _, lease) = h.calls.lease_request().await;
+        let refusal = RpcError::Remote { code: ErrorCode::Unschedulable, message: "no node has 1 CPU".into() };
+        answer(lease, Err(refusal));
+        settle().await;
+        for ret in &rets {
+            let (kind, message) = stored(&h.ctx, ret).expect("the task has failed");
+            assert_eq!(kind, object_kind::UNSCHEDULABLE);
+            assert!(message.contains("no node has 1 CPU"), "{message}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_holds_at_most_pipeline_depth_tasks_at_once() {
+        let mut h = harness(2).await;
+        for _ in 0..3 {
+            h.submitter.submit(task(&h.ctx, 0).0);
+        }
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker"));
+        let (_, first, first_push) = h.calls.push().await;
+        let (_, _second, _second_push) = h.calls.push().await;
+        h.calls.assert_none("third PushTask", is_push).await;
+        answer(first_push, reply(&first, b"done", false, false));
+        let (worker, _, _) = h.calls.push().await;
+        assert_eq!(worker, "worker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spilled_back_lease_comes_from_the_other_raylet_and_goes_back_there_when_idle() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 0);
+        h.submitter.submit(spec);
+        let (raylet, request, lease) = h.calls.lease_request().await;
+        assert_eq!((raylet.as_str(), request.no_spillback), (LOCAL_RAYLET, false));
+        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
+        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
+        let (raylet, request, lease) = h.calls.lease_request().await;
+        // The other raylet must grant it or fail it, not pass it on again.
+        assert_eq!((raylet.as_str(), request.no_spillback), ("raylet-b", true));
+        answer(lease, granted(7, "worker-b"));
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!(worker, "worker-b");
+        answer(push, reply(&task, b"done", false, false));
+        let returned = h.calls.next("ReturnLease", |call| matches!(call, ClusterCall::ReturnLease { .. })).await;
+        let ClusterCall::ReturnLease { raylet, lease_id } = returned else { unreachable!("picked a ReturnLease") };
+        assert_eq!((raylet.as_str(), lease_id), ("raylet-b", 7));
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_queued_task_fails_it_and_never_pushes_it() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        let task_id = task_id_of(&spec);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        h.submitter.cancel(task_id, false);
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret).map(|(kind, _)| kind), Some(object_kind::TASK_CANCELLED));
+        // A lease granted after the cancel finds no work and goes back.
+        answer(lease, granted(1, "worker"));
+        h.calls.assert_none("PushTask", is_push).await;
+        h.calls.next("ReturnLease", |call| matches!(call, ClusterCall::ReturnLease { lease_id: 1, .. })).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_a_running_task_asks_its_worker_and_force_kills_it_without_retry() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        let task_id = task_id_of(&spec);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(4, "worker"));
+        let (_, _, push) = h.calls.push().await;
+        h.submitter.cancel(task_id, false);
+        let asked = h.calls.next("CancelTask", |call| matches!(call, ClusterCall::CancelTask { .. })).await;
+        let ClusterCall::CancelTask { worker, task_id: asked_for } = asked else { unreachable!("picked a CancelTask") };
+        assert_eq!((worker.as_str(), asked_for), ("worker", task_id));
+        h.submitter.cancel(task_id, true);
+        let killed =
+            h.calls.next("KillLeasedWorker", |call| matches!(call, ClusterCall::KillLeasedWorker { .. })).await;
+        let ClusterCall::KillLeasedWorker { raylet, lease_id } = killed else {
+            unreachable!("picked a KillLeasedWorker")
+        };
+        assert_eq!((raylet.as_str(), lease_id), (LOCAL_RAYLET, 4));
+        answer(push, worker_died());
+        h.calls
+            .assert_none("PushTask or RequestLease", |c| is_push(c) || matches!(c, ClusterCall::RequestLease { .. }))
+            .await;
+        assert_eq!(stored(&h.ctx, &ret).map(|(kind, _)| kind), Some(object_kind::TASK_CANCELLED));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_on_a_dead_nodes_lease_are_retried_from_this_node() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 1);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
+        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker-b"));
+        // The node freezes: its worker never answers.
+        let (_, _, _frozen_push) = h.calls.push().await;
+        h.submitter.nodes_dead(vec!["raylet-b".into()]);
+        let (raylet, _, lease) = h.calls.lease_request().await;
+        assert_eq!(raylet, LOCAL_RAYLET);
+        answer(lease, granted(2, "worker-a"));
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!((worker.as_str(), attempt(&task)), ("worker-a", 1));
+        answer(push, reply(&task, b"done", false, false));
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_lease_request_fails_queued_tasks_once_this_nodes_raylet_is_gone() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 3);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        h.cluster.local_raylet_gone.store(true, std::sync::atomic::Ordering::Relaxed);
+        answer(lease, Err(RpcError::Disconnected(LOCAL_RAYLET.into())));
+        settle().await;
+        let (kind, message) = stored(&h.ctx, &ret).expect("the task has failed");
+        assert_eq!(kind, object_kind::WORKER_CRASHED);
+        assert!(message.contains("node daemon is gone"), "{message}");
+    }
 }
