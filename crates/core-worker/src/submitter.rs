@@ -474,7 +474,12 @@ impl<C: LeaseCluster> Submitter<C> {
             self.drop_lease(lease_id);
         }
         let class = self.tasks.get(&task_id).map(|t| t.class.clone());
+        // A reply from a push the task has moved on from (its node was declared dead
+        // and the task retried elsewhere) says nothing about the current attempt.
+        let superseded = self.tasks.get(&task_id).is_some_and(|t| t.lease != Some(lease_id));
         match result {
+            Ok(reply) if superseded => self.ctx.drop_reply(reply),
+            Err(_) if superseded => {}
             Ok(reply) => self.on_reply(task_id, reply),
             Err(e) => self.on_worker_died(task_id, e),
         }
@@ -936,16 +941,43 @@ mod tests {
         let (_, _, lease) = h.calls.lease_request().await;
         answer(lease, granted(1, "worker-b"));
         // The node freezes: its worker never answers.
-        let (_, _, _frozen_push) = h.calls.push().await;
+        let (_, _, frozen_push) = h.calls.push().await;
         h.submitter.nodes_dead(vec!["raylet-b".into()]);
         let (raylet, _, lease) = h.calls.lease_request().await;
         assert_eq!(raylet, LOCAL_RAYLET);
         answer(lease, granted(2, "worker-a"));
         let (worker, task, push) = h.calls.push().await;
         assert_eq!((worker.as_str(), attempt(&task)), ("worker-a", 1));
+        // The frozen push fails late: the retry running elsewhere is what counts.
+        answer(frozen_push, Err(RpcError::Disconnected("worker-b".into())));
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), None, "a late answer of the old push decides nothing");
         answer(push, reply(&task, b"done", false, false));
         settle().await;
         assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_of_a_dead_nodes_push_is_not_taken_for_the_retry() {
+        let mut h = harness(1).await;
+        let (spec, ret) = task(&h.ctx, 1);
+        h.submitter.submit(spec);
+        let (_, _, lease) = h.calls.lease_request().await;
+        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
+        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(1, "worker-b"));
+        let (_, old_task, frozen_push) = h.calls.push().await;
+        h.submitter.nodes_dead(vec!["raylet-b".into()]);
+        let (_, _, lease) = h.calls.lease_request().await;
+        answer(lease, granted(2, "worker-a"));
+        let (_, task, push) = h.calls.push().await;
+        answer(frozen_push, reply(&old_task, b"stale", false, false));
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), None, "the retry is still running");
+        answer(push, reply(&task, b"fresh", false, false));
+        settle().await;
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "fresh".into())));
     }
 
     #[tokio::test(start_paused = true)]
