@@ -44,7 +44,8 @@ function summaryTable(groups, tasks) {
     [
       ['Function', (r) => h('code', {}, r.func)],
       ['Type', (r) => r.type || ''],
-      ...TASK_STATES.map((state) => [state, (r) => h('span', { dataset: { state } }, String(count(r, state)))]),
+      // Headings that can wrap, so the table fits.
+      ...TASK_STATES.map((state) => [state.replaceAll('_', ' '), (r) => h('span', { dataset: { state } }, String(count(r, state)))]),
       ['Progress', (r) => stateBar(r.state_counts || {})],
     ],
     rows,
@@ -92,7 +93,7 @@ function recent({ rows, total }, labels) {
         ['State', (t) => badge(t.state)],
         ['Type', (t) => t.type],
         ['Node', (t) => nodeCell(labels, t.node_id)],
-        ['Worker', (t) => shortId(t.worker_id)],
+        ['PID', (t) => (t.worker_pid ? h('span', { title: `worker ${t.worker_id}` }, String(t.worker_pid)) : '')],
         ['Attempt', (t) => String(t.attempt_number ?? 0)],
         ['Created', (t) => fmtTime(t.creation_time_ms)],
         ['Duration', duration],
