@@ -1,19 +1,18 @@
 """Makes the README's dashboard screenshots (docs/images/dashboard-*.png): starts a
-two-node cluster, gives it some work (actors, a placement group, tasks that finish, fail
-and run), and photographs each page in headless Chromium at 1280x800.
+two-node cluster, gives it some work (actors, one of which prints, a placement group,
+tasks that finish, fail and run, objects put), and photographs each page in headless
+Chromium at 1280x800.
 
     python scripts/dashboard_screenshots.py [--out docs/images]
-
-A page whose endpoint the server does not have yet is left out (its old picture stays).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
-import urllib.error
 import urllib.request
 
 import rtd
@@ -24,15 +23,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import chromium  # noqa: E402 - the tests' browser driver, found through the path above
 
-# Page, the endpoint it needs, what to wait for before the picture.
+# Page (with its query), what to wait for before the picture. {actor} is the printing
+# actor's id.
 PAGES = [
-    ("overview", "/api/cluster_status", "#nodes-table"),
-    ("actors", "/api/v0/actors", "#actors-table"),
-    ("tasks", "/api/v0/tasks", "#tasks-table"),
-    ("placement-groups", "/api/v0/placement_groups", "#pgs-table"),
-    ("jobs", "/api/v0/jobs", "#jobs-table"),
-    ("objects", "/api/v0/objects", "#objects-table"),
-    ("timeline", "/api/v0/tasks/timeline", "#timeline-svg"),
+    ("overview", "#nodes-table"),
+    ("actors", "#actors-table"),
+    ("tasks", "#task-errors-list details.task-error"),
+    ("placement-groups", "#pgs-table"),
+    ("jobs", "#jobs-table"),
+    ("objects", "#objects-table"),
+    ("logs?actor_id={actor}", "#log-text"),
+    ("timeline", "#timeline-svg rect.event.failed"),
 ]
 
 
@@ -44,6 +45,16 @@ class ParameterServer:
     def update(self, grad):
         self.weights = [w + g for w, g in zip(self.weights, grad)]
         return sum(self.weights)
+
+
+@rtd.remote(num_cpus=0)
+class Trainer:
+    """Prints its progress, which the logs page shows."""
+
+    def train(self, epochs):
+        for epoch in range(epochs):
+            print(f"epoch {epoch}: loss {1 / (epoch + 1):.3f}", flush=True)
+        return epochs
 
 
 @rtd.remote(num_cpus=0)
@@ -74,12 +85,18 @@ def long_running():
     time.sleep(60)
 
 
-def available(url, endpoint):
-    try:
-        with urllib.request.urlopen(url + endpoint, timeout=10):
-            return True
-    except urllib.error.HTTPError as e:
-        return e.code != 404
+def wait_for_task_events(url, names, timeout=30):
+    """Until the state API has every task of ``names`` finished or failed (workers
+    report their side of a task about once a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url + "/api/v0/tasks?limit=10000", timeout=10) as response:
+            rows = json.load(response)["data"]["result"]["result"]
+        done = {r["name"] for r in rows if r["state"] in ("FINISHED", "FAILED")}
+        if names <= done and all(r["state"] in ("FINISHED", "FAILED") for r in rows if r["name"] in names):
+            return
+        time.sleep(0.2)
+    print(f"warning: some tasks of {names} are not reported done after {timeout} s", file=sys.stderr)
 
 
 def main():
@@ -110,20 +127,21 @@ def main():
                 rtd.get(ref)
             except rtd.exceptions.RayTaskError:
                 pass
+        trainer = Trainer.options(name="trainer").remote()
+        rtd.get(trainer.train.remote(12))
         running = [long_running.remote() for _ in range(2)]
-        kept = rtd.put(b"x" * 5_000_000)  # noqa: F841 - held so the objects page lists it
+        kept = [rtd.put(b"x" * 5_000_000), rtd.put(list(range(100_000))), rtd.put("small")]  # noqa: F841 - listed
+        wait_for_task_events(url, {"preprocess", "flaky", "Trainer.train"})
 
         browser = chromium.Browser(binary, width=1280, height=800)
         try:
-            for page, endpoint, ready in PAGES:
-                if not available(url, endpoint):
-                    print(f"{page}: skipped, {endpoint} answers 404")
-                    continue
-                browser.navigate(f"{url}/?shot={page}#/{page}")
-                browser.wait_for(f"document.querySelector({ready!r})", timeout=30, what=page)
-                path = os.path.join(args.out, f"dashboard-{page}.png")
+            for page, ready in PAGES:
+                name = page.split("?")[0]
+                browser.navigate(f"{url}/?shot={name}#/{page.format(actor=trainer._actor_id.hex())}")
+                browser.wait_for(f"document.querySelector({ready!r})", timeout=30, what=name)
+                path = os.path.join(args.out, f"dashboard-{name}.png")
                 browser.screenshot(path)
-                print(f"{page}: {os.path.relpath(path, ROOT)}")
+                print(f"{name}: {os.path.relpath(path, ROOT)} ({os.path.getsize(path) // 1024} KiB)")
             errors = browser.page_errors()
             if errors:
                 sys.exit(f"the pages logged errors: {errors}")

@@ -4,16 +4,18 @@ tests read the DOM the page's JavaScript built from the JSON API. Each page's sc
 is saved under ``test-artifacts/dashboard/`` (git-ignored) for a person to look at.
 
 The cluster holds what the pages should show: a named actor of a class no other test
-uses, a placement group with a bundle on each node, a finished task and a failed one. A page whose
-endpoint the server does not have yet must say so (the 404's notice) instead of breaking;
-once it has it, the test checks what the page shows.
+uses, a placement group with a bundle on each node, a finished task and a failed one, the
+driver's job, an object it put and what the actor printed. Each test checks what its page
+shows of them: rows, states, sizes, the traceback, the log's lines, the timeline's bars.
+Every wait is bounded (``TIMEOUT``); a wait that times out saves the page as
+``FAILED-*.png`` next to the screenshots.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import urllib.error
+import time
 import urllib.request
 
 import chromium
@@ -61,14 +63,6 @@ class Scene:
         self.node_ids = {n.node_id for n in cluster.list_all_nodes()}
         self.head_id = cluster.head_node.node_id
 
-    def status(self, path):
-        """The HTTP status of ``path`` on the dashboard (404: the server lacks it)."""
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as e:
-            return e.code
-
 
 @pytest.fixture(scope="module")
 def scene():
@@ -83,9 +77,13 @@ def scene():
         s.actor_pid, s.actor_node = rtd.get(s.actor.where.remote(), timeout=TIMEOUT)
         s.pg = placement_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="STRICT_SPREAD", name="dashboard-pg")
         assert s.pg.wait(TIMEOUT)
-        assert rtd.get(dashboard_probe_task.remote(), timeout=TIMEOUT) == 42
+        probe = dashboard_probe_task.remote()
+        assert rtd.get(probe, timeout=TIMEOUT) == 42
+        s.probe_task_id = probe.task_id()
+        failing = dashboard_failing_task.remote()
         with pytest.raises(ValueError):
-            rtd.get(dashboard_failing_task.remote(), timeout=TIMEOUT)
+            rtd.get(failing, timeout=TIMEOUT)
+        s.failing_task_id = failing.task_id()
         s.job_id = rtd.get_runtime_context().get_job_id()
         yield s
     finally:
@@ -126,6 +124,16 @@ def open_page(browser, url, page, query=""):
         timeout=TIMEOUT,
         what=f"the {page} page",
     )
+
+
+def wait(browser, expression, what):
+    """Waits (at most TIMEOUT) for ``expression`` to hold on the page; if it never does,
+    saves what the page showed as ``test-artifacts/dashboard/FAILED-*.png`` first."""
+    try:
+        browser.wait_for(expression, timeout=TIMEOUT, what=what)
+    except AssertionError:
+        screenshot(browser, "FAILED-" + "-".join(what.split()))
+        raise
 
 
 def screenshot(browser, name):
@@ -233,87 +241,126 @@ def test_a_removed_placement_group_shows_as_removed(browser, scene):
     screenshot(browser, "placement-groups")
 
 
-def unavailable_notice(browser, endpoint):
-    """Waits for the page's "not available yet" notice for ``endpoint``."""
-    browser.wait_for(
-        q(f'.unavailable[data-endpoint="{endpoint}"]'),
-        timeout=TIMEOUT,
-        what=f"the notice that {endpoint} is not available",
-    )
+def wait_for_task_events(scene):
+    """Waits (at most TIMEOUT) until the state API has the workers' side of the two
+    tasks (they ran, and how they ended), so a page that lacks it is the page's fault."""
+    wanted = {scene.probe_task_id: "FINISHED", scene.failing_task_id: "FAILED"}
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        with urllib.request.urlopen(f"{scene.url}/api/v0/tasks?limit=10000", timeout=10) as response:
+            rows = json.load(response)["data"]["result"]["result"]
+        seen = {r["task_id"]: r["state"] for r in rows if r["task_id"] in wanted}
+        if seen == wanted:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the state API never had the workers' task events: {seen} (wanted {wanted})")
+        time.sleep(0.2)
 
 
 def test_tasks_page_counts_tasks_by_function_and_shows_the_failed_ones_traceback(browser, scene):
+    wait_for_task_events(scene)
     open_page(browser, scene.url, "tasks")
-    if scene.status("/api/v0/tasks") == 404:
-        unavailable_notice(browser, "/api/v0/tasks")
-        screenshot(browser, "tasks")
-        return
-    finished = q('#task-summary-table tr[data-func="dashboard_probe_task"] [data-state="FINISHED"]')
-    browser.wait_for(f"{finished} && Number({finished}.textContent) >= 1", timeout=TIMEOUT, what="a finished count")
-    browser.wait_for(
-        q('#tasks-table tr[data-name="dashboard_probe_task"][data-state="FINISHED"]'),
-        timeout=TIMEOUT,
-        what="the finished task's row",
+    summary = q('#task-summary-table tr[data-func="dashboard_probe_task"]')
+    finished = f"{summary}?.querySelector('[data-state=FINISHED]')"
+    wait(browser, f"Number({finished}?.textContent) >= 1", "the finished count of dashboard_probe_task")
+    assert browser.evaluate(f"{summary}.querySelector('[data-field=type]').textContent") == "NORMAL_TASK"
+    failed = q('#task-summary-table tr[data-func="dashboard_failing_task"] [data-state="FAILED"]')
+    assert browser.evaluate(f"{failed}.textContent") == "1"
+
+    row = q('#tasks-table tr[data-name="dashboard_probe_task"][data-state="FINISHED"]')
+    wait(browser, row, "the finished task's row")
+    assert browser.evaluate(f"{row}.dataset.taskId") == scene.probe_task_id
+    assert browser.evaluate(f"{row}.querySelector('[data-field=node] [data-node-id]') !== null")
+    # Latest first: the rows' last-activity times never go up (no task is running).
+    times = browser.evaluate(
+        "[...document.querySelectorAll('#tasks-table tbody tr')].map(tr => Number(tr.dataset.lastActiveMs))"
     )
-    traceback = q('#task-errors-list details.task-error pre.traceback')
-    browser.wait_for(traceback, timeout=TIMEOUT, what="the failed task's traceback")
-    text = browser.evaluate(f"{traceback}.textContent")
-    assert "ValueError" in text and "the dashboard probe failed on purpose" in text
+    assert len(times) >= 2 and times == sorted(times, reverse=True)
+    failed_row = q('#tasks-table tr[data-name="dashboard_failing_task"][data-state="FAILED"]')
+    error_type = browser.evaluate(f"{failed_row}.querySelector('[data-field=error]').textContent")
+    assert error_type == "TASK_EXECUTION_EXCEPTION"
+    assert browser.evaluate(f"{failed_row}.querySelector('a.log-link').getAttribute('href')") == (
+        f"#/logs?task_id={scene.failing_task_id}"
+    )
+
+    error = q(f'#task-errors-list details.task-error[data-task-id="{scene.failing_task_id}"]')
+    wait(browser, error, "the failed task's traceback")
+    text = browser.evaluate(f"{error}.querySelector('pre.traceback').textContent")
+    assert "Traceback" in text and "ValueError: the dashboard probe failed on purpose" in text
+    assert "dashboard_failing_task" in text
     screenshot(browser, "tasks")
 
 
-def test_jobs_page_shows_this_driver(browser, scene):
+def test_jobs_page_shows_this_driver_running(browser, scene):
     open_page(browser, scene.url, "jobs")
-    if scene.status("/api/v0/jobs") == 404:
-        unavailable_notice(browser, "/api/v0/jobs")
-    else:
-        browser.wait_for(
-            q(f'#jobs-table tr[data-job-id="{scene.job_id}"][data-status="RUNNING"]'),
-            timeout=TIMEOUT,
-            what="this driver's job",
-        )
+    row = q(f'#jobs-table tr[data-job-id="{scene.job_id}"]')
+    wait(browser, row, "this driver's job")
+    assert browser.evaluate(f"{row}.dataset.status") == "RUNNING"
+    driver = browser.evaluate(f"{row}.querySelector('[data-field=driver]').textContent")
+    assert driver.endswith(f"pid {os.getpid()}")
+    assert "pytest" in browser.evaluate(f"{row}.querySelector('[data-field=entrypoint]').textContent")
     screenshot(browser, "jobs")
 
 
-def test_objects_page_shows_a_held_object(browser, scene):
+def test_objects_page_shows_a_put_object_with_its_size(browser, scene):
     ref = rtd.put(b"x" * 1_000_000)
-    open_page(browser, scene.url, "objects")
-    if scene.status("/api/v0/objects") == 404:
-        unavailable_notice(browser, "/api/v0/objects")
-    else:
-        browser.wait_for(
-            q(f'#objects-table tr[data-object-id="{ref.hex()}"]'),
-            timeout=TIMEOUT,
-            what="the put object's row",
+    try:
+        open_page(browser, scene.url, "objects")
+        row = q(f'#objects-table tr[data-object-id="{ref.hex()}"]')
+        wait(browser, row, "the put object's row")
+        # The pickled bytes: a little over the million put.
+        size = int(browser.evaluate(f"{row}.dataset.size"))
+        assert 1_000_000 <= size < 1_001_000
+        cells = browser.evaluate(
+            f"Object.fromEntries([...{row}.querySelectorAll('td')].map(td => [td.dataset.field, td.textContent]))"
         )
-    screenshot(browser, "objects")
-    del ref
+        assert cells["size"] == "976.6 KiB"
+        assert cells["reference_type"] == "LOCAL_REFERENCE"
+        assert cells["held_by"].startswith(f"DRIVER pid {os.getpid()} @ ")
+        assert cells["owner"] == "yes"
+        assert browser.evaluate(f"{row}.querySelector('[data-field=stored_on] [data-node-id]') !== null")
+        local = q('#object-summary-table tr[data-reference-type="LOCAL_REFERENCE"]')
+        assert browser.evaluate(f"{local} !== null")
+        screenshot(browser, "objects")
+    finally:
+        del ref
 
 
-def test_actor_log_link_shows_what_the_actor_printed(browser, scene):
+def test_actor_log_shows_what_the_actor_printed_and_follows_it(browser, scene):
     rtd.get(scene.actor.say.remote("hello from the dashboard probe"), timeout=TIMEOUT)
     open_page(browser, scene.url, "logs", f"?actor_id={scene.actor._actor_id.hex()}")
-    if scene.status(f"/api/v0/logs/file?actor_id={scene.actor._actor_id.hex()}") == 404:
-        unavailable_notice(browser, "/api/v0/logs/file")
-    else:
-        browser.wait_for(
-            f"{q('#log-text')}?.textContent.includes('hello from the dashboard probe')",
-            timeout=TIMEOUT,
-            what="the actor's printed line in its log",
-        )
+    log = q("#log-text")
+    printed = f"{log}?.textContent.includes('hello from the dashboard probe')"
+    wait(browser, printed, "the actor's printed line in its log")
+    assert browser.evaluate(f"{q('#log-streams a.current')}.dataset.suffix") == "out"
+    # A later line is appended: read on from the last read's end, not the whole tail again.
+    rtd.get(scene.actor.say.remote("and a later line"), timeout=TIMEOUT)
+    wait(browser, f"{log}?.textContent.includes('and a later line')", "the actor's later line")
+    text = browser.evaluate(f"{log}.textContent")
+    assert text.index("hello from the dashboard probe") < text.index("and a later line")
+    assert int(browser.evaluate(f"{log}.dataset.endOffset")) >= len(text.encode())
+    follows = browser.evaluate(
+        "performance.getEntriesByType('resource').map(e => e.name)"
+        ".filter(n => n.includes('/api/v0/logs/file') && n.includes('offset='))"
+    )
+    assert follows, "the page never followed the log with offset="
     screenshot(browser, "logs")
 
 
-def test_timeline_draws_the_finished_task(browser, scene):
+def test_timeline_draws_the_tasks_that_ran(browser, scene):
+    wait_for_task_events(scene)
     open_page(browser, scene.url, "timeline")
-    if scene.status("/api/v0/tasks/timeline") == 404:
-        unavailable_notice(browser, "/api/v0/tasks/timeline")
-    else:
-        browser.wait_for(
-            q('#timeline-svg rect.event[data-name*="dashboard_probe_task"]'),
-            timeout=TIMEOUT,
-            what="a bar for the finished task",
-        )
+    bar = q(f'#timeline-svg rect.event[data-task-id="{scene.probe_task_id}"]')
+    wait(browser, bar, "a bar for the finished task")
+    assert browser.evaluate(f"{bar}.dataset.name") == "dashboard_probe_task"
+    assert browser.evaluate(f"{bar}.dataset.state") == "FINISHED"
+    assert float(browser.evaluate(f"{bar}.getAttribute('width')")) >= 2
+    assert "dashboard_probe_task" in browser.evaluate(f"{bar}.querySelector('title').textContent")
+    failed = q(f'#timeline-svg rect.event.failed[data-task-id="{scene.failing_task_id}"]')
+    wait(browser, failed, "the failed task's bar, marked failed")
+    # One row per worker, labelled with its node and pid.
+    labels = browser.evaluate("[...document.querySelectorAll('#timeline-svg .row-label')].map(t => t.textContent)")
+    assert any(f"(pid {scene.actor_pid})" in label for label in labels), labels
     screenshot(browser, "timeline")
 
 

@@ -61,12 +61,12 @@ export async function api(path) {
   return body.data;
 }
 
-// GET a plain-text endpoint (a log file).
+// GET a plain-text endpoint (a log file): its text and the response's headers.
 export async function text(path) {
   const response = await get(path);
   const body = await response.text();
   if (!response.ok) throw new ApiError(`${path}: ${messageOf(body) || `HTTP ${response.status}`}`);
-  return body;
+  return { body, headers: response.headers };
 }
 
 // Rows asked of a list endpoint (the server allows up to 10 000).

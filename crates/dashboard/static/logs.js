@@ -12,7 +12,14 @@ export async function render(params) {
   const taskId = params.get('task_id');
   if (actorId || taskId) {
     const [kind, id] = actorId ? ['actor', actorId] : ['task', taskId];
-    return [await section('log-tail', `Log of ${kind} ${id.slice(0, 8)}…`, () => tail({ [`${kind}_id`]: id }))];
+    // The worker's stdout, or its stderr (where tracebacks and warnings go).
+    const suffix = params.get('suffix') === 'err' ? 'err' : 'out';
+    return [
+      await section('log-tail', `Log of ${kind} ${id.slice(0, 8)}…`, async () => [
+        streamPicker(kind, id, suffix),
+        await tail({ [`${kind}_id`]: id, suffix }),
+      ]),
+    ];
   }
   const nodes = list('nodes');
   // The head's files unless a node is chosen; no node at all when the list fails (its
@@ -23,8 +30,31 @@ export async function render(params) {
   return Promise.all([
     section('log-nodes', 'Nodes', async () => nodePicker((await nodes).rows, nodeId)),
     nodeId ? section('log-files', 'Files', () => files(nodeId, filename)) : null,
-    nodeId && filename ? section('log-tail', filename, () => tail({ node_id: nodeId, filename })) : null,
+    nodeId && filename
+      ? section('log-tail', filename, () => tail({ node_id: nodeId, filename }))
+      : h('p', { class: 'note' }, 'Choose a file to follow it; an actor’s or task’s own log is linked from its row.'),
   ]);
+}
+
+function streamPicker(kind, id, current) {
+  return h(
+    'div',
+    { id: 'log-streams', class: 'chips' },
+    [
+      ['out', 'stdout'],
+      ['err', 'stderr'],
+    ].map(([suffix, label]) =>
+      h(
+        'a',
+        {
+          href: `#/logs?${new URLSearchParams({ [`${kind}_id`]: id, suffix })}`,
+          class: suffix === current ? 'chip current' : 'chip',
+          dataset: { suffix },
+        },
+        label,
+      ),
+    ),
+  );
 }
 
 function nodePicker(nodes, current) {
@@ -80,8 +110,35 @@ async function files(nodeId, current) {
   );
 }
 
+// What a tail has shown so far, by what it reads ({text, end}): each refresh asks only
+// for what was written since (`offset=` the last read's `x-rtd-end-offset`).
+const followed = new Map();
+// The most of a followed log kept on the page.
+const KEEP_CHARS = 1_000_000;
+
 async function tail(query) {
-  const body = await text(`/api/v0/logs/file?${new URLSearchParams({ ...query, lines: TAIL_LINES })}`);
   const key = `tail-${new URLSearchParams(query)}`;
-  return h('pre', { id: 'log-text', class: 'log', dataset: { key } }, body || '(empty)');
+  const seen = followed.get(key);
+  let shown;
+  if (seen && seen.end > 0) {
+    const { body, headers } = await text(`/api/v0/logs/file?${new URLSearchParams({ ...query, offset: seen.end })}`);
+    const end = Number(headers.get('x-rtd-end-offset'));
+    // An end before where the last read ended: the file was replaced (a restarted
+    // actor's new worker); start again from its tail.
+    shown = end >= seen.end ? { text: keepEnd(seen.text + body), end } : null;
+  }
+  if (!shown) {
+    const { body, headers } = await text(`/api/v0/logs/file?${new URLSearchParams({ ...query, lines: TAIL_LINES })}`);
+    shown = { text: body, end: Number(headers.get('x-rtd-end-offset')) || 0 };
+  }
+  followed.clear(); // only the log on the page is followed
+  followed.set(key, shown);
+  return h('pre', { id: 'log-text', class: 'log', dataset: { key, endOffset: shown.end } }, shown.text || '(empty)');
+}
+
+// The end of a long log, from a line's start.
+function keepEnd(s) {
+  if (s.length <= KEEP_CHARS) return s;
+  const cut = s.indexOf('\n', s.length - KEEP_CHARS);
+  return cut < 0 ? s.slice(-KEEP_CHARS) : s.slice(cut + 1);
 }

@@ -51,6 +51,9 @@ function draw(events) {
     const process = names.get(`process_name:${pid}:`) || pid;
     return `${process} · ${names.get(`thread_name:${pid}:${tid}`) || tid}`;
   };
+  // rtd's rows are "Node <ip>" and "worker:<hex id> (pid N)": shortened to fit, whole
+  // in the tooltip.
+  const shortLabel = (key) => label(key).replace(/^Node /, '').replace(/worker:([0-9a-f]{6})[0-9a-f]+/, 'worker $1');
   const start = spans.reduce((min, e) => Math.min(min, e.ts), Infinity);
   const end = spans.reduce((max, e) => Math.max(max, e.ts + (e.dur || 0)), -Infinity);
   const scale = (WIDTH - LABEL - 10) / Math.max(end - start, 1);
@@ -61,19 +64,36 @@ function draw(events) {
     const y = AXIS + i * ROW;
     root.append(
       svg('rect', { class: i % 2 ? 'row odd' : 'row', x: 0, y, width: WIDTH, height: ROW }),
-      svg('text', { class: 'row-label', x: 4, y: y + ROW - 7 }, label(key)),
+      svg('text', { class: 'row-label', x: 4, y: y + ROW - 7 }, shortLabel(key), svg('title', {}, label(key))),
     );
   });
   for (const e of spans) {
     const y = AXIS + rowKeys.indexOf(`${e.pid}\u0000${e.tid}`) * ROW + 3;
     const x = LABEL + (e.ts - start) * scale;
-    const details = [e.name, fmtDuration((e.dur || 0) / 1000), ...Object.entries(e.args || {}).map(([k, v]) => `${k}: ${v}`)];
+    // Details without the empty ones (error_message of a task that did not fail).
+    const details = [
+      e.name,
+      fmtDuration((e.dur || 0) / 1000),
+      ...Object.entries(e.args || {})
+        .filter(([, v]) => v !== '' && v !== null && v !== undefined)
+        .map(([k, v]) => `${k}: ${v}`),
+    ];
+    const failed = e.args?.state === 'FAILED';
     const bar = svg(
       'rect',
-      { class: 'event', x, y, width: Math.max((e.dur || 0) * scale, 1), height: ROW - 6, fill: colour(e.name) },
+      {
+        class: failed ? 'event failed' : 'event',
+        x,
+        y,
+        width: Math.max((e.dur || 0) * scale, 2),
+        height: ROW - 6,
+        fill: colour(e.name),
+      },
       svg('title', {}, details.join('\n')),
     );
     bar.dataset.name = e.name;
+    if (e.args?.task_id) bar.dataset.taskId = e.args.task_id;
+    if (e.args?.state) bar.dataset.state = e.args.state;
     root.append(bar);
   }
   return h('div', { class: 'timeline-box' }, root);
