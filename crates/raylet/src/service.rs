@@ -11,6 +11,7 @@ use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, MarkJobFinishe
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
+use rtd_metrics::UserMetrics;
 use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
@@ -35,6 +36,8 @@ pub struct NodeService {
     pub gcs: GcsClient,
     pub next_conn: AtomicU64,
     pub shutdown: Arc<Notify>,
+    /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
+    pub user_metrics: Arc<UserMetrics>,
 }
 
 pub struct ConnState {
@@ -225,6 +228,14 @@ impl Service for NodeService {
                     let _ = plasma.delete(&ids).await;
                     Body::Ack(Ack {})
                 }))
+            }
+            Body::ReportMetrics(report) => {
+                let refused = self.user_metrics.record(report.points);
+                if refused.is_empty() {
+                    return Reply::Now(Body::Ack(Ack {}));
+                }
+                let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                Reply::Now(error_body(ErrorCode::Invalid, reasons.join("; ")))
             }
             Body::Shutdown(_) => {
                 self.shutdown.notify_one();

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemons;
+pub mod metrics;
 pub mod node;
 pub mod session;
 pub mod system_config;

@@ -151,6 +151,8 @@ pub struct NodeFile {
     pub shm_path: String,
     /// Where the object store spills; outside the session with `--system-config`.
     pub spill_dir: String,
+    /// The port serving `/metrics` (on `node_ip`, else 127.0.0.1).
+    pub metrics_export_port: u16,
 }
 
 impl NodeFile {
@@ -164,6 +166,7 @@ impl NodeFile {
             "head_address": self.head_address,
             "shm_path": self.shm_path,
             "spill_dir": self.spill_dir,
+            "metrics_export_port": self.metrics_export_port,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
@@ -196,6 +199,7 @@ impl NodeFile {
             head_address: field("head_address"),
             shm_path: field("shm_path"),
             spill_dir: field("spill_dir"),
+            metrics_export_port: v.get("metrics_export_port").and_then(|x| x.as_u64()).unwrap_or(0) as u16,
         })
     }
 }
@@ -234,6 +238,7 @@ mod tests {
                 head_address: String::new(),
                 shm_path: String::new(),
                 spill_dir: String::new(),
+                metrics_export_port: 0,
             };
             node.write(&session).expect("node.json");
             std::fs::write(shm_dir.join(format!("rtd_{pid}_{name}")), b"").expect("shm file");
