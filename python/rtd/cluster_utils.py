@@ -40,6 +40,8 @@ class Node:
         self.node_id = info["node_id"]
         self.unique_id = self.node_id
         self.shm_path = info["shm_path"]
+        # Where the node serves Prometheus metrics (`http://127.0.0.1:PORT/metrics`).
+        self.metrics_export_port = info["metrics_export_port"]
 
     def __repr__(self):
         return f"Node({'head' if self.is_head else 'worker'}, {self.node_id[:8]})"
