@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
-use rtd_common::proto::ObjectValue;
+use rtd_common::proto::{object_value::Kind, ObjectRefInfo, ObjectValue};
 use rtd_common::ObjectId;
 use tokio::sync::oneshot;
 
@@ -332,6 +332,47 @@ impl ObjectTable {
     }
 
     /// Every object's counts (debugging and tests).
+    /// Every object referenced here, with Ray's reference type (the first that applies
+    /// of: a Python ref, a pending task's argument, inside another object, borrowed by
+    /// another process, pinned because a ref escaped), for the state API.
+    pub fn describe(&self) -> Vec<ObjectRefInfo> {
+        self.entries
+            .lock()
+            .iter()
+            .map(|(id, e)| {
+                let reference_type = if e.local_refs > 0 {
+                    "LOCAL_REFERENCE"
+                } else if e.task_refs > 0 {
+                    "USED_BY_PENDING_TASK"
+                } else if e.contained_in > 0 {
+                    "CAPTURED_IN_OBJECT"
+                } else if !e.borrowers.is_empty() {
+                    "BORROWED"
+                } else {
+                    "PINNED_IN_MEMORY"
+                };
+                let (size, node_id) = match e.value.as_ref().and_then(|v| v.kind.as_ref()) {
+                    Some(Kind::Inline(inline)) => (inline.data.len() as u64, Default::default()),
+                    Some(Kind::Plasma(plasma)) => (plasma.size, plasma.node_id.clone()),
+                    None => (0, Default::default()),
+                };
+                ObjectRefInfo {
+                    object_id: id.to_vec().into(),
+                    owner: e.owner.clone(),
+                    owned: e.owned,
+                    ready: e.value.is_some(),
+                    size,
+                    node_id,
+                    reference_type: reference_type.into(),
+                    local_refs: e.local_refs,
+                    task_refs: e.task_refs,
+                    contained_in: e.contained_in,
+                    borrowers: e.borrowers.len() as u32,
+                }
+            })
+            .collect()
+    }
+
     pub fn reference_counts(&self) -> Vec<(ObjectId, RefCounts)> {
         self.entries
             .lock()
@@ -498,6 +539,23 @@ mod tests {
         t.add_task_ref(id, "me", "me");
         assert!(t.remove_local_ref(&id).is_none());
         assert!(t.remove_task_ref(&id).is_some());
+    }
+
+    #[test]
+    fn describe_names_why_each_object_is_held() {
+        let t = ObjectTable::new();
+        let (held, argument, pending) = (ObjectId::random(), ObjectId::random(), ObjectId::random());
+        t.add_owned_ready(held, "me", inline(b"abc"));
+        t.add_local_ref(held, "me", "me");
+        t.add_owned_ready(argument, "me", inline(b"x"));
+        t.add_task_ref(argument, "me", "me");
+        t.add_owned_pending(pending, "me");
+        t.add_local_ref(pending, "me", "me");
+        let rows = t.describe();
+        let row = |id: &ObjectId| rows.iter().find(|r| r.object_id.as_ref() == id.as_bytes()).unwrap();
+        assert_eq!((row(&held).reference_type.as_str(), row(&held).size), ("LOCAL_REFERENCE", 3));
+        assert_eq!(row(&argument).reference_type, "USED_BY_PENDING_TASK");
+        assert!(!row(&pending).ready && row(&pending).owned);
     }
 
     #[test]

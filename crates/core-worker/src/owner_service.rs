@@ -1,11 +1,14 @@
 //! The socket every core worker serves. Other processes call it to push tasks to this
 //! worker (when they hold a lease on it), to cancel them, and, as borrowers, to get the
 //! value of an object this process owns (the reply waits until the value exists) and
-//! to register and give back their borrows (`borrowing.rs`).
+//! to register and give back their borrows (`borrowing.rs`); the state API asks it
+//! which objects it references.
 
 use std::sync::Arc;
 
-use rtd_common::proto::{frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectReply, ObjectValue};
+use rtd_common::proto::{
+    frame::Body, object_value::Kind, Ack, ErrorCode, GetNodes, GetObjectRefsReply, GetObjectReply, ObjectValue,
+};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::{ObjectId, TaskId};
 
@@ -121,6 +124,9 @@ impl Service for OwnerService {
                     self.ctx.remove_borrower(&id, &remove.borrower, remove.count);
                 }
                 Reply::None
+            }
+            Body::GetObjectRefs(_) => {
+                Reply::Now(Body::GetObjectRefsReply(GetObjectRefsReply { objects: self.ctx.table.describe() }))
             }
             _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported request for a core worker")),
         }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use rtd_common::proto::{JobInfo, NodeInfo, ResourceMap};
+use rtd_common::proto::{JobInfo, NodeInfo, ResourceMap, WorkerInfo};
 use rtd_common::{JobId, NodeId};
 
 /// What a node reports about its resources in a heartbeat.
@@ -36,6 +36,18 @@ pub struct Gcs {
     last_seen: Mutex<HashMap<Vec<u8>, Instant>>,
     next_job: AtomicU32,
     jobs: Mutex<Vec<JobInfo>>,
+    workers: Mutex<WorkerTable>,
+}
+
+/// Dead workers kept for the state API; the oldest go first.
+const MAX_DEAD_WORKERS: usize = 10_000;
+
+/// Worker and driver processes by id, as their raylets reported them.
+#[derive(Default)]
+struct WorkerTable {
+    by_id: HashMap<Bytes, WorkerInfo>,
+    /// Dead workers in the order they died.
+    dead: std::collections::VecDeque<Bytes>,
 }
 
 /// Milliseconds since the Unix epoch, as job records carry time.
@@ -77,6 +89,39 @@ impl Gcs {
 
     pub fn jobs(&self) -> Vec<JobInfo> {
         self.jobs.lock().clone()
+    }
+
+    /// A raylet's report of a worker or driver: it started, or it is gone.
+    pub fn report_worker(&self, mut worker: WorkerInfo) {
+        let mut table = self.workers.lock();
+        let now = now_ms();
+        let id = worker.worker_id.clone();
+        match table.by_id.get_mut(&id) {
+            Some(held) => {
+                if !held.is_alive {
+                    return; // a dead worker stays dead
+                }
+                held.is_alive = worker.is_alive;
+            }
+            None => {
+                worker.start_time_ms = now;
+                table.by_id.insert(id.clone(), worker);
+            }
+        }
+        let Some(held) = table.by_id.get_mut(&id) else { return };
+        if !held.is_alive {
+            held.end_time_ms = now;
+            table.dead.push_back(id);
+            while table.dead.len() > MAX_DEAD_WORKERS {
+                if let Some(old) = table.dead.pop_front() {
+                    table.by_id.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.workers.lock().by_id.values().cloned().collect()
     }
 
     pub fn register_node(&self, node: NodeInfo) {
@@ -149,6 +194,19 @@ mod tests {
         let b = gcs.next_job_id();
         assert!(a < b);
         assert_eq!(a.hex(), "00000001");
+    }
+
+    #[test]
+    fn workers_start_alive_and_die_once() {
+        let gcs = Gcs::new();
+        let worker = WorkerInfo { worker_id: Bytes::from_static(b"w1"), pid: 5, is_alive: true, ..Default::default() };
+        gcs.report_worker(worker.clone());
+        assert!(gcs.workers()[0].is_alive && gcs.workers()[0].start_time_ms > 0);
+        gcs.report_worker(WorkerInfo { is_alive: false, ..worker.clone() });
+        gcs.report_worker(worker);
+        let workers = gcs.workers();
+        assert_eq!(workers.len(), 1);
+        assert!(!workers[0].is_alive && workers[0].end_time_ms >= workers[0].start_time_ms);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use rtd_common::proto::{
     frame::Body, request_lease_reply::Result as LeaseResult, Ack, CommitBundle, ErrorCode, GetNodesReply,
     GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply, NodeInfo,
     PlacementGroupRemoved, PrepareBundle, PushTask, RegisterClientReply, ReleaseBundle, RequestLease, ResourceMap,
-    ShrinkLease, TaskEvent,
+    ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::proto::{ActorState, PlacementGroupState};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcClient, RpcError};
@@ -339,6 +339,11 @@ impl GcsServer {
         self.tables.jobs()
     }
 
+    /// Worker and driver processes, alive and recently dead.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.tables.workers()
+    }
+
     /// Every task attempt held, and how many were dropped (see `task_table`).
     pub fn task_events(&self) -> (Vec<TaskEvent>, u64) {
         self.task_table.snapshot()
@@ -388,6 +393,12 @@ impl GcsServer {
                     job_id: job_id.to_vec().into(),
                     ..Default::default()
                 }))
+            }
+            Body::ReportWorker(report) => {
+                if let Some(worker) = report.worker {
+                    self.tables.report_worker(worker);
+                }
+                Reply::Now(Body::Ack(Ack {}))
             }
             Body::MarkJobFinished(done) => {
                 self.tables.job_finished(&done.job_id);

@@ -1,13 +1,18 @@
 //! What a node's raylet answers on its socket and node link: its own requests
-//! (registration, leases, blocked workers, placement-group bundles, object transfer)
-//! and, through its GCS client, the GCS's: the head serves them itself; another node
-//! forwards them to the head, so a client never needs to know which node hosts the GCS.
+//! (registration, leases, blocked workers, placement-group bundles, object transfer,
+//! its log files) and, through its GCS client, the GCS's: the head serves them itself;
+//! another node forwards them to the head, so a client never needs to know which node
+//! hosts the GCS.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use rtd_common::proto::{frame::Body, Ack, ErrorCode, FreeObjects, MarkJobFinished, RegisterClientReply};
+use rtd_common::proto::{
+    frame::Body, Ack, ErrorCode, FreeObjects, ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply,
+    ReportWorker, WorkerInfo,
+};
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
@@ -17,6 +22,7 @@ use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
 use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::logs;
 use crate::policy::Strategy;
 
 pub struct NodeService {
@@ -45,6 +51,8 @@ pub struct ConnState {
     worker: Option<WorkerId>,
     /// A driver's job, once the GCS has given it one: it ends when this connection does.
     job: Arc<OnceLock<Bytes>>,
+    /// The worker or driver process on the other end, as reported to the GCS.
+    process: Option<WorkerInfo>,
 }
 
 /// The answer to a bundle message whose group is not a placement group's hex id.
@@ -66,16 +74,44 @@ impl NodeService {
     }
 }
 
+impl NodeService {
+    /// A message for the GCS whose answer nobody waits for.
+    fn tell_gcs(&self, conn: ConnId, body: Body) {
+        if let Reply::Later(fut) = self.gcs.request(conn, body) {
+            tokio::spawn(fut);
+        }
+    }
+
+    fn report_process(&self, conn: ConnId, worker: WorkerInfo) {
+        self.tell_gcs(conn, Body::ReportWorker(ReportWorker { worker: Some(worker) }));
+    }
+}
+
 impl Service for NodeService {
     type State = ConnState;
 
     fn connected(&self) -> ConnState {
-        ConnState { id: self.next_conn.fetch_add(1, Ordering::Relaxed), worker: None, job: Default::default() }
+        ConnState {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            worker: None,
+            job: Default::default(),
+            process: None,
+        }
     }
 
     fn handle(&self, conn: &mut ConnState, body: Body) -> Reply {
         match body {
             Body::RegisterClient(reg) => {
+                let process = WorkerInfo {
+                    worker_id: reg.worker_id.clone(),
+                    node_id: self.node_id.to_vec().into(),
+                    ip: self.node_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    pid: reg.pid,
+                    is_driver: !reg.is_worker,
+                    is_alive: true,
+                    address: reg.address.clone(),
+                    ..Default::default()
+                };
                 if reg.is_worker {
                     let Ok(worker_id) = WorkerId::from_bytes(&reg.worker_id) else {
                         return Reply::Now(error_body(ErrorCode::Invalid, "bad worker id"));
@@ -84,9 +120,13 @@ impl Service for NodeService {
                         return Reply::Now(error_body(ErrorCode::Invalid, "unknown or duplicate worker id"));
                     }
                     conn.worker = Some(worker_id);
+                    self.report_process(conn.id, process.clone());
+                    conn.process = Some(process);
                     return Reply::Now(Body::RegisterClientReply(self.register_reply(Bytes::new())));
                 }
                 // A driver: its job id comes from the GCS.
+                self.report_process(conn.id, process.clone());
+                conn.process = Some(process);
                 let mut reply = self.register_reply(Bytes::new());
                 let job = conn.job.clone();
                 let with_job = move |r: RegisterClientReply| {
@@ -237,6 +277,30 @@ impl Service for NodeService {
                 let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
                 Reply::Now(error_body(ErrorCode::Invalid, reasons.join("; ")))
             }
+            Body::ListLogs(_) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || logs::list(&dir)).await {
+                        Ok(files) => Body::ListLogsReply(ListLogsReply { files }),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
+                }))
+            }
+            Body::ReadLog(req) => {
+                let dir = logs::logs_dir(Path::new(&self.session_dir));
+                Reply::Later(Box::pin(async move {
+                    let read = move || logs::read(&dir, &req.name, req.tail_lines, req.offset);
+                    match tokio::task::spawn_blocking(read).await {
+                        Ok(Ok((data, end_offset))) => {
+                            Body::ReadLogReply(ReadLogReply { data: data.into(), end_offset })
+                        }
+                        Ok(Err(e @ logs::LogError::NotFound(_))) => error_body(ErrorCode::NotFound, e.to_string()),
+                        Ok(Err(e @ logs::LogError::BadName(_))) => error_body(ErrorCode::Invalid, e.to_string()),
+                        Ok(Err(e)) => error_body(ErrorCode::Internal, e.to_string()),
+                        Err(e) => error_body(ErrorCode::Internal, e.to_string()),
+                    }
+                }))
+            }
             Body::Shutdown(_) => {
                 self.shutdown.notify_one();
                 Reply::Now(Body::Ack(Ack {}))
@@ -247,10 +311,11 @@ impl Service for NodeService {
 
     fn disconnected(&self, conn: ConnState) {
         if let Some(job_id) = conn.job.get() {
-            let done = Body::MarkJobFinished(MarkJobFinished { job_id: job_id.clone() });
-            if let Reply::Later(fut) = self.gcs.request(conn.id, done) {
-                tokio::spawn(fut);
-            }
+            self.tell_gcs(conn.id, Body::MarkJobFinished(MarkJobFinished { job_id: job_id.clone() }));
+        }
+        if let Some(process) = conn.process {
+            let job_id = conn.job.get().cloned().unwrap_or_default();
+            self.report_process(conn.id, WorkerInfo { is_alive: false, job_id, ..process });
         }
         self.gcs.disconnected(conn.id);
         self.raylet.client_disconnected(conn.id, conn.worker);

@@ -31,8 +31,10 @@ impl Session {
             remove_dead_sessions(parent);
         }
         remove_dead_shm_files(Path::new(SHM_DIR));
-        std::fs::create_dir_all(dir.join("sockets"))
-            .with_context(|| format!("creating session directory {}", dir.display()))?;
+        for sub in ["sockets", "logs"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating session directory {}", dir.display()))?;
+        }
         if let Some(parent) = dir.parent() {
             let latest = parent.join("session_latest");
             let _ = std::fs::remove_file(&latest);

@@ -218,8 +218,8 @@ class _PrefixedStream:
     """Prefixes every line a task or actor prints with its name and pid, as Ray's
     driver output does: ``(Counter pid=4321) started`` (with ``, ip=...`` when the
     worker's machine is not the driver's). Whole lines go to the driver of the job
-    (over its core worker's socket); they are written here, to the output the worker
-    inherits from its node daemon, only when no driver can take them."""
+    (over its core worker's socket). Everything printed also goes, as printed, to
+    ``stream``: the worker's log file (see ``_log_to_files``)."""
 
     def __init__(self, stream, is_stderr):
         self._stream = stream
@@ -232,6 +232,7 @@ class _PrefixedStream:
     def write(self, text):
         if not text:
             return 0
+        self._stream.write(text)
         prefix = f"({_current_name()} pid={os.getpid()}{_ip_suffix()}) "
         with self._lock:
             for line in text.splitlines(keepends=True):
@@ -252,13 +253,11 @@ class _PrefixedStream:
             return
         text = "".join(self._pending)
         self._pending = []
+        self._stream.flush()
         driver = _driver_address()
         if driver is not None and driver not in _gone_drivers and _core.is_connected():
-            if _core.forward_output(driver, text, self._is_stderr):
-                return
-            _gone_drivers.add(driver)  # it exited (a detached actor outlives it)
-        self._stream.write(text)
-        self._stream.flush()
+            if not _core.forward_output(driver, text, self._is_stderr):
+                _gone_drivers.add(driver)  # it exited (a detached actor outlives it)
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -393,7 +392,24 @@ def _finish_failed(task, e):
         _finish_with_error(task, error, _is_retryable(task, e))
 
 
+def _log_to_files():
+    """Points this process's stdout and stderr (fds 1 and 2, so C extensions and
+    crashes land there too) at ``<session>/logs/worker-<worker id>-<pid>.out`` and
+    ``.err``, Ray's log file names, where ``rtd logs`` and the dashboard find them."""
+    base = os.path.join(
+        os.environ["RTD_SESSION_DIR"], "logs", f"worker-{os.environ['RTD_WORKER_ID']}-{os.getpid()}"
+    )
+    for fd, suffix in ((1, ".out"), (2, ".err")):
+        try:
+            log = os.open(base + suffix, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            return  # no log directory (an older node): keep the daemon's output
+        os.dup2(log, fd)
+        os.close(log)
+
+
 def main():
+    _log_to_files()
     sys.stdout = _PrefixedStream(sys.stdout, False)
     sys.stderr = _PrefixedStream(sys.stderr, True)
     try:
