@@ -42,6 +42,8 @@ class Node:
         self.shm_path = info["shm_path"]
         # The head's dashboard as host:port (Ray's ``webui_url``); None on other nodes.
         self.webui_url = info.get("dashboard_url") or None
+        # Where the node serves Prometheus metrics (`http://127.0.0.1:PORT/metrics`).
+        self.metrics_export_port = info["metrics_export_port"]
 
     def __repr__(self):
         return f"Node({'head' if self.is_head else 'worker'}, {self.node_id[:8]})"

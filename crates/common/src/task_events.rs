@@ -1,10 +1,11 @@
-//! The words of task events (Ray's): the names of task states, task types and error
-//! types as the state API, the dashboard and the timeline show them.
+//! The words of task events (Ray's): the names of task states, task types, error
+//! types and actor states as the state API, the dashboard, the timeline and the
+//! metrics show them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::object_kind;
-use crate::proto::{TaskStatus, TaskType};
+use crate::proto::{ActorState, TaskStatus, TaskType};
 
 /// A task state's name as Ray's state API spells it.
 pub fn status_name(status: TaskStatus) -> &'static str {
@@ -21,6 +22,16 @@ pub fn status_name(status: TaskStatus) -> &'static str {
 /// Every state name, in the order a task goes through them.
 pub const STATUS_NAMES: [&str; 6] =
     ["PENDING_ARGS_AVAIL", "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", "FINISHED", "FAILED"];
+
+/// An actor state's name as Ray's state API spells it.
+pub fn actor_state_name(state: ActorState) -> &'static str {
+    match state {
+        ActorState::Pending => "PENDING_CREATION",
+        ActorState::Alive => "ALIVE",
+        ActorState::Restarting => "RESTARTING",
+        ActorState::Dead => "DEAD",
+    }
+}
 
 pub fn type_name(task_type: TaskType) -> &'static str {
     match task_type {

@@ -23,6 +23,7 @@ use crate::error::CoreError;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
 use crate::task_events::TaskEventBuffer;
+use crate::user_metrics::MetricBuffer;
 
 /// How long a task result waits for a copy of the same object that is still being
 /// written into the store (a pull in progress) to be sealed.
@@ -61,6 +62,7 @@ pub struct Context {
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
     /// Task state changes waiting to go to the GCS.
     pub(crate) task_events: TaskEventBuffer,
+    pub(crate) user_metrics: MetricBuffer,
 }
 
 impl Context {

@@ -29,6 +29,7 @@ use crate::submission::{Submission, TaskRequest};
 use crate::submitter::TaskSubmitter;
 use crate::task_events::TaskEventBuffer;
 use crate::task_execution::{self, ResultParts};
+use crate::user_metrics::{MetricBuffer, UserMetric};
 
 /// How long a disconnecting process waits for its last task events to reach the GCS.
 const FINAL_REPORT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -118,6 +119,7 @@ impl CoreWorker {
                 output_sink: Default::default(),
                 lineage: Default::default(),
                 task_events: Default::default(),
+                user_metrics: Default::default(),
             });
             let tasks = TaskSubmitter::start(ctx.clone());
             let service =
@@ -134,6 +136,7 @@ impl CoreWorker {
             });
         }
         runtime.spawn(TaskEventBuffer::report_loop(ctx.clone()));
+        runtime.spawn(MetricBuffer::report_loop(ctx.clone()));
         let actors = ActorSubmitter::start(ctx.clone());
         if opts.node_ip.is_some() {
             runtime.spawn(node_view::watch_node_deaths(ctx.clone(), tasks.clone(), actors.clone()));
@@ -155,10 +158,12 @@ impl CoreWorker {
     pub fn shutdown(&mut self) {
         self.ctx.table.notify_all();
         if let Some(rt) = self.runtime.take() {
-            // What this process saw of its last tasks still reaches the GCS.
+            // What this process saw of its last tasks still reaches the GCS, and its
+            // last metric values the node.
             let ctx = self.ctx.clone();
             rt.block_on(async {
-                let _ = tokio::time::timeout(FINAL_REPORT_TIMEOUT, ctx.task_events.flush(&ctx)).await;
+                let reports = async { tokio::join!(ctx.task_events.flush(&ctx), ctx.user_metrics.flush(&ctx)) };
+                let _ = tokio::time::timeout(FINAL_REPORT_TIMEOUT, reports).await;
             });
             rt.shutdown_timeout(Duration::from_millis(200));
         }
@@ -365,6 +370,13 @@ impl CoreWorker {
 
     pub fn list_actors(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<ActorInfo>, CoreError> {
         self.gcs.list_actors(interrupted)
+    }
+
+    /// Records a value of a user metric (`rtd.util.metrics`) for `tags`; it reaches the
+    /// node's `/metrics` with the next report.
+    pub fn record_metric(&self, metric: &UserMetric, mut tags: Vec<(String, String)>, value: f64) {
+        tags.sort();
+        self.ctx.user_metrics.record(metric, tags, value);
     }
 
     /// The cluster's task attempts that ran, as a JSON list of Chrome-trace events. This

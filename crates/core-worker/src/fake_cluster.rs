@@ -288,6 +288,7 @@ pub(crate) async fn test_context() -> Arc<Context> {
         output_sink: Default::default(),
         lineage: Default::default(),
         task_events: Default::default(),
+        user_metrics: Default::default(),
     })
 }
 

@@ -18,6 +18,7 @@
 //! - `node_view`: the cluster's nodes, and noticing the ones that die.
 //! - `output`: a worker's printed output on its way to the driver.
 //! - `task_events`: task state changes on their way to the GCS (the state API's tasks).
+//! - `user_metrics`: `rtd.util.metrics` values on their way to the node's `/metrics`.
 //! - `executor`, `task_execution` and `owner_service`: the worker side (tasks pushed
 //!   here, their results), and the service other processes call.
 //!
@@ -44,6 +45,7 @@ mod submission;
 mod submitter;
 mod task_events;
 mod task_execution;
+mod user_metrics;
 
 pub use context::OutputSink;
 pub use core_worker::{ConnectOptions, CoreWorker};
@@ -53,3 +55,4 @@ pub use object_fetch::{FetchedValue, PinnedObject};
 pub use object_table::RefCounts;
 pub use submission::{ActorCall, Placement, TaskRequest};
 pub use task_execution::ResultParts;
+pub use user_metrics::{MetricKind, UserMetric};

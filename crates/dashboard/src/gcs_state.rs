@@ -12,7 +12,7 @@ use rtd_common::proto::{
     PlacementGroupInfo, PlacementGroupState as WireGroupState, ReadLog, TaskEvent, TaskStatus, TaskType, WorkerInfo,
 };
 use rtd_common::rpc::{Request, RpcClient, RpcError};
-use rtd_common::task_events::{is_terminal, status_name, type_name};
+use rtd_common::task_events::{actor_state_name, is_terminal, status_name, type_name};
 use rtd_common::{PlacementGroupId, ResourceSet};
 use rtd_gcs::actor_manager::ActorRecord;
 use rtd_gcs::server::GcsServer;
@@ -297,10 +297,8 @@ fn actor_state(record: &ActorRecord) -> ActorState {
     let options = info.options.clone().unwrap_or_default();
     let state = match WireActorState::try_from(info.state) {
         Ok(WireActorState::Pending) if record.args_pending => "DEPENDENCIES_UNREADY",
-        Ok(WireActorState::Pending) => "PENDING_CREATION",
-        Ok(WireActorState::Alive) => "ALIVE",
-        Ok(WireActorState::Restarting) => "RESTARTING",
-        Ok(WireActorState::Dead) | Err(_) => "DEAD",
+        Ok(state) => actor_state_name(state),
+        Err(_) => "DEAD",
     };
     let (required_resources, group) = requested_resources(&record.placement_resources);
     ActorState {

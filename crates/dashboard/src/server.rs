@@ -62,9 +62,10 @@ pub async fn bind(host: &str, port: Port) -> Result<TcpListener, BindError> {
     Err(last.unwrap_or(BindError::PortInUse { host: host.to_string(), port: preferred }))
 }
 
-/// Serves the dashboard on `listener` until the task is aborted.
-pub fn serve(listener: TcpListener, state: Arc<dyn ClusterState>) -> tokio::task::JoinHandle<()> {
-    let app = crate::http::router(state);
+/// Serves the dashboard on `listener` until the task is aborted, with the routes of
+/// `also` beside its own (the head's `/metrics`).
+pub fn serve(listener: TcpListener, state: Arc<dyn ClusterState>, also: axum::Router) -> tokio::task::JoinHandle<()> {
+    let app = crate::http::router(state).merge(also);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the dashboard stopped serving: {e}");

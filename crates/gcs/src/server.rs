@@ -18,6 +18,7 @@ use rtd_common::proto::{
     NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease,
     RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
+use rtd_common::proto::{ActorState, PlacementGroupState};
 use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
@@ -25,7 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, ActorRecord, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
-use crate::task_table::TaskTable;
+use crate::task_table::{TaskStateCount, TaskTable};
 use crate::timeline::chrome_trace;
 use crate::{Gcs, NodeUsage};
 
@@ -355,6 +356,31 @@ impl GcsServer {
     /// Every task attempt held, and how many were dropped (see `task_table`).
     pub fn task_events(&self) -> (Vec<TaskEvent>, u64) {
         self.task_table.snapshot()
+    }
+
+    /// Task attempts held by state (`ray_tasks`).
+    pub fn task_counts(&self) -> HashMap<TaskStateCount, u64> {
+        self.task_table.count_by_state()
+    }
+
+    /// Actors by class name and state (`ray_actors`).
+    pub fn actor_counts(&self) -> HashMap<(String, ActorState), u64> {
+        let mut counts = HashMap::new();
+        for actor in self.actors.list() {
+            let state = actor.state();
+            let class = actor.options.map(|o| o.class_name).unwrap_or_default();
+            *counts.entry((class, state)).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Placement groups by state (`ray_placement_groups`).
+    pub fn placement_group_counts(&self) -> HashMap<PlacementGroupState, u64> {
+        let mut counts = HashMap::new();
+        for group in self.groups.list() {
+            *counts.entry(group.state()).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The tasks that ran, as Chrome-trace events.

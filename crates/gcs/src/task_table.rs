@@ -33,6 +33,14 @@ struct Inner {
     dropped: u64,
 }
 
+/// Which attempts `TaskTable::count_by_state` counts together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskStateCount {
+    pub name: String,
+    pub state: TaskStatus,
+    pub is_retry: bool,
+}
+
 impl Default for TaskTable {
     fn default() -> Self {
         let max = std::env::var("RTD_TASK_EVENTS_MAX_NUM_TASK_IN_GCS")
@@ -68,6 +76,21 @@ impl TaskTable {
         for event in events {
             inner.add(event);
         }
+    }
+
+    /// How many attempts held are in each state, by function name and whether the
+    /// attempt is a retry (Ray's `ray_tasks{Name,State,IsRetry}`). Attempts whose state
+    /// is not known yet are left out.
+    pub fn count_by_state(&self) -> HashMap<TaskStateCount, u64> {
+        let inner = self.inner.lock();
+        let mut counts = HashMap::new();
+        for event in inner.tasks.values() {
+            if let Some(state) = latest_state(event) {
+                let key = TaskStateCount { name: event.name.clone(), state, is_retry: event.attempt > 0 };
+                *counts.entry(key).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// A copy of every attempt held, and how many were dropped.
@@ -182,6 +205,20 @@ mod tests {
         let first = tasks.iter().find(|t| t.attempt == 0).unwrap();
         assert_eq!((first.name.as_str(), first.worker_pid), ("f", 7));
         assert_eq!(latest_state(first), Some(TaskStatus::TaskFinished));
+    }
+
+    #[test]
+    fn attempts_count_by_name_latest_state_and_retry() {
+        let table = TaskTable::with_capacity(10);
+        let named = |id, attempt, state, time| TaskEvent { name: "f".into(), ..event(id, attempt, state, time) };
+        table.add(vec![named(1, 0, TaskStatus::TaskRunning, 1), named(2, 0, TaskStatus::TaskRunning, 1)], 0);
+        table.add(vec![event(1, 0, TaskStatus::TaskFinished, 2), named(2, 1, TaskStatus::TaskRunning, 3)], 0);
+        let counts = table.count_by_state();
+        let count = |state, is_retry| counts.get(&TaskStateCount { name: "f".into(), state, is_retry }).copied();
+        assert_eq!(count(TaskStatus::TaskFinished, false), Some(1));
+        assert_eq!(count(TaskStatus::TaskRunning, false), Some(1));
+        assert_eq!(count(TaskStatus::TaskRunning, true), Some(1));
+        assert_eq!(counts.len(), 3);
     }
 
     #[test]

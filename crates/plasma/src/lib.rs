@@ -12,4 +12,4 @@ pub use allocator::Allocator;
 pub use client::{PlasmaClient, PlasmaError};
 pub use server::PlasmaService;
 pub use shm::ShmRegion;
-pub use store::{ClientId, ObjectInfo, ObjectStore, StoreError, StoreStats};
+pub use store::{ClientId, ObjectInfo, ObjectStore, StoreError, StoreStats, Transfers};

@@ -52,6 +52,23 @@ pub struct StoreStats {
     pub spilled_bytes: u64,
     /// Copies of objects held elsewhere that were dropped to make room.
     pub num_evicted: u64,
+    /// Every spill and restore since the store started (objects, bytes).
+    pub spilled_total: Transfers,
+    pub restored_total: Transfers,
+}
+
+/// A running count of objects moved and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl Transfers {
+    fn add(&mut self, bytes: u64) {
+        self.objects += 1;
+        self.bytes += bytes;
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +171,8 @@ pub struct ObjectStore {
     unsealed_bytes: u64,
     num_spilled: u64,
     spilled_bytes: u64,
+    spilled_total: Transfers,
+    restored_total: Transfers,
     num_evicted: u64,
 }
 
@@ -172,6 +191,8 @@ impl ObjectStore {
             unsealed_bytes: 0,
             num_spilled: 0,
             spilled_bytes: 0,
+            spilled_total: Transfers::default(),
+            restored_total: Transfers::default(),
             num_evicted: 0,
         }
     }
@@ -360,6 +381,8 @@ impl ObjectStore {
             num_spilled: self.num_spilled,
             spilled_bytes: self.spilled_bytes,
             num_evicted: self.num_evicted,
+            spilled_total: self.spilled_total,
+            restored_total: self.restored_total,
         }
     }
 
@@ -461,6 +484,7 @@ impl ObjectStore {
         self.alloc.free(offset);
         self.num_spilled += 1;
         self.spilled_bytes += e.size;
+        self.spilled_total.add(e.size);
         tracing::debug!("spilled object {id} ({} bytes) to {}", e.size, path.display());
         Ok(())
     }
@@ -487,6 +511,7 @@ impl ObjectStore {
         }
         self.num_spilled -= 1;
         self.spilled_bytes -= size;
+        self.restored_total.add(size);
         tracing::debug!("restored object {id} ({size} bytes) from {}", path.display());
         Ok(())
     }
@@ -635,6 +660,9 @@ mod tests {
         let s = f.store.stats();
         assert_eq!((s.used, s.num_objects, s.num_spilled, s.spilled_bytes), (0, 0, 0, 0));
         assert_eq!(f.spill_files(), 0);
+        // The running totals keep every move: 1, 2 and 1 again spilled; 1 and 2 restored.
+        assert_eq!(s.spilled_total, Transfers { objects: 3, bytes: 9000 });
+        assert_eq!(s.restored_total, Transfers { objects: 2, bytes: 6000 });
     }
 
     #[test]

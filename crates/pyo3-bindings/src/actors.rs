@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use rtd_common::proto::{ActorInfo, ActorOptions, ActorState};
+use rtd_common::task_events::actor_state_name;
 use rtd_common::{ActorId, ResourceSet};
 use rtd_core_worker::{ActorCall, TaskRequest};
 
@@ -21,12 +22,7 @@ fn actor_id(bytes: &[u8]) -> PyResult<ActorId> {
 /// An actor's state as a dict (Ray's state names).
 fn info_to_py(py: Python<'_>, info: ActorInfo) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
-    let state = match ActorState::try_from(info.state).unwrap_or(ActorState::Pending) {
-        ActorState::Pending => "PENDING_CREATION",
-        ActorState::Alive => "ALIVE",
-        ActorState::Restarting => "RESTARTING",
-        ActorState::Dead => "DEAD",
-    };
+    let state = actor_state_name(ActorState::try_from(info.state).unwrap_or(ActorState::Pending));
     let options = info.options.unwrap_or_default();
     d.set_item("actor_id", PyBytes::new(py, &info.actor_id))?;
     d.set_item("state", state)?;

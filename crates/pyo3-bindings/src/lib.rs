@@ -6,6 +6,7 @@ mod actors;
 mod blocking;
 mod buffers;
 mod errors;
+mod metrics;
 mod object_ref;
 mod placement_groups;
 mod tasks;
@@ -346,6 +347,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<worker::Task>()?;
     m.add_class::<tasks::TaskOptions>()?;
     m.add_class::<actors::ActorCreationOptions>()?;
+    m.add_class::<metrics::PyUserMetric>()?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(disconnect, m)?)?;
     m.add_function(wrap_pyfunction!(is_connected, m)?)?;
@@ -375,6 +377,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::kill_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::list_actors, m)?)?;
     m.add_function(wrap_pyfunction!(timeline, m)?)?;
+    m.add_function(wrap_pyfunction!(metrics::record_metric, m)?)?;
     m.add_function(wrap_pyfunction!(actors::add_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::remove_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::mark_actor_handle_escaped, m)?)?;

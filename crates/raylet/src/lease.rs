@@ -105,6 +105,20 @@ pub struct LeaseRequest {
     pub preferred: Option<NodeId>,
 }
 
+/// A snapshot of the raylet's queue and worker pool (what its metrics show).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Lease requests waiting here for resources or a worker.
+    pub pending_leases: usize,
+    pub granted_leases: usize,
+    pub idle_workers: usize,
+    /// Worker processes started that have not registered yet.
+    pub starting_workers: usize,
+    /// Workers leased to run tasks, and workers dedicated to actors.
+    pub task_workers: usize,
+    pub actor_workers: usize,
+}
+
 /// A placement-group bundle reserved on this node (two-phase: prepared, then
 /// committed as resources of its own).
 struct Bundle {
@@ -856,6 +870,25 @@ impl Raylet {
         self.lock().pending.iter().map(|p| p.resources.clone()).collect()
     }
 
+    /// How many lease requests wait and what the node's workers are doing now.
+    pub fn pool_stats(&self) -> PoolStats {
+        let state = self.lock();
+        let mut stats = PoolStats {
+            pending_leases: state.pending.len(),
+            granted_leases: state.leases.len(),
+            idle_workers: state.idle.len(),
+            starting_workers: state.starting,
+            ..PoolStats::default()
+        };
+        for lease in state.leases.values() {
+            match lease.dedicated {
+                true => stats.actor_workers += 1,
+                false => stats.task_workers += 1,
+            }
+        }
+        stats
+    }
+
     /// Pids of the node's worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.lock().workers.values().map(|w| w.pid).collect()
@@ -935,6 +968,14 @@ mod tests {
             let st = raylet.lock();
             assert_eq!((st.idle.len(), st.starting, st.task_workers(), st.workers.len()), (1, 1, 2, 3));
         }
+        let expected = PoolStats {
+            granted_leases: 1,
+            idle_workers: 1,
+            starting_workers: 1,
+            actor_workers: 1,
+            ..Default::default()
+        };
+        assert_eq!(raylet.pool_stats(), expected);
         register_started(&raylet);
         assert_eq!(raylet.lock().idle.len(), 2);
         raylet.shutdown();

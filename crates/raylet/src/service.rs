@@ -18,6 +18,7 @@ use rtd_common::proto::{
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
+use rtd_metrics::UserMetrics;
 use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
@@ -43,6 +44,8 @@ pub struct NodeService {
     pub gcs: GcsClient,
     pub next_conn: AtomicU64,
     pub shutdown: Arc<Notify>,
+    /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
+    pub user_metrics: Arc<UserMetrics>,
 }
 
 /// What a raylet's connections carry: its own requests, and the GCS's (served on the
@@ -318,6 +321,14 @@ impl NodeService {
                     let _ = plasma.delete(&ids).await;
                     ack()
                 }))
+            }
+            NodeManagerRequest::ReportMetrics(report) => {
+                let refused = self.user_metrics.record(report.points);
+                if refused.is_empty() {
+                    return Reply::Now(ack());
+                }
+                let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
+                Reply::Now(error_body(ErrorCode::Invalid, reasons.join("; ")))
             }
             NodeManagerRequest::ListLogs(_) => {
                 let dir = logs::logs_dir(Path::new(&self.session_dir));

@@ -92,6 +92,10 @@ struct StartArgs {
     /// Ray's internal settings as JSON; rtd honours object_spilling_config (a filesystem directory_path).
     #[arg(long, value_name = "JSON", value_parser = SystemConfig::parse)]
     system_config: Option<SystemConfig>,
+    /// The port this node serves Prometheus metrics on, at /metrics (default: a free
+    /// port, written to the session's node.json).
+    #[arg(long, value_name = "PORT")]
+    metrics_export_port: Option<u16>,
     /// Where sessions are kept.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_TEMP_DIR)]
     temp_dir: PathBuf,
@@ -277,6 +281,7 @@ impl StartArgs {
             node_ip: self.node_ip_address.clone(),
             spill_root: self.system_config.as_ref().and_then(|c| c.spill_directory.clone()),
             dashboard: self.dashboard(),
+            metrics_export_port: self.metrics_export_port,
         })
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemons;
+pub mod metrics;
 pub mod node;
 pub mod session;
 mod state_cli;

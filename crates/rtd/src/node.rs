@@ -19,6 +19,7 @@ use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::GcsClient;
 use rtd_gcs::server::GcsServer;
+use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
 use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
@@ -28,6 +29,7 @@ use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::metrics::{ClusterMetrics, NodeMetrics};
 use crate::session::{process_gone, NodeFile, Session};
 
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct NodeOptions {
     pub spill_root: Option<PathBuf>,
     /// Where the head serves the dashboard and state API; None: it does not.
     pub dashboard: Option<DashboardOptions>,
+    /// Where `/metrics` is served (`--metrics-export-port`); None: a free port.
+    pub metrics_export_port: Option<u16>,
 }
 
 /// `--dashboard-host` and `--dashboard-port`.
@@ -73,6 +77,7 @@ async fn start_dashboard(
     options: &DashboardOptions,
     gcs: &Arc<GcsServer>,
     node_ip: &str,
+    metrics: Arc<MetricsRegistry>,
 ) -> Result<(tokio::task::JoinHandle<()>, String)> {
     let listener = rtd_dashboard::bind(&options.host, options.port).await?;
     let port = listener.local_addr().context("reading the dashboard's address")?.port();
@@ -82,7 +87,7 @@ async fn start_dashboard(
     };
     let url = format!("{host}:{port}");
     gcs.kv_put(DASHBOARD_URL_KEY, url.clone().into());
-    Ok((rtd_dashboard::serve(listener, gcs.clone()), url))
+    Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
 }
 
 /// How a node describes itself to the GCS.
@@ -152,7 +157,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let store = ObjectStore::new(region, spill_dir.clone());
     let plasma = PlasmaService::new(store);
     let plasma_listener = rtd_common::rpc::bind(&session.plasma_socket()).context("binding plasma.sock")?;
-    let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma));
+    let plasma_task = tokio::spawn(rtd_common::rpc::serve(plasma_listener, plasma.clone()));
     let plasma_client = PlasmaClient::connect(&session.plasma_socket().display().to_string(), session.shm_path())
         .await
         .map_err(|e| anyhow!("connecting to this node's object store: {e}"))?;
@@ -208,6 +213,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         (None, Some(head)) => GcsClient::Remote(head.clone()),
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
+    let user_metrics = Arc::new(UserMetrics::default());
     let service = NodeService {
         node_id,
         session_dir: session.dir.display().to_string(),
@@ -221,6 +227,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         gcs: gcs_link,
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
+        user_metrics: user_metrics.clone(),
     };
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
@@ -232,8 +239,28 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             .add_service(ObjectServer::new(service.plasma.clone()));
         tokio::spawn(rpc::serve_grpc(l, router))
     });
+    // The head's registry also holds the GCS's view of the cluster; the dashboard
+    // serves the same registry on its port.
+    let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    let mut metrics = MetricsRegistry::new(NodeLabels {
+        session_name: session.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        node_address: metrics_address.clone(),
+    });
+    metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
+    metrics.register(user_metrics);
+    if let Some(gcs) = &gcs {
+        metrics.register(ClusterMetrics { gcs: gcs.clone() });
+    }
+    let metrics = Arc::new(metrics);
+    let metrics_listener =
+        rtd_metrics::http::bind(&metrics_address, opts.metrics_export_port).await.with_context(|| {
+            let port = opts.metrics_export_port.unwrap_or(0);
+            format!("serving metrics on {metrics_address}:{port} (choose another with --metrics-export-port)")
+        })?;
+    let metrics_export_port = metrics_listener.local_addr().context("reading the metrics port")?.port();
+    let metrics_task = rtd_metrics::http::serve(metrics_listener, metrics.clone());
     let dashboard = match (&gcs, &opts.dashboard) {
-        (Some(gcs), Some(options)) => Some(start_dashboard(options, gcs, &opts.node_ip).await?),
+        (Some(gcs), Some(options)) => Some(start_dashboard(options, gcs, &opts.node_ip, metrics).await?),
         _ => None,
     };
     raylet.prestart_workers();
@@ -250,6 +277,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         shm_path: session.shm_path().display().to_string(),
         spill_dir: spill_dir.display().to_string(),
         dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
+        metrics_export_port,
     }
     .write(&session)?;
     tracing::info!("node {node_id} ready in {}", session.dir.display());
@@ -272,6 +300,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     if let Some((task, _)) = dashboard {
         task.abort();
     }
+    metrics_task.abort();
     if let Some(t) = tcp_task {
         t.abort();
     }

@@ -156,6 +156,8 @@ pub struct NodeFile {
     /// The head's dashboard and state API as `host:port` (Ray's `webui_url`); empty on
     /// other nodes and on a head without one.
     pub dashboard_url: String,
+    /// The port serving `/metrics` (on `node_ip`, else 127.0.0.1).
+    pub metrics_export_port: u16,
 }
 
 impl NodeFile {
@@ -170,6 +172,7 @@ impl NodeFile {
             "shm_path": self.shm_path,
             "spill_dir": self.spill_dir,
             "dashboard_url": self.dashboard_url,
+            "metrics_export_port": self.metrics_export_port,
         });
         let tmp = session.dir.join("node.json.tmp");
         std::fs::write(&tmp, json.to_string()).context("writing node.json")?;
@@ -203,6 +206,7 @@ impl NodeFile {
             shm_path: field("shm_path"),
             spill_dir: field("spill_dir"),
             dashboard_url: field("dashboard_url"),
+            metrics_export_port: v.get("metrics_export_port").and_then(|x| x.as_u64()).unwrap_or(0) as u16,
         })
     }
 }
@@ -242,6 +246,7 @@ mod tests {
                 shm_path: String::new(),
                 spill_dir: String::new(),
                 dashboard_url: String::new(),
+                metrics_export_port: 0,
             };
             node.write(&session).expect("node.json");
             std::fs::write(shm_dir.join(format!("rtd_{pid}_{name}")), b"").expect("shm file");

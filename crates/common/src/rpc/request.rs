@@ -122,6 +122,7 @@ service! {
         Shutdown => Ack,
         ListLogs => ListLogsReply,
         ReadLog => ReadLogReply,
+        ReportMetrics => Ack,
 }
 
 service! {
