@@ -1,11 +1,13 @@
-"""The package's shape: no module of ``rtd`` imports, directly or through others, a
+"""The code's shape: no module of ``rtd`` imports, directly or through others, a
 module that imports it back, counting imports inside functions too (a deferred import
-is still a dependency; deferring it only hides a cycle)."""
+is still a dependency; deferring it only hides a cycle); and no module of a Rust crate
+uses, through others, a module that uses it back."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "python" / "rtd"
 
@@ -84,3 +86,41 @@ def test_no_python_module_imports_itself_through_others():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+CRATES = PACKAGE.parent.parent / "crates"
+
+
+def _rust_module_graph(src: pathlib.Path) -> dict[str, set[str]]:
+    """A crate's modules (``rpc``, ``rpc::client``) and the modules of the same crate
+    each one names (``crate::x``, or ``super::x`` from inside a module directory).
+    Unit tests (after ``#[cfg(test)]``) do not count: test code may reach anywhere."""
+    files = {
+        "::".join(p.relative_to(src).with_suffix("").parts).removesuffix("::mod"): p
+        for p in src.rglob("*.rs")
+        if p.name not in ("lib.rs", "main.rs")
+    }
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for name, path in files.items():
+        text = path.read_text().split("#[cfg(test)]")[0]
+        parent = name.rpartition("::")[0]
+        for word in re.findall(r"\bcrate::(\w+)", text):
+            graph[name].add(word)
+        if parent:
+            for word in re.findall(r"\bsuper::(\w+)", text):
+                graph[name].add(f"{parent}::{word}")
+        graph[name] = {m for m in graph[name] if m in graph and m != name and not name.startswith(m + "::")}
+    return graph
+
+
+def test_no_rust_module_uses_itself_through_others():
+    crates = sorted(p.parent for p in CRATES.glob("*/src"))
+    assert len(crates) >= 9, crates
+    found = {c.name: _cycles(_rust_module_graph(c / "src")) for c in crates}
+    assert {name: cycles for name, cycles in found.items() if cycles} == {}
+
+
+def test_the_rust_module_graph_sees_the_crate():
+    graph = _rust_module_graph(CRATES / "core-worker" / "src")
+    assert "context" in graph["submitter"]
+    assert "rpc::framing" in _rust_module_graph(CRATES / "common" / "src")["rpc::client"]

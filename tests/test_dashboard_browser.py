@@ -352,7 +352,8 @@ def test_timeline_draws_the_tasks_that_ran(browser, scene):
     open_page(browser, scene.url, "timeline")
     bar = q(f'#timeline-svg rect.event[data-task-id="{scene.probe_task_id}"]')
     wait(browser, bar, "a bar for the finished task")
-    assert browser.evaluate(f"{bar}.dataset.name") == "dashboard_probe_task"
+    # Named as Ray's timeline names a task's execution.
+    assert browser.evaluate(f"{bar}.dataset.name") == "task::dashboard_probe_task"
     assert browser.evaluate(f"{bar}.dataset.state") == "FINISHED"
     assert float(browser.evaluate(f"{bar}.getAttribute('width')")) >= 2
     assert "dashboard_probe_task" in browser.evaluate(f"{bar}.querySelector('title').textContent")

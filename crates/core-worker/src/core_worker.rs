@@ -27,9 +27,8 @@ use crate::output::OutputForwarder;
 use crate::owner_service::OwnerService;
 use crate::submission::{Submission, TaskRequest};
 use crate::submitter::TaskSubmitter;
-use crate::task_events::TaskEventBuffer;
 use crate::task_execution::{self, ResultParts};
-use crate::user_metrics::{MetricBuffer, UserMetric};
+use crate::user_metrics::UserMetric;
 
 /// How long a disconnecting process waits for its last task events to reach the GCS.
 const FINAL_REPORT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -135,8 +134,18 @@ impl CoreWorker {
                 std::process::exit(0);
             });
         }
-        runtime.spawn(TaskEventBuffer::report_loop(ctx.clone()));
-        runtime.spawn(MetricBuffer::report_loop(ctx.clone()));
+        if let Some(interval) = ctx.task_events.interval() {
+            let ctx = ctx.clone();
+            report_every(&runtime, interval, move || {
+                let ctx = ctx.clone();
+                async move { ctx.task_events.flush(&ctx.raylet).await }
+            });
+        }
+        let metrics_ctx = ctx.clone();
+        report_every(&runtime, ctx.user_metrics.interval(), move || {
+            let ctx = metrics_ctx.clone();
+            async move { ctx.user_metrics.flush(&ctx.raylet).await }
+        });
         let actors = ActorSubmitter::start(ctx.clone());
         if opts.node_ip.is_some() {
             runtime.spawn(node_view::watch_node_deaths(ctx.clone(), tasks.clone(), actors.clone()));
@@ -162,7 +171,8 @@ impl CoreWorker {
             // last metric values the node.
             let ctx = self.ctx.clone();
             rt.block_on(async {
-                let reports = async { tokio::join!(ctx.task_events.flush(&ctx), ctx.user_metrics.flush(&ctx)) };
+                let reports =
+                    async { tokio::join!(ctx.task_events.flush(&ctx.raylet), ctx.user_metrics.flush(&ctx.raylet)) };
                 let _ = tokio::time::timeout(FINAL_REPORT_TIMEOUT, reports).await;
             });
             rt.shutdown_timeout(Duration::from_millis(200));
@@ -382,7 +392,7 @@ impl CoreWorker {
     /// The cluster's task attempts that ran, as a JSON list of Chrome-trace events. This
     /// process's own recent events are sent first, so the trace includes them.
     pub fn timeline(&self, interrupted: &mut dyn FnMut() -> bool) -> Result<String, CoreError> {
-        self.ctx.block_on(self.ctx.task_events.flush(&self.ctx), interrupted)?;
+        self.ctx.block_on(self.ctx.task_events.flush(&self.ctx.raylet), interrupted)?;
         self.gcs.timeline(interrupted)
     }
 
@@ -462,7 +472,7 @@ impl CoreWorker {
     /// The next pushed task, if one arrives within `timeout`.
     pub fn next_task(&self, timeout: Duration) -> Option<IncomingTask> {
         let task = self.executor.next_task(timeout)?;
-        self.ctx.task_events.running(&self.ctx, &task.spec);
+        self.ctx.task_events.running(self.ctx.node_id, self.ctx.worker_id, &task.spec);
         Some(task)
     }
 
@@ -492,6 +502,21 @@ impl CoreWorker {
     pub fn forward_output(&self, driver: &str, text: String, stderr: bool) -> bool {
         self.output.forward(driver, text, stderr)
     }
+}
+
+/// Runs `report` every `interval` on `runtime` until the process ends (what this
+/// process buffers for the GCS and its node: task events, user metrics).
+fn report_every<F, R>(runtime: &tokio::runtime::Runtime, interval: Duration, report: F)
+where
+    F: Fn() -> R + Send + 'static,
+    R: std::future::Future<Output = ()> + Send,
+{
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            report().await;
+        }
+    });
 }
 
 impl Drop for CoreWorker {

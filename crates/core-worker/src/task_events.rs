@@ -6,16 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rtd_common::proto::{AddTaskEvents, TaskEvent, TaskSpec, TaskStateChange, TaskStatus, TaskType};
+use rtd_common::rpc::RpcClient;
 use rtd_common::task_events::now_ns;
-use rtd_common::TaskId;
-
-use crate::context::Context;
+use rtd_common::{NodeId, TaskId, WorkerId};
 
 /// Ray's `task_events_report_interval_ms`.
 const DEFAULT_REPORT_INTERVAL_MS: u64 = 1000;
@@ -110,13 +108,13 @@ impl TaskEventBuffer {
         });
     }
 
-    /// This worker starts running the attempt.
-    pub(crate) fn running(&self, ctx: &Context, spec: &TaskSpec) {
+    /// This worker (`worker_id` on `node_id`) starts running the attempt.
+    pub(crate) fn running(&self, node_id: NodeId, worker_id: WorkerId, spec: &TaskSpec) {
         self.push(TaskEvent {
             task_id: spec.task_id.clone(),
             attempt: spec.attempt,
-            node_id: Bytes::copy_from_slice(ctx.node_id.as_bytes()),
-            worker_id: Bytes::copy_from_slice(ctx.worker_id.as_bytes()),
+            node_id: Bytes::copy_from_slice(node_id.as_bytes()),
+            worker_id: Bytes::copy_from_slice(worker_id.as_bytes()),
             worker_pid: std::process::id(),
             changes: change(TaskStatus::TaskRunning),
             ..Default::default()
@@ -150,26 +148,22 @@ impl TaskEventBuffer {
         (merged, dropped)
     }
 
+    /// How often what is buffered goes to the GCS; None: task events are off.
+    pub(crate) fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
     /// Sends what is buffered to the GCS (through this node's raylet).
-    pub(crate) async fn flush(&self, ctx: &Context) {
+    pub(crate) async fn flush(&self, raylet: &RpcClient) {
         let (events, dropped) = self.take();
         if events.is_empty() && dropped == 0 {
             return;
         }
         let lost = events.len() as u64 + dropped;
-        if let Err(e) = ctx.raylet.request(AddTaskEvents { events, dropped }).await {
+        if let Err(e) = raylet.request(AddTaskEvents { events, dropped }).await {
             // The GCS is unreachable: count them as dropped next time.
             tracing::debug!("cannot report task events: {e}");
             self.dropped.fetch_add(lost, Ordering::Relaxed);
-        }
-    }
-
-    /// Reports every interval until the process ends.
-    pub(crate) async fn report_loop(ctx: Arc<Context>) {
-        let Some(interval) = ctx.task_events.interval else { return };
-        loop {
-            tokio::time::sleep(interval).await;
-            ctx.task_events.flush(&ctx).await;
         }
     }
 }

@@ -6,14 +6,11 @@
 //! process disconnects, over the raylet connection.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rtd_common::proto::{metric_point::Kind, ErrorCode, MetricPoint, ReportMetrics};
-use rtd_common::rpc::RpcError;
-
-use crate::context::Context;
+use rtd_common::rpc::{RpcClient, RpcError};
 
 pub use rtd_common::proto::metric_point::Kind as MetricKind;
 
@@ -84,26 +81,23 @@ impl MetricBuffer {
         std::mem::take(&mut *self.pending.lock()).into_values().collect()
     }
 
+    /// How often what is pending goes to the node.
+    pub(crate) fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Sends what is pending to this node's daemon.
-    pub(crate) async fn flush(&self, ctx: &Context) {
+    pub(crate) async fn flush(&self, raylet: &RpcClient) {
         let points = self.take();
         if points.is_empty() {
             return;
         }
-        match ctx.raylet.request(ReportMetrics { points }).await {
+        match raylet.request(ReportMetrics { points }).await {
             Ok(_) => {}
             Err(RpcError::Remote { code: ErrorCode::Invalid, message }) => {
                 tracing::warn!("the node refused some user metrics: {message}")
             }
             Err(e) => tracing::debug!("cannot report user metrics: {e}"),
-        }
-    }
-
-    /// Reports every interval until the process ends.
-    pub(crate) async fn report_loop(ctx: Arc<Context>) {
-        loop {
-            tokio::time::sleep(ctx.user_metrics.interval).await;
-            ctx.user_metrics.flush(&ctx).await;
         }
     }
 }
