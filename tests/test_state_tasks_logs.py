@@ -52,17 +52,19 @@ class Speaker:
         return os.getpid()
 
 
-@rtd.remote(num_cpus=0)
+# One CPU each, so no more workers start than the pool keeps: the raylet SIGKILLs a
+# surplus idle worker at once, and task events it had not sent yet are lost with it.
+@rtd.remote
 def state_square(x):
     return x * x
 
 
-@rtd.remote(num_cpus=0, max_retries=0)
+@rtd.remote(max_retries=0)
 def state_explode():
     raise ValueError("state boom")
 
 
-@rtd.remote(num_cpus=0)
+@rtd.remote
 def state_chatty(line):
     print(line)
     return os.getpid()
