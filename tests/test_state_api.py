@@ -4,23 +4,29 @@ through ``rtd.util.state``, raw HTTP and the ``rtd list/get/summary`` commands."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 import rtd
-from conftest import rtd_cli, run_script, wait_for_condition
+from conftest import last_json_line, rtd_cli, run_script, wait_for_condition
 from rtd.cluster_utils import Cluster
 from rtd.util.placement_group import placement_group, remove_placement_group
 from rtd.util.state import (
     RayStateApiException,
     get_actor,
+    get_job,
+    get_log,
     get_node,
     get_placement_group,
     list_actors,
+    list_jobs,
+    list_logs,
     list_nodes,
     list_placement_groups,
     summarize_actors,
@@ -57,6 +63,13 @@ class Counter:
         import os
 
         return rtd.get_runtime_context().get_node_id(), os.getpid()
+
+
+@rtd.remote(num_cpus=0)
+class Printer:
+    def say(self, line):
+        print(line)
+        return os.getpid()
 
 
 def test_init_returns_the_dashboard_url_which_serves_the_cluster_overview(cluster):
@@ -133,6 +146,47 @@ def test_placement_groups_show_their_bundles_and_where_they_are(cluster):
     wait_for_condition(lambda: get_placement_group(group.id.hex())["state"] == "REMOVED")
     created = list_placement_groups(filters=[("state", "=", "CREATED")])
     assert group.id.hex() not in {g.placement_group_id for g in created}
+
+
+def test_jobs_show_the_running_driver_and_a_finished_one(cluster):
+    job_id = rtd.get_runtime_context().get_job_id()
+    running = get_job(job_id)
+    assert running is not None and (running.status, running.type) == ("RUNNING", "DRIVER")
+    assert job_id in {j.job_id for j in list_jobs(filters=[("status", "=", "RUNNING")])}
+
+    script = run_script(
+        f"""
+        import json, rtd
+        rtd.init(address={cluster.address!r})
+        print(json.dumps([rtd.get_runtime_context().get_job_id()]))
+        """
+    )
+    assert script.returncode == 0, script.stderr
+    (finished_id,) = last_json_line(script.stdout)
+    wait_for_condition(lambda: get_job(finished_id).status == "SUCCEEDED", timeout=15)
+    assert get_job(finished_id).end_time is not None
+
+
+def test_logs_on_the_second_node(cluster):
+    worker_node = cluster.worker_nodes[0].node_id
+    speaker = Printer.options(resources={"alice": 0.1}).remote()
+    line = f"second-node-{uuid.uuid4().hex[:12]}"
+    pid = rtd.get(speaker.say.remote(line))
+
+    files = list_logs(node_id=worker_node, glob_filter=f"worker-*-{pid}.*")
+    assert [f.endswith(f"-{pid}.out") for f in files["worker_out"]] == [True]
+    assert [f.endswith(f"-{pid}.err") for f in files["worker_err"]] == [True]
+    (name,) = files["worker_out"]
+    assert line in "".join(get_log(node_id=worker_node, filename=name))
+    assert line in "".join(get_log(node_id=worker_node, pid=pid))
+    assert line in "".join(get_log(actor_id=speaker._actor_id.hex()))
+
+    head_files = list_logs(node_id=cluster.head_node.node_id)
+    assert name not in head_files.get("worker_out", [])
+    assert head_files["worker_out"], "the head's workers write logs too"
+    with pytest.raises(ValueError, match="node"):
+        list_logs()
+    rtd.kill(speaker)
 
 
 def test_bad_filters_raise_naming_the_problem(cluster):

@@ -156,14 +156,10 @@ impl From<LogQueryError> for ApiError {
 /// How long a log request waits for the node that has the file.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `/api/v0/logs?node_id=...`: the node's log files by Ray's categories.
+/// `/api/v0/logs?node_id=...[&glob=...]`: the node's log files by Ray's categories.
 async fn list_logs(State(state): State<Shared>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
-    let node_id = LogQuery::from_query(query.as_deref())?
-        .node_id
-        .ok_or_else(|| ApiError { status: StatusCode::BAD_REQUEST, msg: "node_id is required".into() })?;
-    let files =
-        read_state(state, move |state| Ok(state.list_logs(&node_id, LOG_TIMEOUT).map_err(LogQueryError::from)?))
-            .await?;
+    let q = LogQuery::from_query(query.as_deref())?;
+    let files = read_state(state, move |state| Ok(logs::list(state, &q, LOG_TIMEOUT)?)).await?;
     Ok(success(json!({ "result": categorize(files) })))
 }
 

@@ -28,16 +28,23 @@
 //!   {"node_id_to_summary": {"cluster": {"summary": {CLASS: {"class_name",
 //!   "state_counts": {STATE: n}}}, "total_actors", "summary_by": "class"}}}`; takes the
 //!   same filters.
+//! - `GET /api/v0/objects/summarize`: Ray's `ObjectSummaries`, `{"summary": {CALL_SITE:
+//!   {"total_objects", "total_size_mb", "total_num_workers", "total_num_nodes",
+//!   "task_state_counts", "ref_type_counts"}}, "total_objects", "total_size_mb",
+//!   "callsite_enabled", "summary_by": "callsite"}` in the same envelope; rtd records no
+//!   call sites, so there is one group, `disabled`.
 //! - `GET /api/cluster_status`: the overview, `data = {"num_nodes_alive",
 //!   "num_nodes_dead", "resources_total", "resources_available", "nodes": [{"node_id",
 //!   "node_ip", "node_name", "is_head_node", "state", "resources_total",
 //!   "resources_available"}]}` (sums over alive nodes; bundle resources left out).
 //! - `GET /api/v0/tasks/timeline`: the tasks that ran as Chrome-trace events (a bare
 //!   JSON list, as Ray's), what `rtd.timeline()` writes.
-//! - `GET /api/v0/logs?node_id=`: the node's log files by Ray's categories
-//!   (`worker_out`, `worker_err`, `raylet`, `misc`); `GET /api/v0/logs/file` one file's
+//! - `GET /api/v0/logs?node_id=[&glob=]`: the node's log files (matching the shell
+//!   pattern `glob`) by Ray's categories (`worker_out`, `worker_err`, `raylet`, `misc`);
+//!   `GET /api/v0/logs/file` one file's
 //!   last `lines` as text, named by `node_id` and `filename`, or by `actor_id`,
-//!   `task_id`, or `node_id` and `pid` (`suffix=out|err`); `offset=` reads on from
+//!   `task_id`, or `node_id` and `pid` (`suffix=out|err`). `node_ip` may stand for
+//!   `node_id` where one alive node has that address; `offset=` reads on from
 //!   where the `x-rtd-end-offset` header of the last read said (following).
 //! - `GET /` and `GET /static/{path}`: the dashboard's pages, built into the binary.
 

@@ -1,6 +1,7 @@
-//! `/api/v0/logs`: a node's log files, and one log file's text, named directly
-//! (`node_id` and `filename`) or by what wrote it (`actor_id`, `task_id`, or `pid` with
-//! `node_id`), as Ray's log API takes them. A worker's files are
+//! `/api/v0/logs`: a node's log files (those whose names match `glob`, if given), and
+//! one log file's text, named directly (`node_id` and `filename`) or by what wrote it
+//! (`actor_id`, `task_id`, or `pid` with `node_id`), as Ray's log API takes them. A
+//! node is named by `node_id`, or by `node_ip` when one alive node has that address. A worker's files are
 //! `worker-<worker id>-<pid>.out` / `.err` (`suffix`), so what ran in a process is
 //! found by its pid on its node.
 
@@ -26,6 +27,9 @@ pub enum LogQueryError {
 #[derive(Debug, Default, PartialEq)]
 pub struct LogQuery {
     pub node_id: Option<String>,
+    pub node_ip: Option<String>,
+    /// Only files whose names match this pattern (`*`, `?`), when listing.
+    pub glob: Option<String>,
     pub filename: Option<String>,
     pub actor_id: Option<String>,
     pub task_id: Option<String>,
@@ -43,6 +47,8 @@ impl LogQuery {
             let bad = |why: &str| LogQueryError::Bad(format!("invalid value {value:?} for {name}: {why}"));
             match name.as_str() {
                 "node_id" => q.node_id = Some(value),
+                "node_ip" => q.node_ip = Some(value),
+                "glob" => q.glob = Some(value),
                 "filename" => q.filename = Some(value),
                 "actor_id" => q.actor_id = Some(value),
                 "task_id" => q.task_id = Some(value),
@@ -56,6 +62,55 @@ impl LogQuery {
         }
         Ok(q)
     }
+
+    /// The node the query names, by id or by address; None if it names none.
+    pub fn node(&self, state: &dyn ClusterState) -> Result<Option<String>, LogQueryError> {
+        let Some(ip) = self.node_ip.as_ref().filter(|_| self.node_id.is_none()) else {
+            return Ok(self.node_id.clone());
+        };
+        let alive: Vec<String> =
+            state.nodes().into_iter().filter(|n| n.state == "ALIVE" && n.node_ip == *ip).map(|n| n.node_id).collect();
+        match alive.as_slice() {
+            [node_id] => Ok(Some(node_id.clone())),
+            [] => Err(LogError::NotFound(format!("no alive node has the address {ip}")).into()),
+            _ => Err(LogQueryError::Bad(format!(
+                "{} alive nodes have the address {ip} ({}); name one with node_id",
+                alive.len(),
+                alive.join(", ")
+            ))),
+        }
+    }
+}
+
+/// Whether `name` matches the shell pattern `pattern`: `*` any run of characters,
+/// `?` any one character, everything else itself.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and the name position it matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more character and try again.
+                Some((star_p, star_n)) => {
+                    star = Some((star_p, star_n + 1));
+                    p = star_p + 1;
+                    n = star_n + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 /// Ray's categories of a node's log files.
@@ -98,19 +153,33 @@ fn process_of(state: &dyn ClusterState, q: &LogQuery) -> Result<(String, u32), L
             _ => Err(LogError::NotFound(format!("task {task_id} has not run on a worker yet")).into()),
         };
     }
-    match (&q.node_id, q.pid) {
-        (Some(node), Some(pid)) => Ok((node.clone(), pid)),
+    match (q.node(state)?, q.pid) {
+        (Some(node), Some(pid)) => Ok((node, pid)),
         _ => Err(LogQueryError::Bad(
-            "name a log with node_id and filename, or with actor_id, task_id, or node_id and pid".into(),
+            "name a log with node_id (or node_ip) and filename, or with actor_id, task_id, or node_id and pid".into(),
         )),
     }
 }
 
+/// The log files of the node the query names whose names match its `glob`.
+pub fn list(state: &dyn ClusterState, q: &LogQuery, timeout: Duration) -> Result<Vec<LogFileState>, LogQueryError> {
+    let node_id = q.node(state)?.ok_or_else(|| LogQueryError::Bad("node_id or node_ip is required".into()))?;
+    let mut files = state.list_logs(&node_id, timeout)?;
+    if let Some(glob) = &q.glob {
+        files.retain(|f| glob_matches(glob, &f.name));
+    }
+    Ok(files)
+}
+
 /// The text the query asks for, and the offset just past it (a follower's next start).
 pub fn read(state: &dyn ClusterState, q: LogQuery, timeout: Duration) -> Result<(Vec<u8>, u64), LogQueryError> {
-    let (node_id, filename) = match (&q.node_id, &q.filename) {
-        (Some(node), Some(filename)) => (node.clone(), filename.clone()),
-        _ => {
+    let (node_id, filename) = match &q.filename {
+        Some(filename) => {
+            let node_id =
+                q.node(state)?.ok_or_else(|| LogQueryError::Bad("a filename needs node_id or node_ip".into()))?;
+            (node_id, filename.clone())
+        }
+        None => {
             let (node_id, pid) = process_of(state, &q)?;
             let ending = format!("-{pid}.{}", q.suffix);
             let files = state.list_logs(&node_id, timeout)?;
@@ -133,6 +202,18 @@ mod tests {
         let err = LogQuery::from_query(Some("pid=x")).unwrap_err().to_string();
         assert!(err.contains("pid"), "{err}");
         assert!(LogQuery::from_query(Some("suffix=log")).is_err());
+    }
+
+    #[test]
+    fn globs_match_as_the_shell_does() {
+        for (pattern, name) in
+            [("*", "x"), ("worker-*.out", "worker-a-1.out"), ("*-1.*", "worker-a-1.err"), ("n?de*", "node.out")]
+        {
+            assert!(glob_matches(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [("*.out", "worker.err"), ("node", "node.out"), ("?", ""), ("a*b", "acbx")] {
+            assert!(!glob_matches(pattern, name), "{pattern} {name}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! Adding a resource is one more [`Resource`] in [`RESOURCES`]: its columns and a
 //! function returning its rows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -44,15 +44,19 @@ pub struct Resource {
     /// Ray's columns, in Ray's order.
     pub columns: &'static [Column],
     pub rows: fn(&dyn ClusterState, Duration) -> Rows,
-    /// `/api/v0/<name>/summarize` groups rows by this column and counts their states;
-    /// with the name of the group key and of the total in the answer (Ray's).
-    pub summary: Option<SummaryShape>,
+    /// What `/api/v0/<name>/summarize` answers (None: the resource has no summary).
+    pub summary: Option<Summary>,
 }
 
-pub struct SummaryShape {
-    pub by_column: &'static str,
-    pub summary_by: &'static str,
-    pub total_name: &'static str,
+/// Ray's summary of a resource, `node_id_to_summary.cluster` in its answer.
+pub enum Summary {
+    /// Rows grouped by `by_column` with counts by state (Ray's `ActorSummaries`,
+    /// `TaskSummaries`); `summary_by` and `total_name` are Ray's names in the answer.
+    StateCounts { by_column: &'static str, summary_by: &'static str, total_name: &'static str },
+    /// Ray's `ObjectSummaries`: objects grouped by call site (rtd records none, so one
+    /// group, `disabled`), with their size, how many processes and nodes reference
+    /// them, and counts by task status and reference type.
+    Objects,
 }
 
 /// A resource's rows, and warnings when they are partial (dropped task events,
@@ -132,7 +136,11 @@ pub const RESOURCES: &[Resource] = &[
             column("num_restarts_due_to_lineage_reconstruction", false, true),
         ],
         rows: |state, _| rows_of(state.actors()),
-        summary: Some(SummaryShape { by_column: "class_name", summary_by: "class", total_name: "total_actors" }),
+        summary: Some(Summary::StateCounts {
+            by_column: "class_name",
+            summary_by: "class",
+            total_name: "total_actors",
+        }),
     },
     Resource {
         name: "placement_groups",
@@ -175,7 +183,7 @@ pub const RESOURCES: &[Resource] = &[
             column("end_time_ms", false, true),
         ],
         rows: |state, _| task_rows(state),
-        summary: Some(SummaryShape {
+        summary: Some(Summary::StateCounts {
             by_column: "func_or_class_name",
             summary_by: "func_name",
             total_name: "total_tasks",
@@ -237,7 +245,7 @@ pub const RESOURCES: &[Resource] = &[
             column("owned", true, true),
         ],
         rows: object_rows,
-        summary: None,
+        summary: Some(Summary::Objects),
     },
 ];
 
@@ -342,35 +350,101 @@ impl Resource {
         })
     }
 
-    /// Ray's `SummaryApiResponse` for this resource (None: it has no summary): rows
-    /// that pass `filters`, grouped by the summary column, with counts by state.
+    /// Ray's `SummaryApiResponse` for this resource (None: it has no summary): the
+    /// summary of the rows that pass `filters`.
     pub fn summarize(&self, state: &dyn ClusterState, options: &ListOptions) -> Option<Result<Value, QueryError>> {
-        let shape = self.summary.as_ref()?;
+        let summary = self.summary.as_ref()?;
         Some(self.filtered(state, options).map(|Filtered { total, after_truncation, rows, warnings }| {
-            let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-            for row in &rows {
-                let text = |column: &str| row.get(column).and_then(Value::as_str).unwrap_or_default().to_string();
-                *groups.entry(text(shape.by_column)).or_default().entry(text("state")).or_default() += 1;
-            }
-            let summary: Map<String, Value> = groups
-                .into_iter()
-                .map(|(key, state_counts)| {
-                    let entry = serde_json::json!({ shape.by_column: key, "state_counts": state_counts });
-                    (key, entry)
-                })
-                .collect();
             serde_json::json!({
                 "total": total,
                 "num_after_truncation": after_truncation,
                 "num_filtered": rows.len(),
-                "result": {"node_id_to_summary": {"cluster": {
-                    "summary": summary,
-                    shape.total_name: rows.len(),
-                    "summary_by": shape.summary_by,
-                }}},
+                "result": {"node_id_to_summary": {"cluster": summary.of(&rows)}},
                 "partial_failure_warning": warnings.join("; "),
                 "warnings": (!warnings.is_empty()).then_some(&warnings),
             })
         }))
     }
+}
+
+/// A row's text in `column` ("" when it has none).
+fn text(row: &Row, column: &str) -> String {
+    match row.get(column) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+impl Summary {
+    fn of(&self, rows: &[Row]) -> Value {
+        match self {
+            Summary::StateCounts { by_column, summary_by, total_name } => {
+                let mut groups: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+                for row in rows {
+                    *groups.entry(text(row, by_column)).or_default().entry(text(row, "state")).or_default() += 1;
+                }
+                let summary: Map<String, Value> = groups
+                    .into_iter()
+                    .map(|(key, state_counts)| {
+                        let entry = serde_json::json!({ *by_column: key, "state_counts": state_counts });
+                        (key, entry)
+                    })
+                    .collect();
+                serde_json::json!({ "summary": summary, *total_name: rows.len(), "summary_by": summary_by })
+            }
+            Summary::Objects => objects_summary(rows),
+        }
+    }
+}
+
+/// Bytes in Ray's `total_size_mb` (MiB).
+const MB: f64 = 1024.0 * 1024.0;
+
+/// Ray's `ObjectSummaries` of object rows.
+fn objects_summary(rows: &[Row]) -> Value {
+    #[derive(Default)]
+    struct Group {
+        objects: u64,
+        bytes: u64,
+        processes: BTreeSet<String>,
+        nodes: BTreeSet<String>,
+        task_state_counts: BTreeMap<String, u64>,
+        ref_type_counts: BTreeMap<String, u64>,
+    }
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for row in rows {
+        let group = groups.entry(text(row, "call_site")).or_default();
+        group.objects += 1;
+        // No size: the task that makes the object is pending.
+        group.bytes += row.get("object_size").and_then(Value::as_u64).unwrap_or(0);
+        // A process is its pid on its node, as Ray counts workers by pid and nodes by ip.
+        group.processes.insert(format!("{}@{}", text(row, "pid"), text(row, "ip")));
+        group.nodes.insert(text(row, "ip"));
+        *group.task_state_counts.entry(text(row, "task_status")).or_default() += 1;
+        *group.ref_type_counts.entry(text(row, "reference_type")).or_default() += 1;
+    }
+    let total_bytes: u64 = groups.values().map(|g| g.bytes).sum();
+    let callsite_enabled = !groups.contains_key("disabled");
+    let summary: Map<String, Value> = groups
+        .into_iter()
+        .map(|(call_site, g)| {
+            let entry = serde_json::json!({
+                "total_objects": g.objects,
+                "total_size_mb": g.bytes as f64 / MB,
+                "total_num_workers": g.processes.len(),
+                "total_num_nodes": g.nodes.len(),
+                "task_state_counts": g.task_state_counts,
+                "ref_type_counts": g.ref_type_counts,
+            });
+            (call_site, entry)
+        })
+        .collect();
+    serde_json::json!({
+        "summary": summary,
+        "total_objects": rows.len(),
+        "total_size_mb": total_bytes as f64 / MB,
+        "callsite_enabled": callsite_enabled,
+        "summary_by": "callsite",
+    })
 }

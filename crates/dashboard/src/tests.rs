@@ -120,19 +120,12 @@ impl ClusterState for FakeCluster {
     }
 
     fn objects(&self, _timeout: Duration) -> (Vec<ObjectState>, Vec<String>) {
-        let object = ObjectState {
-            object_id: "o1".into(),
-            object_size: Some(3),
-            task_status: "FINISHED",
-            reference_type: "LOCAL_REFERENCE".into(),
-            call_site: "disabled".into(),
-            process_type: "DRIVER",
-            pid: 7,
-            ip: "127.0.0.1".into(),
-            node_id: None,
-            owned: true,
-        };
-        (vec![object], vec!["process 8 on 127.0.0.1 did not answer".into()])
+        let objects = vec![
+            object("o1", Some(3 << 20), "LOCAL_REFERENCE", "DRIVER", 7),
+            object("o1", Some(3 << 20), "BORROWED", "WORKER", 42),
+            object("o2", None, "USED_BY_PENDING_TASK", "DRIVER", 7),
+        ];
+        (objects, vec!["process 8 on 127.0.0.1 did not answer".into()])
     }
 
     fn timeline(&self) -> Vec<Value> {
@@ -149,6 +142,21 @@ impl ClusterState for FakeCluster {
 
     fn read_log(&self, node_id: &str, read: LogRead, _timeout: Duration) -> Result<(Vec<u8>, u64), LogError> {
         Ok((format!("{node_id}/{} from {}", read.filename, read.offset).into_bytes(), 99))
+    }
+}
+
+fn object(id: &str, size: Option<u64>, reference_type: &str, process_type: &'static str, pid: u32) -> ObjectState {
+    ObjectState {
+        object_id: id.into(),
+        object_size: size,
+        task_status: if size.is_some() { "FINISHED" } else { "PENDING" },
+        reference_type: reference_type.into(),
+        call_site: "disabled".into(),
+        process_type,
+        pid,
+        ip: "127.0.0.1".into(),
+        node_id: None,
+        owned: process_type == "DRIVER",
     }
 }
 
@@ -369,7 +377,31 @@ async fn tasks_list_every_attempt_summarize_by_function_and_warn_of_drops() {
 async fn objects_name_the_processes_that_did_not_answer() {
     let list = listed("/api/v0/objects").await;
     assert_eq!(list["warnings"][0], "process 8 on 127.0.0.1 did not answer");
-    assert_eq!(ids(&list, "object_id"), ["o1"]);
+    assert_eq!(ids(&list, "object_id"), ["o1", "o1", "o2"]);
+}
+
+#[tokio::test]
+async fn objects_summarize_as_rays_object_summaries() {
+    let summary = listed("/api/v0/objects/summarize").await;
+    assert_eq!(summary["warnings"][0], "process 8 on 127.0.0.1 did not answer");
+    let cluster = &summary["result"]["node_id_to_summary"]["cluster"];
+    assert_eq!(
+        (&cluster["total_objects"], &cluster["total_size_mb"], &cluster["callsite_enabled"], &cluster["summary_by"]),
+        (&3.into(), &6.0.into(), &false.into(), &"callsite".into())
+    );
+    let group = &cluster["summary"]["disabled"];
+    assert_eq!(
+        (&group["total_objects"], &group["total_size_mb"], &group["total_num_workers"], &group["total_num_nodes"]),
+        (&3.into(), &6.0.into(), &2.into(), &1.into())
+    );
+    assert_eq!(group["task_state_counts"], serde_json::json!({"FINISHED": 2, "PENDING": 1}));
+    assert_eq!(
+        group["ref_type_counts"],
+        serde_json::json!({"BORROWED": 1, "LOCAL_REFERENCE": 1, "USED_BY_PENDING_TASK": 1})
+    );
+    let pending =
+        listed("/api/v0/objects/summarize?filter_keys=task_status&filter_predicates=%3D&filter_values=PENDING").await;
+    assert_eq!(pending["result"]["node_id_to_summary"]["cluster"]["total_objects"], 1);
 }
 
 #[tokio::test]
@@ -383,6 +415,11 @@ async fn logs_are_listed_by_category_and_found_by_what_wrote_them() {
     let (status, body) = get("/api/v0/logs?node_id=aa").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["data"]["result"]["worker_out"], serde_json::json!(["worker-w1-42.out", "worker-w2-43.out"]));
+    let (_, body) = get("/api/v0/logs?node_id=aa&glob=*-42.*").await;
+    assert_eq!(
+        body["data"]["result"],
+        serde_json::json!({"worker_err": ["worker-w1-42.err"], "worker_out": ["worker-w1-42.out"]})
+    );
     let (status, text, end) = get_text("/api/v0/logs/file?node_id=aa&filename=worker-w2-43.out&offset=5").await;
     assert_eq!((status, text.as_str(), end.as_deref()), (StatusCode::OK, "aa/worker-w2-43.out from 5", Some("99")));
     // The actor a1 runs as pid 42 on node aa; the task t2's last attempt ran there too.
@@ -396,6 +433,9 @@ async fn logs_are_listed_by_category_and_found_by_what_wrote_them() {
         ("/api/v0/logs/file?actor_id=nope", StatusCode::NOT_FOUND),
         ("/api/v0/logs/file?lines=many&node_id=aa&filename=x", StatusCode::BAD_REQUEST),
         ("/api/v0/logs/file", StatusCode::BAD_REQUEST),
+        // Every fake node is at 127.0.0.1: the address names none of them alone.
+        ("/api/v0/logs?node_ip=127.0.0.1", StatusCode::BAD_REQUEST),
+        ("/api/v0/logs?node_ip=10.0.0.9", StatusCode::NOT_FOUND),
     ] {
         let (got, body) = get(uri).await;
         assert_eq!(got, status, "{uri}: {body}");

@@ -1,5 +1,6 @@
 //! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`, and the state commands
-//! `rtd list`, `rtd get`, `rtd summary` (in `state_cli`). The same
+//! `rtd list`, `rtd get`, `rtd summary`, `rtd memory`, `rtd timeline` (in `state_cli`)
+//! and `rtd logs` (in `logs_cli`). The same
 //! code runs in the standalone binary and behind the Python package's `rtd` console
 //! script, so it returns an exit code instead of exiting.
 //!
@@ -23,8 +24,8 @@ use rtd_common::rpc::{Request, RpcClient};
 use crate::daemons;
 use crate::node::{default_object_store_memory, node_resources, run_node, DashboardOptions, NodeOptions, NodeRole};
 use crate::session::{remove_dead_sessions, NodeFile, Session, DEFAULT_TEMP_DIR};
-use crate::state_cli;
 use crate::system_config::SystemConfig;
+use crate::{logs_cli, state_cli};
 
 /// How to start a daemon in the background: the program and leading arguments that,
 /// followed by `start ... --block`, run a node in the foreground.
@@ -49,12 +50,18 @@ enum Command {
     Stop(StopArgs),
     /// Show the nodes, their resource usage and pending demands.
     Status(TempDirArg),
-    /// List the cluster's nodes, actors or placement groups (Ray's state CLI).
+    /// List the cluster's nodes, actors, placement groups, tasks, jobs, workers or objects (Ray's state CLI).
     List(state_cli::ListArgs),
-    /// Show one node, actor or placement group by id.
+    /// Show one node, actor, placement group, job or worker by id (a task: its attempts).
     Get(state_cli::GetArgs),
-    /// Summarize the cluster's actors by class and state.
+    /// Summarize the cluster's actors or tasks by state, or its objects by reference type.
     Summary(state_cli::SummaryArgs),
+    /// Show a node's log files, or the output of an actor, a task or a worker.
+    Logs(logs_cli::LogsArgs),
+    /// Show the object references of every process, by node (Ray's `ray memory`).
+    Memory(state_cli::MemoryArgs),
+    /// Write the tasks that ran as a Chrome trace file.
+    Timeline(state_cli::TimelineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +207,9 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
         Command::List(args) => state_cli::list(&args),
         Command::Get(args) => state_cli::get(&args),
         Command::Summary(args) => state_cli::summary(&args),
+        Command::Logs(args) => logs_cli::logs(&args),
+        Command::Memory(args) => state_cli::memory(&args),
+        Command::Timeline(args) => state_cli::timeline(&args),
     };
     match result {
         Ok(()) => 0,
@@ -621,6 +631,18 @@ mod tests {
         assert!(matches!(parse(&["list", "placement-groups", "--detail"]).unwrap().command, Command::List(_)));
         assert!(matches!(parse(&["get", "actor", "ab12"]).unwrap().command, Command::Get(_)));
         assert!(matches!(parse(&["summary", "actors"]).unwrap().command, Command::Summary(_)));
+        assert!(matches!(parse(&["summary", "objects"]).unwrap().command, Command::Summary(_)));
+        assert!(matches!(parse(&["get", "task", "ab12"]).unwrap().command, Command::Get(_)));
+        assert!(matches!(parse(&["logs"]).unwrap().command, Command::Logs(_)));
+        assert!(matches!(parse(&["logs", "worker-*.out", "--tail", "-1"]).unwrap().command, Command::Logs(_)));
+        assert!(matches!(parse(&["logs", "actor", "--id", "ab", "-f", "--err"]).unwrap().command, Command::Logs(_)));
+        assert!(matches!(
+            parse(&["logs", "worker", "--pid", "7", "--node-id", "ab"]).unwrap().command,
+            Command::Logs(_)
+        ));
+        assert!(parse(&["logs", "worker", "--node-id", "ab"]).is_err());
+        assert!(matches!(parse(&["memory", "--stats-only"]).unwrap().command, Command::Memory(_)));
+        assert!(matches!(parse(&["timeline", "--output", "t.json"]).unwrap().command, Command::Timeline(_)));
         assert!(parse(&["list", "tables"]).is_err());
         assert!(parse(&["list", "nodes", "--filter", "state~x"]).unwrap_err().to_string().contains("state~x"));
         assert!(matches!(parse(&["status", "--temp-dir", "/t"]).unwrap().command, Command::Status(_)));

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemons;
+mod logs_cli;
 pub mod metrics;
 pub mod node;
 pub mod session;

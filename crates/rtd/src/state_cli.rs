@@ -1,9 +1,11 @@
-//! `rtd list`, `rtd get` and `rtd summary`: Ray's state CLI, a client of the head's
-//! state API over HTTP (`rtd_dashboard`), with Ray's output formats.
+//! `rtd list`, `rtd get`, `rtd summary`, `rtd logs`, `rtd memory` and `rtd timeline`:
+//! Ray's state CLI, a client of the head's state API over HTTP (`rtd_dashboard`), with
+//! Ray's output formats.
 //!
 //! A command finds the cluster of this machine by itself — the head's `node.json` names
 //! its dashboard address — or talks to the dashboard at `--address HOST:PORT`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use serde_json::Value;
 
 use crate::session::{NodeFile, DEFAULT_TEMP_DIR};
 
-/// What the state API lists. Adding one (tasks, jobs) is a variant here.
+/// What the state API lists. Adding one is a variant here.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum StateResource {
     #[value(alias = "node")]
@@ -22,6 +24,14 @@ pub enum StateResource {
     Actors,
     #[value(alias = "placement-group")]
     PlacementGroups,
+    #[value(alias = "task")]
+    Tasks,
+    #[value(alias = "job")]
+    Jobs,
+    #[value(alias = "worker")]
+    Workers,
+    #[value(alias = "object")]
+    Objects,
 }
 
 impl StateResource {
@@ -31,15 +41,25 @@ impl StateResource {
             Self::Nodes => "nodes",
             Self::Actors => "actors",
             Self::PlacementGroups => "placement_groups",
+            Self::Tasks => "tasks",
+            Self::Jobs => "jobs",
+            Self::Workers => "workers",
+            Self::Objects => "objects",
         }
     }
 
-    /// The column `rtd get` looks a row up by.
+    /// The column `rtd get` looks rows up by. A task has a row per attempt and an
+    /// object one per process referencing it; anything else one row.
     fn id_column(self) -> &'static str {
         match self {
             Self::Nodes => "node_id",
             Self::Actors => "actor_id",
             Self::PlacementGroups => "placement_group_id",
+            Self::Tasks => "task_id",
+            // Ray's `get job` takes a submission id; rtd's jobs are drivers', named by job id.
+            Self::Jobs => "job_id",
+            Self::Workers => "worker_id",
+            Self::Objects => "object_id",
         }
     }
 }
@@ -47,7 +67,31 @@ impl StateResource {
 /// Resources with a summary.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum SummaryResource {
+    #[value(alias = "actor")]
     Actors,
+    #[value(alias = "task")]
+    Tasks,
+    #[value(alias = "object")]
+    Objects,
+}
+
+impl SummaryResource {
+    fn api_name(self) -> &'static str {
+        match self {
+            Self::Actors => "actors",
+            Self::Tasks => "tasks",
+            Self::Objects => "objects",
+        }
+    }
+
+    /// The title of Ray's summary.
+    fn title(self) -> &'static str {
+        match self {
+            Self::Actors => "Actors Summary",
+            Self::Tasks => "Tasks Summary",
+            Self::Objects => "Object Summary",
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -124,6 +168,24 @@ pub struct GetArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct MemoryArgs {
+    /// Only the summary of each node, not every reference.
+    #[arg(long)]
+    stats_only: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TimelineArgs {
+    /// The file to write (default: rtd-timeline-<time>.json in the system's temporary directory).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
 pub struct SummaryArgs {
     resource: SummaryResource,
     #[command(flatten)]
@@ -150,14 +212,29 @@ fn local_dashboard(temp_dir: &Path) -> Result<String> {
         })
 }
 
-/// `GET path` with `query` from the cluster's state API; the `data` of the answer.
-fn request(cluster: &ClusterArgs, path: &str, query: &[(&str, String)]) -> Result<Value> {
+/// The dashboard to ask, as a URL without a trailing slash.
+fn dashboard_url(cluster: &ClusterArgs) -> Result<String> {
     let address = match &cluster.address {
         Some(address) => address.clone(),
         None => local_dashboard(&cluster.temp_dir)?,
     };
     let base = if address.contains("://") { address } else { format!("http://{address}") };
-    let url = format!("{}{path}", base.trim_end_matches('/'));
+    Ok(base.trim_end_matches('/').to_string())
+}
+
+/// The most bytes of one answer read (a whole log, a long timeline).
+const MAX_ANSWER_BYTES: u64 = 1 << 30;
+
+/// A successful answer of the dashboard: its body, and where a log read ended.
+pub(crate) struct Answer {
+    pub body: Vec<u8>,
+    pub end_offset: Option<u64>,
+}
+
+/// `GET path` with `query` from the cluster's dashboard; an error answer becomes an
+/// error with the message the dashboard gave.
+pub(crate) fn fetch(cluster: &ClusterArgs, path: &str, query: &[(&str, String)]) -> Result<Answer> {
+    let url = format!("{}{path}", dashboard_url(cluster)?);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(cluster.timeout.max(1))))
         .http_status_as_error(false)
@@ -168,9 +245,29 @@ fn request(cluster: &ClusterArgs, path: &str, query: &[(&str, String)]) -> Resul
         call = call.query(*name, value);
     }
     let mut response = call.call().with_context(|| format!("cannot reach the state API at {url}"))?;
-    let text = response.body_mut().read_to_string().with_context(|| format!("reading the answer of {url}"))?;
-    let answer: Value = serde_json::from_str(&text)
-        .map_err(|_| anyhow!("{url} did not answer with JSON (status {}): {text:.200}", response.status()))?;
+    let end_offset =
+        response.headers().get("x-rtd-end-offset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_vec()
+        .with_context(|| format!("reading the answer of {url}"))?;
+    if !response.status().is_success() {
+        let msg = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["msg"].as_str().map(String::from));
+        match msg {
+            Some(msg) => bail!("{msg}"),
+            None => bail!("{url} answered {}: {:.200}", response.status(), String::from_utf8_lossy(&body)),
+        }
+    }
+    Ok(Answer { body, end_offset })
+}
+
+/// `GET path` with `query` from the cluster's state API; the `data.result` of the answer.
+pub(crate) fn request(cluster: &ClusterArgs, path: &str, query: &[(&str, String)]) -> Result<Value> {
+    let body = fetch(cluster, path, query)?.body;
+    let answer: Value = serde_json::from_slice(&body)
+        .map_err(|_| anyhow!("{path} did not answer with JSON: {:.200}", String::from_utf8_lossy(&body)))?;
     if answer["result"] != Value::Bool(true) {
         bail!("{}", answer["msg"].as_str().unwrap_or("the state API refused the request"));
     }
@@ -189,6 +286,9 @@ fn filter_query(filters: &[Filter]) -> Vec<(&'static str, String)> {
         })
         .collect()
 }
+
+/// The most rows the state API returns (its `limit` at most).
+const MAX_ROWS: usize = 10_000;
 
 /// `rtd list RESOURCE`.
 pub fn list(args: &ListArgs) -> Result<()> {
@@ -224,43 +324,178 @@ pub fn get(args: &GetArgs) -> Result<()> {
     let filter = Filter { key: args.resource.id_column().into(), predicate: "=", value: args.id.clone() };
     let mut query = filter_query(&[filter]);
     query.push(("detail", "true".into()));
+    query.push(("limit", MAX_ROWS.to_string()));
     let listed = request(&args.cluster, &format!("/api/v0/{}", args.resource.api_name()), &query)?;
-    let Some(row) = listed["result"].as_array().and_then(|rows| rows.first()).cloned() else {
-        bail!("no {} with {}={} in the cluster", args.resource.api_name(), args.resource.id_column(), args.id);
+    let rows = listed["result"].as_array().cloned().unwrap_or_default();
+    // A task's attempts, an object's references: all of them; anything else: its row.
+    let shown = match rows.as_slice() {
+        [] => bail!("no {} with {}={} in the cluster", args.resource.api_name(), args.resource.id_column(), args.id),
+        [row] => row.clone(),
+        _ => Value::Array(rows.clone()),
     };
     match args.format {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&row)?),
-        OutputFormat::Yaml | OutputFormat::Default => print!("{}", yaml(&row)?),
-        OutputFormat::Table => print!("{}", table(&[row])),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&shown)?),
+        OutputFormat::Yaml | OutputFormat::Default => print!("{}", yaml(&shown)?),
+        OutputFormat::Table => print!("{}", table(&rows)),
     }
     Ok(())
 }
 
-/// `rtd summary actors`, as `ray summary actors` prints it.
+/// `rtd summary actors|tasks|objects`, as `ray summary` prints them: the totals, then a
+/// row per group with its counts.
 pub fn summary(args: &SummaryArgs) -> Result<()> {
-    let SummaryResource::Actors = args.resource;
-    let answer = request(&args.cluster, "/api/v0/actors/summarize", &[])?;
+    let answer = request(&args.cluster, &format!("/api/v0/{}/summarize", args.resource.api_name()), &[])?;
     let cluster = &answer["result"]["node_id_to_summary"]["cluster"];
-    println!("======== Actors Summary ========");
+    println!("======== {} ========", args.resource.title());
     println!("Stats:\n------------------------------------");
-    println!("total_actors: {}\n", cluster["total_actors"]);
-    println!("Table (group by class):\n------------------------------------");
+    for (name, value) in cluster.as_object().into_iter().flatten() {
+        if name != "summary" && name != "summary_by" {
+            println!("{name}: {}", cell(value));
+        }
+    }
+    println!("\nTable (group by {}):\n------------------------------------", cell(&cluster["summary_by"]));
     let rows: Vec<Value> = cluster["summary"]
         .as_object()
-        .map(|groups| {
-            groups
-                .values()
-                .map(|group| {
-                    let counts = group["state_counts"]
-                        .as_object()
-                        .map(|c| c.iter().map(|(state, n)| format!("{state}: {n}")).collect::<Vec<_>>().join(", "))
-                        .unwrap_or_default();
-                    serde_json::json!({"class_name": group["class_name"], "state_counts": counts})
-                })
-                .collect()
+        .into_iter()
+        .flatten()
+        .map(|(key, group)| {
+            let mut row = serde_json::Map::new();
+            // Actors and tasks name their group in it; objects' groups are call sites.
+            if args.resource == SummaryResource::Objects {
+                row.insert("call_site".into(), key.clone().into());
+            }
+            for (name, value) in group.as_object().into_iter().flatten() {
+                row.insert(name.clone(), counts(value).map_or_else(|| value.clone(), Value::String));
+            }
+            Value::Object(row)
         })
-        .unwrap_or_default();
+        .collect();
     print!("{}", table(&rows));
+    Ok(())
+}
+
+/// Counts by name (`{"ALIVE": 2, "DEAD": 1}`) as Ray prints them: `ALIVE: 2, DEAD: 1`.
+fn counts(value: &Value) -> Option<String> {
+    let counts = value.as_object()?;
+    Some(counts.iter().map(|(name, n)| format!("{name}: {n}")).collect::<Vec<_>>().join(", "))
+}
+
+/// `rtd memory`, as `ray memory` prints it: per node address, a summary (bytes of the
+/// objects, references by type) and every reference, largest first.
+pub fn memory(args: &MemoryArgs) -> Result<()> {
+    let query = [("limit", MAX_ROWS.to_string()), ("detail", "true".into())];
+    let listed = request(&args.cluster, "/api/v0/objects", &query)?;
+    let rows = listed["result"].as_array().cloned().unwrap_or_default();
+    let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for row in rows {
+        by_node.entry(cell(&row["ip"])).or_default().push(row);
+    }
+    println!("======== Object references status ========");
+    println!("Grouping by node address...        Sorting by object size...\n");
+    for (ip, mut references) in by_node {
+        println!("--- Summary for node address: {ip} ---");
+        print!("{}", table(&[reference_summary(&references)]));
+        if !args.stats_only {
+            references.sort_by_key(|r| std::cmp::Reverse(r["object_size"].as_u64().unwrap_or(0)));
+            println!("\n--- Object references for node address: {ip} ---");
+            let rows: Vec<Value> = references.iter().map(reference_row).collect();
+            print!("{}", table(&rows));
+        }
+        println!();
+    }
+    let summary = request(&args.cluster, "/api/v0/objects/summarize", &[])?;
+    let cluster = &summary["result"]["node_id_to_summary"]["cluster"];
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+    for group in cluster["summary"].as_object().into_iter().flatten().map(|(_, g)| g) {
+        for (kind, n) in group["ref_type_counts"].as_object().into_iter().flatten() {
+            *by_type.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    let by_type: Vec<String> = by_type.iter().map(|(kind, n)| format!("{kind}: {n}")).collect();
+    println!("--- Aggregate object references across all nodes ---");
+    println!(
+        "{} references, {} referenced; {}",
+        cluster["total_objects"],
+        size_text((cluster["total_size_mb"].as_f64().unwrap_or(0.0) * MIB as f64) as u64),
+        if by_type.is_empty() { "none".to_string() } else { by_type.join(", ") }
+    );
+    if listed["partial_failure_warning"].as_str().is_some_and(|w| !w.is_empty()) {
+        eprintln!("rtd: warning: {}", cell(&listed["partial_failure_warning"]));
+    }
+    Ok(())
+}
+
+/// Ray's reference types, in the order and with the names `ray memory` shows them.
+const REFERENCE_TYPES: &[(&str, &str)] = &[
+    ("LOCAL_REFERENCE", "local_references"),
+    ("PINNED_IN_MEMORY", "pinned"),
+    ("USED_BY_PENDING_TASK", "used_by_task"),
+    ("CAPTURED_IN_OBJECT", "captured_in_objects"),
+    ("BORROWED", "borrowed"),
+];
+
+const MIB: u64 = 1 << 20;
+
+/// A node's summary row: the bytes of its distinct objects, then per reference type how
+/// many references and the bytes they hold.
+fn reference_summary(references: &[Value]) -> Value {
+    let size = |r: &Value| r["object_size"].as_u64().unwrap_or(0);
+    let mut distinct: BTreeMap<String, u64> = BTreeMap::new();
+    for r in references {
+        distinct.insert(cell(&r["object_id"]), size(r));
+    }
+    let mut row = serde_json::Map::new();
+    row.insert("mem_used_by_objects".into(), size_text(distinct.values().sum()).into());
+    for (kind, column) in REFERENCE_TYPES {
+        let of_kind: Vec<&Value> = references.iter().filter(|r| r["reference_type"] == *kind).collect();
+        let bytes = of_kind.iter().map(|r| size(r)).sum();
+        row.insert((*column).into(), format!("{}, ({})", of_kind.len(), size_text(bytes)).into());
+    }
+    Value::Object(row)
+}
+
+/// One reference as `ray memory` lists it.
+fn reference_row(r: &Value) -> Value {
+    let size = r["object_size"].as_u64().map_or_else(|| "?".to_string(), size_text);
+    serde_json::json!({
+        "ip_address": r["ip"], "pid": r["pid"], "type": cell(&r["type"]).to_lowercase(), "call_site": r["call_site"],
+        "status": r["task_status"], "size": size, "reference_type": r["reference_type"], "object_ref": r["object_id"],
+    })
+}
+
+/// Bytes as a person reads them: `512 B`, `1.5 KiB`, `8.0 MiB`.
+fn size_text(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `rtd timeline`: the tasks that ran as a Chrome trace, written to a file (load it in
+/// chrome://tracing or Perfetto), as `ray timeline` does.
+pub fn timeline(args: &TimelineArgs) -> Result<()> {
+    let events = fetch(&args.cluster, "/api/v0/tasks/timeline", &[])?.body;
+    let count = serde_json::from_slice::<Vec<Value>>(&events)
+        .map(|events| events.len())
+        .map_err(|e| anyhow!("the timeline is not a JSON list of trace events: {e}"))?;
+    let path = match &args.output {
+        Some(path) => path.clone(),
+        None => {
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+            std::env::temp_dir().join(format!("rtd-timeline-{now}.json"))
+        }
+    };
+    std::fs::write(&path, &events).with_context(|| format!("writing the timeline to {}", path.display()))?;
+    println!("Trace file written to {} ({count} events).", path.display());
+    println!("You can open this with chrome://tracing in the Chrome browser, or with https://ui.perfetto.dev.");
     Ok(())
 }
 
