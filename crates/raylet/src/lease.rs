@@ -461,6 +461,26 @@ impl Raylet {
         self.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// This node as its own accounting shows it.
+    fn own_view(&self, st: &State) -> NodeView {
+        NodeView {
+            node_id: self.node_id,
+            total: st.resources.total().clone(),
+            available: st.resources.available(),
+            alive: true,
+        }
+    }
+
+    /// The cluster as this raylet's scheduling decisions see it: this node first, then
+    /// the others as last heard of from the GCS.
+    pub fn cluster_view(&self) -> Vec<NodeView> {
+        // Locked in the order `route` locks them.
+        let st = self.lock();
+        let mut views = vec![self.own_view(&st)];
+        views.extend(self.cluster.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|n| n.view.clone()));
+        views
+    }
+
     /// Where a request that this node should not (or cannot) run goes: `Some(Ok(node))`
     /// to spill back, `Some(Err(why))` if no node ever can, `None` to decide locally.
     fn route(&self, st: &State, req: &PendingLease) -> Option<Result<RemoteNode, String>> {
@@ -481,12 +501,7 @@ impl Raylet {
                 return Some(Ok(node.clone()));
             }
         }
-        let mut views: Vec<NodeView> = vec![NodeView {
-            node_id: self.node_id,
-            total: st.resources.total().clone(),
-            available: st.resources.available(),
-            alive: true,
-        }];
+        let mut views = vec![self.own_view(st)];
         views.extend(cluster.iter().map(|n| n.view.clone()));
         let decision = self.policy.lock().unwrap_or_else(|p| p.into_inner()).pick_node(
             &views,

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
 use rtd_common::proto::node_manager_request::Request as NodeManagerRequest;
 use rtd_common::proto::{
-    frame::Body, gcs_request, Ack, AddJob, ErrorCode, FreeObjects, GcsRequest, ListLogsReply, MarkJobFinished,
-    ReadLogReply, RegisterClientReply, ReportWorker, WorkerInfo,
+    frame::Body, gcs_request, Ack, AddJob, ClusterViewNode, ErrorCode, FreeObjects, GcsRequest, GetClusterViewReply,
+    ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker, ResourceMap, WorkerInfo,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
@@ -87,6 +87,21 @@ pub struct ConnState {
 /// The answer to a bundle message whose group is not a placement group's hex id.
 fn not_a_group(group: &str) -> Reply {
     Reply::Now(error_body(ErrorCode::Invalid, format!("{group:?} is not a placement group id")))
+}
+
+/// The answer to `GetClusterView`: what this raylet schedules by.
+fn cluster_view(raylet: &Raylet) -> GetClusterViewReply {
+    let nodes = raylet
+        .cluster_view()
+        .into_iter()
+        .map(|n| ClusterViewNode {
+            node_id: n.node_id.to_vec().into(),
+            alive: n.alive,
+            total: Some(ResourceMap { amounts: n.total.to_fixed_map() }),
+            available: Some(ResourceMap { amounts: n.available.to_fixed_map() }),
+        })
+        .collect();
+    GetClusterViewReply { nodes }
 }
 
 impl NodeService {
@@ -330,6 +345,9 @@ impl NodeService {
                 let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
                 Reply::Now(error_body(ErrorCode::Invalid, reasons.join("; ")))
             }
+            NodeManagerRequest::GetClusterView(_) => {
+                Reply::Now(NodeManagerReply::GetClusterViewReply(cluster_view(&self.raylet)).into())
+            }
             NodeManagerRequest::ListLogs(_) => {
                 let dir = logs::logs_dir(Path::new(&self.session_dir));
                 Reply::Later(Box::pin(async move {
@@ -359,5 +377,53 @@ impl NodeService {
                 Reply::Now(ack())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::RemoteNode;
+    use crate::policy::NodeView;
+    use crate::worker_pool::WorkerCommand;
+    use rtd_common::proto::GetClusterView;
+    use rtd_common::rpc::Request;
+
+    fn cpus(amount: f64) -> ResourceSet {
+        ResourceSet::from_floats([("CPU", amount)]).expect("valid test resources")
+    }
+
+    #[tokio::test]
+    async fn the_cluster_view_shows_this_node_as_accounted_then_the_others_as_heard() {
+        // No worker is ever started: nothing here asks for a lease.
+        let command = WorkerCommand {
+            python: "/nonexistent".into(),
+            raylet_socket: String::new(),
+            session_dir: String::new(),
+            node_ip: None,
+            fork_from_template: false,
+        };
+        let raylet = Raylet::new(NodeId::random(), cpus(2.0), command);
+        let other = NodeView { node_id: NodeId::random(), total: cpus(4.0), available: cpus(3.0), alive: true };
+        raylet.set_cluster(vec![RemoteNode { view: other.clone(), raylet_address: "127.0.0.1:1".into() }]);
+        // A prepared bundle takes a CPU out of this node's free resources.
+        let group = PlacementGroupId::from_hex("8a1f00000000000000000000000000000000").expect("valid test id");
+        assert!(raylet.prepare_bundle(group, 0, &cpus(1.0)));
+
+        // Through a frame and back, as a client's typed call receives it.
+        let body: Body = NodeManagerReply::GetClusterViewReply(cluster_view(&raylet)).into();
+        let reply = GetClusterView::reply_from(body).expect("a GetClusterViewReply");
+        let seen: Vec<(Bytes, bool, ResourceSet, ResourceSet)> = reply
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let amounts = |m: Option<ResourceMap>| ResourceSet::from_fixed_map(&m.unwrap_or_default().amounts);
+                (n.node_id, n.alive, amounts(n.total), amounts(n.available))
+            })
+            .collect();
+        let own = raylet.node_id().to_vec().into();
+        let expected =
+            vec![(own, true, cpus(2.0), cpus(1.0)), (other.node_id.to_vec().into(), true, cpus(4.0), cpus(3.0))];
+        assert_eq!(seen, expected);
     }
 }

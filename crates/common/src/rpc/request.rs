@@ -123,6 +123,7 @@ service! {
         ListLogs => ListLogsReply,
         ReadLog => ReadLogReply,
         ReportMetrics => Ack,
+        GetClusterView => GetClusterViewReply,
 }
 
 service! {
