@@ -302,21 +302,34 @@ fn timeline(py: Python<'_>) -> PyResult<String> {
     py.enter_rtd(|interrupted| core.timeline(interrupted))
 }
 
-/// The nodes of the cluster whose head is at `address` (`host:port`), asked without
-/// connecting a core worker (how a driver finds its local node).
-#[pyfunction]
-fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
-    let reply = py.enter_rtd_ok(|| {
+/// Sends `request` to the node at `address` (a raylet's socket path, or `host:port`) on
+/// a connection of its own, without a core worker. `Err` when it cannot connect.
+fn request_without_core<R: rtd_common::rpc::Request>(
+    py: Python<'_>,
+    address: &str,
+    request: R,
+) -> PyResult<Result<Result<R::Reply, rtd_common::rpc::RpcError>, String>>
+where
+    R::Reply: Send,
+{
+    py.enter_rtd_ok(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let connect = rtd_common::rpc::RpcClient::connect(&address);
+            let connect = rtd_common::rpc::RpcClient::connect(address);
             let client = tokio::time::timeout(Duration::from_secs(5), connect)
                 .await
                 .map_err(|_| format!("timed out connecting to {address}"))?
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(client.request(rtd_common::proto::GetNodes {}).await)
+            Ok(client.request(request).await)
         })
-    })?;
+    })
+}
+
+/// The nodes of the cluster whose head is at `address` (`host:port`), asked without
+/// connecting a core worker (how a driver finds its local node).
+#[pyfunction]
+fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let reply = request_without_core(py, &address, rtd_common::proto::GetNodes {})?;
     let unreachable = |e: &dyn std::fmt::Display| {
         pyo3::exceptions::PyConnectionError::new_err(format!("Could not reach an rtd cluster at {address}: {e}"))
     };
@@ -328,6 +341,30 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
         Ok(Err(e)) => Err(unreachable(&e)),
         Err(e) => Err(unreachable(&e)),
     }
+}
+
+/// The cluster as the raylet at `address` schedules by (`GetClusterView`): its own node
+/// first, then the others as it last heard of them. Tests wait on it instead of sleeping.
+#[pyfunction]
+fn cluster_view(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let reply = request_without_core(py, &address, rtd_common::proto::GetClusterView {})?
+        .and_then(|answer| answer.map_err(|e| e.to_string()))
+        .map_err(|e| pyo3::exceptions::PyConnectionError::new_err(format!("{address}: {e}")))?;
+    let amounts = |m: Option<rtd_common::proto::ResourceMap>| {
+        ResourceSet::from_fixed_map(&m.map(|m| m.amounts).unwrap_or_default()).to_floats()
+    };
+    reply
+        .nodes
+        .into_iter()
+        .map(|n| {
+            let d = PyDict::new(py);
+            d.set_item("NodeID", NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default())?;
+            d.set_item("Alive", n.alive)?;
+            d.set_item("Resources", amounts(n.total))?;
+            d.set_item("AvailableResources", amounts(n.available))?;
+            Ok(d)
+        })
+        .collect()
 }
 
 /// Runs the `rtd` command line (blocks while a foreground daemon runs).
@@ -361,6 +398,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(query_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster_view, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(check_node_id, m)?)?;
     m.add_function(wrap_pyfunction!(placement_groups::create_placement_group, m)?)?;
