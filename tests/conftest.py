@@ -22,6 +22,7 @@ import time
 
 import pytest
 import rtd
+from rtd import _core
 
 SHARED_INIT_ARGS = {"num_cpus": 2}
 
@@ -68,6 +69,22 @@ def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):
                 message += f" Last error: {last_error!r}"
             raise RuntimeError(message)
         time.sleep(retry_interval_ms / 1000)
+
+
+def cluster_views(address: str) -> list:
+    """Every alive node's raylet's view of the cluster, for the cluster whose head is at
+    ``address``: per raylet, ``{node id: {"Alive", "Resources", "AvailableResources"}}``
+    for its own node (as it accounts it) and the others (as it last heard from the GCS)."""
+    sockets = [n["RayletSocketName"] for n in _core.query_nodes(address) if n["Alive"]]
+    return [{n["NodeID"]: n for n in _core.cluster_view(socket)} for socket in sockets]
+
+
+def wait_for_views(address: str, predicate, timeout=10):
+    """Waits until ``predicate(view)`` holds for every raylet's view of the cluster at
+    ``address`` (see ``cluster_views``): raylets schedule by these views, which lag the
+    cluster by a heartbeat or two, so a test that needs a decision to see a change
+    waits here first."""
+    wait_for_condition(lambda: all(predicate(view) for view in cluster_views(address)), timeout=timeout)
 
 
 def _define_signal_actor():

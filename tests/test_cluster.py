@@ -35,6 +35,7 @@ from conftest import (
     session_processes,
     spilled_bytes,
     wait_for_condition,
+    wait_for_views,
 )
 from rtd.cluster_utils import Cluster, _free_port
 from rtd.util.placement_group import placement_group, placement_group_table, remove_placement_group
@@ -114,10 +115,17 @@ def nodes(_shared_cluster):
             cluster.shutdown()
             raise
         # Let every node hear of the others (see test_a_node_that_just_joined_can_fetch_objects).
-        time.sleep(VIEW_REFRESH_S)
+        _wait_until_every_raylet_sees(cluster, [cluster.head_node, b, c])
         _shared["nodes"] = Nodes(cluster, b, c)
     _connect(_shared["nodes"].cluster.address)
     yield _shared["nodes"]
+
+
+def _wait_until_every_raylet_sees(cluster, alive):
+    """Waits until every raylet's view of ``cluster`` holds exactly the nodes ``alive``,
+    each alive."""
+    ids = {node.node_id for node in alive}
+    wait_for_views(cluster.address, lambda view: {i for i, n in view.items() if n["Alive"]} == ids)
 
 
 def _where():
@@ -133,16 +141,24 @@ def _where():
     return where
 
 
-# Nodes report to the head every 100 ms, and the head's raylet refreshes its view of the
-# other nodes every 100 ms: decisions taken within that window see the cluster as it was.
-VIEW_REFRESH_S = 0.3
+# Nodes report to the head every 100 ms, and each raylet refreshes its view of the other
+# nodes every 100 ms: decisions taken before a view shows a change see the cluster as it
+# was. Tests that depend on a change wait until every view shows it.
 
 
 def _wait_idle(expected_cpus):
-    """Waits until every CPU of the cluster is free (leases are returned a few ms after
-    their last task), then until every raylet's view of the cluster shows it free."""
-    wait_for_condition(lambda: rtd.available_resources().get("CPU") == expected_cpus, timeout=10)
-    time.sleep(VIEW_REFRESH_S)
+    """Waits until every raylet's view of the cluster shows all ``expected_cpus`` CPUs
+    free (leases are returned a few ms after their last task)."""
+
+    def all_free(view):
+        return sum(n["AvailableResources"].get("CPU", 0) for n in view.values()) == expected_cpus
+
+    wait_for_views(_connected["address"], all_free)
+
+
+def _wait_until_b_is_full(nodes):
+    """Waits until every raylet's view shows B with no free ``alice``."""
+    wait_for_views(nodes.cluster.address, lambda view: view[nodes.b]["AvailableResources"].get("alice", 0) == 0)
 
 
 # --- nodes and resources --------------------------------------------------------------
@@ -296,8 +312,7 @@ def test_hard_node_affinity_to_a_busy_node_waits_for_it(nodes):
     _wait_idle(5.0)
     where = _where()
     busy = where.options(num_cpus=2, resources={"alice": 1}).remote(2.0)  # all of B
-    wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
-    time.sleep(VIEW_REFRESH_S)  # every view shows B full
+    _wait_until_b_is_full(nodes)
     strategy = NodeAffinitySchedulingStrategy(node_id=nodes.b, soft=False)
     pinned = where.options(scheduling_strategy=strategy).remote()
     assert rtd.get(busy, timeout=TIMEOUT) == nodes.b
@@ -326,8 +341,7 @@ def test_spread_tasks_avoid_a_busy_node_only_while_it_is_busy(nodes, tmp_path):
     # B stays full for as long as the spread tasks take, however slow the machine.
     busy = hold.options(num_cpus=2, resources={"alice": 1}).remote(str(release))
     try:
-        wait_for_condition(lambda: "alice" not in rtd.available_resources(), timeout=10)
-        time.sleep(VIEW_REFRESH_S)
+        _wait_until_b_is_full(nodes)
         ran_on = rtd.get([where.options(scheduling_strategy="SPREAD").remote(0.3) for _ in range(3)], timeout=TIMEOUT)
     finally:
         release.touch()
@@ -792,7 +806,7 @@ def failure_cluster(monkeypatch, _shared_cluster):
         cluster.wait_for_nodes()
         if settle:
             # Let every node hear of the others (see test_a_node_that_just_joined_can_fetch_objects).
-            time.sleep(VIEW_REFRESH_S)
+            _wait_until_every_raylet_sees(cluster, cluster.list_all_nodes())
         _connect(cluster.address)
         return cluster, workers
 
