@@ -930,35 +930,10 @@ mod tests {
         assert_eq!(stored(&h.ctx, &ret).map(|(kind, _)| kind), Some(object_kind::TASK_CANCELLED));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn tasks_on_a_dead_nodes_lease_are_retried_from_this_node() {
-        let mut h = harness(1).await;
-        let (spec, ret) = task(&h.ctx, 1);
-        h.submitter.submit(spec);
-        let (_, _, lease) = h.calls.lease_request().await;
-        let to = Spillback { raylet_address: "raylet-b".into(), ..Default::default() };
-        answer(lease, Ok(rtd_common::proto::RequestLeaseReply { result: Some(LeaseResult::Spillback(to)) }));
-        let (_, _, lease) = h.calls.lease_request().await;
-        answer(lease, granted(1, "worker-b"));
-        // The node freezes: its worker never answers.
-        let (_, _, frozen_push) = h.calls.push().await;
-        h.submitter.nodes_dead(vec!["raylet-b".into()]);
-        let (raylet, _, lease) = h.calls.lease_request().await;
-        assert_eq!(raylet, LOCAL_RAYLET);
-        answer(lease, granted(2, "worker-a"));
-        let (worker, task, push) = h.calls.push().await;
-        assert_eq!((worker.as_str(), attempt(&task)), ("worker-a", 1));
-        // The frozen push fails late: the retry running elsewhere is what counts.
-        answer(frozen_push, Err(RpcError::Disconnected("worker-b".into())));
-        settle().await;
-        assert_eq!(stored(&h.ctx, &ret), None, "a late answer of the old push decides nothing");
-        answer(push, reply(&task, b"done", false, false));
-        settle().await;
-        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_late_success_of_a_dead_nodes_push_is_not_taken_for_the_retry() {
+    /// A task spilled to node B, whose worker freezes; B is declared dead and the task is
+    /// retried from this node. Then the frozen push answers `late`: whatever it says, the
+    /// retry's answer is the task's.
+    async fn retried_from_this_node_after_its_node_died(late: fn(&PushTask) -> Result<PushTaskReply, RpcError>) {
         let mut h = harness(1).await;
         let (spec, ret) = task(&h.ctx, 1);
         h.submitter.submit(spec);
@@ -969,15 +944,27 @@ mod tests {
         answer(lease, granted(1, "worker-b"));
         let (_, old_task, frozen_push) = h.calls.push().await;
         h.submitter.nodes_dead(vec!["raylet-b".into()]);
-        let (_, _, lease) = h.calls.lease_request().await;
+        let (raylet, _, lease) = h.calls.lease_request().await;
+        assert_eq!(raylet, LOCAL_RAYLET);
         answer(lease, granted(2, "worker-a"));
-        let (_, task, push) = h.calls.push().await;
-        answer(frozen_push, reply(&old_task, b"stale", false, false));
+        let (worker, task, push) = h.calls.push().await;
+        assert_eq!((worker.as_str(), attempt(&task)), ("worker-a", 1));
+        answer(frozen_push, late(&old_task));
         settle().await;
-        assert_eq!(stored(&h.ctx, &ret), None, "the retry is still running");
-        answer(push, reply(&task, b"fresh", false, false));
+        assert_eq!(stored(&h.ctx, &ret), None, "a late answer of the old push decides nothing");
+        answer(push, reply(&task, b"done", false, false));
         settle().await;
-        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "fresh".into())));
+        assert_eq!(stored(&h.ctx, &ret), Some((object_kind::VALUE, "done".into())));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_on_a_dead_nodes_lease_are_retried_and_its_late_failure_ignored() {
+        retried_from_this_node_after_its_node_died(|_| Err(RpcError::Disconnected("worker-b".into()))).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_success_of_a_dead_nodes_push_is_not_taken_for_the_retry() {
+        retried_from_this_node_after_its_node_died(|old| reply(old, b"stale", false, false)).await;
     }
 
     #[tokio::test(start_paused = true)]
