@@ -4,7 +4,9 @@
 //! another node forwards them to the head, so a client never needs to know which node
 //! hosts the GCS.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -15,7 +17,7 @@ use rtd_common::proto::{
     frame::Body, gcs_request, Ack, AddJob, ClusterViewNode, ErrorCode, FreeObjects, GcsRequest, GetClusterViewReply,
     ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker, ResourceMap, WorkerInfo,
 };
-use rtd_common::rpc::{error_body, ConnectionCache, Reply, Service};
+use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
 use rtd_metrics::UserMetrics;
@@ -27,7 +29,34 @@ use crate::lease::{ConnId, LeaseRequest, Raylet};
 use crate::logs;
 use crate::policy::Strategy;
 
-pub struct NodeService {
+/// What the service asks of the GCS: to pass a GCS request on and answer it, to add
+/// the job of a registering driver, and to hear that a connection closed.
+/// [`GcsClient`] is the one the daemon runs with; tests give a fake that records what
+/// it is asked. `NodeService` is generic over it, so a request's call is static.
+pub trait GcsPort: Send + Sync + 'static {
+    /// A GCS request from connection `conn`, and its reply (or error) as it comes.
+    fn request(&self, conn: ConnId, request: gcs_request::Request) -> Reply;
+    /// Records the job of a driver registering over `conn`; resolves to the job's id.
+    fn add_job(&self, conn: ConnId, job: AddJob) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>;
+    /// Connection `conn` closed: what it owned in the GCS goes with it.
+    fn disconnected(&self, conn: ConnId);
+}
+
+impl GcsPort for GcsClient {
+    fn request(&self, conn: ConnId, request: gcs_request::Request) -> Reply {
+        GcsClient::request(self, conn, request)
+    }
+
+    fn add_job(&self, conn: ConnId, job: AddJob) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>> {
+        GcsClient::add_job(self, conn, job)
+    }
+
+    fn disconnected(&self, conn: ConnId) {
+        GcsClient::disconnected(self, conn)
+    }
+}
+
+pub struct NodeService<G: GcsPort = GcsClient> {
     pub node_id: NodeId,
     /// The session directory, and the store's socket and shared-memory file in it:
     /// what a registering client is told.
@@ -41,7 +70,7 @@ pub struct NodeService {
     /// The daemon's own client of its object store (object transfer).
     pub plasma: PlasmaClient,
     pub peers: Arc<ConnectionCache>,
-    pub gcs: GcsClient,
+    pub gcs: G,
     pub next_conn: AtomicU64,
     pub shutdown: Arc<Notify>,
     /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
@@ -104,7 +133,7 @@ fn cluster_view(raylet: &Raylet) -> GetClusterViewReply {
     GetClusterViewReply { nodes }
 }
 
-impl NodeService {
+impl<G: GcsPort> NodeService<G> {
     fn register_reply(&self, job_id: Bytes) -> RegisterClientReply {
         RegisterClientReply {
             node_id: self.node_id.to_vec().into(),
@@ -118,7 +147,7 @@ impl NodeService {
     }
 }
 
-impl NodeService {
+impl<G: GcsPort> NodeService<G> {
     /// A message for the GCS whose answer nobody waits for.
     fn tell_gcs(&self, conn: ConnId, request: gcs_request::Request) {
         if let Reply::Later(fut) = self.gcs.request(conn, request) {
@@ -131,7 +160,7 @@ impl NodeService {
     }
 }
 
-impl Service for NodeService {
+impl<G: GcsPort> Service for NodeService<G> {
     const NAME: &'static str = "the node daemon";
     type Request = NodeRequest;
     type State = ConnState;
@@ -165,7 +194,7 @@ impl Service for NodeService {
     }
 }
 
-impl NodeService {
+impl<G: GcsPort> NodeService<G> {
     /// Answers one of the raylet's own requests.
     fn handle_own(&self, conn: &mut ConnState, request: NodeManagerRequest) -> Reply {
         match request {
@@ -386,16 +415,21 @@ mod tests {
     use crate::lease::RemoteNode;
     use crate::policy::NodeView;
     use crate::worker_pool::WorkerCommand;
-    use rtd_common::proto::GetClusterView;
+    use rtd_common::proto::{
+        gcs_reply, CommitBundle, ErrorReply, GetClusterView, KvGet, KvGetReply, PlacementGroupRemoved, PrepareBundle,
+        ReadLog, RegisterClient, ReleaseBundle, RequestLease,
+    };
     use rtd_common::rpc::Request;
+    use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
 
     fn cpus(amount: f64) -> ResourceSet {
         ResourceSet::from_floats([("CPU", amount)]).expect("valid test resources")
     }
 
-    #[tokio::test]
-    async fn the_cluster_view_shows_this_node_as_accounted_then_the_others_as_heard() {
-        // No worker is ever started: nothing here asks for a lease.
+    /// A raylet that never starts a worker: nothing that uses it waits for a lease.
+    fn raylet(total: ResourceSet) -> Arc<Raylet> {
         let command = WorkerCommand {
             python: "/nonexistent".into(),
             raylet_socket: String::new(),
@@ -403,7 +437,266 @@ mod tests {
             node_ip: None,
             fork_from_template: false,
         };
-        let raylet = Raylet::new(NodeId::random(), cpus(2.0), command);
+        Raylet::new(NodeId::random(), total, command)
+    }
+
+    /// A GCS that records what it is asked: it answers a passed-on request with `reply`
+    /// (an ack when unset) and gives every driver `job_id`.
+    #[derive(Default)]
+    struct FakeGcs {
+        job_id: Bytes,
+        reply: Option<Body>,
+        requests: Mutex<Vec<(ConnId, gcs_request::Request)>>,
+        jobs: Mutex<Vec<(ConnId, AddJob)>>,
+        closed: Mutex<Vec<ConnId>>,
+    }
+
+    impl FakeGcs {
+        fn requests(&self) -> Vec<(ConnId, gcs_request::Request)> {
+            self.requests.lock().expect("fake lock").clone()
+        }
+
+        fn reported(&self) -> Vec<WorkerInfo> {
+            self.requests()
+                .into_iter()
+                .filter_map(|(_, r)| match r {
+                    gcs_request::Request::ReportWorker(ReportWorker { worker }) => worker,
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    impl GcsPort for FakeGcs {
+        fn request(&self, conn: ConnId, request: gcs_request::Request) -> Reply {
+            self.requests.lock().expect("fake lock").push((conn, request));
+            Reply::Now(self.reply.clone().unwrap_or_else(|| gcs_reply::Reply::Ack(Ack {}).into()))
+        }
+
+        fn add_job(&self, conn: ConnId, job: AddJob) -> Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>> {
+            self.jobs.lock().expect("fake lock").push((conn, job));
+            let job_id = self.job_id.clone();
+            Box::pin(async move { Ok(job_id) })
+        }
+
+        fn disconnected(&self, conn: ConnId) {
+            self.closed.lock().expect("fake lock").push(conn);
+        }
+    }
+
+    /// A node service over a fake GCS, with a temp dir as its session dir and a real
+    /// (empty) object store in it: nothing here pulls or frees objects, but the
+    /// service holds a client of one.
+    struct Node {
+        service: NodeService<FakeGcs>,
+        dir: PathBuf,
+        store: tokio::task::JoinHandle<()>,
+    }
+
+    impl Node {
+        async fn start(tag: &str, gcs: FakeGcs) -> Node {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "rtd-raylet-service-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(logs::logs_dir(&dir)).expect("temp session dir");
+            let shm = dir.join("plasma.shm");
+            let region = Arc::new(ShmRegion::create(&shm, 1 << 20).expect("region"));
+            let socket = dir.join("plasma.sock");
+            let listener = rtd_common::rpc::bind(&socket).expect("bind the store's socket");
+            let store = PlasmaService::new(ObjectStore::new(region, dir.join("spill")));
+            let store = tokio::spawn(rtd_common::rpc::serve(listener, store));
+            let socket = socket.display().to_string();
+            let plasma = PlasmaClient::connect(&socket, &shm).await.expect("connect to the store");
+            let raylet = raylet(cpus(2.0));
+            let service = NodeService {
+                node_id: raylet.node_id(),
+                session_dir: dir.display().to_string(),
+                plasma_socket: socket,
+                shm_path: shm.display().to_string(),
+                shm_size: 1 << 20,
+                node_ip: None,
+                raylet,
+                plasma,
+                peers: Default::default(),
+                gcs,
+                next_conn: AtomicU64::new(1),
+                shutdown: Default::default(),
+                user_metrics: Default::default(),
+            };
+            Node { service, dir, store }
+        }
+
+        async fn ask(&self, conn: &mut ConnState, request: NodeManagerRequest) -> Body {
+            answer(self.service.handle(conn, NodeRequest::NodeManager(request))).await
+        }
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            self.store.abort();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    async fn answer(reply: Reply) -> Body {
+        match reply {
+            Reply::Now(body) => body,
+            Reply::Later(fut) => fut.await,
+            Reply::None => panic!("no reply to a request that has one"),
+        }
+    }
+
+    /// The code of an error reply; panics on any other answer.
+    fn error_code(body: &Body) -> ErrorCode {
+        match body {
+            Body::Error(ErrorReply { code, .. }) => ErrorCode::try_from(*code).expect("a known error code"),
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_driver_gets_its_job_from_the_gcs_and_its_disconnect_ends_the_job() {
+        let gcs = FakeGcs { job_id: Bytes::from_static(b"job-7"), ..Default::default() };
+        let node = Node::start("driver", gcs).await;
+        let mut conn = node.service.connected();
+        let id = conn.id;
+        let register = RegisterClient {
+            is_worker: false,
+            pid: 4242,
+            address: "/tmp/driver.sock".into(),
+            entrypoint: "python script.py".into(),
+            ..Default::default()
+        };
+        let body = node.ask(&mut conn, NodeManagerRequest::RegisterClient(register)).await;
+        let reply = rtd_common::proto::RegisterClient::reply_from(body).expect("a RegisterClientReply");
+        assert_eq!(reply.job_id, Bytes::from_static(b"job-7"));
+        assert_eq!(reply.node_id, Bytes::from(node.service.node_id.to_vec()));
+        assert_eq!(reply.session_dir, node.service.session_dir);
+        let gcs = &node.service.gcs;
+        let jobs = gcs.jobs.lock().expect("fake lock").clone();
+        assert_eq!(jobs, vec![(id, AddJob { driver_pid: 4242, entrypoint: "python script.py".into() })]);
+        let alive = gcs.reported();
+        assert_eq!(alive.len(), 1, "{alive:?}");
+        assert!(alive[0].is_alive && alive[0].is_driver && alive[0].pid == 4242, "{alive:?}");
+
+        node.service.disconnected(conn);
+        let requests = gcs.requests();
+        assert!(
+            requests.contains(&(
+                id,
+                gcs_request::Request::MarkJobFinished(MarkJobFinished { job_id: Bytes::from_static(b"job-7") })
+            )),
+            "{requests:?}"
+        );
+        let dead = gcs.reported().pop().expect("the driver reported again");
+        assert_eq!(dead, WorkerInfo { is_alive: false, job_id: Bytes::from_static(b"job-7"), ..alive[0].clone() });
+        assert_eq!(*gcs.closed.lock().expect("fake lock"), vec![id]);
+    }
+
+    #[tokio::test]
+    async fn a_worker_with_a_bad_or_unknown_id_is_refused_and_not_reported() {
+        let node = Node::start("worker", FakeGcs::default()).await;
+        let mut conn = node.service.connected();
+        for (worker_id, why) in
+            [(Bytes::from_static(b"short"), "bad worker id"), (WorkerId::random().to_vec().into(), "unknown")]
+        {
+            let register = RegisterClient { is_worker: true, worker_id, pid: 7, ..Default::default() };
+            let body = node.ask(&mut conn, NodeManagerRequest::RegisterClient(register)).await;
+            assert_eq!(error_code(&body), ErrorCode::Invalid, "{why}: {body:?}");
+            assert!(matches!(&body, Body::Error(e) if e.message.contains(why)), "{why}: {body:?}");
+        }
+        assert!(conn.worker.is_none() && conn.process.is_none());
+        node.service.disconnected(conn);
+        // Neither the refused registrations nor the close are the GCS's news.
+        assert_eq!(node.service.gcs.requests(), vec![]);
+        assert!(node.service.gcs.jobs.lock().expect("fake lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bundle_message_whose_group_is_not_a_group_id_is_invalid() {
+        let node = Node::start("bundle", FakeGcs::default()).await;
+        let mut conn = node.service.connected();
+        for group in ["", "zz", "8a1f", "not a placement group"] {
+            let group = group.to_string();
+            let messages = [
+                NodeManagerRequest::PrepareBundle(PrepareBundle {
+                    group: group.clone(),
+                    index: 0,
+                    resources: cpus(1.0).to_fixed_map(),
+                }),
+                NodeManagerRequest::CommitBundle(CommitBundle { group: group.clone(), index: 0 }),
+                NodeManagerRequest::ReleaseBundle(ReleaseBundle { group: group.clone(), index: 0 }),
+                NodeManagerRequest::PlacementGroupRemoved(PlacementGroupRemoved { group: group.clone() }),
+            ];
+            for message in messages {
+                let body = node.ask(&mut conn, message).await;
+                assert_eq!(error_code(&body), ErrorCode::Invalid, "{group:?}: {body:?}");
+            }
+        }
+        // Nothing was taken out of the node's resources.
+        let own = node.service.raylet.cluster_view().into_iter().next().expect("this node");
+        assert_eq!(own.available, cpus(2.0));
+    }
+
+    #[tokio::test]
+    async fn read_log_refuses_a_name_outside_the_logs_dir_and_says_a_missing_file_is_not_found() {
+        let node = Node::start("logs", FakeGcs::default()).await;
+        let dir = Path::new(&node.service.session_dir);
+        // A file beside the logs directory, which a path out of it would reach.
+        std::fs::write(dir.join("secret"), "not a log").expect("write a file");
+        std::fs::write(logs::logs_dir(dir).join("node.out"), "one\ntwo\n").expect("write a log");
+        let mut conn = node.service.connected();
+        let read = |name: &str| NodeManagerRequest::ReadLog(ReadLog { name: name.into(), ..Default::default() });
+        for name in ["../secret", "/etc/passwd", "..", ""] {
+            let body = node.ask(&mut conn, read(name)).await;
+            assert_eq!(error_code(&body), ErrorCode::Invalid, "{name:?}: {body:?}");
+        }
+        let body = node.ask(&mut conn, read("worker-gone.out")).await;
+        assert_eq!(error_code(&body), ErrorCode::NotFound, "{body:?}");
+        let body = node.ask(&mut conn, read("node.out")).await;
+        let reply = ReadLog::reply_from(body).expect("a ReadLogReply");
+        assert_eq!((reply.data, reply.end_offset), (Bytes::from_static(b"one\ntwo\n"), 8));
+    }
+
+    #[tokio::test]
+    async fn a_gcs_request_is_passed_on_untouched_and_its_reply_returned() {
+        let canned: Body =
+            gcs_reply::Reply::KvGetReply(KvGetReply { found: true, value: Bytes::from_static(b"v") }).into();
+        let gcs = FakeGcs { reply: Some(canned.clone()), ..Default::default() };
+        let node = Node::start("gcs", gcs).await;
+        let mut conn = node.service.connected();
+        let _other = node.service.connected();
+        let request = gcs_request::Request::KvGet(KvGet { key: "some/key".into() });
+        let body = answer(node.service.handle(&mut conn, NodeRequest::Gcs(request.clone()))).await;
+        assert_eq!(body, canned);
+        assert_eq!(node.service.gcs.requests(), vec![(conn.id, request)]);
+    }
+
+    #[tokio::test]
+    async fn a_lease_request_with_a_malformed_strategy_is_invalid() {
+        let node = Node::start("lease", FakeGcs::default()).await;
+        let mut conn = node.service.connected();
+        let node_hex = node.service.node_id.hex();
+        for affinity_node in ["zz", &node_hex[2..], &format!("{node_hex}00")] {
+            let lease = RequestLease {
+                resources: cpus(1.0).to_fixed_map(),
+                affinity_node: affinity_node.into(),
+                ..Default::default()
+            };
+            let body = node.ask(&mut conn, NodeManagerRequest::RequestLease(lease)).await;
+            assert_eq!(error_code(&body), ErrorCode::Invalid, "{affinity_node:?}: {body:?}");
+        }
+        // No lease was granted or queued: the node's resources are all free.
+        let own = node.service.raylet.cluster_view().into_iter().next().expect("this node");
+        assert_eq!(own.available, cpus(2.0));
+    }
+
+    #[tokio::test]
+    async fn the_cluster_view_shows_this_node_as_accounted_then_the_others_as_heard() {
+        let raylet = raylet(cpus(2.0));
         let other = NodeView { node_id: NodeId::random(), total: cpus(4.0), available: cpus(3.0), alive: true };
         raylet.set_cluster(vec![RemoteNode { view: other.clone(), raylet_address: "127.0.0.1:1".into() }]);
         // A prepared bundle takes a CPU out of this node's free resources.
