@@ -98,6 +98,7 @@ def test_list_nodes_shows_both_nodes_with_rays_fields(cluster):
     assert [n.node_id for n in list_nodes(filters=[("is_head_node", "=", False)])] == [worker.node_id]
     detailed = get_node(worker.node_id)
     assert detailed is not None and detailed.resources_available["alice"] == 1.0
+    assert detailed.start_time_ms > 0 and detailed.end_time_ms is None
     assert get_node("ff" * 28) is None
 
 

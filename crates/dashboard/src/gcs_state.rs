@@ -266,8 +266,8 @@ fn node_state(node: &NodeInfo) -> NodeState {
         resources_total: node_resources(node.total.as_ref()),
         resources_available: node_resources(node.available.as_ref()),
         labels: Default::default(),
-        start_time_ms: None,
-        end_time_ms: None,
+        start_time_ms: (node.start_time_ms != 0).then_some(node.start_time_ms),
+        end_time_ms: (node.end_time_ms != 0).then_some(node.end_time_ms),
     }
 }
 

@@ -124,7 +124,9 @@ impl Gcs {
         self.workers.lock().by_id.values().cloned().collect()
     }
 
-    pub fn register_node(&self, node: NodeInfo) {
+    pub fn register_node(&self, mut node: NodeInfo) {
+        node.start_time_ms = now_ms();
+        node.end_time_ms = 0;
         self.last_seen.lock().insert(node.node_id.to_vec(), Instant::now());
         let mut nodes = self.nodes.lock();
         nodes.retain(|n| n.node_id != node.node_id);
@@ -152,6 +154,7 @@ impl Gcs {
         match nodes.iter_mut().find(|n| n.node_id.as_ref() == node_id.as_bytes() && n.alive) {
             Some(node) => {
                 node.alive = false;
+                node.end_time_ms = now_ms();
                 true
             }
             None => false,
@@ -237,7 +240,9 @@ mod tests {
         assert!(gcs.report(&id.to_vec(), NodeUsage::default()));
         assert!(gcs.silent_nodes(Duration::from_secs(60), &NodeId::nil()).is_empty());
         assert_eq!(gcs.silent_nodes(Duration::ZERO, &NodeId::nil()), vec![id]);
+        assert!(gcs.nodes()[0].start_time_ms > 0 && gcs.nodes()[0].end_time_ms == 0);
         assert!(gcs.mark_dead(&id));
+        assert!(gcs.nodes()[0].end_time_ms >= gcs.nodes()[0].start_time_ms);
         assert!(!gcs.report(&id.to_vec(), NodeUsage::default()));
     }
 }

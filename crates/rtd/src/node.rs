@@ -109,7 +109,8 @@ fn describe_node(
         plasma_socket: session.plasma_socket().display().to_string(),
         raylet_address: raylet_address.to_string(),
         is_head,
-        pending_demands: Vec::new(),
+        // The GCS stamps the times when it registers the node.
+        ..Default::default()
     }
 }
 
