@@ -52,6 +52,17 @@ def cli_head(prefix):
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def temp_dir():
+    """A fresh ``--temp-dir`` for nodes a test starts with the CLI; whatever runs there
+    is stopped and the directory removed afterwards."""
+    # Short: Unix socket paths inside it must stay under 108 bytes.
+    path = tempfile.mkdtemp(prefix="rtd-t-", dir="/tmp")
+    yield path
+    rtd_cli("stop", "--force", "--temp-dir", path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):
     """Polls ``predicate(**kwargs)`` until it is truthy; raises after ``timeout`` s.
     Exceptions raised by the predicate count as "not yet" (the last one is reported)."""

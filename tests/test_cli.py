@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 
 import pytest
 from conftest import RTD, assert_session_gone, rtd_cli, run_script
-
-
-@pytest.fixture
-def temp_dir():
-    # Short: Unix socket paths inside it must stay under 108 bytes.
-    path = tempfile.mkdtemp(prefix="rtd-cli-", dir="/tmp")
-    yield path
-    rtd_cli("stop", "--temp-dir", path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _session_dir(temp_dir):

@@ -11,9 +11,7 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 
 import pytest
 from conftest import RTD, assert_session_gone, last_json_line, rtd_cli, run_script, wait_for_condition
@@ -29,14 +27,6 @@ RAY_START_FLAGS = [
     "--redis-password",
 ]
 
-
-@pytest.fixture
-def temp_dir():
-    # Short: Unix socket paths inside it must stay under 108 bytes.
-    path = tempfile.mkdtemp(prefix="rtd-fl-", dir="/tmp")
-    yield path
-    rtd_cli("stop", "--force", "--temp-dir", path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def spilling_config(directory):

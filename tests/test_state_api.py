@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -260,14 +258,6 @@ def test_include_dashboard_false_serves_no_dashboard():
     assert json.loads(result.stdout.splitlines()[-1]) == [None, True]
     assert "View the dashboard" not in result.stderr
 
-
-@pytest.fixture
-def temp_dir():
-    # Short: Unix socket paths inside it must stay under 108 bytes.
-    path = tempfile.mkdtemp(prefix="rtd-sa-", dir="/tmp")
-    yield path
-    rtd_cli("stop", "--force", "--temp-dir", path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_busy_default_port_moves_on_and_a_busy_chosen_port_is_an_error(temp_dir):

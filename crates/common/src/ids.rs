@@ -4,7 +4,16 @@
 //! (4 bytes, little endian), so every return value has a stable id that the submitter
 //! knows before the task runs. `put` objects set the top bit of the index.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+
+/// Bytes as lowercase hex, as ids show (also for ids that arrive as raw bytes).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} must be {expected} bytes, got {got}")]
@@ -59,11 +68,7 @@ macro_rules! define_id {
             }
 
             pub fn hex(&self) -> String {
-                let mut s = String::with_capacity($len * 2);
-                for b in self.0 {
-                    s.push_str(&format!("{b:02x}"));
-                }
-                s
+                hex(&self.0)
             }
         }
 

@@ -65,6 +65,44 @@ pub struct Context {
     pub(crate) user_metrics: MetricBuffer,
 }
 
+/// Who a process is, as its node told it when it registered.
+pub struct Identity {
+    /// The socket this process serves.
+    pub address: String,
+    pub worker_id: WorkerId,
+    pub node_id: NodeId,
+    pub job_id: JobId,
+    pub session_dir: String,
+    pub is_worker: bool,
+}
+
+impl Context {
+    /// A process's context on the runtime it is called from, with empty tables.
+    pub fn new(identity: Identity, raylet: RpcClient, plasma: PlasmaClient) -> Self {
+        let peers: Arc<ConnectionCache> = Default::default();
+        let rt = tokio::runtime::Handle::current();
+        Self {
+            borrows: BorrowLinks::new(rt.clone(), peers.clone()),
+            rt,
+            address: identity.address,
+            worker_id: identity.worker_id,
+            node_id: identity.node_id,
+            job_id: identity.job_id,
+            session_dir: identity.session_dir,
+            is_worker: identity.is_worker,
+            raylet,
+            plasma,
+            table: ObjectTable::new(),
+            peers,
+            watched_borrowers: Default::default(),
+            output_sink: Default::default(),
+            lineage: Default::default(),
+            task_events: Default::default(),
+            user_metrics: Default::default(),
+        }
+    }
+}
+
 impl Context {
     /// Runs `call` to completion on this thread, checking `interrupted` every
     /// `INTERRUPT_POLL` while it is pending.

@@ -15,14 +15,14 @@ use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, PlacementGroupId
 use rtd_plasma::PlasmaClient;
 
 use crate::actor_submitter::ActorSubmitter;
-use crate::borrowing::{BorrowLinks, BORROW_CONFIRM_LIMIT};
-use crate::context::{Context, OutputSink};
+use crate::borrowing::BORROW_CONFIRM_LIMIT;
+use crate::context::{Context, Identity, OutputSink};
 use crate::error::CoreError;
 use crate::executor::{IncomingTask, TaskExecutor};
 use crate::gcs_client::{placement_group_outcome, GcsClient};
 use crate::node_view;
 use crate::object_fetch::{FetchedValue, ObjectFetcher};
-use crate::object_table::{ObjectTable, RefCounts};
+use crate::object_table::RefCounts;
 use crate::output::OutputForwarder;
 use crate::owner_service::OwnerService;
 use crate::submission::{Submission, TaskRequest};
@@ -100,26 +100,15 @@ impl CoreWorker {
             let plasma = PlasmaClient::connect(&info.plasma_socket, std::path::Path::new(&info.shm_path))
                 .await
                 .map_err(|e| CoreError::Internal(format!("cannot connect to the object store: {e}")))?;
-            let peers: Arc<rtd_common::rpc::ConnectionCache> = Default::default();
-            let ctx = Arc::new(Context {
-                rt: tokio::runtime::Handle::current(),
+            let identity = Identity {
                 address: address.clone(),
                 worker_id,
                 node_id: NodeId::from_bytes(&info.node_id).unwrap_or_else(|_| NodeId::nil()),
                 job_id: JobId::from_bytes(&info.job_id).unwrap_or_else(|_| JobId::nil()),
                 session_dir: info.session_dir.clone(),
                 is_worker: opts.is_worker,
-                raylet,
-                plasma,
-                table: ObjectTable::new(),
-                borrows: BorrowLinks::new(tokio::runtime::Handle::current(), peers.clone()),
-                peers,
-                watched_borrowers: Default::default(),
-                output_sink: Default::default(),
-                lineage: Default::default(),
-                task_events: Default::default(),
-                user_metrics: Default::default(),
-            });
+            };
+            let ctx = Arc::new(Context::new(identity, raylet, plasma));
             let tasks = TaskSubmitter::start(ctx.clone());
             let service =
                 Arc::new(OwnerService { ctx: ctx.clone(), executor: executor.clone(), submitter: tasks.clone() });

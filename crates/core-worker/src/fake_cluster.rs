@@ -25,10 +25,8 @@ use rtd_common::{JobId, NodeId, ObjectId, TaskId, WorkerId};
 use rtd_plasma::{PlasmaClient, ShmRegion};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::borrowing::BorrowLinks;
 use crate::cluster::{ActorCluster, LeaseCluster, Peers};
-use crate::context::Context;
-use crate::object_table::ObjectTable;
+use crate::context::{Context, Identity};
 
 /// The address of this node's raylet in the fake cluster.
 pub(crate) const LOCAL_RAYLET: &str = "raylet-local";
@@ -270,26 +268,15 @@ pub(crate) async fn test_context() -> Arc<Context> {
     drop(region);
     // Connected and mapped: the files are no longer needed.
     let _ = std::fs::remove_dir_all(&dir);
-    let peers: Arc<rtd_common::rpc::ConnectionCache> = Default::default();
-    Arc::new(Context {
-        rt: tokio::runtime::Handle::current(),
+    let identity = Identity {
         address: "driver".into(),
         worker_id: WorkerId::random(),
         node_id: NodeId::random(),
         job_id: JobId::nil(),
         session_dir: String::new(),
         is_worker: false,
-        raylet,
-        plasma,
-        table: ObjectTable::new(),
-        borrows: BorrowLinks::new(tokio::runtime::Handle::current(), peers.clone()),
-        peers,
-        watched_borrowers: Default::default(),
-        output_sink: Default::default(),
-        lineage: Default::default(),
-        task_events: Default::default(),
-        user_metrics: Default::default(),
-    })
+    };
+    Arc::new(Context::new(identity, raylet, plasma))
 }
 
 /// An inline value holding `data`.

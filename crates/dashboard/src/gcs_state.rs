@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rtd_common::bundle::{BundleResource, MARKER};
+use rtd_common::ids::hex;
 use rtd_common::proto::{
     ActorState as WireActorState, ErrorCode, GetObjectRefs, JobInfo, ListLogs, NodeInfo, ObjectRefInfo,
     PlacementGroupInfo, PlacementGroupState as WireGroupState, ReadLog, TaskEvent, TaskStatus, TaskType, WorkerInfo,
@@ -238,10 +239,6 @@ fn object_state(process: &WorkerInfo, object: &ObjectRefInfo) -> ObjectState {
         node_id: non_empty(&object.node_id),
         owned: object.owned,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A node's resources as floats, without those placement-group bundles add.

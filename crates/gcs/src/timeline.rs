@@ -5,14 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use rtd_common::ids::hex;
 use rtd_common::proto::{TaskEvent, TaskStatus, TaskType};
 use rtd_common::task_events::{is_terminal, status_name, type_name};
 use rtd_common::NodeId;
 use serde_json::{json, Value};
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// When the attempt started running and when it ended (ns), and how.
 fn run_span(event: &TaskEvent) -> Option<(u64, u64, TaskStatus)> {

@@ -18,6 +18,7 @@ use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
 use rtd_common::bundle::BundleResource;
+use rtd_common::ids::hex;
 use rtd_common::proto::GetNodes;
 use rtd_common::rpc::{Request, RpcClient};
 
@@ -418,10 +419,6 @@ fn ask_clusters<R: Request>(temp_dir: &Path, request: impl Fn() -> R) -> Result<
         }
     }
     Ok(answers)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn status(temp_dir: &Path) -> Result<()> {
