@@ -159,7 +159,8 @@ def test_status_shows_pending_demands(temp_dir):
         deadline = time.time() + 10
         while time.time() < deadline:
             out = subprocess.run([{RTD!r}, "status", "--temp-dir", {temp_dir!r}], capture_output=True, text=True).stdout
-            if "pending" in out:
+            # The demand can show before the first lease holds the CPU: wait for both.
+            if "pending" in out and "1.0/1.0 CPU" in out:
                 print(out)
                 break
             time.sleep(0.1)
