@@ -420,10 +420,10 @@ impl GcsServer {
                 }
                 now(GcsReply::Ack(Ack {}))
             }
-            GcsRequest::AddTaskEvents(batch) => {
-                self.task_table.add(batch.events, batch.dropped);
-                now(GcsReply::Ack(Ack {}))
-            }
+            GcsRequest::AddTaskEvents(batch) => match self.task_table.add(batch) {
+                Ok(()) => now(GcsReply::Ack(Ack {})),
+                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+            },
             GcsRequest::GetTimeline(_) => now(GcsReply::GetTimelineReply(GetTimelineReply {
                 trace_json: serde_json::Value::Array(self.timeline()).to_string(),
             })),
