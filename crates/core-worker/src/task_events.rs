@@ -12,7 +12,7 @@
 //! per change.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub(crate) struct TaskEventBuffer {
     /// This worker's node and worker ids, set when it first runs a task.
     runs_here: OnceLock<(NodeId, WorkerId)>,
     /// Hashes a call's kind to find its shape in the batch.
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 /// What was recorded since the last report.
@@ -47,7 +47,7 @@ struct Batch {
     definitions: Vec<Definition>,
     shapes: Vec<TaskShape>,
     /// The latest shape made for each kind of call (by `shape_key`).
-    shape_index: HashMap<u64, u32>,
+    shape_index: HashMap<u64, u32, foldhash::fast::RandomState>,
     /// The changes that are this worker starting to run an attempt.
     ran: Vec<u32>,
     failures: Vec<TaskFailure>,
@@ -165,9 +165,7 @@ impl TaskEventBuffer {
         if self.interval.is_none() {
             return;
         }
-        let mut hasher = self.hasher.build_hasher();
-        (&spec.function_name, &spec.actor_id, &spec.job_id, spec.actor_creation).hash(&mut hasher);
-        let key = hasher.finish();
+        let key = self.hasher.hash_one((&spec.function_name, &spec.actor_id, &spec.job_id, spec.actor_creation));
         self.record(spec, state, |batch, change| {
             let shape = batch.shape_of(key, spec);
             batch.definitions.push(Definition { change, shape, parent });
@@ -314,7 +312,10 @@ mod tests {
         assert_eq!((batch.ran.as_slice(), batch.worker_pid), (&[2][..], std::process::id()));
         assert_eq!(batch.node_id, node_id.as_bytes());
         let failure = &batch.failures[0];
-        assert_eq!((failure.change, failure.error_type.as_str(), failure.error_message.as_str()), (3, "WORKER_DIED", "gone"));
+        assert_eq!(
+            (failure.change, failure.error_type.as_str(), failure.error_message.as_str()),
+            (3, "WORKER_DIED", "gone")
+        );
         assert!(events.take().is_none());
     }
 

@@ -25,6 +25,8 @@ use rtd_common::TaskId;
 const DEFAULT_MAX_TASKS: usize = 100_000;
 
 type Key = (TaskId, u32);
+/// Attempts by key; task ids are random, so a fast seeded hash does.
+type Tasks = HashMap<Key, Attempt, foldhash::fast::RandomState>;
 
 pub struct TaskTable {
     inner: Mutex<Inner>,
@@ -32,7 +34,7 @@ pub struct TaskTable {
 
 struct Inner {
     max: usize,
-    tasks: HashMap<Key, Attempt>,
+    tasks: Tasks,
     /// Every key in arrival order, and the keys of finished attempts in the order they
     /// finished. Both may hold keys already evicted; they are skipped when popped, and
     /// compacted in the rare case they grow past twice the bound.
@@ -97,7 +99,7 @@ impl TaskTable {
         Self {
             inner: Mutex::new(Inner {
                 max: max.max(1),
-                tasks: HashMap::new(),
+                tasks: Tasks::default(),
                 arrived: VecDeque::new(),
                 finished: VecDeque::new(),
                 dropped: 0,
@@ -202,7 +204,8 @@ struct Extra {
 }
 
 impl Attempt {
-    fn merge(&mut self, change: TaskStateChange, extra: Extra) {
+    /// Adds what a batch said of this attempt; whether that made it finished (or failed).
+    fn merge(&mut self, change: TaskStateChange, extra: Extra) -> bool {
         if let Some((shape, parent)) = extra.shape {
             self.shape = Some(shape);
             self.parent = parent;
@@ -214,7 +217,9 @@ impl Attempt {
             self.error = extra.error;
         }
         self.changes.push(change);
+        let was_terminal = self.terminal;
         self.terminal = latest_of(&self.changes).is_some_and(is_terminal);
+        self.terminal && !was_terminal
     }
 
     fn to_event(&self, (task_id, attempt): &Key) -> TaskEvent {
@@ -248,14 +253,18 @@ impl Attempt {
 
 impl Inner {
     fn add(&mut self, key: Key, change: TaskStateChange, extra: Extra) {
-        if !self.tasks.contains_key(&key) {
-            self.evict();
-            self.arrived.push_back(key);
-        }
-        let held = self.tasks.entry(key).or_insert_with(|| Attempt { changes: Vec::with_capacity(4), ..Default::default() });
-        let was_terminal = held.terminal;
-        held.merge(change, extra);
-        if held.terminal && !was_terminal {
+        let now_terminal = match self.tasks.get_mut(&key) {
+            Some(held) => held.merge(change, extra),
+            None => {
+                self.evict();
+                self.arrived.push_back(key);
+                let mut held = Attempt { changes: Vec::with_capacity(4), ..Default::default() };
+                let now_terminal = held.merge(change, extra);
+                self.tasks.insert(key, held);
+                now_terminal
+            }
+        };
+        if now_terminal {
             self.finished.push_back(key);
         }
         if self.arrived.len() > 2 * self.max || self.finished.len() > 2 * self.max {
@@ -268,9 +277,11 @@ impl Inner {
     /// Makes room for one more attempt: past the bound the oldest finished goes first.
     fn evict(&mut self) {
         while self.tasks.len() >= self.max {
-            let victim = pop_held(&mut self.finished, &self.tasks).or_else(|| pop_held(&mut self.arrived, &self.tasks));
-            let Some(victim) = victim else { return };
-            self.tasks.remove(&victim);
+            if !(remove_first_held(&mut self.finished, &mut self.tasks)
+                || remove_first_held(&mut self.arrived, &mut self.tasks))
+            {
+                return;
+            }
             self.dropped += 1;
         }
         // Usually the oldest arrivals are the ones gone: forget them now, so the
@@ -281,14 +292,15 @@ impl Inner {
     }
 }
 
-/// The first key in `queue` still held in `tasks`, taken off with those before it.
-fn pop_held(queue: &mut VecDeque<Key>, tasks: &HashMap<Key, Attempt>) -> Option<Key> {
+/// Removes from `tasks` the first attempt of `queue` it still holds, taking it off
+/// `queue` with the keys before it; false if it held none.
+fn remove_first_held(queue: &mut VecDeque<Key>, tasks: &mut Tasks) -> bool {
     while let Some(key) = queue.pop_front() {
-        if tasks.contains_key(&key) {
-            return Some(key);
+        if tasks.remove(&key).is_some() {
+            return true;
         }
     }
-    None
+    false
 }
 
 #[cfg(test)]
@@ -383,7 +395,10 @@ mod tests {
         add(&table, first);
         add(
             &table,
-            Batch::default().change(1, 0, TaskStatus::TaskFinished, 2).change(2, 1, TaskStatus::TaskRunning, 3).defines("f", 0),
+            Batch::default()
+                .change(1, 0, TaskStatus::TaskFinished, 2)
+                .change(2, 1, TaskStatus::TaskRunning, 3)
+                .defines("f", 0),
         );
         let counts = table.count_by_state();
         let count = |state, is_retry| counts.get(&TaskStateCount { name: "f".into(), state, is_retry }).copied();
