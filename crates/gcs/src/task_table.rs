@@ -107,7 +107,7 @@ impl TaskTable {
         }
     }
 
-    /// Merges a batch of state changes from one process.
+    /// Merges a batch of state changes from one process; a malformed one is refused whole.
     pub fn add(&self, batch: AddTaskEvents) -> Result<(), MalformedBatch> {
         let n = batch.states.len();
         if batch.attempts.len() != n || batch.times_ns.len() != n || batch.task_ids.len() != n * TaskId::LEN {
@@ -139,7 +139,19 @@ impl TaskTable {
             }
             *slot as usize
         };
-        let shapes: Vec<Arc<TaskShape>> = batch.shapes.into_iter().map(Arc::new).collect();
+        // Held ids are copied out of the request's frame, which would otherwise stay in
+        // memory for as long as one attempt of the batch is held.
+        let shapes: Vec<Arc<TaskShape>> = batch
+            .shapes
+            .into_iter()
+            .map(|shape| {
+                Arc::new(TaskShape {
+                    job_id: Bytes::copy_from_slice(&shape.job_id),
+                    actor_id: Bytes::copy_from_slice(&shape.actor_id),
+                    ..shape
+                })
+            })
+            .collect();
         for (j, (&change, &shape)) in batch.defined.iter().zip(&batch.defined_shapes).enumerate() {
             let parent = TaskId::from_bytes(&batch.parents[j * TaskId::LEN..(j + 1) * TaskId::LEN])
                 .ok()
@@ -148,7 +160,11 @@ impl TaskTable {
             extra[at].shape = Some((shapes[shape as usize].clone(), parent));
         }
         if !batch.ran.is_empty() {
-            let ran = Arc::new(RanOn { node_id: batch.node_id, worker_id: batch.worker_id, pid: batch.worker_pid });
+            let ran = Arc::new(RanOn {
+                node_id: Bytes::copy_from_slice(&batch.node_id),
+                worker_id: Bytes::copy_from_slice(&batch.worker_id),
+                pid: batch.worker_pid,
+            });
             for &change in &batch.ran {
                 let at = extra_at(&mut extra, change);
                 extra[at].ran = Some(ran.clone());
