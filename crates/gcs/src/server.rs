@@ -420,10 +420,19 @@ impl GcsServer {
                 }
                 now(GcsReply::Ack(Ack {}))
             }
-            GcsRequest::AddTaskEvents(batch) => match self.task_table.add(batch) {
-                Ok(()) => now(GcsReply::Ack(Ack {})),
-                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
-            },
+            GcsRequest::AddTaskEvents(batch) => {
+                // Folding a second's worth of a busy worker's events takes milliseconds:
+                // not on this connection's read loop, where the requests behind it (a
+                // driver's leases) would wait. The ack still comes once they are in.
+                let gcs = self.clone();
+                Reply::Later(Box::pin(async move {
+                    match tokio::task::spawn_blocking(move || gcs.task_table.add(batch)).await {
+                        Ok(Ok(())) => GcsReply::Ack(Ack {}).into(),
+                        Ok(Err(e)) => error_body(ErrorCode::Invalid, e.to_string()),
+                        Err(e) => error_body(ErrorCode::Internal, format!("folding task events failed: {e}")),
+                    }
+                }))
+            }
             GcsRequest::GetTimeline(_) => now(GcsReply::GetTimelineReply(GetTimelineReply {
                 trace_json: serde_json::Value::Array(self.timeline()).to_string(),
             })),
