@@ -135,6 +135,7 @@ def test_placement_groups_show_their_bundles_and_where_they_are(cluster):
     row = get_placement_group(group.id.hex())
     assert row is not None
     assert (row.name, row.state, row.strategy, row.is_detached) == ("spread-pair", "CREATED", "STRICT_SPREAD", False)
+    assert row.creator_job_id == rtd.get_runtime_context().get_job_id()
     assert [b["bundle_id"] for b in row.bundles] == [0, 1]
     assert {b["node_id"] for b in row.bundles} == {cluster.head_node.node_id, cluster.worker_nodes[0].node_id}
     assert all(b["unit_resources"] == {"CPU": 1.0} for b in row.bundles)

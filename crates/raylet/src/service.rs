@@ -15,7 +15,8 @@ use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
 use rtd_common::proto::node_manager_request::Request as NodeManagerRequest;
 use rtd_common::proto::{
     frame::Body, gcs_request, Ack, AddJob, ClusterViewNode, ErrorCode, FreeObjects, GcsRequest, GetClusterViewReply,
-    ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker, ResourceMap, WorkerInfo,
+    ListLogsReply, ListSpilledObjectsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker,
+    ResourceMap, WorkerInfo,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
@@ -376,6 +377,18 @@ impl<G: GcsPort> NodeService<G> {
             }
             NodeManagerRequest::GetClusterView(_) => {
                 Reply::Now(NodeManagerReply::GetClusterViewReply(cluster_view(&self.raylet)).into())
+            }
+            NodeManagerRequest::ListSpilledObjects(_) => {
+                let plasma = self.plasma.clone();
+                Reply::Later(Box::pin(async move {
+                    match plasma.spilled().await {
+                        Ok(ids) => {
+                            let object_ids = ids.iter().map(|id| id.to_vec().into()).collect();
+                            NodeManagerReply::ListSpilledObjectsReply(ListSpilledObjectsReply { object_ids }).into()
+                        }
+                        Err(e) => error_body(ErrorCode::Internal, format!("the object store did not answer: {e}")),
+                    }
+                }))
             }
             NodeManagerRequest::ListLogs(_) => {
                 let dir = logs::logs_dir(Path::new(&self.session_dir));

@@ -387,7 +387,7 @@ pub fn memory(args: &MemoryArgs) -> Result<()> {
     let listed = request(&args.cluster, "/api/v0/objects", &query)?;
     let rows = listed["result"].as_array().cloned().unwrap_or_default();
     let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for row in rows {
+    for row in rows.iter().cloned() {
         by_node.entry(cell(&row["ip"])).or_default().push(row);
     }
     println!("======== Object references status ========");
@@ -419,6 +419,11 @@ pub fn memory(args: &MemoryArgs) -> Result<()> {
         size_text((cluster["total_size_mb"].as_f64().unwrap_or(0.0) * MIB as f64) as u64),
         if by_type.is_empty() { "none".to_string() } else { by_type.join(", ") }
     );
+    let mut spilled: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r["spilled"].as_bool() == Some(true)) {
+        spilled.insert(cell(&r["object_id"]), r["object_size"].as_u64().unwrap_or(0));
+    }
+    println!("Spilled {}, {} objects", size_text(spilled.values().sum()), spilled.len());
     if listed["partial_failure_warning"].as_str().is_some_and(|w| !w.is_empty()) {
         eprintln!("rtd: warning: {}", cell(&listed["partial_failure_warning"]));
     }

@@ -124,6 +124,7 @@ service! {
         ReadLog => ReadLogReply,
         ReportMetrics => Ack,
         GetClusterView => GetClusterViewReply,
+        ListSpilledObjects => ListSpilledObjectsReply,
 }
 
 service! {
@@ -145,6 +146,7 @@ service! {
         PlasmaSeal => Ack,
         PlasmaGet => PlasmaGetReply,
         PlasmaDelete => Ack,
+        PlasmaListSpilled => PlasmaListSpilledReply,
 }
 
 impl From<ErrorReply> for Body {
