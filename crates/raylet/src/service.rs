@@ -9,6 +9,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
@@ -21,7 +22,7 @@ use rtd_common::proto::{
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
-use rtd_metrics::UserMetrics;
+use rtd_metrics::{RequestLatencies, UserMetrics};
 use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
@@ -76,6 +77,8 @@ pub struct NodeService<G: GcsPort = GcsClient> {
     pub shutdown: Arc<Notify>,
     /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
     pub user_metrics: Arc<UserMetrics>,
+    /// How long each kind of request takes to answer, exported on `/metrics`.
+    pub request_latencies: RequestLatencies,
 }
 
 /// What a raylet's connections carry: its own requests, and the GCS's (served on the
@@ -86,6 +89,15 @@ pub struct NodeService<G: GcsPort = GcsClient> {
 pub enum NodeRequest {
     NodeManager(NodeManagerRequest),
     Gcs(gcs_request::Request),
+}
+
+impl NodeRequest {
+    fn name(&self) -> &'static str {
+        match self {
+            NodeRequest::NodeManager(request) => request.name(),
+            NodeRequest::Gcs(request) => request.name(),
+        }
+    }
 }
 
 impl TryFrom<Body> for NodeRequest {
@@ -176,9 +188,24 @@ impl<G: GcsPort> Service for NodeService<G> {
     }
 
     fn handle(&self, conn: &mut ConnState, request: NodeRequest) -> Reply {
-        match request {
+        let (method, start) = (request.name(), Instant::now());
+        let reply = match request {
             NodeRequest::NodeManager(request) => self.handle_own(conn, request),
             NodeRequest::Gcs(request) => self.gcs.request(conn.id, request),
+        };
+        match reply {
+            Reply::Later(answer) => {
+                let latencies = self.request_latencies.clone();
+                Reply::Later(Box::pin(async move {
+                    let body = answer.await;
+                    latencies.observe(method, start.elapsed());
+                    body
+                }))
+            }
+            now => {
+                self.request_latencies.observe(method, start.elapsed());
+                now
+            }
         }
     }
 
@@ -538,6 +565,7 @@ mod tests {
                 next_conn: AtomicU64::new(1),
                 shutdown: Default::default(),
                 user_metrics: Default::default(),
+                request_latencies: Default::default(),
             };
             Node { service, dir, store }
         }

@@ -19,7 +19,7 @@ use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::GcsClient;
 use rtd_gcs::server::GcsServer;
-use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
+use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
 use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
@@ -215,6 +215,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let user_metrics = Arc::new(UserMetrics::default());
+    let request_latencies = RequestLatencies::default();
     let service = NodeService {
         node_id,
         session_dir: session.dir.display().to_string(),
@@ -229,6 +230,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         user_metrics: user_metrics.clone(),
+        request_latencies: request_latencies.clone(),
     };
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
@@ -249,6 +251,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
+    request_latencies.register(&mut metrics);
     if let Some(gcs) = &gcs {
         metrics.register(ClusterMetrics { gcs: gcs.clone() });
     }
