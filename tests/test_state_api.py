@@ -223,6 +223,13 @@ def test_cli_lists_gets_and_summarizes_through_the_dashboard(cluster):
     assert "Total: 2" in table.stdout and "NODE_ID" in table.stdout
     assert cluster.head_node.node_id in table.stdout and cluster.worker_nodes[0].node_id in table.stdout
 
+    # The cluster's own address finds its dashboard through the GCS.
+    by_cluster = rtd_cli("list", "nodes", "--format", "json", "--address", cluster.address)
+    assert by_cluster.returncode == 0, by_cluster.stderr
+    assert len(json.loads(by_cluster.stdout)) == 2
+    listed = {n["node_id"] for n in json.loads(by_cluster.stdout)}
+    assert {n["node_id"] for n in list_nodes(address=cluster.address)} == listed
+
     got = rtd_cli("get", "actor", actor_id, "--address", cluster.webui_url)
     assert got.returncode == 0, got.stderr
     assert f"actor_id: {actor_id}" in got.stdout and "required_resources:" in got.stdout

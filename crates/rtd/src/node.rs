@@ -67,10 +67,6 @@ pub struct DashboardOptions {
     pub port: rtd_dashboard::Port,
 }
 
-/// The key under which the head publishes the dashboard's `host:port` in the GCS's KV
-/// store, where every driver finds it, whichever node it connects to.
-pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
-
 /// Starts serving the dashboard over `gcs`; returns the task and the `host:port` a
 /// browser on this machine opens (the node's address when it listens on every one).
 async fn start_dashboard(
@@ -86,7 +82,7 @@ async fn start_dashboard(
         host => host,
     };
     let url = format!("{host}:{port}");
-    gcs.kv_put(DASHBOARD_URL_KEY, url.clone().into());
+    gcs.kv_put(rtd_common::cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
     Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, ValueEnum};
+use rtd_common::cluster_kv;
 use serde_json::Value;
 
 use crate::session::{NodeFile, DEFAULT_TEMP_DIR};
@@ -107,7 +108,8 @@ pub enum OutputFormat {
 /// Which cluster to ask.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
-    /// The dashboard of the cluster to ask (default: the cluster running on this machine).
+    /// The cluster to ask: its head's address, or its dashboard's (default: the cluster
+    /// running on this machine).
     #[arg(long, value_name = "HOST:PORT")]
     address: Option<String>,
     /// Where this machine's node daemons keep their sessions.
@@ -212,9 +214,21 @@ fn local_dashboard(temp_dir: &Path) -> Result<String> {
         })
 }
 
+/// The dashboard `address` names: the cluster's when a node answers there, else
+/// `address` itself (a dashboard does not answer as a node).
+fn dashboard_of(address: &str) -> Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(cluster_kv::dashboard_of(address, Duration::from_secs(5))) {
+        Ok(Some(dashboard)) => Ok(dashboard),
+        Ok(None) => bail!("the rtd cluster at {address} serves no dashboard (started with --include-dashboard=false?)"),
+        Err(_) => Ok(address.to_string()),
+    }
+}
+
 /// The dashboard to ask, as a URL without a trailing slash.
 fn dashboard_url(cluster: &ClusterArgs) -> Result<String> {
     let address = match &cluster.address {
+        Some(address) if !address.contains("://") => dashboard_of(address)?,
         Some(address) => address.clone(),
         None => local_dashboard(&cluster.temp_dir)?,
     };
