@@ -3,6 +3,7 @@
 //! (node views, strategies) and the wire protocol (protobuf messages framed over Unix
 //! sockets). No policy lives here, only the terms.
 
+pub mod auth;
 pub mod bundle;
 pub mod config;
 pub mod ids;
