@@ -201,7 +201,9 @@ impl Policy {
         }
         let what = if presented.is_some() { "a wrong token" } else { "no token" };
         warn_refused(peer, what);
-        Err(format!("authentication failed: this rtd cluster requires a token and the request carried {what}; {HOW_TO_SET}"))
+        Err(format!(
+            "authentication failed: this rtd cluster requires a token and the request carried {what}; {HOW_TO_SET}"
+        ))
     }
 }
 
@@ -349,12 +351,16 @@ mod tests {
         let policy = Policy::Token(token.clone());
         assert!(policy.check(&headers(&[("authorization", "Bearer s3cret")]), None).is_ok());
         assert!(policy.check(&headers(&[("cookie", "a=b; rtd_auth_token=s3cret")]), None).is_ok());
-        for bad in [headers(&[]), headers(&[("authorization", "Bearer s3cre")]), headers(&[("cookie", "rtd_auth_token=x")])] {
+        for bad in
+            [headers(&[]), headers(&[("authorization", "Bearer s3cre")]), headers(&[("cookie", "rtd_auth_token=x")])]
+        {
             let refusal = policy.check(&bad, None).unwrap_err();
             assert!(refusal.contains("RTD_AUTH_TOKEN"), "{refusal}");
         }
         assert!(Policy::Open.check(&headers(&[]), None).is_ok());
-        assert!(Policy::Broken("no token".into()).check(&headers(&[("authorization", "Bearer s3cret")]), None).is_err());
+        assert!(Policy::Broken("no token".into())
+            .check(&headers(&[("authorization", "Bearer s3cret")]), None)
+            .is_err());
     }
 
     #[test]

@@ -243,8 +243,11 @@ mod tests {
 
     /// A channel to `addr` presenting `token`.
     async fn channel_to(addr: &str, token: Option<&AuthToken>) -> AuthChannel {
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
         authorized(channel, token)
     }
 
@@ -252,7 +255,8 @@ mod tests {
     async fn serve_objects_checking(store: &Store, policy: Policy) -> (String, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let router = grpc_server_with(policy, None).expect("a server").add_service(ObjectServer::new(store.client.clone()));
+        let router =
+            grpc_server_with(policy, None).expect("a server").add_service(ObjectServer::new(store.client.clone()));
         (addr, tokio::spawn(serve_grpc(listener, router)))
     }
 
@@ -334,7 +338,8 @@ mod tests {
         let target = Store::start("dst-cut").await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let router = grpc_server_with(Policy::Open, None).expect("a server").add_service(ObjectManagerServer::new(Truncating));
+        let router =
+            grpc_server_with(Policy::Open, None).expect("a server").add_service(ObjectManagerServer::new(Truncating));
         let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
         let channel = channel_to(&addr, None).await;
         let id = ObjectId::random();

@@ -199,10 +199,7 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
     // refused peers must reach its log.
     let filter = tracing_subscriber::EnvFilter::try_from_env("RTD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {

@@ -17,11 +17,11 @@ use tower::layer::util::{Identity, Stack};
 use super::error::{describe_error, RpcError};
 use super::framing::{Inbound, MAX_FRAME};
 use super::guard::{authorized, AuthChannel, GrpcAuthLayer};
-use super::tls::{self, TlsSettings};
 use super::server::{run_connection, Service};
+use super::tls::{self, TlsSettings};
+use crate::auth::{self, AuthToken, Policy};
 use crate::proto::node_link_client::NodeLinkClient;
 use crate::proto::node_link_server::{NodeLink, NodeLinkServer};
-use crate::auth::{self, AuthToken, Policy};
 use crate::proto::Frame;
 
 /// How long connecting to another machine may take before it counts as unreachable.

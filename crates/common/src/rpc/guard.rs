@@ -58,9 +58,10 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let extensions = request.extensions();
-        let peer = extensions.get::<TcpConnectInfo>().and_then(|c| c.remote_addr()).or_else(|| {
-            extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|c| c.get_ref().remote_addr())
-        });
+        let peer = extensions
+            .get::<TcpConnectInfo>()
+            .and_then(|c| c.remote_addr())
+            .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().and_then(|c| c.get_ref().remote_addr()));
         match self.policy.check(request.headers(), peer) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(message) => Box::pin(std::future::ready(Ok(tonic::Status::unauthenticated(message).into_http()))),

@@ -230,7 +230,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let echo = Arc::new(Echo::default());
-        let router = grpc_server_with(Policy::Token(token.clone()), None).unwrap().add_service(link_service(echo.clone()));
+        let router =
+            grpc_server_with(Policy::Token(token.clone()), None).unwrap().add_service(link_service(echo.clone()));
         let server = tokio::spawn(serve_grpc(listener, router));
         for presented in [None, Some(AuthToken::generate())] {
             let credentials = Credentials { token: presented, tls: None };
@@ -240,7 +241,8 @@ mod tests {
             assert!(err.to_string().contains(&addr) && err.to_string().contains("RTD_AUTH_TOKEN"), "{err}");
         }
         // A raw gRPC client, sending a frame without the header, is refused too.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let frames = tokio_stream::iter([Frame { id: 1, body: Some(KvGet { key: "x".into() }.into()) }]);
         let status = crate::proto::node_link_client::NodeLinkClient::new(channel).converse(frames).await.err().unwrap();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
