@@ -213,6 +213,7 @@ def test_listening_beyond_this_machine_without_a_token_warns_loudly(tmp_path):
     try:
         started = cli("start", "--head", "--num-cpus", "0", "--dashboard-host", "0.0.0.0", "--temp-dir", temp_dir)
         assert started.returncode == 0, started.stderr
+        assert re.search(r"^rtd: SECURITY WARNING: the dashboard listens on 0\.0\.0\.0", started.stderr, re.M)
         with open(os.path.join(temp_dir, "session_latest", "logs", "node.out")) as f:
             assert re.search(r"SECURITY WARNING: the dashboard listens on 0\.0\.0\.0:\d+", f.read())
     finally:

@@ -35,6 +35,8 @@ pub const COOKIE: &str = "rtd_auth_token";
 /// How the refusal tells a client to fix it.
 const HOW_TO_SET: &str = "set RTD_AUTH_TOKEN to the cluster's token (or RTD_AUTH_TOKEN_PATH to a file holding it, \
      or put it in ~/.rtd/auth_token); `rtd get-auth-token` on a node of the cluster prints it";
+/// What starts the warning about listening beyond this machine without a token.
+pub const SECURITY_WARNING: &str = "SECURITY WARNING:";
 /// At most one warning about refused peers per this many milliseconds.
 const WARN_EVERY_MS: u64 = 60_000;
 
@@ -247,8 +249,8 @@ fn warn_refused(peer: Option<SocketAddr>, what: &str) {
 pub fn warn_if_exposed(what: &str, addr: SocketAddr) {
     if !addr.ip().is_loopback() && process().as_ref().is_ok_and(|t| t.is_none()) {
         tracing::warn!(
-            "SECURITY WARNING: {what} listens on {addr} without authentication: anyone who can reach this port can \
-             run code on this cluster. Set {MODE_ENV}=token (see `rtd get-auth-token --generate`)."
+            "{SECURITY_WARNING} {what} listens on {addr} without authentication: anyone who can reach this port \
+             can run code on this cluster. Set {MODE_ENV}=token (see `rtd get-auth-token --generate`)."
         );
     }
 }

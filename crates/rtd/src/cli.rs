@@ -388,6 +388,11 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
     println!("  log:     {}", log_path.display());
+    // The daemon's security warnings belong on the terminal that started it too.
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for (_, warning) in log.lines().filter_map(|l| l.split_once(auth::SECURITY_WARNING)) {
+        eprintln!("rtd: {} {}", auth::SECURITY_WARNING, warning.trim());
+    }
     if let (true, Some(port)) = (args.head, args.port) {
         let ip = &args.node_ip_address;
         println!("Add nodes with `rtd start --address {ip}:{port}`; connect with rtd.init(address=\"{ip}:{port}\").");
