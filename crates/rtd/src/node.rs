@@ -19,7 +19,7 @@ use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::GcsClient;
 use rtd_gcs::server::GcsServer;
-use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
+use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
 use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
@@ -67,10 +67,6 @@ pub struct DashboardOptions {
     pub port: rtd_dashboard::Port,
 }
 
-/// The key under which the head publishes the dashboard's `host:port` in the GCS's KV
-/// store, where every driver finds it, whichever node it connects to.
-pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
-
 /// Starts serving the dashboard over `gcs`; returns the task and the `host:port` a
 /// browser on this machine opens (the node's address when it listens on every one).
 async fn start_dashboard(
@@ -86,7 +82,7 @@ async fn start_dashboard(
         host => host,
     };
     let url = format!("{host}:{port}");
-    gcs.kv_put(DASHBOARD_URL_KEY, url.clone().into());
+    gcs.kv_put(rtd_common::cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
     Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
 }
 
@@ -218,6 +214,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let user_metrics = Arc::new(UserMetrics::default());
+    let request_latencies = RequestLatencies::default();
     let service = NodeService {
         node_id,
         session_dir: session.dir.display().to_string(),
@@ -232,6 +229,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         user_metrics: user_metrics.clone(),
+        request_latencies: request_latencies.clone(),
     };
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
@@ -256,6 +254,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
+    request_latencies.register(&mut metrics);
     if let Some(gcs) = &gcs {
         metrics.register(ClusterMetrics { gcs: gcs.clone() });
     }
