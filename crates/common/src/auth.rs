@@ -46,7 +46,7 @@ pub enum AuthError {
     BadMode(String),
     #[error(
         "{MODE_ENV}=token but no token was found: set {TOKEN_ENV}, or {TOKEN_PATH_ENV} to a file holding it, \
-         or create {} with `rtd get-auth-token --generate`", default_token_path().display()
+         or create {} with `rtd get-auth-token --generate`", token_path().display()
     )]
     NoToken,
     #[error("cannot read the auth token from {path}: {reason}")]
@@ -101,7 +101,7 @@ impl AuthToken {
 }
 
 /// `~/.rtd/auth_token`.
-pub fn default_token_path() -> PathBuf {
+fn default_token_path() -> PathBuf {
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
     home.join(".rtd").join("auth_token")
 }
@@ -182,10 +182,6 @@ impl Policy {
             Ok(Some(token)) => Policy::Token(token.clone()),
             Err(e) => Policy::Broken(e.to_string()),
         }
-    }
-
-    pub fn is_open(&self) -> bool {
-        matches!(self, Policy::Open)
     }
 
     /// Lets in a request whose headers present the token (`authorization: Bearer`, or
