@@ -147,6 +147,8 @@ def init(
         if runtime_env:
             raise NotImplementedError("runtime_env is not implemented in rtd yet.")
         _check_resources(num_cpus, num_gpus, resources, object_store_memory)
+        # Token mode without a usable token fails here, before anything starts.
+        _core.auth_token()
         temp_dir = _temp_dir or DEFAULT_TEMP_DIR
         if address is None:
             address = os.environ.get("RTD_ADDRESS") or None

@@ -4,6 +4,7 @@
 //! sockets), and the KV entries that say where a cluster serves what. No policy lives
 //! here, only the terms.
 
+pub mod auth;
 pub mod bundle;
 pub mod cluster_kv;
 pub mod config;

@@ -337,13 +337,24 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
             let connect = rtd_common::rpc::RpcClient::connect(address);
-            let client = tokio::time::timeout(Duration::from_secs(5), connect)
-                .await
-                .map_err(|_| format!("timed out connecting to {address}"))?
-                .map_err(|e| e.to_string())?;
-            Ok(client.request(request).await)
+            match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                Err(_) => Err(format!("timed out connecting to {address}")),
+                Ok(Ok(client)) => Ok(client.request(request).await),
+                Ok(Err(e)) => Ok(Err(e)),
+            }
         })
     })
+}
+
+/// The auth token this process presents (None with auth off), read once from
+/// `RTD_AUTH_MODE` and `RTD_AUTH_TOKEN` / `RTD_AUTH_TOKEN_PATH` / `~/.rtd/auth_token`;
+/// a token mode without a usable token is an `AuthenticationError`.
+#[pyfunction]
+fn auth_token() -> PyResult<Option<String>> {
+    match rtd_common::auth::process() {
+        Ok(token) => Ok(token.as_ref().map(|t| t.secret().to_string())),
+        Err(e) => Err(errors::rtd_error("AuthenticationError", e.to_string())),
+    }
 }
 
 /// The nodes of the cluster whose head is at `address` (`host:port`), asked without
@@ -356,6 +367,7 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
     };
     match reply {
         Ok(Ok(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
+        Ok(Err(e @ rtd_common::rpc::RpcError::Unauthenticated { .. })) => Err(errors::rpc_error(e)),
         Ok(Err(rtd_common::rpc::RpcError::UnexpectedReply { .. })) => {
             Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node")))
         }
@@ -421,6 +433,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dashboard_of, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(query_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(auth_token, m)?)?;
     m.add_function(wrap_pyfunction!(cluster_view, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(check_node_id, m)?)?;

@@ -169,6 +169,9 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         }
         _ => None,
     };
+    if let Some(addr) = tcp_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        rtd_common::auth::warn_if_exposed("this node's gRPC port (GCS, raylet, object manager)", addr);
+    }
     let raylet_address = match (&tcp_listener, &node_ip) {
         (Some(l), Some(ip)) => format!("{ip}:{}", l.local_addr().map(|a| a.port()).unwrap_or(0)),
         _ => String::new(),
@@ -232,12 +235,16 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
     let raylet_task = tokio::spawn(rtd_common::rpc::serve(raylet_listener, service.clone()));
     // Other nodes see the raylet (and the GCS on the head) and the object manager.
-    let tcp_task = tcp_listener.map(|l| {
-        let router = rpc::grpc_server()
-            .add_service(rpc::link_service(service.clone()))
-            .add_service(ObjectServer::new(service.plasma.clone()));
-        tokio::spawn(rpc::serve_grpc(l, router))
-    });
+    let tcp_task = match tcp_listener {
+        Some(l) => {
+            let mut server = rpc::grpc_server()?;
+            let router = server
+                .add_service(rpc::link_service(service.clone()))
+                .add_service(ObjectServer::new(service.plasma.clone()));
+            Some(tokio::spawn(rpc::serve_grpc(l, router)))
+        }
+        None => None,
+    };
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());

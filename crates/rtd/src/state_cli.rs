@@ -255,6 +255,9 @@ pub(crate) fn fetch(cluster: &ClusterArgs, path: &str, query: &[(&str, String)])
         .build()
         .into();
     let mut call = agent.get(&url).query("timeout", cluster.timeout.to_string());
+    if let Some(token) = rtd_common::auth::process_token() {
+        call = call.header("authorization", token.bearer());
+    }
     for (name, value) in query {
         call = call.query(*name, value);
     }

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, Generator, List, Optional, Tuple, Type, Union
 
+from rtd import _core
+from rtd.exceptions import AuthenticationError
 from rtd.util.state.exception import RayStateApiException, ServerUnavailable
 
 DEFAULT_LIMIT = 100
@@ -162,10 +164,16 @@ def _refusal(url: str, error: urllib.error.HTTPError) -> RayStateApiException:
 def _get(address: Optional[str], path: str, params: List[Tuple[str, str]], timeout: float) -> Tuple[bytes, Any]:
     """GETs ``path`` of the dashboard: the body and the headers of a 200 answer."""
     url = f"{_base_url(address)}{path}?{urllib.parse.urlencode([*params, ('timeout', str(int(timeout)))])}"
+    request = urllib.request.Request(url)
+    token = _core.auth_token()
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read(), response.headers
     except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise AuthenticationError(e.read().decode(errors="replace").strip()) from None
         raise _refusal(url, e) from None
     except (urllib.error.URLError, OSError) as e:
         raise ServerUnavailable(f"Failed to reach the state API at {url}: {e}") from None
