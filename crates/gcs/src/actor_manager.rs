@@ -134,6 +134,10 @@ impl ActorManager {
         let strategy = Strategy::from_wire(&options.strategy, &options.affinity_node, options.affinity_soft)
             .map_err(|e| ActorError::Invalid(e.to_string()))?;
         let mut t = self.lock();
+        // Registered already: the same request again (resent after a head restart).
+        if let Some(existing) = t.actors.get(&actor_id) {
+            return Ok(existing.info.clone());
+        }
         if !options.name.is_empty() {
             let key = (options.namespace.clone(), options.name.clone());
             if let Some(existing) = t.named.get(&key).and_then(|id| t.actors.get(id)) {
@@ -308,6 +312,25 @@ impl ActorManager {
         for lease in leases {
             self.lease_lost(node, lease);
         }
+    }
+
+    /// A node registered again after losing the head (a GCS restart) and holds the
+    /// dedicated leases `held`: an actor whose lease there is gone lost its worker
+    /// while the head was away; the others run on as they are. Returns the leases the
+    /// node holds that no actor has (left as they are: they may be actors the table
+    /// never recorded a lease for).
+    pub fn node_reconnected(self: &Arc<Self>, node: NodeId, held: &[u64]) -> Vec<u64> {
+        let (lost, unknown) = {
+            let t = self.lock();
+            let lost: Vec<u64> =
+                t.by_lease.keys().filter(|(n, l)| *n == node && !held.contains(l)).map(|(_, l)| *l).collect();
+            let unknown = held.iter().filter(|l| !t.by_lease.contains_key(&(node, **l))).copied().collect();
+            (lost, unknown)
+        };
+        for lease in lost {
+            self.lease_lost(node, lease);
+        }
+        unknown
     }
 
     /// A leased worker exited. Its actor restarts if it may, else it is dead.
@@ -632,5 +655,38 @@ mod tests {
         // Its worker's exit, reported later, does not bring it back.
         manager.lease_lost(raylets.node, 1);
         assert_eq!(reaches(&manager, &actor_id, ActorState::Dead).await.num_restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_node_keeps_the_actors_whose_leases_it_holds() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone());
+        let (kept, req) = request("kept", 0, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &kept, ActorState::Alive).await;
+        let (lost, req) = request("lost", 1, false);
+        manager.create(7, req).expect("created");
+        let before = reaches(&manager, &lost, ActorState::Alive).await;
+        // Leases 1 (kept) and 2 (lost) were granted; the node still holds 1 and an
+        // unknown lease 9.
+        let unknown = manager.node_reconnected(raylets.node, &[1, 9]);
+        assert_eq!(unknown, vec![9]);
+        assert_eq!(manager.get_named("ns", "kept").expect("named").state, ActorState::Alive as i32);
+        let restarted = reaches(&manager, &lost, ActorState::Alive).await;
+        assert_eq!(restarted.num_restarts, before.num_restarts + 1);
+        assert!(raylets.killed.lock().expect("fake lock").is_empty(), "nothing the node holds is killed");
+    }
+
+    #[tokio::test]
+    async fn creating_an_actor_again_under_its_id_returns_it_instead_of_a_second_one() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone());
+        let (actor_id, req) = request("once", 0, false);
+        manager.create(7, req.clone()).expect("created");
+        reaches(&manager, &actor_id, ActorState::Alive).await;
+        let again = manager.create(7, req).expect("the same request resent");
+        assert_eq!(again.state, ActorState::Alive as i32);
+        assert_eq!(manager.list().len(), 1);
+        assert_eq!(*raylets.leases.lock().expect("fake lock"), 1);
     }
 }

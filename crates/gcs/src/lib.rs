@@ -124,8 +124,11 @@ impl Gcs {
         self.workers.lock().by_id.values().cloned().collect()
     }
 
+    /// Adds a node, or updates one that registers again (keeping when it started).
     pub fn register_node(&self, mut node: NodeInfo) {
-        node.start_time_ms = now_ms();
+        let started = self
+            .with_nodes(|nodes| nodes.iter().find(|n| n.node_id == node.node_id && n.alive).map(|n| n.start_time_ms));
+        node.start_time_ms = started.filter(|t| *t > 0).unwrap_or_else(now_ms);
         node.end_time_ms = 0;
         self.last_seen.lock().insert(node.node_id.to_vec(), Instant::now());
         let mut nodes = self.nodes.lock();
@@ -146,6 +149,11 @@ impl Gcs {
 
         self.last_seen.lock().insert(node_id.to_vec(), Instant::now());
         true
+    }
+
+    /// Whether the GCS declared this node dead (it must not come back under its id).
+    pub fn declared_dead(&self, node_id: &NodeId) -> bool {
+        self.nodes.lock().iter().any(|n| n.node_id.as_ref() == node_id.as_bytes() && !n.alive)
     }
 
     /// Marks a node dead; true if it was alive.
@@ -244,5 +252,20 @@ mod tests {
         assert!(gcs.mark_dead(&id));
         assert!(gcs.nodes()[0].end_time_ms >= gcs.nodes()[0].start_time_ms);
         assert!(!gcs.report(&id.to_vec(), NodeUsage::default()));
+    }
+
+    #[test]
+    fn a_node_registering_again_keeps_its_start_and_a_dead_one_is_known_as_dead() {
+        let gcs = Gcs::new();
+        let id = NodeId::random();
+        let node = NodeInfo { node_id: id.to_vec().into(), alive: true, ..Default::default() };
+        gcs.register_node(node.clone());
+        let started = gcs.nodes()[0].start_time_ms;
+        std::thread::sleep(Duration::from_millis(2));
+        gcs.register_node(node);
+        assert_eq!(gcs.nodes()[0].start_time_ms, started);
+        assert!(!gcs.declared_dead(&id) && !gcs.declared_dead(&NodeId::random()));
+        gcs.mark_dead(&id);
+        assert!(gcs.declared_dead(&id));
     }
 }

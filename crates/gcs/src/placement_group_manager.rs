@@ -102,6 +102,10 @@ impl PlacementGroupManager {
         }
         {
             let mut groups = self.lock();
+            // Known already: the same request again (resent after a head restart).
+            if let Some(existing) = groups.get(&id) {
+                return Ok(existing.info.clone());
+            }
             if !req.name.is_empty()
                 && groups
                     .values()
@@ -259,30 +263,75 @@ impl PlacementGroupManager {
     /// placed again (RESCHEDULING) before new groups. Returns their ids; the caller
     /// ends the actors placed in them.
     pub async fn node_dead(&self, node: NodeId) -> Vec<PlacementGroupId> {
-        let hit: Vec<(PlacementGroupId, Vec<Vec<u8>>)> = {
+        let hit: Vec<PlacementGroupId> = self
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
+            .map(|(id, _)| *id)
+            .collect();
+        self.place_again(&hit, Some(node)).await;
+        hit
+    }
+
+    /// A node registered again after losing the head (a GCS restart) and holds the
+    /// committed bundles `held`. A group with a bundle there that the node no longer
+    /// holds lost that reservation while the head was away and is placed again (as if
+    /// the node had died for it); a bundle the node holds that no group placed there
+    /// has (its group is unknown or removed) is released. Returns the groups placed
+    /// again.
+    pub async fn node_reconnected(&self, node: NodeId, held: &[(PlacementGroupId, u32)]) -> Vec<PlacementGroupId> {
+        let placed_here = |g: &GroupEntry, index: u32| {
+            g.info.state != PlacementGroupState::PgRemoved as i32
+                && g.info.bundle_nodes.get(index as usize).is_some_and(|n| n.as_ref() == node.as_bytes())
+        };
+        let (lost, stray): (Vec<PlacementGroupId>, Vec<(PlacementGroupId, u32)>) = {
+            let groups = self.lock();
+            let lost = groups
+                .iter()
+                .filter(|(id, g)| {
+                    (0..g.info.bundle_nodes.len() as u32).any(|i| placed_here(g, i) && !held.contains(&(**id, i)))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let stray =
+                held.iter().filter(|(id, i)| !groups.get(id).is_some_and(|g| placed_here(g, *i))).copied().collect();
+            (lost, stray)
+        };
+        for (id, index) in stray {
+            tracing::warn!(
+                "node {node} holds bundle {index} of placement group {id}, which is not placed there; releasing it"
+            );
+            self.reserver.release(node, id, index).await;
+        }
+        self.place_again(&lost, None).await;
+        lost
+    }
+
+    /// Releases the bundles of `hit` (except those on `dead`, which are gone with it)
+    /// and places those groups again.
+    async fn place_again(&self, hit: &[PlacementGroupId], dead: Option<NodeId>) {
+        let placed: Vec<(PlacementGroupId, Vec<Vec<u8>>)> = {
             let mut groups = self.lock();
-            groups
-                .iter_mut()
-                .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
-                .map(|(id, g)| {
+            hit.iter()
+                .filter_map(|id| {
+                    let g = groups.get_mut(id)?;
                     g.info.state = PlacementGroupState::PgRescheduling as i32;
-                    (*id, std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect())
+                    Some((*id, std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect()))
                 })
                 .collect()
         };
-        for (id, nodes) in &hit {
+        for (id, nodes) in &placed {
             for (index, at) in nodes.iter().enumerate() {
                 if let Ok(at) = NodeId::from_bytes(at) {
-                    if at != node {
+                    if Some(at) != dead {
                         self.reserver.release(at, *id, index as u32).await;
                     }
                 }
             }
         }
-        for (id, _) in &hit {
+        for (id, _) in &placed {
             self.try_place(*id).await;
         }
-        hit.into_iter().map(|(id, _)| id).collect()
     }
 }
 
@@ -448,5 +497,27 @@ mod tests {
             assert!(created(&info));
         }
         assert_eq!(reserver.committed(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_node_keeps_the_bundles_it_holds_and_loses_the_ones_it_does_not() {
+        let reserver = FakeReserver::new(&[4.0]);
+        let node = reserver.nodes[0];
+        let manager = PlacementGroupManager::new(reserver.clone());
+        let (kept, lost) = (PlacementGroupId([1; 18]), PlacementGroupId([2; 18]));
+        assert!(created(&manager.create(1, request(1, "PACK", &[1.0])).await.expect("valid group")));
+        assert!(created(&manager.create(1, request(2, "PACK", &[1.0])).await.expect("valid group")));
+        // The node holds group 1's bundle, lost group 2's (its raylet restarted it), and
+        // holds a bundle of a group the GCS never heard of.
+        reserver.held.lock().unwrap().remove(&(node, lost, 0));
+        let stray = PlacementGroupId([9; 18]);
+        reserver.held.lock().unwrap().insert((node, stray, 0), (cpus(1.0), true));
+        let placed_again = manager.node_reconnected(node, &[(kept, 0), (stray, 0)]).await;
+        assert_eq!(placed_again, vec![lost]);
+        let held = reserver.held.lock().unwrap().clone();
+        assert!(held.contains_key(&(node, kept, 0)), "the held bundle stays");
+        assert!(held.contains_key(&(node, lost, 0)), "the lost bundle is reserved again");
+        assert!(!held.contains_key(&(node, stray, 0)), "the stray bundle is released");
+        assert!(manager.list().iter().all(created));
     }
 }

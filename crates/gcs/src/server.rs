@@ -15,8 +15,8 @@ use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
     request_lease_reply::Result as LeaseResult, Ack, AddJob, AddJobReply, CommitBundle, ErrorCode, ErrorReply,
     GetNodesReply, GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply,
-    NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease,
-    RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
+    NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, RegisterNode, ReleaseBundle,
+    RequestLease, RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::proto::{ActorState, PlacementGroupState};
 use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
@@ -428,20 +428,7 @@ impl GcsServer {
                 trace_json: serde_json::Value::Array(self.timeline()).to_string(),
             })),
             GcsRequest::GetNodes(_) => now(self.cluster_view()),
-            GcsRequest::RegisterNode(reg) => {
-                let Some(node) = reg.node else {
-                    return Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node"));
-                };
-                if let Ok(id) = NodeId::from_bytes(&node.node_id) {
-                    self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, id);
-                    tracing::info!("node {id} joined at {}", node.raylet_address);
-                }
-                self.tables.register_node(node);
-                // The head's raylet can send work there right away, and the new node
-                // learns the cluster before its first heartbeat.
-                self.raylet.set_cluster(&self.tables.nodes());
-                now(self.cluster_view())
-            }
+            GcsRequest::RegisterNode(reg) => self.register_node(conn, reg),
             GcsRequest::ReportResources(report) => {
                 let usage = NodeUsage {
                     total: report.total.unwrap_or_default(),
@@ -558,6 +545,65 @@ impl GcsServer {
                 now(GcsReply::ListPlacementGroupsReply(ListPlacementGroupsReply { groups: self.groups.list() }))
             }
         }
+    }
+
+    /// A node joins over `conn`, or one that lost its head registers again under the
+    /// same id (`reconnecting`) once it reaches this GCS (restarted, or the same one
+    /// over a new connection). Either way it is taken as it is, not as a new node
+    /// that holds nothing: the actors and placement-group bundles the tables place
+    /// there stay, checked against what the node says it holds. Only a node this GCS
+    /// declared dead is refused: it must not come back under the same id.
+    fn register_node(self: &Arc<Self>, conn: ConnId, mut reg: RegisterNode) -> Reply {
+        let Some(node) = reg.node.take() else {
+            return Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node"));
+        };
+        let id = match NodeId::from_bytes(&node.node_id) {
+            Ok(id) => id,
+            Err(e) => return Reply::Now(error_body(ErrorCode::Invalid, format!("RegisterNode: {e}"))),
+        };
+        if self.tables.declared_dead(&id) {
+            return Reply::Now(error_body(
+                ErrorCode::Invalid,
+                format!("node {id} was declared dead and cannot rejoin under the same id; start it again to join as a new node"),
+            ));
+        }
+        {
+            // A connection it used before is not this node's any more: its close must
+            // not declare the node dead.
+            let mut conns = self.node_conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.retain(|_, n| *n != id);
+            conns.insert(conn, id);
+        }
+        let verb = if reg.reconnecting { "registered again" } else { "joined" };
+        tracing::info!("node {id} {verb} at {}", node.raylet_address);
+        self.tables.register_node(node);
+        if reg.reconnecting {
+            self.node_reconnected(id, reg);
+        }
+        // The head's raylet can send work there right away, and the node learns the
+        // cluster before its first heartbeat.
+        self.raylet.set_cluster(&self.tables.nodes());
+        now(self.cluster_view())
+    }
+
+    /// Brings the tables in line with what a node that registers again holds: its
+    /// workers and drivers, its actors' leases and its committed bundles.
+    fn node_reconnected(self: &Arc<Self>, node: NodeId, reg: RegisterNode) {
+        for worker in reg.workers {
+            self.tables.report_worker(worker);
+        }
+        let unknown = self.actors.node_reconnected(node, &reg.actor_leases);
+        if !unknown.is_empty() {
+            tracing::warn!("node {node} holds actor leases {unknown:?} that no actor in the table has");
+        }
+        let held: Vec<(PlacementGroupId, u32)> =
+            reg.bundles.iter().filter_map(|b| Some((PlacementGroupId::from_bytes(&b.pg_id).ok()?, b.index))).collect();
+        let groups = self.groups.clone();
+        tokio::spawn(async move {
+            for group in groups.node_reconnected(node, &held).await {
+                tracing::warn!("placement group {group} lost a bundle on node {node} while the head was away");
+            }
+        });
     }
 
     /// A client or node connection closed: what it owned goes with it.

@@ -25,7 +25,7 @@ use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
-use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
 use crate::logs;
 use crate::policy::Strategy;
 
@@ -75,6 +75,24 @@ pub struct NodeService<G: GcsPort = GcsClient> {
     pub shutdown: Arc<Notify>,
     /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
     pub user_metrics: Arc<UserMetrics>,
+    /// The workers and drivers connected now, as reported to the GCS: a node that
+    /// registers again with a restarted head reports them once more.
+    pub processes: Arc<ProcessTable>,
+}
+
+/// The worker and driver processes connected to a raylet, by connection.
+#[derive(Default)]
+pub struct ProcessTable(std::sync::Mutex<std::collections::HashMap<ConnId, WorkerInfo>>);
+
+impl ProcessTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ConnId, WorkerInfo>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every process connected now, alive as far as this raylet knows.
+    pub fn live(&self) -> Vec<WorkerInfo> {
+        self.lock().values().cloned().collect()
+    }
 }
 
 /// What a raylet's connections carry: its own requests, and the GCS's (served on the
@@ -156,6 +174,13 @@ impl<G: GcsPort> NodeService<G> {
     }
 
     fn report_process(&self, conn: ConnId, worker: WorkerInfo) {
+        let mut processes = self.processes.lock();
+        if worker.is_alive {
+            processes.insert(conn, worker.clone());
+        } else {
+            processes.remove(&conn);
+        }
+        drop(processes);
         self.tell_gcs(conn, gcs_request::Request::ReportWorker(ReportWorker { worker: Some(worker) }));
     }
 }
@@ -250,7 +275,10 @@ impl<G: GcsPort> NodeService<G> {
                     dedicated: req.dedicated,
                     preferred: NodeId::from_bytes(&req.preferred_node).ok(),
                 };
-                let rx = self.raylet.request_lease(conn.id, request);
+                // Only the GCS asks for dedicated (actor) leases. They are its own, not
+                // the connection's it came over: an actor outlives the loss of its head.
+                let owner = if req.dedicated { GCS_CONN } else { conn.id };
+                let rx = self.raylet.request_lease(owner, request);
                 Reply::Later(Box::pin(async move {
                     match rx.await {
                         Ok(Ok(reply)) => NodeManagerReply::RequestLeaseReply(reply).into(),
@@ -525,6 +553,7 @@ mod tests {
                 next_conn: AtomicU64::new(1),
                 shutdown: Default::default(),
                 user_metrics: Default::default(),
+                processes: Default::default(),
             };
             Node { service, dir, store }
         }

@@ -14,17 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{NodeInfo, RegisterNode, ResourceMap};
+use rtd_common::proto::{NodeInfo, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
-use rtd_gcs::client::GcsClient;
+use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
 use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
-use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
+use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
 use rtd_raylet::lease::Raylet;
-use rtd_raylet::service::NodeService;
+use rtd_raylet::service::{NodeService, ProcessTable};
 use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -132,12 +132,13 @@ pub fn run_node(opts: NodeOptions) -> Result<()> {
 async fn serve_node(opts: NodeOptions) -> Result<()> {
     // A worker node first makes sure it can reach the head.
     let head = match &opts.role {
-        NodeRole::Worker { head_address } => Some(
+        NodeRole::Worker { head_address } => Some((
             tokio::time::timeout(JOIN_TIMEOUT, RpcClient::connect(head_address))
                 .await
                 .map_err(|_| anyhow!("cannot reach the head node at {head_address}: timed out"))?
                 .map_err(|e| anyhow!("cannot reach the head node at {head_address}: {e}"))?,
-        ),
+            head_address.clone(),
+        )),
         NodeRole::Head { .. } => None,
     };
     let cluster_mode = matches!(opts.role, NodeRole::Worker { .. } | NodeRole::Head { port: Some(_) });
@@ -188,30 +189,33 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let raylet = Raylet::new(node_id, opts.resources.clone(), command);
     let peers = Arc::new(ConnectionCache::default());
     let shutdown = Arc::new(Notify::new());
+    let processes = Arc::new(ProcessTable::default());
     let gcs = match &head {
         None => Some(GcsServer::start(
             describe_node(&raylet, &session, &node_ip, &raylet_address, true),
             Arc::new(HeadRaylet(raylet.clone())),
             peers.clone(),
         )),
-        Some(head) => {
-            let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
-            match head.request(RegisterNode { node: Some(me) }).await {
-                Ok(view) => raylet.set_cluster(remote_nodes(&view.nodes)),
-                Err(e) => return Err(anyhow!("joining the cluster: {e}")),
-            }
-            let lost_to = head.clone();
-            raylet.set_lease_lost_hook(Box::new(move |lease_id| {
-                let lost = rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id };
-                let _ = lost_to.send(lost);
-            }));
-            tokio::spawn(heartbeat(head.clone(), raylet.clone(), shutdown.clone()));
-            None
-        }
+        Some(_) => None,
     };
-    let gcs_link = match (&gcs, &head) {
+    let gcs_link = match (&gcs, head) {
         (Some(gcs), _) => GcsClient::Local(gcs.clone()),
-        (None, Some(head)) => GcsClient::Remote(head.clone()),
+        (None, Some((client, head_address))) => {
+            let link = HeadLink::new(client.clone(), &head_address, reconnect_timeout());
+            let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
+            let head = GrpcHead { link: link.clone(), raylet: raylet.clone(), node: me, processes: processes.clone() };
+            head.register(&client, false).await.map_err(|e| anyhow!("joining the cluster: {e}"))?;
+            let lost_to = link.clone();
+            raylet.set_lease_lost_hook(Box::new(move |lease_id| {
+                // While the head is away this is dropped: registering again reports
+                // the node's actor leases, and the GCS sees this one is gone.
+                if let Some(head) = lost_to.client_now() {
+                    let _ = head.send(rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id });
+                }
+            }));
+            tokio::spawn(run_link(head, shutdown.clone()));
+            GcsClient::Remote(link)
+        }
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let user_metrics = Arc::new(UserMetrics::default());
@@ -229,6 +233,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         user_metrics: user_metrics.clone(),
+        processes,
     };
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
