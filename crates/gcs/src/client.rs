@@ -44,7 +44,11 @@ impl GcsClient {
         match self {
             GcsClient::Local(gcs) => {
                 let job_id = gcs.add_job(conn, job);
-                Box::pin(async move { Ok(job_id) })
+                let durable = gcs.durable();
+                Box::pin(async move {
+                    durable.await;
+                    Ok(job_id)
+                })
             }
             GcsClient::Remote(head) => {
                 let reply = head.start_request(job);
