@@ -226,7 +226,11 @@ impl GcsClient {
         match self {
             GcsClient::Local(gcs) => {
                 let job_id = gcs.add_job(conn, job);
-                Box::pin(async move { Ok(job_id) })
+                let durable = gcs.durable();
+                Box::pin(async move {
+                    durable.await;
+                    Ok(job_id)
+                })
             }
             GcsClient::Remote(link) => {
                 // Sent once: a second try could count the job twice.

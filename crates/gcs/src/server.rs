@@ -4,6 +4,10 @@
 //! join with `RegisterNode` and keep reporting their free resources; one that stops
 //! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
 //! dead, its actors restart elsewhere and its placement-group bundles are placed again.
+//!
+//! The tables are written through to a store (`crate::store`) and read back when the
+//! head starts again after a crash; a request is answered only once what it changed
+//! is durable there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -26,6 +30,8 @@ use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, ActorRecord, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use crate::store::records::Restored;
+use crate::store::OpenedStore;
 use crate::task_table::{TaskStateCount, TaskTable};
 use crate::timeline::chrome_trace;
 use crate::{Gcs, NodeUsage};
@@ -255,17 +261,30 @@ fn node_timeout() -> Duration {
     Duration::from_millis(std::env::var("RTD_NODE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000))
 }
 
+/// The KV key holding the cluster's id: the session name of the head's first start,
+/// kept across restarts of the head (Ray's `session_name`).
+pub const CLUSTER_ID_KEY: &str = "session_name";
+
 impl GcsServer {
-    /// Starts the GCS for the head node `own` (already registered in the tables).
-    pub fn start(own: NodeInfo, raylet: Arc<dyn LocalRaylet>, peers: Arc<ConnectionCache>) -> Arc<Self> {
+    /// Starts the GCS for the head node `own` over `opened`: a fresh cluster named
+    /// `session_name` if the store was empty, else the cluster the store holds (see
+    /// [`GcsServer::restore`]).
+    pub fn start(
+        own: NodeInfo,
+        raylet: Arc<dyn LocalRaylet>,
+        peers: Arc<ConnectionCache>,
+        opened: OpenedStore,
+        session_name: &str,
+    ) -> Arc<Self> {
+        let OpenedStore { store, restored, fresh } = opened;
+        let store = Arc::new(store);
         let node_id = raylet.node_id();
-        let tables = Arc::new(Gcs::new());
-        tables.register_node(own);
+        let tables = Arc::new(Gcs::with_store(store.clone()));
         let raylets = Arc::new(Raylets { local_id: node_id, local: raylet.clone(), tables: tables.clone(), peers });
-        let actors = ActorManager::new(raylets.clone());
+        let actors = ActorManager::new(raylets.clone(), store.clone());
         let hook_actors = actors.clone();
         raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
-        let groups = PlacementGroupManager::new(raylets);
+        let groups = PlacementGroupManager::new(raylets, store);
         let server = Arc::new(Self {
             node_id,
             raylet,
@@ -275,6 +294,13 @@ impl GcsServer {
             node_conns: Mutex::new(HashMap::new()),
             task_table: TaskTable::default(),
         });
+        server.restore(restored);
+        server.tables.register_node(own);
+        if fresh {
+            server.tables.kv_put(CLUSTER_ID_KEY.into(), Bytes::copy_from_slice(session_name.as_bytes()));
+        } else {
+            tracing::info!("the GCS resumed the cluster held in {}", server.tables.store().describe());
+        }
         // Keep the head's raylet's view of the cluster fresh, publish the head's own
         // free resources, and declare silent nodes dead.
         let weak = Arc::downgrade(&server);
@@ -291,6 +317,35 @@ impl GcsServer {
             }
         });
         server
+    }
+
+    /// Puts back what a restarted head's store held: the tables, then the actors and
+    /// placement groups. The previous head node is declared dead at once: its process
+    /// tree, with its workers and bundles, went with it.
+    fn restore(&self, restored: Restored) {
+        self.tables.restore(&restored);
+        self.actors.restore(restored.actors);
+        self.groups.restore(restored.groups);
+        let previous_heads: Vec<NodeId> = restored
+            .nodes
+            .iter()
+            .filter(|n| n.is_head && n.alive)
+            .filter_map(|n| NodeId::from_bytes(&n.node_id).ok())
+            .collect();
+        for node in previous_heads {
+            tracing::warn!("node {node} was the previous head; marking it dead");
+            self.node_dead(node);
+        }
+    }
+
+    /// The cluster's id (the session name of the head's first start).
+    pub fn cluster_id(&self) -> String {
+        self.tables.kv_get(CLUSTER_ID_KEY).map(|id| String::from_utf8_lossy(&id).into_owned()).unwrap_or_default()
+    }
+
+    /// Resolves once every change made so far is durable in the store.
+    pub fn durable(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.tables.store().durable()
     }
 
     fn node_dead(&self, node: NodeId) {
@@ -406,8 +461,32 @@ impl GcsServer {
         self.tables.kv_put(key.to_string(), value);
     }
 
-    /// Answers a GCS request from the connection `conn`.
+    /// Answers a GCS request from the connection `conn`, once what it changed is
+    /// durable in the store (group commit: waiting requests share one transaction).
     pub fn handle(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
+        let store = self.tables.store();
+        match self.answer(conn, request) {
+            Reply::Now(body) if store.has_uncommitted() => {
+                let durable = store.durable();
+                Reply::Later(Box::pin(async move {
+                    durable.await;
+                    body
+                }))
+            }
+            Reply::Later(answer) => {
+                let store = store.clone();
+                Reply::Later(Box::pin(async move {
+                    let body = answer.await;
+                    store.durable().await;
+                    body
+                }))
+            }
+            reply => reply,
+        }
+    }
+
+    /// The answer to a request, as the tables have it now.
+    fn answer(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
         match request {
             GcsRequest::AddJob(job) => now(GcsReply::AddJobReply(AddJobReply { job_id: self.add_job(conn, job) })),
             GcsRequest::MarkJobFinished(done) => {
@@ -622,7 +701,10 @@ impl GcsServer {
         }
     }
 
+    /// The head stops cleanly: the cluster ends, and the store is cleared so the next
+    /// start is a fresh cluster. Blocks until the store has done so.
     pub fn shutdown(&self) {
         self.actors.shutdown();
+        self.tables.store().end_cluster();
     }
 }

@@ -19,6 +19,7 @@ use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
+use rtd_gcs::store::{OpenedStore, StorageConfig};
 use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
@@ -58,6 +59,8 @@ pub struct NodeOptions {
     pub dashboard: Option<DashboardOptions>,
     /// Where `/metrics` is served (`--metrics-export-port`); None: a free port.
     pub metrics_export_port: Option<u16>,
+    /// Where the head's GCS keeps its tables (unused on other nodes).
+    pub gcs_storage: StorageConfig,
 }
 
 /// `--dashboard-host` and `--dashboard-port`.
@@ -141,6 +144,12 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         )),
         NodeRole::Head { .. } => None,
     };
+    // The head reads its GCS's store before creating anything: a store that cannot be
+    // read stops the start, leaving nothing behind.
+    let gcs_store = match &opts.role {
+        NodeRole::Head { .. } => Some(OpenedStore::open(opts.gcs_storage.open()?)?),
+        NodeRole::Worker { .. } => None,
+    };
     let cluster_mode = matches!(opts.role, NodeRole::Worker { .. } | NodeRole::Head { port: Some(_) });
     let node_ip = cluster_mode.then(|| opts.node_ip.clone());
 
@@ -190,13 +199,17 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let peers = Arc::new(ConnectionCache::default());
     let shutdown = Arc::new(Notify::new());
     let processes = Arc::new(ProcessTable::default());
-    let gcs = match &head {
-        None => Some(GcsServer::start(
+    let session_name = session.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let gcs = match (&head, gcs_store) {
+        (None, Some(store)) => Some(GcsServer::start(
             describe_node(&raylet, &session, &node_ip, &raylet_address, true),
             Arc::new(HeadRaylet(raylet.clone())),
             peers.clone(),
+            store,
+            &session_name,
         )),
-        Some(_) => None,
+        (None, None) => return Err(anyhow!("a head node needs its GCS's store")),
+        (Some(_), _) => None,
     };
     let gcs_link = match (&gcs, head) {
         (Some(gcs), _) => GcsClient::Local(gcs.clone()),
@@ -248,10 +261,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let mut metrics = MetricsRegistry::new(NodeLabels {
-        session_name: session.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        node_address: metrics_address.clone(),
-    });
+    let mut metrics = MetricsRegistry::new(NodeLabels { session_name, node_address: metrics_address.clone() });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
     if let Some(gcs) = &gcs {
