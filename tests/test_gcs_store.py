@@ -12,47 +12,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 
 import pytest
 from conftest import last_json_line, pid_alive, rtd_cli, run_script, wait_for_condition
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-
-
-@pytest.fixture
-def redis_address():
-    """A ``redis-server`` of the test's own on a free loopback port; stopped afterwards."""
-    path = shutil.which("redis-server")
-    if path is None:
-        pytest.skip("redis-server is not on PATH (scripts/test installs Debian's redis-server)")
-    port = _free_port()
-    data = tempfile.mkdtemp(prefix="rtd-redis-")
-    server = subprocess.Popen(
-        [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", data],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_condition(lambda: _accepts(port), timeout=10)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.kill()
-        server.wait()
-        shutil.rmtree(data, ignore_errors=True)
+from rtd.cluster_utils import _free_port
 
 
 def _head_pid(temp_dir: str) -> int:
