@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::{Snapshot, Storage, StoreError, Table, Write};
 
@@ -31,7 +31,14 @@ impl EmbeddedStorage {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| fail(&e))?;
         }
-        let db = Database::create(path).map_err(|e| fail(&e))?;
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "another head is running on the GCS's embedded store {} (one store per cluster): stop it, or give \
+                 this head another --temp-dir, --port or RTD_EXTERNAL_STORAGE_NAMESPACE",
+                path.display()
+            )),
+            e => fail(&e),
+        })?;
         Ok(Self { path: path.to_path_buf(), db })
     }
 
@@ -120,6 +127,15 @@ mod tests {
         again.clear().expect("clears");
         assert!(again.load().expect("loads").is_empty());
         drop(again);
+        let _ = std::fs::remove_dir_all(path.parent().expect("a directory"));
+    }
+
+    #[test]
+    fn a_store_another_head_holds_open_is_refused_saying_so() {
+        let path = temp_path("locked");
+        let _held = EmbeddedStorage::open(&path).expect("creates");
+        let Err(error) = EmbeddedStorage::open(&path) else { panic!("opened twice") };
+        assert!(error.to_string().contains("another head is running"), "{error}");
         let _ = std::fs::remove_dir_all(path.parent().expect("a directory"));
     }
 
