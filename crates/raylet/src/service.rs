@@ -724,6 +724,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_gcss_actor_leases_outlive_the_connection_that_brought_them() {
+        let node = Node::start("actor-lease", FakeGcs::default()).await;
+        let mut replies = Vec::new();
+        let mut conns = Vec::new();
+        for dedicated in [true, false] {
+            let mut conn = node.service.connected();
+            let lease = RequestLease { resources: cpus(1.0).to_fixed_map(), dedicated, ..Default::default() };
+            // No worker can start here: both requests wait (their replies kept awaited).
+            replies.push(
+                node.service.handle(&mut conn, NodeRequest::NodeManager(NodeManagerRequest::RequestLease(lease))),
+            );
+            conns.push(conn);
+        }
+        assert_eq!(node.service.raylet.pool_stats().pending_leases, 2);
+        for conn in conns {
+            node.service.disconnected(conn);
+        }
+        // The task lease goes with its connection; the actor lease is the GCS's and
+        // stays, as an actor outlives the loss of its head.
+        assert_eq!(node.service.raylet.pool_stats().pending_leases, 1);
+        drop(replies);
+    }
+
+    #[tokio::test]
+    async fn the_connected_processes_are_kept_for_a_registration_after_a_head_restart() {
+        let node =
+            Node::start("processes", FakeGcs { job_id: Bytes::from_static(b"\0\0\0\x07"), ..Default::default() }).await;
+        let mut conn = node.service.connected();
+        let register = RegisterClient { is_worker: false, pid: 99, ..Default::default() };
+        node.ask(&mut conn, NodeManagerRequest::RegisterClient(register)).await;
+        let live = node.service.processes.live();
+        assert_eq!(live.len(), 1);
+        assert!(live[0].is_driver && live[0].is_alive && live[0].pid == 99);
+        node.service.disconnected(conn);
+        assert!(node.service.processes.live().is_empty());
+    }
+
+    #[tokio::test]
     async fn the_cluster_view_shows_this_node_as_accounted_then_the_others_as_heard() {
         let raylet = raylet(cpus(2.0));
         let other = NodeView { node_id: NodeId::random(), total: cpus(4.0), available: cpus(3.0), alive: true };
