@@ -34,13 +34,14 @@ NAMESPACE = "restart"
 
 # The long-running driver on the second node: it makes the actor and the group, says so
 # on one JSON line, then calls the actor until `stop` appears, counting calls and errors
-# in `progress` as it goes; at the end it prints the tally.
+# in `progress` as it goes; at the end it prints the tally. When `lookup` appears it
+# looks the actor up by name (a GCS call) once, saying when it starts and what it got.
 DRIVER = """
 import json, os, sys, time
 import rtd
 from rtd.util.placement_group import placement_group
 
-worker_dir, progress, stop = sys.argv[1:4]
+worker_dir, progress, stop, lookup = sys.argv[1:5]
 rtd.init(address="auto", _temp_dir=worker_dir, namespace="restart")
 
 @rtd.remote(resources={"far": 1}, lifetime="detached", name="keeper")
@@ -64,6 +65,16 @@ print(json.dumps({"actor_node": rtd.get(keeper.node.remote(), timeout=60),
                   "driver_node": rtd.get_runtime_context().get_node_id()}), flush=True)
 ok, errors = 0, []
 while not os.path.exists(stop):
+    if os.path.exists(lookup) and not os.path.exists(lookup + ".done"):
+        open(lookup + ".started", "w").close()
+        try:
+            found = rtd.get_actor("keeper", namespace="restart")
+            outcome = {"node": rtd.get(found.node.remote(), timeout=60)}
+        except Exception as e:
+            outcome = {"error": repr(e)}
+        with open(lookup + ".tmp", "w") as f:
+            json.dump(outcome, f)
+        os.replace(lookup + ".tmp", lookup + ".done")
     try:
         rtd.get(keeper.incr.remote(), timeout=10)
         ok += 1
@@ -138,6 +149,7 @@ def test_a_two_node_cluster_survives_a_head_restart(head_store):
     worker_dir = tempfile.mkdtemp(prefix="rtd-hr-", dir="/tmp")
     scratch = tempfile.mkdtemp(prefix="rtd-hr-", dir="/tmp")
     progress, stop = os.path.join(scratch, "progress.json"), os.path.join(scratch, "stop")
+    lookup = os.path.join(scratch, "lookup")
     port = _free_port()
     head_command = ["start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir, *head_store]
     driver = None
@@ -150,7 +162,7 @@ def test_a_two_node_cluster_survives_a_head_restart(head_store):
         assert worker.returncode == 0, worker.stderr
         worker_pid = _daemon_pid(worker_dir)
         driver = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(DRIVER), worker_dir, progress, stop],
+            [sys.executable, "-c", textwrap.dedent(DRIVER), worker_dir, progress, stop, lookup],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert driver.stdout is not None
@@ -165,6 +177,9 @@ def test_a_two_node_cluster_survives_a_head_restart(head_store):
         # While the head is away the driver's actor calls go on.
         during = _read_progress(progress)["ok"]
         wait_for_condition(lambda: _read_progress(progress)["ok"] >= during + 20, timeout=20)
+        # A GCS call made now waits for the head to come back, then goes on.
+        open(lookup, "w").close()
+        wait_for_condition(lambda: os.path.exists(lookup + ".started"), timeout=20)
 
         assert (restarted := rtd_cli(*head_command)).returncode == 0, restarted.stderr
         # The second node registers again under the same id.
@@ -182,6 +197,9 @@ def test_a_two_node_cluster_survives_a_head_restart(head_store):
         assert out["in_group_node"] == worker_node
         assert out["sum"] == 42
         assert worker_node in out["nodes"] and len(out["nodes"]) == 2
+        wait_for_condition(lambda: os.path.exists(lookup + ".done"), timeout=60)
+        with open(lookup + ".done") as f:
+            assert json.load(f) == {"node": worker_node}, "the lookup made during the outage went through"
 
         # The second node's daemon and its driver lived through it all, without an error.
         assert pid_alive(worker_pid)
