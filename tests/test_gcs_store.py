@@ -100,7 +100,7 @@ def test_a_head_killed_and_started_again_with_the_same_command_resumes_its_clust
     _start_head(temp_dir, *flags)
     before = _driver(temp_dir, _FILL_THE_CLUSTER)
     if store == "embedded":
-        assert glob.glob(os.path.join(temp_dir, "gcs", "*.redb")), os.listdir(temp_dir)
+        assert glob.glob(os.path.join(temp_dir, "gcs", "*.sqlite")), os.listdir(temp_dir)
 
     _kill_head(temp_dir)
     _start_head(temp_dir, *flags)
@@ -134,7 +134,7 @@ def test_a_clean_stop_ends_the_cluster_and_the_next_start_is_a_fresh_one(temp_di
 
 @pytest.mark.timeout(60)
 def test_a_corrupted_embedded_store_is_an_error_at_start_naming_the_file(temp_dir):
-    store = os.path.join(temp_dir, "gcs", "default.redb")
+    store = os.path.join(temp_dir, "gcs", "default.sqlite")
     os.makedirs(os.path.dirname(store))
     with open(store, "wb") as f:
         f.write(os.urandom(64 * 1024))

@@ -345,7 +345,7 @@ mod tests {
     fn the_tables_come_back_from_an_embedded_store_reopened_on_the_same_file() {
         use crate::store::{EmbeddedStorage, OpenedStore};
         let dir = std::env::temp_dir().join(format!("rtd-gcs-tables-{}", std::process::id()));
-        let path = dir.join("gcs.redb");
+        let path = dir.join("gcs.sqlite");
         let _ = std::fs::remove_dir_all(&dir);
         let open = || OpenedStore::open(Box::new(EmbeddedStorage::open(&path).expect("opens"))).expect("reads");
 

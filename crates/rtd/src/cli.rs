@@ -354,7 +354,7 @@ impl StartArgs {
         }
         let temp_dir =
             std::path::absolute(&self.temp_dir).with_context(|| format!("resolving {}", self.temp_dir.display()))?;
-        Ok(StorageConfig::Embedded(temp_dir.join("gcs").join(format!("{}.redb", file_name_of(&namespace)))))
+        Ok(StorageConfig::Embedded(temp_dir.join("gcs").join(format!("{}.sqlite", file_name_of(&namespace)))))
     }
 
     fn node_options(&self, role: NodeRole, session_dir: PathBuf) -> Result<NodeOptions> {
@@ -696,7 +696,7 @@ mod tests {
         {
             assert_eq!(storage(&["--head", "--watch-stdin"]), StorageConfig::Memory);
             let embedded = storage(&["--head", "--port", "6380", "--temp-dir", "/tmp/x"]);
-            assert_eq!(embedded, StorageConfig::Embedded("/tmp/x/gcs/127.0.0.1_6380.redb".into()));
+            assert_eq!(embedded, StorageConfig::Embedded("/tmp/x/gcs/127.0.0.1_6380.sqlite".into()));
         }
         assert!(start_error(&["--head", "--redis-address", "nohost"]).contains("--redis-address"));
     }

@@ -39,4 +39,8 @@ impl Storage for MemoryStorage {
         *self.lock() = Snapshot::default();
         Ok(())
     }
+
+    fn commits_in_place(&self) -> bool {
+        true
+    }
 }

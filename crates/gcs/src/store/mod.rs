@@ -11,7 +11,8 @@
 //! with *group commit*: writers only append to a queue; one writer thread takes
 //! everything queued, commits it in a single transaction, and then publishes how far
 //! it got. A request's reply waits for [`GcsStore::durable`], so many concurrent
-//! requests share one transaction (and one fsync) instead of paying one each.
+//! requests share one transaction instead of paying one each. The in-memory store
+//! commits each write as it is made instead: there is nothing to wait for.
 //!
 //! A clean stop of the head ends the cluster: [`GcsStore::end_cluster`] clears the
 //! backend, so the next start is a fresh cluster. A crash leaves it for the next start.
@@ -120,6 +121,11 @@ pub trait Storage: Send + 'static {
     fn commit(&mut self, writes: &[Write]) -> Result<(), StoreError>;
     /// Removes every row: the cluster ended cleanly.
     fn clear(&mut self) -> Result<(), StoreError>;
+    /// Whether a commit is as cheap as a map insert, so each write is committed as it
+    /// is made on the caller's thread, with nothing to wait for (the in-memory store).
+    fn commits_in_place(&self) -> bool {
+        false
+    }
 }
 
 /// Where the GCS keeps its tables, as the head's command line chose.
@@ -189,22 +195,35 @@ impl Shared {
     }
 }
 
-/// The GCS's handle on its storage: queues writes, commits them in groups on a
-/// thread of its own, and tells when they are durable. Dropping it commits what is
-/// queued and closes the backend.
+/// The GCS's handle on its storage: takes writes, commits them, and tells when they
+/// are durable. Dropping it commits what is queued and closes the backend.
 pub struct GcsStore {
+    describe: String,
+    committer: Committer,
+}
+
+enum Committer {
+    /// Each write is committed as it is made, on the caller's thread: the in-memory
+    /// store, where a commit is a map insert and there is nothing to wait for.
+    InPlace(Mutex<InPlace>),
+    /// Writes are queued and committed in groups by a writer thread.
+    Grouped(GroupCommit),
+}
+
+struct InPlace {
+    storage: Box<dyn Storage>,
+    /// The cluster ended cleanly: nothing more is kept.
+    ended: bool,
+}
+
+struct GroupCommit {
     shared: Arc<Shared>,
     committed: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    describe: String,
 }
 
-impl GcsStore {
-    /// Reads every stored row, then starts the writer. Fails (naming the store) if
-    /// the backend cannot be read: a cluster is loaded whole or not at all.
-    pub fn open(mut storage: Box<dyn Storage>) -> Result<(Self, Snapshot), StoreError> {
-        let snapshot = storage.load()?;
-        let describe = storage.describe();
+impl GroupCommit {
+    fn start(storage: Box<dyn Storage>) -> Result<Self, StoreError> {
         let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
         let (committed_tx, committed) = watch::channel(0);
         let writer_shared = shared.clone();
@@ -212,21 +231,7 @@ impl GcsStore {
             .name("rtd-gcs-store".into())
             .spawn(move || write_loop(storage, writer_shared, committed_tx))
             .map_err(|e| StoreError(format!("starting the GCS store's writer thread: {e}")))?;
-        Ok((Self { shared, committed, writer: Mutex::new(Some(writer)), describe }, snapshot))
-    }
-
-    /// A store in memory only, empty.
-    pub fn in_memory() -> Self {
-        match Self::open(Box::new(MemoryStorage::default())) {
-            Ok((store, _)) => store,
-            // Only a thread that cannot be spawned fails here: the process is done for.
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// Which store this is, for messages.
-    pub fn describe(&self) -> &str {
-        &self.describe
+        Ok(Self { shared, committed, writer: Mutex::new(Some(writer)) })
     }
 
     fn push(&self, write: Write) {
@@ -240,37 +245,6 @@ impl GcsStore {
         self.shared.wake.notify_one();
     }
 
-    pub fn put(&self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) {
-        self.push(Write { table, key: key.into(), value: Some(value) });
-    }
-
-    pub fn delete(&self, table: Table, key: impl Into<Vec<u8>>) {
-        self.push(Write { table, key: key.into(), value: None });
-    }
-
-    /// Resolves once every write queued before this call is committed.
-    pub fn durable(&self) -> impl Future<Output = ()> + Send + 'static {
-        let target = self.shared.lock().enqueued;
-        let mut committed = self.committed.clone();
-        async move {
-            // An error means the writer is gone (the store closed): nothing to wait for.
-            let _ = committed.wait_for(|done| *done >= target).await;
-        }
-    }
-
-    /// Whether some queued write is not committed yet.
-    pub fn has_uncommitted(&self) -> bool {
-        self.shared.lock().enqueued > *self.committed.borrow()
-    }
-
-    /// The cluster ends cleanly: commits what is queued, then removes everything
-    /// stored, so the next start is a fresh cluster; blocks until done. Writes after
-    /// this are dropped.
-    pub fn end_cluster(&self) {
-        self.shared.lock().clear = true;
-        self.close();
-    }
-
     /// Commits what is queued and stops the writer; blocks until done.
     fn close(&self) {
         self.shared.lock().closing = true;
@@ -282,9 +256,103 @@ impl GcsStore {
     }
 }
 
+impl GcsStore {
+    /// Reads every stored row, then starts committing. Fails (naming the store) if
+    /// the backend cannot be read: a cluster is loaded whole or not at all.
+    pub fn open(mut storage: Box<dyn Storage>) -> Result<(Self, Snapshot), StoreError> {
+        let snapshot = storage.load()?;
+        let describe = storage.describe();
+        let committer = if storage.commits_in_place() {
+            Committer::InPlace(Mutex::new(InPlace { storage, ended: false }))
+        } else {
+            Committer::Grouped(GroupCommit::start(storage)?)
+        };
+        Ok((Self { describe, committer }, snapshot))
+    }
+
+    /// A store in memory only, empty.
+    pub fn in_memory() -> Self {
+        let storage = Box::new(MemoryStorage::default());
+        Self {
+            describe: storage.describe(),
+            committer: Committer::InPlace(Mutex::new(InPlace { storage, ended: false })),
+        }
+    }
+
+    /// Which store this is, for messages.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    fn push(&self, write: Write) {
+        match &self.committer {
+            Committer::InPlace(in_place) => {
+                let mut in_place = in_place.lock().unwrap_or_else(|p| p.into_inner());
+                if !in_place.ended {
+                    if let Err(e) = in_place.storage.commit(std::slice::from_ref(&write)) {
+                        tracing::error!("committing GCS state in {}: {e}", self.describe);
+                    }
+                }
+            }
+            Committer::Grouped(group) => group.push(write),
+        }
+    }
+
+    pub fn put(&self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+        self.push(Write { table, key: key.into(), value: Some(value) });
+    }
+
+    pub fn delete(&self, table: Table, key: impl Into<Vec<u8>>) {
+        self.push(Write { table, key: key.into(), value: None });
+    }
+
+    /// Resolves once every write made before this call is committed.
+    pub fn durable(&self) -> impl Future<Output = ()> + Send + 'static {
+        let wait = match &self.committer {
+            Committer::InPlace(_) => None,
+            Committer::Grouped(group) => Some((group.shared.lock().enqueued, group.committed.clone())),
+        };
+        async move {
+            if let Some((target, mut committed)) = wait {
+                // An error means the writer is gone (the store closed): nothing to wait for.
+                let _ = committed.wait_for(|done| *done >= target).await;
+            }
+        }
+    }
+
+    /// Whether some write made is not committed yet.
+    pub fn has_uncommitted(&self) -> bool {
+        match &self.committer {
+            Committer::InPlace(_) => false,
+            Committer::Grouped(group) => group.shared.lock().enqueued > *group.committed.borrow(),
+        }
+    }
+
+    /// The cluster ends cleanly: commits what is queued, then removes everything
+    /// stored, so the next start is a fresh cluster; blocks until done. Writes after
+    /// this are dropped.
+    pub fn end_cluster(&self) {
+        match &self.committer {
+            Committer::InPlace(in_place) => {
+                let mut in_place = in_place.lock().unwrap_or_else(|p| p.into_inner());
+                in_place.ended = true;
+                if let Err(e) = in_place.storage.clear() {
+                    tracing::error!("clearing the ended cluster's state in {}: {e}", self.describe);
+                }
+            }
+            Committer::Grouped(group) => {
+                group.shared.lock().clear = true;
+                group.close();
+            }
+        }
+    }
+}
+
 impl Drop for GcsStore {
     fn drop(&mut self) {
-        self.close();
+        if let Committer::Grouped(group) = &self.committer {
+            group.close();
+        }
     }
 }
 

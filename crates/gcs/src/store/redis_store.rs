@@ -145,15 +145,21 @@ mod tests {
     impl RedisServer {
         /// None (with the reason printed) when `redis-server` is not installed.
         fn start(name: &str) -> Option<Self> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+            Self::start_on(name, port, &[])
+        }
+
+        /// A server on `port` with extra `redis-server` arguments.
+        fn start_on(name: &str, port: u16, extra: &[&str]) -> Option<Self> {
             let Ok(path) = which_redis_server() else {
                 eprintln!("skipping: redis-server is not on PATH (scripts/test installs Debian's redis-server)");
                 return None;
             };
-            let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
             let dir = std::env::temp_dir().join(format!("rtd-redis-test-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).ok()?;
             let child = Command::new(path)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(extra)
                 .arg("--dir")
                 .arg(&dir)
                 .stdout(Stdio::null())
@@ -235,6 +241,37 @@ mod tests {
         let committed = storage.commit(std::slice::from_ref(&write)).or_else(|_| storage.commit(&[write]));
         committed.expect("commits after reconnecting");
         assert_eq!(storage.load().expect("loads").rows(Table::Kv).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_made_while_redis_is_gone_are_kept_and_committed_when_it_is_back() {
+        use crate::store::{GcsStore, Storage as _};
+        let Some(server) = RedisServer::start("gone") else { return };
+        let (port, config) = (server.port, server.config("gone"));
+        let (store, _) =
+            GcsStore::open(Box::new(RedisStorage::connect(config.clone()).expect("connects"))).expect("opens");
+        drop(server);
+        store.put(Table::Kv, "while-gone", b"v".to_vec());
+        let durable = store.durable();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(store.has_uncommitted(), "a write cannot be committed while Redis is gone");
+        let Some(_back) = RedisServer::start_on("back", port, &[]) else { return };
+        tokio::time::timeout(Duration::from_secs(20), durable).await.expect("committed once Redis is back");
+        let snapshot = RedisStorage::connect(config).expect("connects").load().expect("loads");
+        assert_eq!(snapshot.get(Table::Kv, b"while-gone").map(Vec::as_slice), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn a_password_protected_redis_takes_the_password_and_refuses_a_wrong_one() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port();
+        let Some(server) = RedisServer::start_on("auth", port, &["--requirepass", "s3cr:t"]) else { return };
+        let config = RedisConfig { password: Some("s3cr:t".into()), ..server.config("auth") };
+        let mut storage = RedisStorage::connect(config.clone()).expect("connects with the password");
+        storage.commit(&[Write { table: Table::Kv, key: b"k".to_vec(), value: Some(b"v".to_vec()) }]).expect("ok");
+        let Err(error) = RedisStorage::connect(RedisConfig { password: Some("wrong".into()), ..config }) else {
+            panic!("a wrong password was taken")
+        };
+        assert!(error.to_string().contains(&format!("127.0.0.1:{port}")), "{error}");
     }
 
     #[test]
