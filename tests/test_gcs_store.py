@@ -71,6 +71,7 @@ print(json.dumps({
     "job": rtd.get_runtime_context().get_job_id(),
     "function": plus_one._function_id.hex(),
     "pg": pg.id.hex(),
+    "cluster": _core.kv_get("session_name").decode(),
 }))
 """
 
@@ -78,7 +79,7 @@ _CHECK_THE_CLUSTER = """
 def actor_state(name):
     return [{"state": a["state"], "death_cause": a["death_cause"]} for a in _core.list_actors() if a["name"] == name]
 
-out = {"kv": _core.kv_get("my-key").decode()}
+out = {"kv": _core.kv_get("my-key").decode(), "cluster": _core.kv_get("session_name").decode()}
 out["function_stored"] = _core.kv_get("fn:" + FUNCTION) is not None
 # The detached actor that may restart is restarted on the new head and answers again
 # (its state is new: the old worker died with the head).
@@ -107,6 +108,8 @@ def test_a_head_killed_and_started_again_with_the_same_command_resumes_its_clust
 
     after = _driver(temp_dir, _CHECK_THE_CLUSTER.replace("FUNCTION", repr(before["function"])))
     assert after["kv"] == "my-value"
+    # The cluster keeps its id (the first start's session name).
+    assert after["cluster"] == before["cluster"] and before["cluster"].startswith("session_")
     assert after["function_stored"]
     assert after["keeps"] == 1
     # The actor that may not restart is still known, dead with a cause.

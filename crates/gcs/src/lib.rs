@@ -157,6 +157,16 @@ impl Gcs {
         }
     }
 
+    /// A node died: the jobs whose driver was connected there are finished (as Ray's
+    /// job manager does on a node's death), since the driver's link went with it.
+    pub fn finish_jobs_of_node(&self, node: &NodeId) {
+        for job in self.jobs.lock().iter_mut().filter(|j| !j.is_dead && j.driver_node_id.as_ref() == node.as_bytes()) {
+            job.is_dead = true;
+            job.end_time_ms = now_ms();
+            self.store_job(job);
+        }
+    }
+
     pub fn jobs(&self) -> Vec<JobInfo> {
         self.jobs.lock().clone()
     }
@@ -303,6 +313,23 @@ mod tests {
         assert!(gcs.jobs()[0].is_dead && end >= gcs.jobs()[0].start_time_ms);
         gcs.job_finished(&id.to_vec());
         assert_eq!(gcs.jobs()[0].end_time_ms, end);
+    }
+
+    #[test]
+    fn a_dead_nodes_jobs_finish_and_others_run_on() {
+        let gcs = Gcs::new();
+        let (dead, alive) = (NodeId::random(), NodeId::random());
+        for node in [dead, alive] {
+            let id = gcs.next_job_id();
+            gcs.add_job(JobInfo {
+                job_id: id.to_vec().into(),
+                driver_node_id: node.to_vec().into(),
+                ..Default::default()
+            });
+        }
+        gcs.finish_jobs_of_node(&dead);
+        let finished: Vec<bool> = gcs.jobs().iter().map(|j| j.is_dead && j.end_time_ms > 0).collect();
+        assert_eq!(finished, vec![true, false]);
     }
 
     #[test]

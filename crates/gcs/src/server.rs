@@ -352,6 +352,7 @@ impl GcsServer {
         if !self.tables.mark_dead(&node) {
             return;
         }
+        self.tables.finish_jobs_of_node(&node);
         self.raylet.set_cluster(&self.tables.nodes());
         self.actors.node_dead(node);
         let groups = self.groups.clone();

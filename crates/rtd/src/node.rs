@@ -261,6 +261,8 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+    // The cluster's id labels the head's metrics: on a restarted head, its first start's session name.
+    let session_name = gcs.as_ref().map(|g| g.cluster_id()).unwrap_or(session_name);
     let mut metrics = MetricsRegistry::new(NodeLabels { session_name, node_address: metrics_address.clone() });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
