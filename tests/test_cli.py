@@ -138,7 +138,7 @@ def test_list_shows_nodes_actors_and_placement_groups(temp_dir):
     assert re.search(r"Keeper\s+ALIVE\s+[0-9a-f]+\s+keeper\s+[0-9a-f]{56}\s+[1-9]", actors.stdout), actors.stdout
     groups = rtd_cli("list", "placement-groups", "--temp-dir", temp_dir)
     # Placement group id, name, creator job id (not tracked: empty), state.
-    assert re.search(r"[0-9a-f]{36}\s+kept\s+CREATED", groups.stdout), groups.stdout
+    assert re.search(r"[0-9a-f]{36}\s+kept\s+[0-9a-f]{8}\s+CREATED", groups.stdout), groups.stdout
     bogus = rtd_cli("list", "tasks-and-more", "--temp-dir", temp_dir)
     assert bogus.returncode != 0 and "tasks-and-more" in bogus.stderr and "placement-groups" in bogus.stderr
 

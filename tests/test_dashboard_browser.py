@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+import subprocess
+import tempfile
 import time
 import urllib.request
 
 import chromium
 import pytest
 import rtd
+from conftest import RTD
 from rtd.cluster_utils import Cluster
 from rtd.util.placement_group import placement_group, remove_placement_group
 
@@ -376,3 +381,28 @@ def test_a_page_whose_cluster_stopped_says_so_and_keeps_trying(browser):
     browser.wait_for(q("#refresh-status.offline"), timeout=TIMEOUT, what="the status line to say the server is gone")
     assert "unreachable" in browser.evaluate(f"{q('#refresh-status')}.textContent")
     assert browser.evaluate(f"{q('#page-actors .error.unreachable')} !== null")
+
+
+def test_with_auth_on_the_dashboard_asks_for_the_token_then_serves(browser):
+    # A head of its own in token mode, started by the command line: this process reads
+    # its own auth settings once, with auth off.
+    temp_dir = tempfile.mkdtemp(prefix="rtd-db-", dir="/tmp")
+    token = secrets.token_hex(32)
+    env = dict(os.environ, RTD_AUTH_MODE="token", RTD_AUTH_TOKEN=token)
+    env.pop("RTD_ADDRESS", None)
+    try:
+        started = subprocess.run([RTD, "start", "--head", "--num-cpus", "0", "--temp-dir", temp_dir],
+                                 env=env, capture_output=True, text=True, timeout=60)
+        assert started.returncode == 0, started.stderr
+        with open(os.path.join(temp_dir, "session_latest", "node.json")) as f:
+            url = f"http://{json.load(f)['dashboard_url']}"
+        browser.navigate(f"{url}/#/overview")
+        browser.wait_for(q("form#login"), timeout=TIMEOUT, what="the login page")
+        browser.evaluate(f"{q('#token')}.value = {js(token)}; {q('form#login')}.requestSubmit(); true")
+        wait(browser, "document.getElementById('page-overview')"
+             " && document.getElementById('refresh-status').dataset.refreshes >= 1", "the overview after signing in")
+        wait(browser, q('#node-count[data-alive="1"]'), "1 node alive")
+    finally:
+        browser.evaluate("document.cookie = 'rtd_auth_token=; max-age=0; path=/'; true")
+        subprocess.run([RTD, "stop", "--force", "--temp-dir", temp_dir], capture_output=True, timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -96,6 +96,23 @@ def test_object_store_memory_grows_after_a_large_put(cluster):
     del ref
 
 
+def test_every_node_times_the_requests_it_answers(cluster):
+    @rtd.remote(resources={"alice": 1})
+    def on_worker():
+        return 1
+
+    assert rtd.get(on_worker.remote()) == 1
+    for node in cluster.list_all_nodes():
+        # Every process on a node registers with its raylet first.
+        registered = samples(node, "ray_grpc_server_req_process_time_ms_count", Method="RegisterClient")
+        assert registered and registered[0].value >= 1
+        assert value(node, "ray_grpc_server_req_finished_total", Method="RegisterClient") >= 1
+    # The head's raylet serves the GCS: its requests are timed there too.
+    assert value(cluster.head_node, "ray_grpc_server_req_process_time_ms_count", Method="RegisterNode") >= 1
+    buckets = samples(cluster.head_node, "ray_grpc_server_req_process_time_ms_bucket", Method="RequestLease")
+    assert {float(b.labels["le"]) for b in buckets} == {0.1, 1, 10, 100, 1000, 10000, float("inf")}
+
+
 def test_the_head_counts_tasks_by_function_and_state(cluster):
     @rtd.remote
     def metrics_square(x):

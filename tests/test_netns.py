@@ -11,6 +11,9 @@ FIN, no RST, its packets just stop). The head must notice on its own
 (RTD_NODE_TIMEOUT_MS=1500) while the job goes on, and the work that was on the lost
 node (a retriable task, the actor) must fail over to the other worker node.
 
+The cluster runs in token mode (``RTD_AUTH_MODE=token``): every node and the driver
+present the same token over the namespaces' links.
+
 Needs root and `ip netns`; skipped otherwise.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +37,8 @@ from conftest import pid_alive, session_processes, shm_files
 
 IP = shutil.which("ip")
 SUBNET = "10.200.0"
+# Every process of the cluster presents this token.
+AUTH = {"RTD_AUTH_MODE": "token", "RTD_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _ip(*args, check=True):
@@ -112,7 +118,7 @@ class Net:
             role, sys.executable, "-m", "rtd._private.node", "start", "--block", *where,
             "--node-ip-address", self.ips[role], "--temp-dir", temp_dir, "--python", sys.executable, *args,
         )
-        env = dict(os.environ, RTD_NODE_TIMEOUT_MS="1500")
+        env = dict(os.environ, RTD_NODE_TIMEOUT_MS="1500", **AUTH)
         env.pop("RTD_ADDRESS", None)
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -278,7 +284,7 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
             .replace("PORT", str(port))
             .replace("CUTS", repr(cuts))
         )
-        env = dict(os.environ)
+        env = dict(os.environ, **AUTH)
         env.pop("RTD_ADDRESS", None)
         try:
             driver = subprocess.run(

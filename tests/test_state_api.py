@@ -135,6 +135,7 @@ def test_placement_groups_show_their_bundles_and_where_they_are(cluster):
     row = get_placement_group(group.id.hex())
     assert row is not None
     assert (row.name, row.state, row.strategy, row.is_detached) == ("spread-pair", "CREATED", "STRICT_SPREAD", False)
+    assert row.creator_job_id == rtd.get_runtime_context().get_job_id()
     assert [b["bundle_id"] for b in row.bundles] == [0, 1]
     assert {b["node_id"] for b in row.bundles} == {cluster.head_node.node_id, cluster.worker_nodes[0].node_id}
     assert all(b["unit_resources"] == {"CPU": 1.0} for b in row.bundles)
@@ -221,6 +222,13 @@ def test_cli_lists_gets_and_summarizes_through_the_dashboard(cluster):
     assert table.returncode == 0, table.stderr
     assert "Total: 2" in table.stdout and "NODE_ID" in table.stdout
     assert cluster.head_node.node_id in table.stdout and cluster.worker_nodes[0].node_id in table.stdout
+
+    # The cluster's own address finds its dashboard through the GCS.
+    by_cluster = rtd_cli("list", "nodes", "--format", "json", "--address", cluster.address)
+    assert by_cluster.returncode == 0, by_cluster.stderr
+    assert len(json.loads(by_cluster.stdout)) == 2
+    listed = {n["node_id"] for n in json.loads(by_cluster.stdout)}
+    assert {n["node_id"] for n in list_nodes(address=cluster.address)} == listed
 
     got = rtd_cli("get", "actor", actor_id, "--address", cluster.webui_url)
     assert got.returncode == 0, got.stderr

@@ -181,6 +181,20 @@ def test_logs_of_an_actor_and_a_task_and_following(shared_runtime):
     rtd.kill(speaker)
 
 
+def test_objects_say_whether_they_are_spilled(start_runtime):
+    start_runtime(num_cpus=1, object_store_memory=100 << 20)
+    refs = [rtd.put(np.full(30 << 20, i, dtype=np.uint8)) for i in range(5)]
+    rows = {o.object_id: o for o in list_objects(detail=True) if o.object_size and o.object_size >= 30 << 20}
+    assert set(rows) == {r.hex() for r in refs}
+    # The store holds three at most; the oldest went to disk first.
+    spilled = {oid for oid, o in rows.items() if o.spilled}
+    assert len(spilled) >= 2 and refs[0].hex() in spilled and refs[-1].hex() not in spilled, rows
+
+    memory = rtd_cli("memory", "--address", rtd.init(ignore_reinit_error=True).dashboard_url)
+    assert memory.returncode == 0, memory.stderr
+    assert f"{len(spilled)} objects" in memory.stdout.split("Spilled ")[-1], memory.stdout
+
+
 def test_cli_lists_tasks_logs_memory_and_timeline(dashboard, tmp_path):
     address = ("--address", dashboard)
     line = marker("cli-actor")

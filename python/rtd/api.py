@@ -18,8 +18,6 @@ from rtd._private import serialization, services, task_context
 from rtd.runtime_context import RuntimeContext
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
-# Where the head publishes its dashboard's host:port in the GCS's KV store (node.rs).
-DASHBOARD_URL_KEY = "dashboard_url"
 
 
 class _State:
@@ -149,6 +147,8 @@ def init(
         if runtime_env:
             raise NotImplementedError("runtime_env is not implemented in rtd yet.")
         _check_resources(num_cpus, num_gpus, resources, object_store_memory)
+        # Token mode without a usable token fails here, before anything starts.
+        _core.auth_token()
         temp_dir = _temp_dir or DEFAULT_TEMP_DIR
         if address is None:
             address = os.environ.get("RTD_ADDRESS") or None
@@ -182,8 +182,7 @@ def init(
         if log_to_driver:
             _core.set_output_handler(_write_worker_output)
         _publish_job_info(info["job_id"], _state.namespace, info["address"] if log_to_driver else None, node_ip)
-        dashboard_url = _core.kv_get(DASHBOARD_URL_KEY)
-        _state.dashboard_url = dashboard_url.decode() if dashboard_url else None
+        _state.dashboard_url = _core.dashboard_url()
         if _state.dashboard_url:
             started = "Started a local rtd instance." if _state.node_process else "Connected to an rtd cluster."
             print(f"{started} View the dashboard at http://{_state.dashboard_url}", file=sys.stderr)

@@ -109,7 +109,13 @@ class ActorUnschedulableError(RayError):
     """No node can ever host the actor under its scheduling strategy."""
 
 
+class AuthenticationError(RayError):
+    """A peer refused this process's auth token, or it has none where the cluster needs
+    one (``RTD_AUTH_MODE=token``); the message says how to set it."""
+
+
 __all__ = [
+    "AuthenticationError",
     "RayError",
     "RaySystemError",
     "RayTaskError",

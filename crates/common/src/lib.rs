@@ -1,9 +1,12 @@
 //! Shared vocabulary of every rtd process: ids, fixed-point resource sets, the names of
 //! placement-group bundle resources, runtime configuration, the words of scheduling
 //! (node views, strategies) and the wire protocol (protobuf messages framed over Unix
-//! sockets). No policy lives here, only the terms.
+//! sockets), and the KV entries that say where a cluster serves what. No policy lives
+//! here, only the terms.
 
+pub mod auth;
 pub mod bundle;
+pub mod cluster_kv;
 pub mod config;
 pub mod ids;
 pub mod resources;

@@ -70,6 +70,8 @@ impl CoreWorker {
         let (ctx, tasks) = runtime.block_on(async {
             let (listener, address) = match &opts.node_ip {
                 Some(ip) => {
+                    // Unusable TLS settings fail here, not when a peer first calls.
+                    rtd_common::rpc::Credentials::of_process()?;
                     let listener = rtd_common::rpc::Listener::bind_tcp(&format!("{ip}:0"))
                         .await
                         .map_err(|e| CoreError::Internal(format!("cannot listen on {ip}: {e}")))?;

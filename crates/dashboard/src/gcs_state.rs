@@ -3,14 +3,16 @@
 //! The GCS hands out copies of its entries (each manager's lock is held only while it
 //! copies); everything here runs on those copies.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
 use rtd_common::bundle::{BundleResource, MARKER};
 use rtd_common::ids::hex;
 use rtd_common::proto::{
-    ActorState as WireActorState, ErrorCode, GetObjectRefs, JobInfo, ListLogs, NodeInfo, ObjectRefInfo,
-    PlacementGroupInfo, PlacementGroupState as WireGroupState, ReadLog, TaskEvent, TaskStatus, TaskType, WorkerInfo,
+    ActorState as WireActorState, ErrorCode, GetObjectRefs, GetObjectRefsReply, JobInfo, ListLogs, ListSpilledObjects,
+    ListSpilledObjectsReply, NodeInfo, ObjectRefInfo, PlacementGroupInfo, PlacementGroupState as WireGroupState,
+    ReadLog, TaskEvent, TaskStatus, TaskType, WorkerInfo,
 };
 use rtd_common::rpc::{Request, RpcClient, RpcError};
 use rtd_common::task_events::{actor_state_name, is_terminal, status_name, type_name};
@@ -53,12 +55,34 @@ impl ClusterState for GcsServer {
     fn objects(&self, timeout: Duration) -> (Vec<ObjectState>, Vec<String>) {
         let processes: Vec<WorkerInfo> =
             GcsServer::workers(self).into_iter().filter(|w| w.is_alive && !w.address.is_empty()).collect();
-        let asked = processes.iter().map(|p| call(p.address.clone(), GetObjectRefs {}, timeout));
-        let answers = block_on_all(asked.collect());
+        let nodes: Vec<NodeInfo> = GcsServer::nodes(self).into_iter().filter(|n| n.alive).collect();
+        let mut asked: Vec<Call<Answer>> = processes
+            .iter()
+            .map(|p| answer_with(call(p.address.clone(), GetObjectRefs {}, timeout), Answer::References))
+            .collect();
+        asked.extend(
+            nodes.iter().map(|n| answer_with(call(raylet_address(n), ListSpilledObjects {}, timeout), Answer::Spilled)),
+        );
+        let mut answers = block_on_all(asked);
+        let spill_answers = answers.split_off(processes.len());
         let (mut objects, mut warnings) = (Vec::new(), Vec::new());
+        let mut spilled = HashSet::new();
+        for (node, answer) in nodes.iter().zip(spill_answers) {
+            match answer {
+                Ok(Answer::Spilled(reply)) => {
+                    spilled.extend(reply.object_ids.iter().map(|id| (node.node_id.clone(), id.clone())))
+                }
+                Ok(Answer::References(_)) => {}
+                Err(e) => warnings.push(format!("node {} did not say what it spilled: {e}", hex(&node.node_id))),
+            }
+        }
         for (process, answer) in processes.iter().zip(answers) {
             match answer {
-                Ok(reply) => objects.extend(reply.objects.iter().map(|o| object_state(process, o))),
+                Ok(Answer::References(reply)) => objects.extend(reply.objects.iter().map(|o| {
+                    let is_spilled = spilled.contains(&(o.node_id.clone(), o.object_id.clone()));
+                    object_state(process, o, is_spilled)
+                })),
+                Ok(Answer::Spilled(_)) => {}
                 // It exited since the worker table was read: nothing of it to show.
                 Err(RpcError::Connect { .. }) => {}
                 Err(e) => warnings.push(format!("process {} on {} did not answer: {e}", process.pid, process.ip)),
@@ -88,6 +112,17 @@ impl ClusterState for GcsServer {
 }
 
 type Call<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send>>;
+
+/// What the calls of one listing of objects answer: a process's references, or a
+/// node's spilled objects.
+enum Answer {
+    References(GetObjectRefsReply),
+    Spilled(ListSpilledObjectsReply),
+}
+
+fn answer_with<T: Send + 'static>(call: Call<T>, wrap: fn(T) -> Answer) -> Call<Answer> {
+    Box::pin(async move { call.await.map(wrap) })
+}
 
 /// `request` to the process serving at `address`, given up after `timeout`.
 fn call<R: Request>(address: String, request: R, timeout: Duration) -> Call<R::Reply> {
@@ -139,7 +174,17 @@ fn raylet_of(gcs: &GcsServer, node_id: &str) -> Result<String, LogError> {
     if !node.alive {
         return Err(LogError::NotFound(format!("node {node_id} is dead; its logs are on its machine")));
     }
-    Ok(if node.raylet_address.is_empty() { node.raylet_socket } else { node.raylet_address })
+    Ok(raylet_address(&node))
+}
+
+/// Where the state API reaches a node's raylet: over TCP in a multi-node cluster, else
+/// its socket.
+fn raylet_address(node: &NodeInfo) -> String {
+    if node.raylet_address.is_empty() {
+        node.raylet_socket.clone()
+    } else {
+        node.raylet_address.clone()
+    }
 }
 
 fn ms(ns: u64) -> u64 {
@@ -225,7 +270,7 @@ fn worker_state(worker: &WorkerInfo) -> WorkerState {
     }
 }
 
-fn object_state(process: &WorkerInfo, object: &ObjectRefInfo) -> ObjectState {
+fn object_state(process: &WorkerInfo, object: &ObjectRefInfo, spilled: bool) -> ObjectState {
     ObjectState {
         object_id: hex(&object.object_id),
         object_size: object.ready.then_some(object.size),
@@ -238,6 +283,7 @@ fn object_state(process: &WorkerInfo, object: &ObjectRefInfo) -> ObjectState {
         ip: process.ip.clone(),
         node_id: non_empty(&object.node_id),
         owned: object.owned,
+        spilled,
     }
 }
 
@@ -338,7 +384,7 @@ fn placement_group_state(group: &PlacementGroupInfo) -> PlacementGroupState {
     PlacementGroupState {
         placement_group_id: hex(&group.pg_id),
         name: group.name.clone(),
-        creator_job_id: None,
+        creator_job_id: (!group.creator_job_id.is_empty()).then(|| hex(&group.creator_job_id)),
         state,
         bundles,
         is_detached: group.detached,

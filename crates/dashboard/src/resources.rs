@@ -243,6 +243,7 @@ pub const RESOURCES: &[Resource] = &[
             column("ip", true, false),
             column("node_id", true, true),
             column("owned", true, true),
+            column("spilled", true, true),
         ],
         rows: object_rows,
         summary: Some(Summary::Objects),

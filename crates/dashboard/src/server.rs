@@ -3,8 +3,10 @@
 //! log says so. A port the user asked for is theirs or an error.
 
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rtd_common::auth::{warn_if_exposed, HttpAuthLayer, Policy};
 use tokio::net::TcpListener;
 
 use crate::state::ClusterState;
@@ -63,11 +65,15 @@ pub async fn bind(host: &str, port: Port) -> Result<TcpListener, BindError> {
 }
 
 /// Serves the dashboard on `listener` until the task is aborted, with the routes of
-/// `also` beside its own (the head's `/metrics`).
+/// `also` beside its own (the head's `/metrics`). With auth on, every route asks for
+/// the cluster's token (a browser gets a login page).
 pub fn serve(listener: TcpListener, state: Arc<dyn ClusterState>, also: axum::Router) -> tokio::task::JoinHandle<()> {
-    let app = crate::http::router(state).merge(also);
+    if let Ok(addr) = listener.local_addr() {
+        warn_if_exposed("the dashboard", addr);
+    }
+    let app = crate::http::router(state).merge(also).layer(HttpAuthLayer::new(Policy::from_process()));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             tracing::error!("the dashboard stopped serving: {e}");
         }
     })

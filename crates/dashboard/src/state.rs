@@ -148,6 +148,8 @@ pub struct ObjectState {
     pub node_id: Option<String>,
     /// Whether the process that answered owns the object.
     pub owned: bool,
+    /// Whether its node's store holds it in a spill file rather than in memory.
+    pub spilled: bool,
 }
 
 /// One log file of a node.

@@ -157,6 +157,7 @@ fn object(id: &str, size: Option<u64>, reference_type: &str, process_type: &'sta
         ip: "127.0.0.1".into(),
         node_id: None,
         owned: process_type == "DRIVER",
+        spilled: false,
     }
 }
 

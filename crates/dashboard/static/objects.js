@@ -43,6 +43,7 @@ function objectsTable({ rows, total }, labels) {
         ['Owner', (o) => (o.owned ? 'yes' : 'borrower')],
         // The node whose object store holds it; a small value lives inline in its owner.
         ['Stored on', (o) => (o.node_id ? nodeCell(labels, o.node_id) : o.task_status === 'FINISHED' ? 'inline' : '')],
+        ['Spilled', (o) => (o.spilled ? 'spilled' : '')],
       ],
       sorted,
       (o) => ({ dataset: { objectId: o.object_id, referenceType: o.reference_type, size: o.object_size ?? '' } }),

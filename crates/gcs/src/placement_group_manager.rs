@@ -155,6 +155,7 @@ impl PlacementGroupManager {
                 state: PlacementGroupState::PgPending as i32,
                 bundle_nodes: Vec::new(),
                 detached: req.detached,
+                creator_job_id: req.creator_job_id,
             };
             self.persist(&info);
             groups.insert(id, GroupEntry { info, strategy, bundles, owner, waiters: Vec::new() });
@@ -471,6 +472,7 @@ mod tests {
             strategy: strategy.into(),
             bundles: bundles.iter().map(|c| Bundle { resources: cpus(*c).to_fixed_map() }).collect(),
             detached: false,
+            creator_job_id: Default::default(),
         }
     }
 

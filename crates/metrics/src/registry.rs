@@ -40,6 +40,11 @@ impl MetricsRegistry {
         self.registry.register_collector(Box::new(collector));
     }
 
+    /// Adds a metric that keeps its own values (a histogram observed as things happen).
+    pub fn register_metric(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.register(name, help, metric);
+    }
+
     /// Every series, in Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut text = String::new();

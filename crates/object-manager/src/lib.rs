@@ -8,11 +8,10 @@ use bytes::Bytes;
 use rtd_common::proto::object_manager_client::ObjectManagerClient;
 use rtd_common::proto::object_manager_server::{ObjectManager, ObjectManagerServer};
 use rtd_common::proto::{ObjectChunk, PullChunks};
-use rtd_common::rpc::describe_error;
+use rtd_common::rpc::{describe_error, AuthChannel};
 use rtd_common::ObjectId;
 use rtd_plasma::{PlasmaClient, PlasmaError};
 use tokio_stream::Stream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// Objects move between nodes in pieces of this size.
@@ -128,7 +127,7 @@ impl std::fmt::Display for PullError {
 /// the object is sealed here (or already was).
 pub async fn pull_object(
     plasma: &PlasmaClient,
-    source: Channel,
+    source: AuthChannel,
     source_addr: &str,
     id: ObjectId,
 ) -> Result<(), PullError> {
@@ -202,6 +201,8 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
+    use rtd_common::auth::{AuthToken, Policy};
+    use rtd_common::rpc::{authorized, grpc_server_with, serve_grpc};
     use rtd_plasma::{ObjectStore, PlasmaService, ShmRegion};
     use tokio::net::TcpListener;
 
@@ -240,18 +241,45 @@ mod tests {
         }
     }
 
-    /// Serves `store` over gRPC on a free port and returns a channel to it.
-    async fn serve_objects(store: &Store) -> (Channel, String, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let router = rtd_common::rpc::grpc_server().add_service(ObjectServer::new(store.client.clone()));
-        let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
+    /// A channel to `addr` presenting `token`.
+    async fn channel_to(addr: &str, token: Option<&AuthToken>) -> AuthChannel {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("uri")
             .connect()
             .await
             .expect("connect");
-        (channel, addr, server)
+        authorized(channel, token)
+    }
+
+    /// Serves `store` over gRPC on a free port, letting in what `policy` lets in.
+    async fn serve_objects_checking(store: &Store, policy: Policy) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let router =
+            grpc_server_with(policy, None).expect("a server").add_service(ObjectServer::new(store.client.clone()));
+        (addr, tokio::spawn(serve_grpc(listener, router)))
+    }
+
+    /// Serves `store` over gRPC on a free port and returns a channel to it.
+    async fn serve_objects(store: &Store) -> (AuthChannel, String, tokio::task::JoinHandle<()>) {
+        let (addr, server) = serve_objects_checking(store, Policy::Open).await;
+        (channel_to(&addr, None).await, addr, server)
+    }
+
+    #[tokio::test]
+    async fn pulls_need_the_clusters_token() {
+        let (source, target) = (Store::start("auth-src").await, Store::start("auth-dst").await);
+        let token = AuthToken::generate();
+        let (addr, server) = serve_objects_checking(&source, Policy::Token(token.clone())).await;
+        let id = ObjectId::random();
+        source.client.put(&id, b"secret", 0).await.expect("put");
+        for presented in [None, Some(AuthToken::generate())] {
+            let channel = channel_to(&addr, presented.as_ref()).await;
+            let err = pull_object(&target.client, channel, &addr, id).await.expect_err("refused");
+            assert!(err.to_string().contains("RTD_AUTH_TOKEN"), "{err}");
+        }
+        pull_object(&target.client, channel_to(&addr, Some(&token)).await, &addr, id).await.expect("let in");
+        server.abort();
     }
 
     #[tokio::test]
@@ -310,13 +338,10 @@ mod tests {
         let target = Store::start("dst-cut").await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let router = rtd_common::rpc::grpc_server().add_service(ObjectManagerServer::new(Truncating));
+        let router =
+            grpc_server_with(Policy::Open, None).expect("a server").add_service(ObjectManagerServer::new(Truncating));
         let server = tokio::spawn(rtd_common::rpc::serve_grpc(listener, router));
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+        let channel = channel_to(&addr, None).await;
         let id = ObjectId::random();
         let err = pull_object(&target.client, channel, &addr, id).await.expect_err("cut short");
         assert!(matches!(&err, PullError::Failed(m) if m.contains("ended early")), "{err}");

@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rtd_common::proto::{ErrorCode, PlasmaCreate, PlasmaDelete, PlasmaGet, PlasmaRelease, PlasmaSeal};
+use rtd_common::proto::{
+    ErrorCode, PlasmaCreate, PlasmaDelete, PlasmaGet, PlasmaListSpilled, PlasmaRelease, PlasmaSeal,
+};
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::ObjectId;
 
@@ -115,6 +117,12 @@ impl PlasmaClient {
         let ids = ids.iter().map(|id| id.to_vec().into()).collect();
         self.rpc.request(PlasmaDelete { ids }).await?;
         Ok(())
+    }
+
+    /// The objects the store has spilled to disk.
+    pub async fn spilled(&self) -> Result<Vec<ObjectId>, PlasmaError> {
+        let ids = self.rpc.request(PlasmaListSpilled {}).await?.ids;
+        Ok(ids.iter().filter_map(|id| ObjectId::from_bytes(id).ok()).collect())
     }
 
     /// This process's mapping of the store's region.

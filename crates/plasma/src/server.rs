@@ -17,7 +17,7 @@ use rtd_common::ids::IdError;
 use rtd_common::proto::frame::Body;
 use rtd_common::proto::plasma_reply::Reply as PlasmaReply;
 use rtd_common::proto::plasma_request::Request as PlasmaRequest;
-use rtd_common::proto::{Ack, ErrorCode, PlasmaCreate, PlasmaCreateReply, PlasmaGetReply};
+use rtd_common::proto::{Ack, ErrorCode, PlasmaCreate, PlasmaCreateReply, PlasmaGetReply, PlasmaListSpilledReply};
 use rtd_common::rpc::{error_body, Reply, Service};
 use rtd_common::ObjectId;
 use tokio::sync::oneshot;
@@ -202,6 +202,10 @@ impl Service for PlasmaService {
                 Reply::None
             }
             PlasmaRequest::PlasmaDelete(req) => Reply::Now(self.delete(&req.ids)),
+            PlasmaRequest::PlasmaListSpilled(_) => {
+                let ids = self.shared.lock().store.spilled_ids().iter().map(|id| id.to_vec().into()).collect();
+                Reply::Now(PlasmaReply::PlasmaListSpilledReply(PlasmaListSpilledReply { ids }).into())
+            }
         }
     }
 

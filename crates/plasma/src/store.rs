@@ -386,6 +386,11 @@ impl ObjectStore {
         }
     }
 
+    /// The objects whose bytes are in spill files now.
+    pub fn spilled_ids(&self) -> Vec<ObjectId> {
+        self.objects.iter().filter(|(_, e)| matches!(e.location, Location::Spilled)).map(|(id, _)| *id).collect()
+    }
+
     fn after_unpin(&mut self, id: &ObjectId) {
         let Some(e) = self.objects.get_mut(id) else {
             return;
@@ -646,11 +651,13 @@ mod tests {
         let s = f.store.stats();
         assert_eq!((s.num_spilled, s.spilled_bytes), (1, 3000));
         assert_eq!(f.spill_files(), 1);
+        assert_eq!(f.store.spilled_ids(), vec![oid(1)]);
         // Getting the first restores it (spilling the second) with the same bytes.
         let info = f.store.get(&oid(1), B).expect("restore").expect("sealed");
         assert_eq!(f.read(&info), first);
         assert!(f.store.is_sealed(&oid(2)));
         assert_eq!(f.store.stats().num_spilled, 1);
+        assert_eq!(f.store.spilled_ids(), vec![oid(2)]);
         assert!(f.store.release(&oid(1), B));
         let info = f.store.get(&oid(2), B).expect("restore").expect("sealed");
         assert_eq!(f.read(&info), second);

@@ -1,6 +1,8 @@
 //! Errors cross into Python as Ray's exception classes from `rtd.exceptions`.
 
 use pyo3::prelude::*;
+use rtd_common::proto::ErrorCode;
+use rtd_common::rpc::RpcError;
 use rtd_core_worker::CoreError;
 
 /// An instance of `rtd.exceptions.<name>(message)`.
@@ -22,6 +24,16 @@ pub fn core_error(e: CoreError) -> PyErr {
         CoreError::StoreFull(m) => rtd_error("ObjectStoreFullError", m),
         CoreError::ObjectLost(m) => rtd_error("ObjectLostError", m),
         CoreError::Invalid(m) => pyo3::exceptions::PyValueError::new_err(m),
-        CoreError::Rpc(_) | CoreError::Internal(_) => rtd_error("RaySystemError", e.to_string()),
+        CoreError::Rpc(e) => rpc_error(e),
+        CoreError::Internal(_) => rtd_error("RaySystemError", e.to_string()),
+    }
+}
+
+/// A failed call: a peer refusing our token is an `AuthenticationError`, the rest
+/// `RaySystemError`s.
+pub fn rpc_error(e: RpcError) -> PyErr {
+    match e.code() {
+        ErrorCode::Unauthenticated => rtd_error("AuthenticationError", e.to_string()),
+        _ => rtd_error("RaySystemError", CoreError::Rpc(e).to_string()),
     }
 }

@@ -269,6 +269,27 @@ fn kv_get<'py>(py: Python<'py>, key: String) -> PyResult<Option<Bound<'py, PyByt
     Ok(value.map(|v| PyBytes::new(py, &v)))
 }
 
+/// The cluster's dashboard `host:port` (None: it serves none), from the GCS's KV.
+#[pyfunction]
+fn dashboard_url(py: Python<'_>) -> PyResult<Option<String>> {
+    let core = core()?;
+    let value = py.enter_rtd(|interrupted| core.kv_get(rtd_common::cluster_kv::DASHBOARD_URL_KEY, interrupted))?;
+    Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+/// The dashboard of the cluster whose node serves at `address`, asked without a core
+/// worker; `ConnectionError` when nothing there answers as an rtd node.
+#[pyfunction]
+fn dashboard_of(py: Python<'_>, address: String) -> PyResult<Option<String>> {
+    let answer = py.enter_rtd_ok(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        runtime
+            .block_on(rtd_common::cluster_kv::dashboard_of(&address, Duration::from_secs(5)))
+            .map_err(|e| e.to_string())
+    })?;
+    answer.map_err(|e| pyo3::exceptions::PyConnectionError::new_err(format!("{address}: {e}")))
+}
+
 fn node_to_py(py: Python<'_>, n: rtd_common::proto::NodeInfo) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     let node_id = rtd_common::NodeId::from_bytes(&n.node_id).map(|i| i.hex()).unwrap_or_default();
@@ -316,13 +337,24 @@ where
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         runtime.block_on(async {
             let connect = rtd_common::rpc::RpcClient::connect(address);
-            let client = tokio::time::timeout(Duration::from_secs(5), connect)
-                .await
-                .map_err(|_| format!("timed out connecting to {address}"))?
-                .map_err(|e| e.to_string())?;
-            Ok(client.request(request).await)
+            match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                Err(_) => Err(format!("timed out connecting to {address}")),
+                Ok(Ok(client)) => Ok(client.request(request).await),
+                Ok(Err(e)) => Ok(Err(e)),
+            }
         })
     })
+}
+
+/// The auth token this process presents (None with auth off), read once from
+/// `RTD_AUTH_MODE` and `RTD_AUTH_TOKEN` / `RTD_AUTH_TOKEN_PATH` / `~/.rtd/auth_token`;
+/// a token mode without a usable token is an `AuthenticationError`.
+#[pyfunction]
+fn auth_token() -> PyResult<Option<String>> {
+    match rtd_common::auth::process() {
+        Ok(token) => Ok(token.as_ref().map(|t| t.secret().to_string())),
+        Err(e) => Err(errors::rtd_error("AuthenticationError", e.to_string())),
+    }
 }
 
 /// The nodes of the cluster whose head is at `address` (`host:port`), asked without
@@ -335,6 +367,7 @@ fn query_nodes(py: Python<'_>, address: String) -> PyResult<Vec<Bound<'_, PyDict
     };
     match reply {
         Ok(Ok(r)) => r.nodes.into_iter().map(|n| node_to_py(py, n)).collect(),
+        Ok(Err(e @ rtd_common::rpc::RpcError::Unauthenticated { .. })) => Err(errors::rpc_error(e)),
         Ok(Err(rtd_common::rpc::RpcError::UnexpectedReply { .. })) => {
             Err(pyo3::exceptions::PyConnectionError::new_err(format!("{address} is not an rtd head node")))
         }
@@ -396,8 +429,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard_url, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard_of, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     m.add_function(wrap_pyfunction!(query_nodes, m)?)?;
+    m.add_function(wrap_pyfunction!(auth_token, m)?)?;
     m.add_function(wrap_pyfunction!(cluster_view, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(check_node_id, m)?)?;

@@ -57,7 +57,8 @@ pub fn create_placement_group<'py>(
         .map(|b| resource_set(b).map(|set| Bundle { resources: set.to_fixed_map() }))
         .collect::<PyResult<Vec<_>>>()?;
     let pg_id = PlacementGroupId::random().to_vec().into();
-    let req = CreatePlacementGroup { pg_id, name, strategy, bundles, detached };
+    let creator_job_id = core.job_id().to_vec().into();
+    let req = CreatePlacementGroup { pg_id, name, strategy, bundles, detached, creator_job_id };
     let info = py.enter_rtd(|interrupted| core.create_placement_group(req, interrupted))?;
     info_to_py(py, info)
 }

@@ -92,6 +92,8 @@ impl From<RpcError> for LinkError {
     fn from(e: RpcError) -> Self {
         match e {
             RpcError::Remote { message, .. } => LinkError::Refused(message),
+            // A wrong or missing token does not fix itself by trying again.
+            refused @ RpcError::Unauthenticated { .. } => LinkError::Refused(refused.to_string()),
             other => LinkError::Lost(other.to_string()),
         }
     }

@@ -9,18 +9,20 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rtd_common::proto::node_manager_reply::Reply as NodeManagerReply;
 use rtd_common::proto::node_manager_request::Request as NodeManagerRequest;
 use rtd_common::proto::{
     frame::Body, gcs_request, Ack, AddJob, ClusterViewNode, ErrorCode, FreeObjects, GcsRequest, GetClusterViewReply,
-    ListLogsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker, ResourceMap, WorkerInfo,
+    ListLogsReply, ListSpilledObjectsReply, MarkJobFinished, ReadLogReply, RegisterClientReply, ReportWorker,
+    ResourceMap, WorkerInfo,
 };
 use rtd_common::rpc::{error_body, ConnectionCache, Reply, RpcError, Service};
 use rtd_common::{NodeId, ObjectId, PlacementGroupId, ResourceSet, WorkerId};
 use rtd_gcs::client::GcsClient;
-use rtd_metrics::UserMetrics;
+use rtd_metrics::{RequestLatencies, UserMetrics};
 use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
@@ -75,6 +77,8 @@ pub struct NodeService<G: GcsPort = GcsClient> {
     pub shutdown: Arc<Notify>,
     /// What this node's processes report of `rtd.util.metrics`, exported on `/metrics`.
     pub user_metrics: Arc<UserMetrics>,
+    /// How long each kind of request takes to answer, exported on `/metrics`.
+    pub request_latencies: RequestLatencies,
     /// The workers and drivers connected now, as reported to the GCS: a node that
     /// registers again with a restarted head reports them once more.
     pub processes: Arc<ProcessTable>,
@@ -103,6 +107,15 @@ impl ProcessTable {
 pub enum NodeRequest {
     NodeManager(NodeManagerRequest),
     Gcs(gcs_request::Request),
+}
+
+impl NodeRequest {
+    fn name(&self) -> &'static str {
+        match self {
+            NodeRequest::NodeManager(request) => request.name(),
+            NodeRequest::Gcs(request) => request.name(),
+        }
+    }
 }
 
 impl TryFrom<Body> for NodeRequest {
@@ -200,9 +213,24 @@ impl<G: GcsPort> Service for NodeService<G> {
     }
 
     fn handle(&self, conn: &mut ConnState, request: NodeRequest) -> Reply {
-        match request {
+        let (method, start) = (request.name(), Instant::now());
+        let reply = match request {
             NodeRequest::NodeManager(request) => self.handle_own(conn, request),
             NodeRequest::Gcs(request) => self.gcs.request(conn.id, request),
+        };
+        match reply {
+            Reply::Later(answer) => {
+                let latencies = self.request_latencies.clone();
+                Reply::Later(Box::pin(async move {
+                    let body = answer.await;
+                    latencies.observe(method, start.elapsed());
+                    body
+                }))
+            }
+            now => {
+                self.request_latencies.observe(method, start.elapsed());
+                now
+            }
         }
     }
 
@@ -405,6 +433,18 @@ impl<G: GcsPort> NodeService<G> {
             NodeManagerRequest::GetClusterView(_) => {
                 Reply::Now(NodeManagerReply::GetClusterViewReply(cluster_view(&self.raylet)).into())
             }
+            NodeManagerRequest::ListSpilledObjects(_) => {
+                let plasma = self.plasma.clone();
+                Reply::Later(Box::pin(async move {
+                    match plasma.spilled().await {
+                        Ok(ids) => {
+                            let object_ids = ids.iter().map(|id| id.to_vec().into()).collect();
+                            NodeManagerReply::ListSpilledObjectsReply(ListSpilledObjectsReply { object_ids }).into()
+                        }
+                        Err(e) => error_body(ErrorCode::Internal, format!("the object store did not answer: {e}")),
+                    }
+                }))
+            }
             NodeManagerRequest::ListLogs(_) => {
                 let dir = logs::logs_dir(Path::new(&self.session_dir));
                 Reply::Later(Box::pin(async move {
@@ -554,6 +594,7 @@ mod tests {
                 shutdown: Default::default(),
                 user_metrics: Default::default(),
                 processes: Default::default(),
+                request_latencies: Default::default(),
             };
             Node { service, dir, store }
         }

@@ -1,6 +1,6 @@
 //! The `rtd` command line: `rtd start`, `rtd stop`, `rtd status`, and the state commands
 //! `rtd list`, `rtd get`, `rtd summary`, `rtd memory`, `rtd timeline` (in `state_cli`)
-//! and `rtd logs` (in `logs_cli`). The same
+//! and `rtd logs` (in `logs_cli`), and `rtd get-auth-token`. The same
 //! code runs in the standalone binary and behind the Python package's `rtd` console
 //! script, so it returns an exit code instead of exiting.
 //!
@@ -18,6 +18,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand};
+use rtd_common::auth;
 use rtd_common::bundle::BundleResource;
 use rtd_common::ids::hex;
 use rtd_common::proto::GetNodes;
@@ -65,6 +66,15 @@ enum Command {
     Memory(state_cli::MemoryArgs),
     /// Write the tasks that ran as a Chrome trace file.
     Timeline(state_cli::TimelineArgs),
+    /// Print the cluster's auth token (RTD_AUTH_TOKEN, RTD_AUTH_TOKEN_PATH or ~/.rtd/auth_token).
+    GetAuthToken(GetAuthTokenArgs),
+}
+
+#[derive(Args, Debug)]
+struct GetAuthTokenArgs {
+    /// Create a new random token (in RTD_AUTH_TOKEN_PATH or ~/.rtd/auth_token) when there is none.
+    #[arg(long)]
+    generate: bool,
 }
 
 #[derive(Args, Debug)]
@@ -219,10 +229,11 @@ fn parse_resources(text: &str) -> Result<HashMap<String, f64>, String> {
 /// Runs the CLI; returns the process exit code: 0, 1 when a command fails, 2 for
 /// arguments it cannot parse.
 pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("RTD_LOG"))
-        .with_writer(std::io::stderr)
-        .try_init();
+    // Warnings show unless RTD_LOG says otherwise: a daemon's security warnings and
+    // refused peers must reach its log.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(e) => {
@@ -245,6 +256,7 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
         Command::Logs(args) => logs_cli::logs(&args),
         Command::Memory(args) => state_cli::memory(&args),
         Command::Timeline(args) => state_cli::timeline(&args),
+        Command::GetAuthToken(args) => get_auth_token(&args),
     };
     match result {
         Ok(()) => 0,
@@ -380,10 +392,28 @@ impl StartArgs {
     }
 }
 
+/// `rtd get-auth-token [--generate]`: prints the token this machine's rtd processes
+/// would present, creating one with `--generate` when there is none.
+fn get_auth_token(args: &GetAuthTokenArgs) -> Result<()> {
+    let token = match auth::find_token()? {
+        Some(token) => token,
+        None if args.generate => auth::generate_token_file(&auth::token_path())?,
+        None => bail!(
+            "no auth token: {} does not exist and {} is not set; create one with `rtd get-auth-token --generate`",
+            auth::token_path().display(),
+            auth::TOKEN_ENV
+        ),
+    };
+    println!("{}", token.secret());
+    Ok(())
+}
+
 /// `rtd start`: with `--block` runs the node here; without, spawns itself with
 /// `--block` (`raw_args` plus a session dir) and returns once the node serves.
 fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<()> {
     let role = args.role()?;
+    let token = auth::process().clone()?;
+    rtd_common::rpc::Credentials::of_process()?;
     for notice in args.notices() {
         eprintln!("rtd: note: {notice}");
     }
@@ -413,6 +443,10 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().context("duplicating the log file")?)
         .stderr(log);
+    // The daemon and its workers use the token read here, whatever its file holds later.
+    if let Some(token) = &token {
+        cmd.env(auth::MODE_ENV, "token").env(auth::TOKEN_ENV, token.secret());
+    }
     let mut child = cmd.spawn().with_context(|| format!("starting {}", launcher.program))?;
     let socket = session_dir.join("sockets/raylet.sock");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -437,6 +471,11 @@ fn start(args: &StartArgs, raw_args: &[String], launcher: &Launcher) -> Result<(
     println!("  session: {}", session_dir.display());
     println!("  socket:  {}", socket.display());
     println!("  log:     {}", log_path.display());
+    // The daemon's security warnings belong on the terminal that started it too.
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    for (_, warning) in log.lines().filter_map(|l| l.split_once(auth::SECURITY_WARNING)) {
+        eprintln!("rtd: {} {}", auth::SECURITY_WARNING, warning.trim());
+    }
     if let (true, Some(port)) = (args.head, args.port) {
         let ip = &args.node_ip_address;
         println!("Add nodes with `rtd start --address {ip}:{port}`; connect with rtd.init(address=\"{ip}:{port}\").");

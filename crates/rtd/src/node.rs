@@ -20,7 +20,7 @@ use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
 use rtd_gcs::store::{OpenedStore, StorageConfig};
-use rtd_metrics::{MetricsRegistry, NodeLabels, UserMetrics};
+use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
 use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
@@ -70,10 +70,6 @@ pub struct DashboardOptions {
     pub port: rtd_dashboard::Port,
 }
 
-/// The key under which the head publishes the dashboard's `host:port` in the GCS's KV
-/// store, where every driver finds it, whichever node it connects to.
-pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
-
 /// Starts serving the dashboard over `gcs`; returns the task and the `host:port` a
 /// browser on this machine opens (the node's address when it listens on every one).
 async fn start_dashboard(
@@ -89,7 +85,7 @@ async fn start_dashboard(
         host => host,
     };
     let url = format!("{host}:{port}");
-    gcs.kv_put(DASHBOARD_URL_KEY, url.clone().into());
+    gcs.kv_put(rtd_common::cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
     Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
 }
 
@@ -183,6 +179,9 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         }
         _ => None,
     };
+    if let Some(addr) = tcp_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        rtd_common::auth::warn_if_exposed("this node's gRPC port (GCS, raylet, object manager)", addr);
+    }
     let raylet_address = match (&tcp_listener, &node_ip) {
         (Some(l), Some(ip)) => format!("{ip}:{}", l.local_addr().map(|a| a.port()).unwrap_or(0)),
         _ => String::new(),
@@ -232,6 +231,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let user_metrics = Arc::new(UserMetrics::default());
+    let request_latencies = RequestLatencies::default();
     let service = NodeService {
         node_id,
         session_dir: session.dir.display().to_string(),
@@ -247,17 +247,22 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         shutdown: shutdown.clone(),
         user_metrics: user_metrics.clone(),
         processes,
+        request_latencies: request_latencies.clone(),
     };
     let service = Arc::new(service);
     let raylet_listener = rtd_common::rpc::bind(&session.raylet_socket()).context("binding raylet.sock")?;
     let raylet_task = tokio::spawn(rtd_common::rpc::serve(raylet_listener, service.clone()));
     // Other nodes see the raylet (and the GCS on the head) and the object manager.
-    let tcp_task = tcp_listener.map(|l| {
-        let router = rpc::grpc_server()
-            .add_service(rpc::link_service(service.clone()))
-            .add_service(ObjectServer::new(service.plasma.clone()));
-        tokio::spawn(rpc::serve_grpc(l, router))
-    });
+    let tcp_task = match tcp_listener {
+        Some(l) => {
+            let mut server = rpc::grpc_server()?;
+            let router = server
+                .add_service(rpc::link_service(service.clone()))
+                .add_service(ObjectServer::new(service.plasma.clone()));
+            Some(tokio::spawn(rpc::serve_grpc(l, router)))
+        }
+        None => None,
+    };
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
@@ -266,6 +271,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let mut metrics = MetricsRegistry::new(NodeLabels { session_name, node_address: metrics_address.clone() });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
+    request_latencies.register(&mut metrics);
     if let Some(gcs) = &gcs {
         metrics.register(ClusterMetrics { gcs: gcs.clone() });
     }

@@ -35,6 +35,10 @@ impl Session {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating session directory {}", dir.display()))?;
         }
+        // Whoever can open a socket here can run code as this user: only its owner may.
+        let sockets = dir.join("sockets");
+        std::fs::set_permissions(&sockets, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", sockets.display()))?;
         if let Some(parent) = dir.parent() {
             let latest = parent.join("session_latest");
             let _ = std::fs::remove_file(&latest);

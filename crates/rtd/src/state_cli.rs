@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, ValueEnum};
+use rtd_common::cluster_kv;
 use serde_json::Value;
 
 use crate::session::{NodeFile, DEFAULT_TEMP_DIR};
@@ -107,7 +108,8 @@ pub enum OutputFormat {
 /// Which cluster to ask.
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
-    /// The dashboard of the cluster to ask (default: the cluster running on this machine).
+    /// The cluster to ask: its head's address, or its dashboard's (default: the cluster
+    /// running on this machine).
     #[arg(long, value_name = "HOST:PORT")]
     address: Option<String>,
     /// Where this machine's node daemons keep their sessions.
@@ -212,9 +214,21 @@ fn local_dashboard(temp_dir: &Path) -> Result<String> {
         })
 }
 
+/// The dashboard `address` names: the cluster's when a node answers there, else
+/// `address` itself (a dashboard does not answer as a node).
+fn dashboard_of(address: &str) -> Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match runtime.block_on(cluster_kv::dashboard_of(address, Duration::from_secs(5))) {
+        Ok(Some(dashboard)) => Ok(dashboard),
+        Ok(None) => bail!("the rtd cluster at {address} serves no dashboard (started with --include-dashboard=false?)"),
+        Err(_) => Ok(address.to_string()),
+    }
+}
+
 /// The dashboard to ask, as a URL without a trailing slash.
 fn dashboard_url(cluster: &ClusterArgs) -> Result<String> {
     let address = match &cluster.address {
+        Some(address) if !address.contains("://") => dashboard_of(address)?,
         Some(address) => address.clone(),
         None => local_dashboard(&cluster.temp_dir)?,
     };
@@ -241,6 +255,9 @@ pub(crate) fn fetch(cluster: &ClusterArgs, path: &str, query: &[(&str, String)])
         .build()
         .into();
     let mut call = agent.get(&url).query("timeout", cluster.timeout.to_string());
+    if let Some(token) = rtd_common::auth::process_token() {
+        call = call.header("authorization", token.bearer());
+    }
     for (name, value) in query {
         call = call.query(*name, value);
     }
@@ -387,7 +404,7 @@ pub fn memory(args: &MemoryArgs) -> Result<()> {
     let listed = request(&args.cluster, "/api/v0/objects", &query)?;
     let rows = listed["result"].as_array().cloned().unwrap_or_default();
     let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for row in rows {
+    for row in rows.iter().cloned() {
         by_node.entry(cell(&row["ip"])).or_default().push(row);
     }
     println!("======== Object references status ========");
@@ -419,6 +436,11 @@ pub fn memory(args: &MemoryArgs) -> Result<()> {
         size_text((cluster["total_size_mb"].as_f64().unwrap_or(0.0) * MIB as f64) as u64),
         if by_type.is_empty() { "none".to_string() } else { by_type.join(", ") }
     );
+    let mut spilled: BTreeMap<String, u64> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r["spilled"].as_bool() == Some(true)) {
+        spilled.insert(cell(&r["object_id"]), r["object_size"].as_u64().unwrap_or(0));
+    }
+    println!("Spilled {}, {} objects", size_text(spilled.values().sum()), spilled.len());
     if listed["partial_failure_warning"].as_str().is_some_and(|w| !w.is_empty()) {
         eprintln!("rtd: warning: {}", cell(&listed["partial_failure_warning"]));
     }

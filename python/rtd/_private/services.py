@@ -50,13 +50,27 @@ def _node_file_pid(path):
         return None
 
 
+def daemon_env():
+    """The environment of a daemon started from here: this process's, with the auth
+    token it read (so the daemon and its workers use the same one). Raises
+    ``AuthenticationError`` when ``RTD_AUTH_MODE=token`` finds no usable token."""
+    from rtd import _core
+
+    env = dict(os.environ)
+    token = _core.auth_token()
+    if token is not None:
+        env["RTD_AUTH_MODE"] = "token"
+        env["RTD_AUTH_TOKEN"] = token
+    return env
+
+
 def spawn_node(session_dir, args):
     """Starts a node daemon in the foreground of a child process and waits until it
     serves. It stops when the returned process's stdin is closed (or its parent dies),
     so it never outlives whoever started it."""
     cmd = [*launcher(), "start", "--block", "--watch-stdin", "--session-dir", session_dir,
            "--python", sys.executable, *args]
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=daemon_env())
     node_file = os.path.join(session_dir, "node.json")
     deadline = time.monotonic() + _START_TIMEOUT_S
     # The daemon runs in `process` itself; a node.json of another pid is a dead one's.

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::transport::Channel;
 
 use super::error::RpcError;
 use super::framing::{write_loop, Inbound};
-use super::grpc;
+use super::grpc::{self, Credentials};
+use super::guard::AuthChannel;
 use super::request::Request;
 use crate::proto::{frame::Body, ErrorCode, Frame};
 
@@ -41,12 +41,12 @@ struct ClientInner {
     closed: watch::Receiver<bool>,
     /// The HTTP/2 connection to a peer on another machine, which its other gRPC
     /// services (the object manager) share.
-    channel: Option<Channel>,
+    channel: Option<AuthChannel>,
 }
 
 impl RpcClient {
     /// Connects to `addr`: a Unix socket path (starts with `/`) or a TCP `host:port`
-    /// of another machine's gRPC server.
+    /// of another machine's gRPC server, presenting this process's credentials there.
     pub async fn connect(addr: &str) -> Result<Self, RpcError> {
         if is_unix_address(addr) {
             let stream = UnixStream::connect(Path::new(addr))
@@ -57,17 +57,19 @@ impl RpcClient {
             tokio::spawn(write_loop(write_half, rx));
             Ok(Self::start(addr, tx, Inbound::socket(read_half), None))
         } else {
-            Self::connect_grpc(addr).await
+            Self::connect_grpc(addr, &Credentials::of_process()?).await
         }
     }
 
-    async fn connect_grpc(addr: &str) -> Result<Self, RpcError> {
-        let (tx, replies, channel) = grpc::converse(addr).await?;
+    /// Connects to another machine's gRPC server at `addr` (`host:port`), presenting
+    /// `credentials`.
+    pub async fn connect_grpc(addr: &str, credentials: &Credentials) -> Result<Self, RpcError> {
+        let (tx, replies, channel) = grpc::converse(addr, credentials).await?;
         Ok(Self::start(addr, tx, Inbound::Grpc(replies), Some(channel)))
     }
 
     /// Starts the task that hands each reply to its waiter.
-    fn start(addr: &str, tx: mpsc::UnboundedSender<Frame>, mut inbound: Inbound, channel: Option<Channel>) -> Self {
+    fn start(addr: &str, tx: mpsc::UnboundedSender<Frame>, mut inbound: Inbound, channel: Option<AuthChannel>) -> Self {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (closed_tx, closed_rx) = watch::channel(false);
         let reader_pending = pending.clone();
@@ -101,8 +103,9 @@ impl RpcClient {
         &self.inner.addr
     }
 
-    /// The gRPC channel of a connection to another machine (None for a Unix socket).
-    pub fn channel(&self) -> Option<Channel> {
+    /// The gRPC channel of a connection to another machine (None for a Unix socket),
+    /// presenting the same token.
+    pub fn channel(&self) -> Option<AuthChannel> {
         self.inner.channel.clone()
     }
 

@@ -10,6 +10,12 @@ pub enum RpcError {
     Connect { addr: String, source: std::io::Error },
     #[error("{message}")]
     Remote { code: ErrorCode, message: String },
+    /// The peer refused this process's token (or its lack of one).
+    #[error("{addr} refused the connection: {message}")]
+    Unauthenticated { addr: String, message: String },
+    /// This process's TLS settings are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The peer answered with a message that is not the request's reply.
     #[error("unexpected reply to {request} from {from}")]
     UnexpectedReply { request: &'static str, from: String },
@@ -20,6 +26,7 @@ impl RpcError {
         match self {
             RpcError::Remote { code, .. } => *code,
             RpcError::Disconnected(_) => ErrorCode::WorkerDied,
+            RpcError::Unauthenticated { .. } => ErrorCode::Unauthenticated,
             _ => ErrorCode::Internal,
         }
     }

@@ -1,5 +1,6 @@
 //! The bridge between machines: the same frames as the messages of one bidirectional
-//! gRPC call (`NodeLink.Converse`) per connection, over tonic.
+//! gRPC call (`NodeLink.Converse`) per connection, over tonic, with the auth token
+//! and, optionally, TLS.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,11 +11,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Router;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Endpoint, Server};
+use tower::layer::util::{Identity, Stack};
 
 use super::error::{describe_error, RpcError};
 use super::framing::{Inbound, MAX_FRAME};
+use super::guard::{authorized, AuthChannel, GrpcAuthLayer};
 use super::server::{run_connection, Service};
+use super::tls::{self, TlsSettings};
+use crate::auth::{self, AuthToken, Policy};
 use crate::proto::node_link_client::NodeLinkClient;
 use crate::proto::node_link_server::{NodeLink, NodeLinkServer};
 use crate::proto::Frame;
@@ -29,14 +34,36 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 /// frames instead of hundreds.
 const MAX_HTTP2_FRAME: u32 = 1 << 20;
 
-/// Opens a `NodeLink.Converse` call to `addr` (`host:port`): the sender of this end's
-/// frames, the stream of the peer's, and the HTTP/2 channel other services can share.
+/// What this end presents to a peer on another machine: the auth token, and TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub token: Option<AuthToken>,
+    pub tls: Option<TlsSettings>,
+}
+
+impl Credentials {
+    /// This process's token and TLS settings (`RTD_AUTH_*`, `RTD_USE_TLS`...).
+    pub fn of_process() -> Result<Self, RpcError> {
+        let tls = tls::process().as_ref().map_err(|e| RpcError::Tls(e.to_string()))?;
+        Ok(Credentials { token: auth::process_token(), tls: tls.clone() })
+    }
+}
+
+/// Opens a `NodeLink.Converse` call to `addr` (`host:port`), presenting `credentials`:
+/// the sender of this end's frames, the stream of the peer's, and the HTTP/2 channel
+/// other services can share.
 pub(super) async fn converse(
     addr: &str,
-) -> Result<(mpsc::UnboundedSender<Frame>, tonic::Streaming<Frame>, Channel), RpcError> {
+    credentials: &Credentials,
+) -> Result<(mpsc::UnboundedSender<Frame>, tonic::Streaming<Frame>, AuthChannel), RpcError> {
     let error = |message: String| RpcError::Connect { addr: addr.to_string(), source: std::io::Error::other(message) };
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| error(format!("not a host:port address ({})", describe_error(&e))))?
+    let scheme = if credentials.tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+        .map_err(|e| error(format!("not a host:port address ({})", describe_error(&e))))?;
+    if let Some(tls) = &credentials.tls {
+        endpoint = endpoint.tls_config(tls.client.clone()).map_err(|e| RpcError::Tls(describe_error(&e)))?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
@@ -45,24 +72,48 @@ pub(super) async fn converse(
         .connect()
         .await
         .map_err(|e| error(describe_error(&e)))?;
+    let channel = authorized(channel, credentials.token.as_ref());
     let (tx, rx) = mpsc::unbounded_channel();
     let replies = NodeLinkClient::new(channel.clone())
         .max_decoding_message_size(MAX_FRAME)
         .max_encoding_message_size(MAX_FRAME)
         .converse(UnboundedReceiverStream::new(rx))
         .await
-        .map_err(|status| error(status.message().to_string()))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated => {
+                RpcError::Unauthenticated { addr: addr.to_string(), message: status.message().to_string() }
+            }
+            _ => error(status.message().to_string()),
+        })?
         .into_inner();
     Ok((tx, replies, channel))
 }
 
-/// A gRPC server configured as every rtd node-to-node server is.
-pub fn grpc_server() -> Server {
-    Server::builder()
+/// An rtd gRPC server, with the layers every one runs calls through.
+pub type GrpcServer = Server<Stack<GrpcAuthLayer, Identity>>;
+/// The services of a `GrpcServer`.
+pub type GrpcRouter = Router<Stack<GrpcAuthLayer, Identity>>;
+
+/// A gRPC server configured as every rtd node-to-node server is, with this process's
+/// auth and TLS configuration.
+pub fn grpc_server() -> Result<GrpcServer, RpcError> {
+    let tls = tls::process().as_ref().map_err(|e| RpcError::Tls(e.to_string()))?;
+    grpc_server_with(Policy::from_process(), tls.as_ref())
+}
+
+/// A gRPC server configured as every rtd node-to-node server is, letting in the calls
+/// `policy` lets in, over TLS when `tls` is given.
+pub fn grpc_server_with(policy: Policy, tls: Option<&TlsSettings>) -> Result<GrpcServer, RpcError> {
+    let mut server = Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls.server.clone()).map_err(|e| RpcError::Tls(describe_error(&e)))?;
+    }
+    Ok(server
         .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_HTTP2_FRAME)
+        .layer(GrpcAuthLayer::new(policy)))
 }
 
 /// `service` as the gRPC `NodeLink` service, for a router that offers more services.
@@ -71,7 +122,7 @@ pub fn link_service<S: Service>(service: Arc<S>) -> NodeLinkServer<Link<S>> {
 }
 
 /// Serves gRPC on an already bound TCP listener until the task is dropped.
-pub async fn serve_grpc(listener: TcpListener, router: Router) {
+pub async fn serve_grpc(listener: TcpListener, router: GrpcRouter) {
     let incoming = TcpListenerStream::new(listener).map(|stream| {
         if let Ok(s) = &stream {
             let _ = s.set_nodelay(true);

@@ -16,7 +16,9 @@ pub trait Request: Into<Body> + Send + 'static {
 }
 
 /// For one service: its request and reply enums in and out of a frame body, each of its
-/// messages into a frame body, and for each message answered, its reply type.
+/// messages into a frame body, for each message answered its reply type, and each
+/// request's name (metrics label requests by it). Every request of the service must be
+/// listed, one-way or call: the names' `match` does not compile otherwise.
 /// `$Body($Request, $request_mod) -> $Reply($reply_mod)` names the frame body variant
 /// and message of the requests, and the message of the replies (whose body variant has
 /// the same name).
@@ -38,6 +40,16 @@ macro_rules! service {
                 match body {
                     Body::$Body($Request { request: Some(request) }) => Ok(request),
                     other => Err(other),
+                }
+            }
+        }
+
+        impl $request_mod::Request {
+            /// The request message's name, as Ray's metrics label a method.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Self::$one_way(_) => stringify!($one_way),)*
+                    $(Self::$message(_) => stringify!($message),)*
                 }
             }
         }
@@ -124,6 +136,7 @@ service! {
         ReadLog => ReadLogReply,
         ReportMetrics => Ack,
         GetClusterView => GetClusterViewReply,
+        ListSpilledObjects => ListSpilledObjectsReply,
 }
 
 service! {
@@ -145,6 +158,7 @@ service! {
         PlasmaSeal => Ack,
         PlasmaGet => PlasmaGetReply,
         PlasmaDelete => Ack,
+        PlasmaListSpilled => PlasmaListSpilledReply,
 }
 
 impl From<ErrorReply> for Body {

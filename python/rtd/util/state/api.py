@@ -2,9 +2,11 @@
 (``/api/v0/<resource>``, ``/api/v0/logs``, see the ``rtd-dashboard`` crate), which
 filters, counts and limits; this module only builds the request and wraps the rows.
 
-``address`` is the dashboard's ``HOST:PORT`` (or ``http://HOST:PORT``), as
-``rtd.init()`` returns it in ``dashboard_url``. Without one (or with ``"auto"``) the
-connected driver's cluster is asked, else the newest cluster started on this machine.
+``address`` is the cluster's address (the head's ``HOST:PORT``, as ``rtd.init(address=...)``
+takes it: the dashboard is looked up in the GCS) or the dashboard's ``HOST:PORT`` (or
+``http://HOST:PORT``), as ``rtd.init()`` returns it in ``dashboard_url``. Without one (or
+with ``"auto"``) the connected driver's cluster is asked, else the newest cluster started
+on this machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, Generator, List, Optional, Tuple, Type, Union
 
+from rtd import _core
+from rtd.exceptions import AuthenticationError
 from rtd.util.state.exception import RayStateApiException, ServerUnavailable
 
 DEFAULT_LIMIT = 100
@@ -99,14 +103,38 @@ def _local_dashboard() -> Optional[str]:
         return None
 
 
+# Addresses already resolved to a dashboard (a cluster's address to its dashboard's).
+_resolved: Dict[str, str] = {}
+
+
+def _dashboard_of(address: str) -> str:
+    """The dashboard ``address`` names: the cluster's at a node's address, else
+    ``address`` itself (a dashboard does not answer as a node)."""
+    from rtd import _core
+
+    if address not in _resolved:
+        try:
+            dashboard = _core.dashboard_of(address)
+        except ConnectionError:
+            dashboard = address
+        if dashboard is None:
+            raise ServerUnavailable(
+                f"The rtd cluster at {address} serves no dashboard (started with include_dashboard=False?)."
+            )
+        _resolved[address] = dashboard
+    return _resolved[address]
+
+
 def _base_url(address: Optional[str]) -> str:
     if address in (None, "auto"):
         address = _local_dashboard()
         if not address:
             raise ServerUnavailable(
                 "No rtd dashboard found: connect with rtd.init() to a cluster that serves one "
-                "(include_dashboard is on by default), or pass address='HOST:PORT' of a dashboard."
+                "(include_dashboard is on by default), or pass address='HOST:PORT' of the cluster or its dashboard."
             )
+    elif "://" not in address:
+        address = _dashboard_of(address.rstrip("/"))
     assert address is not None
     return address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
 
@@ -136,10 +164,16 @@ def _refusal(url: str, error: urllib.error.HTTPError) -> RayStateApiException:
 def _get(address: Optional[str], path: str, params: List[Tuple[str, str]], timeout: float) -> Tuple[bytes, Any]:
     """GETs ``path`` of the dashboard: the body and the headers of a 200 answer."""
     url = f"{_base_url(address)}{path}?{urllib.parse.urlencode([*params, ('timeout', str(int(timeout)))])}"
+    request = urllib.request.Request(url)
+    token = _core.auth_token()
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read(), response.headers
     except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise AuthenticationError(e.read().decode(errors="replace").strip()) from None
         raise _refusal(url, e) from None
     except (urllib.error.URLError, OSError) as e:
         raise ServerUnavailable(f"Failed to reach the state API at {url}: {e}") from None

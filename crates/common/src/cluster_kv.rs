@@ -1,0 +1,23 @@
+//! Entries of the GCS's KV store that name where the cluster serves things, and how a
+//! process that only knows the cluster's address reads them.
+
+use std::time::Duration;
+
+use crate::proto::KvGet;
+use crate::rpc::{RpcClient, RpcError};
+
+/// The dashboard's `host:port`, published by the head: every driver and the CLI find it
+/// there from the cluster's address, whichever node they reach.
+pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
+
+/// The dashboard of the cluster whose head or node serves at `address` (`host:port`,
+/// or a node's socket): `Ok(None)` when it serves none. `Err` when nothing at `address`
+/// answers as an rtd node within `timeout` (it may be a dashboard's own address).
+pub async fn dashboard_of(address: &str, timeout: Duration) -> Result<Option<String>, RpcError> {
+    let asked = async {
+        let client = RpcClient::connect(address).await?;
+        client.request(KvGet { key: DASHBOARD_URL_KEY.into() }).await
+    };
+    let reply = tokio::time::timeout(timeout, asked).await.map_err(|_| RpcError::Disconnected(address.into()))??;
+    Ok(reply.found.then(|| String::from_utf8_lossy(&reply.value).into_owned()))
+}
