@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,10 @@ _shared = {"up": False}
 RTD = shutil.which("rtd") or os.path.join(os.path.dirname(sys.executable), "rtd")
 
 
-def rtd_cli(*args, timeout=60):
-    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout)
+def rtd_cli(*args, timeout=60, env=None):
+    """Runs the ``rtd`` command line; ``env`` adds to this process's environment."""
+    full_env = {**os.environ, **env} if env else None
+    return subprocess.run([RTD, *args], capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 @contextlib.contextmanager
@@ -61,6 +64,36 @@ def temp_dir():
     yield path
     rtd_cli("stop", "--force", "--temp-dir", path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_address():
+    """A ``redis-server`` of the test's own on a free loopback port (``HOST:PORT``),
+    stopped afterwards; the test is skipped where Debian's ``redis-server`` is missing."""
+    from rtd.cluster_utils import _free_port
+
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.skip("redis-server is not on PATH (scripts/test installs Debian's redis-server)")
+    port = _free_port()
+    data = tempfile.mkdtemp(prefix="rtd-redis-", dir="/tmp")
+    server = subprocess.Popen(
+        [path, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", data],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepts():
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    try:
+        wait_for_condition(accepts, timeout=10)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def wait_for_condition(predicate, timeout=10, retry_interval_ms=20, **kwargs):

@@ -96,7 +96,8 @@ def test_head_started_with_rays_flags_runs_tasks_and_says_what_it_ignores(temp_d
     notices = [line for line in started.stderr.splitlines() if line.startswith("rtd: note:")]
     assert notices == [
         "rtd: note: the dashboard is off (--include-dashboard=false); --dashboard-host ignored",
-        "rtd: note: the GCS keeps its state in the head process (no Redis); --redis-password is not used",
+        "rtd: note: without --redis-address (or RTD_REDIS_ADDRESS) the GCS keeps its state in an embedded store;"
+        " --redis-password ignored",
         "rtd: note: --system-config keys rtd does not support, ignored: max_io_workers",
     ], started.stderr
     result = run_script(

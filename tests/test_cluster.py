@@ -1297,12 +1297,17 @@ def test_a_worker_node_stops_when_its_head_is_stopped(_shared_cluster):
     try:
         started = rtd_cli("start", "--head", "--port", str(port), "--num-cpus", "1", "--temp-dir", head_dir)
         assert started.returncode == 0
-        worker = rtd_cli("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", worker_dir)
+        # It waits this long for the head to come back (60 s by default).
+        worker = rtd_cli(
+            "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--temp-dir", worker_dir,
+            env={"RTD_GCS_RPC_SERVER_RECONNECT_TIMEOUT_S": "2"},
+        )
         assert worker.returncode == 0, worker.stderr
         worker_session = os.path.realpath(os.path.join(worker_dir, "session_latest"))
         worker_pid = _daemon_pid(worker_dir)
         assert rtd_cli("stop", "--temp-dir", head_dir).returncode == 0
-        # The worker node loses its head and shuts itself down, cleaning up.
+        # The worker node loses its head, tries to reach it again for 2 s, and shuts
+        # itself down, cleaning up.
         assert_session_gone(worker_session, [worker_pid], timeout=15)
     finally:
         for d in (worker_dir, head_dir):

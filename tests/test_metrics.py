@@ -239,7 +239,9 @@ def test_metrics_export_port_flag_chooses_the_port_and_a_busy_one_is_an_error():
             with open(os.path.join(temp_dir, "session_latest", "node.json")) as f:
                 assert json.load(f)["metrics_export_port"] == port
             assert "ray_resources" in scrape_text(port)
-            refused = rtd_cli("start", "--head", "--temp-dir", temp_dir, "--metrics-export-port", str(taken))
+            # Another cluster (its own temp dir, so its own GCS store) on the busy port.
+            other = os.path.join(temp_dir, "other")
+            refused = rtd_cli("start", "--head", "--temp-dir", other, "--metrics-export-port", str(taken))
             assert refused.returncode != 0
             assert f"serving metrics on 127.0.0.1:{taken}" in refused.stderr
             assert "--metrics-export-port" in refused.stderr

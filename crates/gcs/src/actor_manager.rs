@@ -12,6 +12,9 @@
 //! worker) while restarts remain (`max_restarts`, -1 = forever), else it is DEAD.
 //! Non-detached actors die with the connection of the process that created them;
 //! detached ones live until killed. Named actors are found by (namespace, name).
+//!
+//! Every change to an actor is written through to the GCS's store (`crate::store`), and
+//! a restarted head puts the actors back with [`ActorManager::restore`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +22,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prost::Message as _;
 use rtd_common::bundle::BundleResource;
 use rtd_common::proto::{
     object_value::Kind, ActorInfo, ActorState, CreateActor, LeaseGranted, PushTask, PushTaskReply, TaskSpec,
@@ -27,6 +31,9 @@ use rtd_common::rpc::RpcError;
 use rtd_common::scheduling::Strategy;
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
+
+use crate::store::records::{RestoredActor, StoredActor};
+use crate::store::{GcsStore, Table};
 
 /// A dedicated worker's lease on some node, or why none can be granted now.
 pub type LeaseFuture = Pin<Box<dyn Future<Output = Result<(NodeId, LeaseGranted), LeaseError>> + Send>>;
@@ -108,7 +115,12 @@ pub struct ActorRecord {
 pub struct ActorManager {
     tables: Mutex<Tables>,
     leaser: Arc<dyn WorkerLeaser>,
+    store: Arc<GcsStore>,
 }
+
+/// The owner of actors put back from the store: their creators' connections were to
+/// the previous head, so no connection's close ends them (connection ids start at 1).
+pub const RESTORED_OWNER: u64 = 0;
 
 const INFEASIBLE_RETRY: Duration = Duration::from_secs(1);
 
@@ -117,8 +129,68 @@ fn state(s: ActorState) -> i32 {
 }
 
 impl ActorManager {
-    pub fn new(leaser: Arc<dyn WorkerLeaser>) -> Arc<Self> {
-        Arc::new(Self { tables: Mutex::new(Tables::default()), leaser })
+    pub fn new(leaser: Arc<dyn WorkerLeaser>, store: Arc<GcsStore>) -> Arc<Self> {
+        Arc::new(Self { tables: Mutex::new(Tables::default()), leaser, store })
+    }
+
+    /// Writes the actor's entry to the store; called under the tables' lock, so the
+    /// store sees an actor's changes in the order they were made.
+    fn persist(&self, actor_id: &ActorId, entry: &ActorEntry) {
+        let stored = StoredActor {
+            info: Some(entry.info.clone()),
+            spec: Some(entry.spec.clone()),
+            args_pending: entry.args_pending,
+            lease_node: entry.lease.map(|(node, _)| node.to_vec()).unwrap_or_default(),
+            lease_id: entry.lease.map(|(_, lease)| lease).unwrap_or_default(),
+            node: entry.node.map(|node| node.to_vec()).unwrap_or_default(),
+        };
+        self.store.put(Table::Actors, actor_id.to_vec(), stored.encode_to_vec());
+    }
+
+    /// Puts back the actors a restarted head's store held. Alive ones stay alive where
+    /// they run (the caller declares the previous head dead, which restarts or ends
+    /// those that ran there); those that were being placed are placed again, and a
+    /// worker they had leased meanwhile is let go, since its constructor's answer
+    /// went to the previous head.
+    pub fn restore(self: &Arc<Self>, actors: Vec<RestoredActor>) {
+        let mut to_place = Vec::new();
+        let mut abandoned = Vec::new();
+        {
+            let mut t = self.lock();
+            for actor in actors {
+                let state = actor.info.state;
+                let dead = state == ActorState::Dead as i32;
+                let being_placed = !dead && state != ActorState::Alive as i32 && !actor.args_pending;
+                let mut lease = actor.lease;
+                if being_placed {
+                    abandoned.extend(lease.take());
+                    to_place.push(actor.id);
+                }
+                if let Some(options) = actor.info.options.as_ref().filter(|o| !o.name.is_empty() && !dead) {
+                    t.named.insert((options.namespace.clone(), options.name.clone()), actor.id);
+                }
+                if let Some(lease) = lease {
+                    t.by_lease.insert(lease, actor.id);
+                }
+                let entry = ActorEntry {
+                    info: actor.info,
+                    spec: actor.spec,
+                    strategy: actor.strategy,
+                    args_pending: actor.args_pending,
+                    owner: RESTORED_OWNER,
+                    lease,
+                    node: actor.node,
+                    waiters: Vec::new(),
+                };
+                t.actors.insert(actor.id, entry);
+            }
+        }
+        for (node, lease) in abandoned {
+            self.leaser.kill(node, lease);
+        }
+        for actor_id in to_place {
+            self.clone().start(actor_id);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -134,6 +206,10 @@ impl ActorManager {
         let strategy = Strategy::from_wire(&options.strategy, &options.affinity_node, options.affinity_soft)
             .map_err(|e| ActorError::Invalid(e.to_string()))?;
         let mut t = self.lock();
+        // Registered already: the same request again (resent after a head restart).
+        if let Some(existing) = t.actors.get(&actor_id) {
+            return Ok(existing.info.clone());
+        }
         if !options.name.is_empty() {
             let key = (options.namespace.clone(), options.name.clone());
             if let Some(existing) = t.named.get(&key).and_then(|id| t.actors.get(id)) {
@@ -162,6 +238,7 @@ impl ActorManager {
             node: None,
             waiters: Vec::new(),
         };
+        self.persist(&actor_id, &entry);
         t.actors.insert(actor_id, entry);
         drop(t);
         if !args_pending {
@@ -182,6 +259,7 @@ impl ActorManager {
             }
             entry.args_pending = false;
             entry.spec = spec;
+            self.persist(&actor_id, entry);
         }
         self.clone().start(actor_id);
         Ok(())
@@ -222,6 +300,7 @@ impl ActorManager {
             if let Some(e) = t.actors.get_mut(&actor_id) {
                 e.lease = Some((node, grant.lease_id));
                 e.node = Some(node);
+                self.persist(&actor_id, e);
             }
         }
         let mut spec = spec;
@@ -269,6 +348,7 @@ impl ActorManager {
         let Some(entry) = t.actors.get_mut(actor_id) else { return };
         change(&mut entry.info);
         entry.info.epoch += 1;
+        self.persist(actor_id, entry);
         let info = entry.info.clone();
         for waiter in entry.waiters.drain(..) {
             let _ = waiter.send(info.clone());
@@ -308,6 +388,25 @@ impl ActorManager {
         for lease in leases {
             self.lease_lost(node, lease);
         }
+    }
+
+    /// A node registered again after losing the head (a GCS restart) and holds the
+    /// dedicated leases `held`: an actor whose lease there is gone lost its worker
+    /// while the head was away; the others run on as they are. Returns the leases the
+    /// node holds that no actor has (left as they are: they may be actors the table
+    /// never recorded a lease for).
+    pub fn node_reconnected(self: &Arc<Self>, node: NodeId, held: &[u64]) -> Vec<u64> {
+        let (lost, unknown) = {
+            let t = self.lock();
+            let lost: Vec<u64> =
+                t.by_lease.keys().filter(|(n, l)| *n == node && !held.contains(l)).map(|(_, l)| *l).collect();
+            let unknown = held.iter().filter(|l| !t.by_lease.contains_key(&(node, **l))).copied().collect();
+            (lost, unknown)
+        };
+        for lease in lost {
+            self.lease_lost(node, lease);
+        }
+        unknown
     }
 
     /// A leased worker exited. Its actor restarts if it may, else it is dead.
@@ -556,7 +655,7 @@ mod tests {
     #[tokio::test]
     async fn an_actor_is_alive_once_its_constructor_returns_and_keeps_only_its_running_resources() {
         let raylets = FakeRaylets::new(None);
-        let manager = ActorManager::new(raylets.clone());
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
         let (actor_id, req) = request("", 0, false);
         assert_eq!(manager.create(7, req).expect("created").state, ActorState::Pending as i32);
         let alive = reaches(&manager, &actor_id, ActorState::Alive).await;
@@ -567,7 +666,7 @@ mod tests {
     #[tokio::test]
     async fn a_constructor_that_raises_kills_the_actor_with_its_error_as_the_cause() {
         let raylets = FakeRaylets::new(Some("ValueError: no"));
-        let manager = ActorManager::new(raylets.clone());
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
         let (actor_id, req) = request("", 3, false);
         manager.create(7, req).expect("created");
         let dead = reaches(&manager, &actor_id, ActorState::Dead).await;
@@ -579,7 +678,7 @@ mod tests {
     #[tokio::test]
     async fn a_lost_worker_restarts_the_actor_while_restarts_remain() {
         let raylets = FakeRaylets::new(None);
-        let manager = ActorManager::new(raylets.clone());
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
         let (actor_id, req) = request("", 1, false);
         manager.create(7, req).expect("created");
         reaches(&manager, &actor_id, ActorState::Alive).await;
@@ -599,7 +698,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_is_held_until_its_actor_dies_and_get_if_exists_returns_the_holder() {
-        let manager = ActorManager::new(FakeRaylets::new(None));
+        let manager = ActorManager::new(FakeRaylets::new(None), Arc::new(GcsStore::in_memory()));
         let (first, req) = request("counter", 0, false);
         manager.create(7, req).expect("created");
         reaches(&manager, &first, ActorState::Alive).await;
@@ -621,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn kill_without_restart_ends_the_actor_and_its_worker() {
         let raylets = FakeRaylets::new(None);
-        let manager = ActorManager::new(raylets.clone());
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
         let (actor_id, req) = request("", -1, false);
         manager.create(7, req).expect("created");
         reaches(&manager, &actor_id, ActorState::Alive).await;
@@ -632,5 +731,91 @@ mod tests {
         // Its worker's exit, reported later, does not bring it back.
         manager.lease_lost(raylets.node, 1);
         assert_eq!(reaches(&manager, &actor_id, ActorState::Dead).await.num_restarts, 0);
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_node_keeps_the_actors_whose_leases_it_holds() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
+        let (kept, req) = request("kept", 0, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &kept, ActorState::Alive).await;
+        let (lost, req) = request("lost", 1, false);
+        manager.create(7, req).expect("created");
+        let before = reaches(&manager, &lost, ActorState::Alive).await;
+        // Leases 1 (kept) and 2 (lost) were granted; the node still holds 1 and an
+        // unknown lease 9.
+        let unknown = manager.node_reconnected(raylets.node, &[1, 9]);
+        assert_eq!(unknown, vec![9]);
+        assert_eq!(manager.get_named("ns", "kept").expect("named").state, ActorState::Alive as i32);
+        let restarted = reaches(&manager, &lost, ActorState::Alive).await;
+        assert_eq!(restarted.num_restarts, before.num_restarts + 1);
+        assert!(raylets.killed.lock().expect("fake lock").is_empty(), "nothing the node holds is killed");
+    }
+
+    #[tokio::test]
+    async fn creating_an_actor_again_under_its_id_returns_it_instead_of_a_second_one() {
+        let raylets = FakeRaylets::new(None);
+        let manager = ActorManager::new(raylets.clone(), Arc::new(GcsStore::in_memory()));
+        let (actor_id, req) = request("once", 0, false);
+        manager.create(7, req.clone()).expect("created");
+        reaches(&manager, &actor_id, ActorState::Alive).await;
+        let again = manager.create(7, req).expect("the same request resent");
+        assert_eq!(again.state, ActorState::Alive as i32);
+        assert_eq!(manager.list().len(), 1);
+        assert_eq!(*raylets.leases.lock().expect("fake lock"), 1);
+    }
+
+    /// An actor's info, node, whether it waits for its arguments, and its lease.
+    type ActorView = (ActorInfo, Option<NodeId>, bool, Option<(NodeId, u64)>);
+
+    /// What a restarted head must get back of each actor, comparable.
+    fn stored_view(manager: &ActorManager) -> Vec<ActorView> {
+        let t = manager.lock();
+        let mut view: Vec<_> = t.actors.values().map(|e| (e.info.clone(), e.node, e.args_pending, e.lease)).collect();
+        view.sort_by_key(|(info, ..)| info.actor_id.clone());
+        view
+    }
+
+    #[tokio::test]
+    async fn actors_come_back_from_the_store_as_they_were_and_resume() {
+        use crate::store::{MemoryStorage, OpenedStore};
+        let memory = MemoryStorage::default();
+        let raylets = FakeRaylets::new(None);
+        let opened = OpenedStore::open(Box::new(memory.clone())).expect("opens");
+        let manager = ActorManager::new(raylets.clone(), Arc::new(opened.store));
+        let (alive, req) = request("counter", 2, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &alive, ActorState::Alive).await;
+        manager.lease_lost(raylets.node, 1);
+        reaches(&manager, &alive, ActorState::Alive).await;
+        let (dead, req) = request("gone", 0, false);
+        manager.create(7, req).expect("created");
+        reaches(&manager, &dead, ActorState::Alive).await;
+        manager.kill(&dead, true, "");
+        let (waiting, mut req) = request("waiting", 0, false);
+        req.args_pending = true;
+        manager.create(7, req).expect("created");
+        manager.store.durable().await;
+        let before = stored_view(&manager);
+
+        let opened = OpenedStore::open(Box::new(memory)).expect("reopens");
+        assert!(!opened.fresh);
+        let again = ActorManager::new(raylets.clone(), Arc::new(opened.store));
+        again.restore(opened.restored.actors);
+        assert_eq!(stored_view(&again), before);
+        // Names of live actors are held again; the dead one's is free.
+        assert_eq!(again.get_named("ns", "counter").map(|i| i.actor_id), Some(alive.to_vec().into()));
+        assert!(again.get_named("ns", "gone").is_none());
+        // The restored manager goes on: its lease is known, restarts are counted on.
+        again.lease_lost(raylets.node, 2);
+        assert_eq!(reaches(&again, &alive, ActorState::Alive).await.num_restarts, 2);
+        // An actor waiting for its arguments is placed once they are ready.
+        let spec = again.lock().actors.get(&waiting).map(|e| e.spec.clone()).expect("restored");
+        again.args_ready(spec).expect("accepted");
+        reaches(&again, &waiting, ActorState::Alive).await;
+        // Its owner's connection was to the previous head: no connection's close ends it.
+        again.owner_disconnected(7);
+        assert_eq!(again.get_named("ns", "counter").map(|i| i.state), Some(ActorState::Alive as i32));
     }
 }

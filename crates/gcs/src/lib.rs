@@ -8,6 +8,7 @@ pub mod bundle_policy;
 pub mod client;
 pub mod placement_group_manager;
 pub mod server;
+pub mod store;
 pub mod task_table;
 pub mod timeline;
 
@@ -15,10 +16,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use parking_lot::Mutex;
+use prost::Message as _;
 use rtd_common::proto::{JobInfo, NodeInfo, ResourceMap, WorkerInfo};
 use rtd_common::{JobId, NodeId};
+
+use crate::store::records::{Restored, NEXT_JOB_KEY};
+use crate::store::{GcsStore, Table};
 
 /// What a node reports about its resources in a heartbeat.
 #[derive(Default)]
@@ -28,8 +35,11 @@ pub struct NodeUsage {
     pub pending_demands: Vec<ResourceMap>,
 }
 
-#[derive(Default)]
+/// The GCS's tables. Every change to what a restarted head must remember (KV, jobs
+/// and the job counter, nodes) is written through to `store`; heartbeats' resource
+/// figures and the worker table are not (they are reported again).
 pub struct Gcs {
+    store: Arc<GcsStore>,
     kv: Mutex<HashMap<String, Bytes>>,
     nodes: Mutex<Vec<NodeInfo>>,
     /// When each node last reported (heartbeat).
@@ -55,13 +65,65 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+impl Default for Gcs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Gcs {
+    /// Empty tables, kept in memory only.
     pub fn new() -> Self {
-        Self { next_job: AtomicU32::new(1), ..Default::default() }
+        Self::with_store(Arc::new(GcsStore::in_memory()))
+    }
+
+    /// Empty tables written through to `store`.
+    pub fn with_store(store: Arc<GcsStore>) -> Self {
+        Self {
+            store,
+            kv: Mutex::default(),
+            nodes: Mutex::default(),
+            last_seen: Mutex::default(),
+            next_job: AtomicU32::new(1),
+            jobs: Mutex::default(),
+            workers: Mutex::default(),
+        }
+    }
+
+    /// Puts back what a store held: KV, jobs, the job counter and nodes. Nodes that
+    /// were alive count as heard from now, so the usual timeout declares them dead if
+    /// they do not report again.
+    pub fn restore(&self, restored: &Restored) {
+        self.kv.lock().extend(restored.kv.iter().cloned());
+        *self.jobs.lock() = restored.jobs.clone();
+        if let Some(next) = restored.next_job {
+            self.next_job.store(next, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let mut last_seen = self.last_seen.lock();
+        for node in restored.nodes.iter().filter(|n| n.alive) {
+            last_seen.insert(node.node_id.to_vec(), now);
+        }
+        *self.nodes.lock() = restored.nodes.clone();
+    }
+
+    /// The store the tables are written through to.
+    pub fn store(&self) -> &Arc<GcsStore> {
+        &self.store
+    }
+
+    fn store_job(&self, job: &JobInfo) {
+        self.store.put(Table::Jobs, job.job_id.to_vec(), job.encode_to_vec());
+    }
+
+    fn store_node(&self, node: &NodeInfo) {
+        self.store.put(Table::Nodes, node.node_id.to_vec(), node.encode_to_vec());
     }
 
     pub fn kv_put(&self, key: String, value: Bytes) {
-        self.kv.lock().insert(key, value);
+        let mut kv = self.kv.lock();
+        self.store.put(Table::Kv, key.as_bytes(), value.to_vec());
+        kv.insert(key, value);
     }
 
     pub fn kv_get(&self, key: &str) -> Option<Bytes> {
@@ -69,14 +131,21 @@ impl Gcs {
     }
 
     /// Jobs are numbered in the order drivers connect, as in Ray.
+    /// The counter is stored, so a restarted head never hands out an id again.
     pub fn next_job_id(&self) -> JobId {
-        JobId(self.next_job.fetch_add(1, Ordering::Relaxed).to_be_bytes())
+        // Under the jobs lock, so the stored counter only ever grows.
+        let _jobs = self.jobs.lock();
+        let id = self.next_job.fetch_add(1, Ordering::Relaxed);
+        self.store.put(Table::Meta, NEXT_JOB_KEY, id.wrapping_add(1).to_be_bytes().to_vec());
+        JobId(id.to_be_bytes())
     }
 
     /// Records a driver's job as started now.
     pub fn add_job(&self, mut job: JobInfo) {
         job.start_time_ms = now_ms();
-        self.jobs.lock().push(job);
+        let mut jobs = self.jobs.lock();
+        self.store_job(&job);
+        jobs.push(job);
     }
 
     /// The job's driver is gone.
@@ -84,6 +153,17 @@ impl Gcs {
         if let Some(job) = self.jobs.lock().iter_mut().find(|j| j.job_id.as_ref() == job_id && !j.is_dead) {
             job.is_dead = true;
             job.end_time_ms = now_ms();
+            self.store_job(job);
+        }
+    }
+
+    /// A node died: the jobs whose driver was connected there are finished (as Ray's
+    /// job manager does on a node's death), since the driver's link went with it.
+    pub fn finish_jobs_of_node(&self, node: &NodeId) {
+        for job in self.jobs.lock().iter_mut().filter(|j| !j.is_dead && j.driver_node_id.as_ref() == node.as_bytes()) {
+            job.is_dead = true;
+            job.end_time_ms = now_ms();
+            self.store_job(job);
         }
     }
 
@@ -124,12 +204,16 @@ impl Gcs {
         self.workers.lock().by_id.values().cloned().collect()
     }
 
+    /// Adds a node, or updates one that registers again (keeping when it started).
     pub fn register_node(&self, mut node: NodeInfo) {
-        node.start_time_ms = now_ms();
+        let started = self
+            .with_nodes(|nodes| nodes.iter().find(|n| n.node_id == node.node_id && n.alive).map(|n| n.start_time_ms));
+        node.start_time_ms = started.filter(|t| *t > 0).unwrap_or_else(now_ms);
         node.end_time_ms = 0;
         self.last_seen.lock().insert(node.node_id.to_vec(), Instant::now());
         let mut nodes = self.nodes.lock();
         nodes.retain(|n| n.node_id != node.node_id);
+        self.store_node(&node);
         nodes.push(node);
     }
 
@@ -148,6 +232,11 @@ impl Gcs {
         true
     }
 
+    /// Whether the GCS declared this node dead (it must not come back under its id).
+    pub fn declared_dead(&self, node_id: &NodeId) -> bool {
+        self.nodes.lock().iter().any(|n| n.node_id.as_ref() == node_id.as_bytes() && !n.alive)
+    }
+
     /// Marks a node dead; true if it was alive.
     pub fn mark_dead(&self, node_id: &NodeId) -> bool {
         let mut nodes = self.nodes.lock();
@@ -155,6 +244,7 @@ impl Gcs {
             Some(node) => {
                 node.alive = false;
                 node.end_time_ms = now_ms();
+                self.store_node(node);
                 true
             }
             None => false,
@@ -226,6 +316,23 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_nodes_jobs_finish_and_others_run_on() {
+        let gcs = Gcs::new();
+        let (dead, alive) = (NodeId::random(), NodeId::random());
+        for node in [dead, alive] {
+            let id = gcs.next_job_id();
+            gcs.add_job(JobInfo {
+                job_id: id.to_vec().into(),
+                driver_node_id: node.to_vec().into(),
+                ..Default::default()
+            });
+        }
+        gcs.finish_jobs_of_node(&dead);
+        let finished: Vec<bool> = gcs.jobs().iter().map(|j| j.is_dead && j.end_time_ms > 0).collect();
+        assert_eq!(finished, vec![true, false]);
+    }
+
+    #[test]
     fn kv_round_trips_and_nodes_reregister() {
         let gcs = Gcs::new();
         gcs.kv_put("fn:1".into(), Bytes::from_static(b"code"));
@@ -244,5 +351,64 @@ mod tests {
         assert!(gcs.mark_dead(&id));
         assert!(gcs.nodes()[0].end_time_ms >= gcs.nodes()[0].start_time_ms);
         assert!(!gcs.report(&id.to_vec(), NodeUsage::default()));
+    }
+
+    #[test]
+    fn a_node_registering_again_keeps_its_start_and_a_dead_one_is_known_as_dead() {
+        let gcs = Gcs::new();
+        let id = NodeId::random();
+        let node = NodeInfo { node_id: id.to_vec().into(), alive: true, ..Default::default() };
+        gcs.register_node(node.clone());
+        let started = gcs.nodes()[0].start_time_ms;
+        std::thread::sleep(Duration::from_millis(2));
+        gcs.register_node(node);
+        assert_eq!(gcs.nodes()[0].start_time_ms, started);
+        assert!(!gcs.declared_dead(&id) && !gcs.declared_dead(&NodeId::random()));
+        gcs.mark_dead(&id);
+        assert!(gcs.declared_dead(&id));
+    }
+
+    #[test]
+    fn the_tables_come_back_from_an_embedded_store_reopened_on_the_same_file() {
+        use crate::store::{EmbeddedStorage, OpenedStore};
+        let dir = std::env::temp_dir().join(format!("rtd-gcs-tables-{}", std::process::id()));
+        let path = dir.join("gcs.sqlite");
+        let _ = std::fs::remove_dir_all(&dir);
+        let open = || OpenedStore::open(Box::new(EmbeddedStorage::open(&path).expect("opens"))).expect("reads");
+
+        let first = open();
+        assert!(first.fresh);
+        let gcs = Gcs::with_store(Arc::new(first.store));
+        gcs.kv_put("fn:1".into(), Bytes::from_static(b"code"));
+        let job = gcs.next_job_id();
+        gcs.add_job(JobInfo { job_id: job.to_vec().into(), driver_pid: 9, ..Default::default() });
+        let finished = gcs.next_job_id();
+        gcs.add_job(JobInfo { job_id: finished.to_vec().into(), driver_pid: 10, ..Default::default() });
+        gcs.job_finished(&finished.to_vec());
+        let (alive, dead) = (NodeId::random(), NodeId::random());
+        for id in [alive, dead] {
+            gcs.register_node(NodeInfo { node_id: id.to_vec().into(), alive: true, ..Default::default() });
+        }
+        gcs.mark_dead(&dead);
+        let (kv, jobs, nodes) = (gcs.kv.lock().clone(), gcs.jobs(), gcs.nodes());
+        drop(gcs); // commits and closes the file, as a killed head leaves it
+
+        let second = open();
+        assert!(!second.fresh);
+        let again = Gcs::with_store(Arc::new(second.store));
+        again.restore(&second.restored);
+        assert_eq!(*again.kv.lock(), kv);
+        assert_eq!(again.jobs(), jobs);
+        let mut restored_nodes = again.nodes();
+        restored_nodes.sort_by_key(|n| n.node_id.clone());
+        let mut nodes = nodes;
+        nodes.sort_by_key(|n| n.node_id.clone());
+        assert_eq!(restored_nodes, nodes);
+        // The counter goes on, and the node that was alive counts as just heard from.
+        assert_eq!(again.next_job_id().hex(), "00000003");
+        assert!(again.silent_nodes(Duration::from_secs(60), &NodeId::nil()).is_empty());
+        assert_eq!(again.silent_nodes(Duration::ZERO, &NodeId::nil()), vec![alive]);
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,6 +10,10 @@
 //! Removing a group returns its resources and stops the work running in it (the
 //! raylet kills those workers; the actor manager ends the group's actors).
 //! Non-detached groups are removed with the connection of the process that made them.
+//!
+//! Every change to a group (its state, where its bundles are) is written through to
+//! the GCS's store, and a restarted head puts the groups back with
+//! [`PlacementGroupManager::restore`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,12 +21,16 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prost::Message as _;
 use rtd_common::proto::{CreatePlacementGroup, PlacementGroupInfo, PlacementGroupState};
 use rtd_common::scheduling::NodeView;
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
 
+use crate::actor_manager::RESTORED_OWNER;
 use crate::bundle_policy::{place_bundles, BundleStrategy};
+use crate::store::records::RestoredGroup;
+use crate::store::{GcsStore, Table};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -59,6 +67,7 @@ struct GroupEntry {
 pub struct PlacementGroupManager {
     groups: Mutex<HashMap<PlacementGroupId, GroupEntry>>,
     reserver: Arc<dyn BundleReserver>,
+    store: Arc<GcsStore>,
 }
 
 const RETRY_PENDING: Duration = Duration::from_millis(100);
@@ -68,8 +77,8 @@ fn waiting_for_placement(info: &PlacementGroupInfo) -> bool {
 }
 
 impl PlacementGroupManager {
-    pub fn new(reserver: Arc<dyn BundleReserver>) -> Arc<Self> {
-        let manager = Arc::new(Self { groups: Mutex::new(HashMap::new()), reserver });
+    pub fn new(reserver: Arc<dyn BundleReserver>, store: Arc<GcsStore>) -> Arc<Self> {
+        let manager = Arc::new(Self { groups: Mutex::new(HashMap::new()), reserver, store });
         // Pending groups are retried as resources free up.
         let weak = Arc::downgrade(&manager);
         tokio::spawn(async move {
@@ -84,6 +93,31 @@ impl PlacementGroupManager {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<PlacementGroupId, GroupEntry>> {
         self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the group to the store; called under the groups' lock, so the store sees
+    /// a group's changes in the order they were made.
+    fn persist(&self, info: &PlacementGroupInfo) {
+        self.store.put(Table::PlacementGroups, info.pg_id.to_vec(), info.encode_to_vec());
+    }
+
+    /// Puts back the groups a restarted head's store held, as they were: created ones
+    /// keep their bundles' nodes, pending ones are placed by the usual retries. The
+    /// caller declares the previous head dead, which places again the groups that had
+    /// a bundle there.
+    pub fn restore(&self, groups: Vec<RestoredGroup>) {
+        let mut held = self.lock();
+        for group in groups {
+            let bundles = group.info.bundles.iter().map(|b| ResourceSet::from_fixed_map(&b.resources)).collect();
+            let entry = GroupEntry {
+                info: group.info,
+                strategy: group.strategy,
+                bundles,
+                owner: RESTORED_OWNER,
+                waiters: Vec::new(),
+            };
+            held.insert(group.id, entry);
+        }
     }
 
     pub async fn create(
@@ -102,6 +136,10 @@ impl PlacementGroupManager {
         }
         {
             let mut groups = self.lock();
+            // Known already: the same request again (resent after a head restart).
+            if let Some(existing) = groups.get(&id) {
+                return Ok(existing.info.clone());
+            }
             if !req.name.is_empty()
                 && groups
                     .values()
@@ -119,6 +157,7 @@ impl PlacementGroupManager {
                 detached: req.detached,
                 creator_job_id: req.creator_job_id,
             };
+            self.persist(&info);
             groups.insert(id, GroupEntry { info, strategy, bundles, owner, waiters: Vec::new() });
         }
         self.try_place(id).await;
@@ -174,6 +213,7 @@ impl PlacementGroupManager {
         if let Some(g) = groups.get_mut(&id) {
             g.info.state = PlacementGroupState::PgCreated as i32;
             g.info.bundle_nodes = placement.iter().map(|n| n.to_vec().into()).collect();
+            self.persist(&g.info);
             let info = g.info.clone();
             for w in g.waiters.drain(..) {
                 let _ = w.send(info.clone());
@@ -204,6 +244,7 @@ impl PlacementGroupManager {
             }
             g.info.state = PlacementGroupState::PgRemoved as i32;
             let nodes = std::mem::take(&mut g.info.bundle_nodes);
+            self.persist(&g.info);
             for w in g.waiters.drain(..) {
                 let _ = w.send(g.info.clone());
             }
@@ -260,30 +301,77 @@ impl PlacementGroupManager {
     /// placed again (RESCHEDULING) before new groups. Returns their ids; the caller
     /// ends the actors placed in them.
     pub async fn node_dead(&self, node: NodeId) -> Vec<PlacementGroupId> {
-        let hit: Vec<(PlacementGroupId, Vec<Vec<u8>>)> = {
+        let hit: Vec<PlacementGroupId> = self
+            .lock()
+            .iter()
+            .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
+            .map(|(id, _)| *id)
+            .collect();
+        self.place_again(&hit, Some(node)).await;
+        hit
+    }
+
+    /// A node registered again after losing the head (a GCS restart) and holds the
+    /// committed bundles `held`. A group with a bundle there that the node no longer
+    /// holds lost that reservation while the head was away and is placed again (as if
+    /// the node had died for it); a bundle the node holds that no group placed there
+    /// has (its group is unknown or removed) is released. Returns the groups placed
+    /// again.
+    pub async fn node_reconnected(&self, node: NodeId, held: &[(PlacementGroupId, u32)]) -> Vec<PlacementGroupId> {
+        let placed_here = |g: &GroupEntry, index: u32| {
+            g.info.state != PlacementGroupState::PgRemoved as i32
+                && g.info.bundle_nodes.get(index as usize).is_some_and(|n| n.as_ref() == node.as_bytes())
+        };
+        let (lost, stray): (Vec<PlacementGroupId>, Vec<(PlacementGroupId, u32)>) = {
+            let groups = self.lock();
+            let lost = groups
+                .iter()
+                .filter(|(id, g)| {
+                    (0..g.info.bundle_nodes.len() as u32).any(|i| placed_here(g, i) && !held.contains(&(**id, i)))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            let stray =
+                held.iter().filter(|(id, i)| !groups.get(id).is_some_and(|g| placed_here(g, *i))).copied().collect();
+            (lost, stray)
+        };
+        for (id, index) in stray {
+            tracing::warn!(
+                "node {node} holds bundle {index} of placement group {id}, which is not placed there; releasing it"
+            );
+            self.reserver.release(node, id, index).await;
+        }
+        self.place_again(&lost, None).await;
+        lost
+    }
+
+    /// Releases the bundles of `hit` (except those on `dead`, which are gone with it)
+    /// and places those groups again.
+    async fn place_again(&self, hit: &[PlacementGroupId], dead: Option<NodeId>) {
+        let placed: Vec<(PlacementGroupId, Vec<Vec<u8>>)> = {
             let mut groups = self.lock();
-            groups
-                .iter_mut()
-                .filter(|(_, g)| g.info.bundle_nodes.iter().any(|n| n.as_ref() == node.as_bytes()))
-                .map(|(id, g)| {
+            hit.iter()
+                .filter_map(|id| {
+                    let g = groups.get_mut(id)?;
                     g.info.state = PlacementGroupState::PgRescheduling as i32;
-                    (*id, std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect())
+                    let nodes = std::mem::take(&mut g.info.bundle_nodes).into_iter().map(|b| b.to_vec()).collect();
+                    self.persist(&g.info);
+                    Some((*id, nodes))
                 })
                 .collect()
         };
-        for (id, nodes) in &hit {
+        for (id, nodes) in &placed {
             for (index, at) in nodes.iter().enumerate() {
                 if let Ok(at) = NodeId::from_bytes(at) {
-                    if at != node {
+                    if Some(at) != dead {
                         self.reserver.release(at, *id, index as u32).await;
                     }
                 }
             }
         }
-        for (id, _) in &hit {
+        for (id, _) in &placed {
             self.try_place(*id).await;
         }
-        hit.into_iter().map(|(id, _)| id).collect()
     }
 }
 
@@ -395,7 +483,7 @@ mod tests {
     #[tokio::test]
     async fn placing_a_group_reads_only_the_resources_its_bundles_ask_for() {
         let reserver = FakeReserver::new(&[100.0]);
-        let manager = PlacementGroupManager::new(reserver.clone());
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(GcsStore::in_memory()));
         for id in 0..50 {
             let info = manager.create(1, request(id, "PACK", &[0.5, 0.5])).await.expect("valid group");
             assert!(created(&info));
@@ -409,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_id_of_the_wrong_length_is_invalid_and_reserves_nothing() {
         let reserver = FakeReserver::new(&[4.0]);
-        let manager = PlacementGroupManager::new(reserver.clone());
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(GcsStore::in_memory()));
         let mut req = request(1, "PACK", &[1.0]);
         req.pg_id = vec![1; 17].into();
         let err = manager.create(1, req).await.expect_err("17 bytes is not a placement group id");
@@ -423,7 +511,7 @@ mod tests {
         // STRICT_SPREAD over two nodes, the second too small: the first bundle fits alone
         // but all or nothing means it is not held.
         let reserver = FakeReserver::new(&[2.0, 0.5]);
-        let manager = PlacementGroupManager::new(reserver.clone());
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(GcsStore::in_memory()));
         let info = manager.create(1, request(1, "STRICT_SPREAD", &[1.0, 1.0])).await.expect("valid group");
         assert!(!created(&info));
         assert!(info.bundle_nodes.is_empty());
@@ -437,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_group_is_created_when_room_frees_and_its_waiters_hear_it() {
         let reserver = FakeReserver::new(&[2.0]);
-        let manager = PlacementGroupManager::new(reserver.clone());
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(GcsStore::in_memory()));
         assert!(created(&manager.create(1, request(1, "PACK", &[2.0])).await.expect("valid group")));
         assert!(!created(&manager.create(1, request(2, "PACK", &[1.0])).await.expect("valid group")));
         let waiters: Vec<_> = (0..3).map(|_| manager.wait(PlacementGroupId([2; 18])).expect("known group")).collect();
@@ -450,5 +538,57 @@ mod tests {
             assert!(created(&info));
         }
         assert_eq!(reserver.committed(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reconnecting_node_keeps_the_bundles_it_holds_and_loses_the_ones_it_does_not() {
+        let reserver = FakeReserver::new(&[4.0]);
+        let node = reserver.nodes[0];
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(GcsStore::in_memory()));
+        let (kept, lost) = (PlacementGroupId([1; 18]), PlacementGroupId([2; 18]));
+        assert!(created(&manager.create(1, request(1, "PACK", &[1.0])).await.expect("valid group")));
+        assert!(created(&manager.create(1, request(2, "PACK", &[1.0])).await.expect("valid group")));
+        // The node holds group 1's bundle, lost group 2's (its raylet restarted it), and
+        // holds a bundle of a group the GCS never heard of.
+        reserver.held.lock().unwrap().remove(&(node, lost, 0));
+        let stray = PlacementGroupId([9; 18]);
+        reserver.held.lock().unwrap().insert((node, stray, 0), (cpus(1.0), true));
+        let placed_again = manager.node_reconnected(node, &[(kept, 0), (stray, 0)]).await;
+        assert_eq!(placed_again, vec![lost]);
+        let held = reserver.held.lock().unwrap().clone();
+        assert!(held.contains_key(&(node, kept, 0)), "the held bundle stays");
+        assert!(held.contains_key(&(node, lost, 0)), "the lost bundle is reserved again");
+        assert!(!held.contains_key(&(node, stray, 0)), "the stray bundle is released");
+        assert!(manager.list().iter().all(created));
+    }
+
+    fn sorted(mut groups: Vec<PlacementGroupInfo>) -> Vec<PlacementGroupInfo> {
+        groups.sort_by_key(|g| g.pg_id.clone());
+        groups
+    }
+
+    #[tokio::test]
+    async fn groups_come_back_from_the_store_with_their_bundles_nodes() {
+        use crate::store::{MemoryStorage, OpenedStore};
+        let memory = MemoryStorage::default();
+        let reserver = FakeReserver::new(&[2.0, 2.0]);
+        let opened = OpenedStore::open(Box::new(memory.clone())).expect("opens");
+        let manager = PlacementGroupManager::new(reserver.clone(), Arc::new(opened.store));
+        assert!(created(&manager.create(1, request(1, "STRICT_SPREAD", &[1.0, 1.0])).await.expect("valid")));
+        assert!(!created(&manager.create(1, request(2, "PACK", &[8.0])).await.expect("valid")));
+        manager.create(1, request(3, "PACK", &[1.0])).await.expect("valid");
+        manager.remove(PlacementGroupId([3; 18])).await.expect("known");
+        manager.store.durable().await;
+        let before = sorted(manager.list());
+
+        let opened = OpenedStore::open(Box::new(memory)).expect("reopens");
+        let again = PlacementGroupManager::new(reserver.clone(), Arc::new(opened.store));
+        again.restore(opened.restored.groups);
+        assert_eq!(sorted(again.list()), before);
+        // A node's death places its groups again, as before the restart.
+        assert_eq!(again.node_dead(reserver.nodes[0]).await, vec![PlacementGroupId([1; 18])]);
+        assert!(created(&again.get(Some(PlacementGroupId([1; 18])), "").expect("known")));
+        // Its owner's connection was to the previous head: closing connection 1 keeps it.
+        assert!(again.owner_disconnected(1).await.is_empty());
     }
 }

@@ -4,6 +4,10 @@
 //! join with `RegisterNode` and keep reporting their free resources; one that stops
 //! (its connection closes or its reports stop for `RTD_NODE_TIMEOUT_MS`) is declared
 //! dead, its actors restart elsewhere and its placement-group bundles are placed again.
+//!
+//! The tables are written through to a store (`crate::store`) and read back when the
+//! head starts again after a crash; a request is answered only once what it changed
+//! is durable there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -15,8 +19,8 @@ use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
     request_lease_reply::Result as LeaseResult, Ack, AddJob, AddJobReply, CommitBundle, ErrorCode, ErrorReply,
     GetNodesReply, GetTimelineReply, JobInfo, KillLeasedWorker, KvGetReply, ListActorsReply, ListPlacementGroupsReply,
-    NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, ReleaseBundle, RequestLease,
-    RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
+    NodeInfo, PlacementGroupInfo, PlacementGroupRemoved, PrepareBundle, PushTask, RegisterNode, ReleaseBundle,
+    RequestLease, RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::proto::{ActorState, PlacementGroupState};
 use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
@@ -26,6 +30,8 @@ use tokio::sync::oneshot;
 
 use crate::actor_manager::{ActorManager, ActorRecord, CreationFuture, LeaseError, LeaseFuture, WorkerLeaser};
 use crate::placement_group_manager::{BoxFuture, BundleReserver, PlacementGroupManager};
+use crate::store::records::Restored;
+use crate::store::OpenedStore;
 use crate::task_table::{TaskStateCount, TaskTable};
 use crate::timeline::chrome_trace;
 use crate::{Gcs, NodeUsage};
@@ -255,17 +261,30 @@ fn node_timeout() -> Duration {
     Duration::from_millis(std::env::var("RTD_NODE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000))
 }
 
+/// The KV key holding the cluster's id: the session name of the head's first start,
+/// kept across restarts of the head (Ray's `session_name`).
+pub const CLUSTER_ID_KEY: &str = "session_name";
+
 impl GcsServer {
-    /// Starts the GCS for the head node `own` (already registered in the tables).
-    pub fn start(own: NodeInfo, raylet: Arc<dyn LocalRaylet>, peers: Arc<ConnectionCache>) -> Arc<Self> {
+    /// Starts the GCS for the head node `own` over `opened`: a fresh cluster named
+    /// `session_name` if the store was empty, else the cluster the store holds (see
+    /// [`GcsServer::restore`]).
+    pub fn start(
+        own: NodeInfo,
+        raylet: Arc<dyn LocalRaylet>,
+        peers: Arc<ConnectionCache>,
+        opened: OpenedStore,
+        session_name: &str,
+    ) -> Arc<Self> {
+        let OpenedStore { store, restored, fresh } = opened;
+        let store = Arc::new(store);
         let node_id = raylet.node_id();
-        let tables = Arc::new(Gcs::new());
-        tables.register_node(own);
+        let tables = Arc::new(Gcs::with_store(store.clone()));
         let raylets = Arc::new(Raylets { local_id: node_id, local: raylet.clone(), tables: tables.clone(), peers });
-        let actors = ActorManager::new(raylets.clone());
+        let actors = ActorManager::new(raylets.clone(), store.clone());
         let hook_actors = actors.clone();
         raylet.set_lease_lost_hook(Box::new(move |lease_id| hook_actors.lease_lost(node_id, lease_id)));
-        let groups = PlacementGroupManager::new(raylets);
+        let groups = PlacementGroupManager::new(raylets, store);
         let server = Arc::new(Self {
             node_id,
             raylet,
@@ -275,6 +294,13 @@ impl GcsServer {
             node_conns: Mutex::new(HashMap::new()),
             task_table: TaskTable::default(),
         });
+        server.restore(restored);
+        server.tables.register_node(own);
+        if fresh {
+            server.tables.kv_put(CLUSTER_ID_KEY.into(), Bytes::copy_from_slice(session_name.as_bytes()));
+        } else {
+            tracing::info!("the GCS resumed the cluster held in {}", server.tables.store().describe());
+        }
         // Keep the head's raylet's view of the cluster fresh, publish the head's own
         // free resources, and declare silent nodes dead.
         let weak = Arc::downgrade(&server);
@@ -293,10 +319,40 @@ impl GcsServer {
         server
     }
 
+    /// Puts back what a restarted head's store held: the tables, then the actors and
+    /// placement groups. The previous head node is declared dead at once: its process
+    /// tree, with its workers and bundles, went with it.
+    fn restore(&self, restored: Restored) {
+        self.tables.restore(&restored);
+        self.actors.restore(restored.actors);
+        self.groups.restore(restored.groups);
+        let previous_heads: Vec<NodeId> = restored
+            .nodes
+            .iter()
+            .filter(|n| n.is_head && n.alive)
+            .filter_map(|n| NodeId::from_bytes(&n.node_id).ok())
+            .collect();
+        for node in previous_heads {
+            tracing::warn!("node {node} was the previous head; marking it dead");
+            self.node_dead(node);
+        }
+    }
+
+    /// The cluster's id (the session name of the head's first start).
+    pub fn cluster_id(&self) -> String {
+        self.tables.kv_get(CLUSTER_ID_KEY).map(|id| String::from_utf8_lossy(&id).into_owned()).unwrap_or_default()
+    }
+
+    /// Resolves once every change made so far is durable in the store.
+    pub fn durable(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.tables.store().durable()
+    }
+
     fn node_dead(&self, node: NodeId) {
         if !self.tables.mark_dead(&node) {
             return;
         }
+        self.tables.finish_jobs_of_node(&node);
         self.raylet.set_cluster(&self.tables.nodes());
         self.actors.node_dead(node);
         let groups = self.groups.clone();
@@ -406,8 +462,32 @@ impl GcsServer {
         self.tables.kv_put(key.to_string(), value);
     }
 
-    /// Answers a GCS request from the connection `conn`.
+    /// Answers a GCS request from the connection `conn`, once what it changed is
+    /// durable in the store (group commit: waiting requests share one transaction).
     pub fn handle(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
+        let store = self.tables.store();
+        match self.answer(conn, request) {
+            Reply::Now(body) if store.has_uncommitted() => {
+                let durable = store.durable();
+                Reply::Later(Box::pin(async move {
+                    durable.await;
+                    body
+                }))
+            }
+            Reply::Later(answer) => {
+                let store = store.clone();
+                Reply::Later(Box::pin(async move {
+                    let body = answer.await;
+                    store.durable().await;
+                    body
+                }))
+            }
+            reply => reply,
+        }
+    }
+
+    /// The answer to a request, as the tables have it now.
+    fn answer(self: &Arc<Self>, conn: ConnId, request: GcsRequest) -> Reply {
         match request {
             GcsRequest::AddJob(job) => now(GcsReply::AddJobReply(AddJobReply { job_id: self.add_job(conn, job) })),
             GcsRequest::MarkJobFinished(done) => {
@@ -437,20 +517,7 @@ impl GcsServer {
                 trace_json: serde_json::Value::Array(self.timeline()).to_string(),
             })),
             GcsRequest::GetNodes(_) => now(self.cluster_view()),
-            GcsRequest::RegisterNode(reg) => {
-                let Some(node) = reg.node else {
-                    return Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node"));
-                };
-                if let Ok(id) = NodeId::from_bytes(&node.node_id) {
-                    self.node_conns.lock().unwrap_or_else(|p| p.into_inner()).insert(conn, id);
-                    tracing::info!("node {id} joined at {}", node.raylet_address);
-                }
-                self.tables.register_node(node);
-                // The head's raylet can send work there right away, and the new node
-                // learns the cluster before its first heartbeat.
-                self.raylet.set_cluster(&self.tables.nodes());
-                now(self.cluster_view())
-            }
+            GcsRequest::RegisterNode(reg) => self.register_node(conn, reg),
             GcsRequest::ReportResources(report) => {
                 let usage = NodeUsage {
                     total: report.total.unwrap_or_default(),
@@ -569,6 +636,65 @@ impl GcsServer {
         }
     }
 
+    /// A node joins over `conn`, or one that lost its head registers again under the
+    /// same id (`reconnecting`) once it reaches this GCS (restarted, or the same one
+    /// over a new connection). Either way it is taken as it is, not as a new node
+    /// that holds nothing: the actors and placement-group bundles the tables place
+    /// there stay, checked against what the node says it holds. Only a node this GCS
+    /// declared dead is refused: it must not come back under the same id.
+    fn register_node(self: &Arc<Self>, conn: ConnId, mut reg: RegisterNode) -> Reply {
+        let Some(node) = reg.node.take() else {
+            return Reply::Now(error_body(ErrorCode::Invalid, "RegisterNode without a node"));
+        };
+        let id = match NodeId::from_bytes(&node.node_id) {
+            Ok(id) => id,
+            Err(e) => return Reply::Now(error_body(ErrorCode::Invalid, format!("RegisterNode: {e}"))),
+        };
+        if self.tables.declared_dead(&id) {
+            return Reply::Now(error_body(
+                ErrorCode::Invalid,
+                format!("node {id} was declared dead and cannot rejoin under the same id; start it again to join as a new node"),
+            ));
+        }
+        {
+            // A connection it used before is not this node's any more: its close must
+            // not declare the node dead.
+            let mut conns = self.node_conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.retain(|_, n| *n != id);
+            conns.insert(conn, id);
+        }
+        let verb = if reg.reconnecting { "registered again" } else { "joined" };
+        tracing::info!("node {id} {verb} at {}", node.raylet_address);
+        self.tables.register_node(node);
+        if reg.reconnecting {
+            self.node_reconnected(id, reg);
+        }
+        // The head's raylet can send work there right away, and the node learns the
+        // cluster before its first heartbeat.
+        self.raylet.set_cluster(&self.tables.nodes());
+        now(self.cluster_view())
+    }
+
+    /// Brings the tables in line with what a node that registers again holds: its
+    /// workers and drivers, its actors' leases and its committed bundles.
+    fn node_reconnected(self: &Arc<Self>, node: NodeId, reg: RegisterNode) {
+        for worker in reg.workers {
+            self.tables.report_worker(worker);
+        }
+        let unknown = self.actors.node_reconnected(node, &reg.actor_leases);
+        if !unknown.is_empty() {
+            tracing::warn!("node {node} holds actor leases {unknown:?} that no actor in the table has");
+        }
+        let held: Vec<(PlacementGroupId, u32)> =
+            reg.bundles.iter().filter_map(|b| Some((PlacementGroupId::from_bytes(&b.pg_id).ok()?, b.index))).collect();
+        let groups = self.groups.clone();
+        tokio::spawn(async move {
+            for group in groups.node_reconnected(node, &held).await {
+                tracing::warn!("placement group {group} lost a bundle on node {node} while the head was away");
+            }
+        });
+    }
+
     /// A client or node connection closed: what it owned goes with it.
     pub fn disconnected(self: &Arc<Self>, conn: ConnId) {
         self.actors.owner_disconnected(conn);
@@ -585,7 +711,10 @@ impl GcsServer {
         }
     }
 
+    /// The head stops cleanly: the cluster ends, and the store is cleared so the next
+    /// start is a fresh cluster. Blocks until the store has done so.
     pub fn shutdown(&self) {
         self.actors.shutdown();
+        self.tables.store().end_cluster();
     }
 }

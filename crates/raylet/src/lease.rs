@@ -904,6 +904,24 @@ impl Raylet {
         stats
     }
 
+    /// The ids of the dedicated (actor) leases the GCS holds here, which a node that
+    /// registers again after losing its head reports.
+    pub fn actor_leases(&self) -> Vec<u64> {
+        let state = self.lock();
+        let mut ids: Vec<u64> = state.leases.iter().filter(|(_, l)| l.dedicated).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The placement-group bundles committed here (reported with the actor leases).
+    pub fn committed_bundles(&self) -> Vec<(PlacementGroupId, u32)> {
+        let state = self.lock();
+        let mut held: Vec<_> =
+            state.bundles.iter().filter(|(_, b)| !b.group_resources.is_empty()).map(|(key, _)| *key).collect();
+        held.sort_unstable();
+        held
+    }
+
     /// Pids of the node's worker processes.
     pub fn worker_pids(&self) -> Vec<u32> {
         self.lock().workers.values().map(|w| w.pid).collect()

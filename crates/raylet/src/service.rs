@@ -27,7 +27,7 @@ use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
-use crate::lease::{ConnId, LeaseRequest, Raylet};
+use crate::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
 use crate::logs;
 use crate::policy::Strategy;
 
@@ -79,6 +79,24 @@ pub struct NodeService<G: GcsPort = GcsClient> {
     pub user_metrics: Arc<UserMetrics>,
     /// How long each kind of request takes to answer, exported on `/metrics`.
     pub request_latencies: RequestLatencies,
+    /// The workers and drivers connected now, as reported to the GCS: a node that
+    /// registers again with a restarted head reports them once more.
+    pub processes: Arc<ProcessTable>,
+}
+
+/// The worker and driver processes connected to a raylet, by connection.
+#[derive(Default)]
+pub struct ProcessTable(std::sync::Mutex<std::collections::HashMap<ConnId, WorkerInfo>>);
+
+impl ProcessTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<ConnId, WorkerInfo>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every process connected now, alive as far as this raylet knows.
+    pub fn live(&self) -> Vec<WorkerInfo> {
+        self.lock().values().cloned().collect()
+    }
 }
 
 /// What a raylet's connections carry: its own requests, and the GCS's (served on the
@@ -169,6 +187,13 @@ impl<G: GcsPort> NodeService<G> {
     }
 
     fn report_process(&self, conn: ConnId, worker: WorkerInfo) {
+        let mut processes = self.processes.lock();
+        if worker.is_alive {
+            processes.insert(conn, worker.clone());
+        } else {
+            processes.remove(&conn);
+        }
+        drop(processes);
         self.tell_gcs(conn, gcs_request::Request::ReportWorker(ReportWorker { worker: Some(worker) }));
     }
 }
@@ -278,7 +303,10 @@ impl<G: GcsPort> NodeService<G> {
                     dedicated: req.dedicated,
                     preferred: NodeId::from_bytes(&req.preferred_node).ok(),
                 };
-                let rx = self.raylet.request_lease(conn.id, request);
+                // Only the GCS asks for dedicated (actor) leases. They are its own, not
+                // the connection's it came over: an actor outlives the loss of its head.
+                let owner = if req.dedicated { GCS_CONN } else { conn.id };
+                let rx = self.raylet.request_lease(owner, request);
                 Reply::Later(Box::pin(async move {
                     match rx.await {
                         Ok(Ok(reply)) => NodeManagerReply::RequestLeaseReply(reply).into(),
@@ -565,6 +593,7 @@ mod tests {
                 next_conn: AtomicU64::new(1),
                 shutdown: Default::default(),
                 user_metrics: Default::default(),
+                processes: Default::default(),
                 request_latencies: Default::default(),
             };
             Node { service, dir, store }
@@ -733,6 +762,44 @@ mod tests {
         // No lease was granted or queued: the node's resources are all free.
         let own = node.service.raylet.cluster_view().into_iter().next().expect("this node");
         assert_eq!(own.available, cpus(2.0));
+    }
+
+    #[tokio::test]
+    async fn the_gcss_actor_leases_outlive_the_connection_that_brought_them() {
+        let node = Node::start("actor-lease", FakeGcs::default()).await;
+        let mut replies = Vec::new();
+        let mut conns = Vec::new();
+        for dedicated in [true, false] {
+            let mut conn = node.service.connected();
+            let lease = RequestLease { resources: cpus(1.0).to_fixed_map(), dedicated, ..Default::default() };
+            // No worker can start here: both requests wait (their replies kept awaited).
+            replies.push(
+                node.service.handle(&mut conn, NodeRequest::NodeManager(NodeManagerRequest::RequestLease(lease))),
+            );
+            conns.push(conn);
+        }
+        assert_eq!(node.service.raylet.pool_stats().pending_leases, 2);
+        for conn in conns {
+            node.service.disconnected(conn);
+        }
+        // The task lease goes with its connection; the actor lease is the GCS's and
+        // stays, as an actor outlives the loss of its head.
+        assert_eq!(node.service.raylet.pool_stats().pending_leases, 1);
+        drop(replies);
+    }
+
+    #[tokio::test]
+    async fn the_connected_processes_are_kept_for_a_registration_after_a_head_restart() {
+        let node =
+            Node::start("processes", FakeGcs { job_id: Bytes::from_static(b"\0\0\0\x07"), ..Default::default() }).await;
+        let mut conn = node.service.connected();
+        let register = RegisterClient { is_worker: false, pid: 99, ..Default::default() };
+        node.ask(&mut conn, NodeManagerRequest::RegisterClient(register)).await;
+        let live = node.service.processes.live();
+        assert_eq!(live.len(), 1);
+        assert!(live[0].is_driver && live[0].is_alive && live[0].pid == 99);
+        node.service.disconnected(conn);
+        assert!(node.service.processes.live().is_empty());
     }
 
     #[tokio::test]

@@ -6,8 +6,9 @@
 //!
 //! Ray programs come with Ray's shell lines, so `rtd start` takes `ray start`'s flags.
 //! Those rtd honours do what they do in Ray (`--memory`, `--system-config`'s spilling
-//! directory, the dashboard's host and port); those about parts rtd does not have (Redis) are accepted
-//! with a one-line notice on stderr of what rtd does instead, never dropped silently.
+//! directory, the dashboard's host and port, Redis for the GCS's state); those about parts rtd
+//! does not have are accepted with a one-line notice on stderr of what rtd does instead, never
+//! dropped silently.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use rtd_common::bundle::BundleResource;
 use rtd_common::ids::hex;
 use rtd_common::proto::GetNodes;
 use rtd_common::rpc::{Request, RpcClient};
+use rtd_gcs::store::{RedisConfig, StorageConfig};
 
 use crate::daemons;
 use crate::node::{default_object_store_memory, node_resources, run_node, DashboardOptions, NodeOptions, NodeRole};
@@ -141,7 +143,14 @@ struct StartArgs {
     /// Accepted for Ray; rtd collects no usage stats.
     #[arg(long)]
     disable_usage_stats: bool,
-    /// Accepted for Ray; rtd has no Redis (the GCS keeps its state in the head process).
+    /// Keep the GCS's state in the Redis at HOST:PORT (default: $RTD_REDIS_ADDRESS, else
+    /// an embedded database under --temp-dir), so a restarted head resumes the cluster.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_redis_address)]
+    redis_address: Option<String>,
+    /// The Redis user name (default: $RTD_REDIS_USERNAME).
+    #[arg(long, value_name = "USER")]
+    redis_username: Option<String>,
+    /// The Redis password (default: $RTD_REDIS_PASSWORD).
     #[arg(long, value_name = "PASSWORD")]
     redis_password: Option<String>,
 }
@@ -171,6 +180,31 @@ fn parse_head_address(address: &str) -> Result<String, String> {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address.to_string()),
         _ => Err("expected HOST:PORT of the head node".into()),
     }
+}
+
+fn parse_redis_address(address: &str) -> Result<String, String> {
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(address.to_string()),
+        _ => Err(format!("expected HOST:PORT of a Redis server, got {address:?}")),
+    }
+}
+
+/// The namespace that keeps this cluster's keys apart in a shared Redis, and names
+/// its embedded store: `chosen` (`$RTD_EXTERNAL_STORAGE_NAMESPACE`), else the head's
+/// address (`IP_PORT`) when it serves other nodes, else `default`.
+fn storage_namespace(chosen: Option<String>, node_ip: &str, port: Option<u16>) -> String {
+    match chosen.filter(|n| !n.is_empty()) {
+        Some(namespace) => namespace,
+        None => match port {
+            Some(port) => format!("{node_ip}_{port}"),
+            None => "default".into(),
+        },
+    }
+}
+
+/// A namespace as a file name: anything but letters, digits, `.`, `-` and `_` becomes `_`.
+fn file_name_of(namespace: &str) -> String {
+    namespace.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
 }
 
 fn parse_store_size(text: &str) -> Result<u64, String> {
@@ -264,8 +298,23 @@ impl StartArgs {
                 ));
             }
         }
-        if self.redis_password.is_some() {
-            notices.push("the GCS keeps its state in the head process (no Redis); --redis-password is not used".into());
+        let redis_flags: Vec<&str> = [
+            (self.redis_address.is_some(), "--redis-address"),
+            (self.redis_username.is_some(), "--redis-username"),
+            (self.redis_password.is_some(), "--redis-password"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect();
+        if !redis_flags.is_empty() {
+            if self.address.is_some() {
+                notices.push(format!("only the head node keeps the GCS's state; {} ignored", redis_flags.join(", ")));
+            } else if self.redis_address().is_none() {
+                notices.push(format!(
+                    "without --redis-address (or RTD_REDIS_ADDRESS) the GCS keeps its state in an embedded store; {} ignored",
+                    redis_flags.join(", ")
+                ));
+            }
         }
         if let Some(config) = &self.system_config {
             notices.extend(config.notices.iter().cloned());
@@ -287,6 +336,39 @@ impl StartArgs {
         })
     }
 
+    /// `--redis-address`, else `$RTD_REDIS_ADDRESS`.
+    fn redis_address(&self) -> Option<String> {
+        self.redis_address.clone().or_else(|| std::env::var("RTD_REDIS_ADDRESS").ok().filter(|a| !a.is_empty()))
+    }
+
+    /// Where the head's GCS keeps its tables: Redis if given; in memory for a head that
+    /// lives and dies with the process that started it (`rtd.init()`: `--watch-stdin`),
+    /// as there is never a cluster to resume; else the embedded store under
+    /// `<temp-dir>/gcs/`, at a path the same command finds again after a crash.
+    fn gcs_storage(&self) -> Result<StorageConfig> {
+        if self.address.is_some() {
+            return Ok(StorageConfig::Memory);
+        }
+        let chosen = std::env::var("RTD_EXTERNAL_STORAGE_NAMESPACE").ok();
+        let namespace = storage_namespace(chosen, &self.node_ip_address, self.port);
+        if let Some(address) = self.redis_address() {
+            let address = parse_redis_address(&address).map_err(|e| anyhow::anyhow!("RTD_REDIS_ADDRESS: {e}"))?;
+            let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            return Ok(StorageConfig::Redis(RedisConfig {
+                address,
+                username: self.redis_username.clone().or_else(|| env("RTD_REDIS_USERNAME")),
+                password: self.redis_password.clone().or_else(|| env("RTD_REDIS_PASSWORD")),
+                namespace,
+            }));
+        }
+        if self.watch_stdin {
+            return Ok(StorageConfig::Memory);
+        }
+        let temp_dir =
+            std::path::absolute(&self.temp_dir).with_context(|| format!("resolving {}", self.temp_dir.display()))?;
+        Ok(StorageConfig::Embedded(temp_dir.join("gcs").join(format!("{}.sqlite", file_name_of(&namespace)))))
+    }
+
     fn node_options(&self, role: NodeRole, session_dir: PathBuf) -> Result<NodeOptions> {
         let object_store_memory = self.object_store_memory.unwrap_or_else(default_object_store_memory);
         let custom = self.resources.clone().unwrap_or_default();
@@ -305,6 +387,7 @@ impl StartArgs {
             spill_root: self.system_config.as_ref().and_then(|c| c.spill_directory.clone()),
             dashboard: self.dashboard(),
             metrics_export_port: self.metrics_export_port,
+            gcs_storage: self.gcs_storage()?,
         })
     }
 }
@@ -620,8 +703,41 @@ mod tests {
         assert_eq!(off, vec!["the dashboard is off (--include-dashboard=false); --dashboard-port ignored"]);
         let worker = parse_start(&["--address", "h:1", "--dashboard-host", "0.0.0.0"]).unwrap().notices();
         assert_eq!(worker, vec!["only the head node serves the dashboard; --dashboard-host ignored"]);
-        assert!(notices(&["--redis-password=x"])[0].contains("--redis-password is not used"));
+        if std::env::var_os("RTD_REDIS_ADDRESS").is_none() {
+            assert!(notices(&["--redis-password=x"])[0].contains("--redis-password ignored"));
+        }
+        assert!(notices(&["--redis-address", "h:1", "--redis-password=x"]).is_empty());
+        let worker = parse_start(&["--address", "h:1", "--redis-address", "h:2"]).unwrap().notices();
+        assert_eq!(worker, vec!["only the head node keeps the GCS's state; --redis-address ignored"]);
         assert!(notices(&["--system-config", r#"{"max_io_workers": 2}"#])[0].contains("max_io_workers"));
+    }
+
+    #[test]
+    fn the_store_namespace_is_chosen_or_the_heads_address_or_default() {
+        assert_eq!(storage_namespace(Some("prod".into()), "10.0.0.1", Some(6380)), "prod");
+        assert_eq!(storage_namespace(Some(String::new()), "10.0.0.1", Some(6380)), "10.0.0.1_6380");
+        assert_eq!(storage_namespace(None, "10.0.0.1", None), "default");
+        assert_eq!(file_name_of("a/b:c.d-e_f"), "a_b_c.d-e_f");
+    }
+
+    #[test]
+    fn the_head_keeps_its_state_in_redis_if_given_else_in_memory_for_init_else_embedded() {
+        let storage = |args: &[&str]| parse_start(args).unwrap().gcs_storage().unwrap();
+        let redis = storage(&["--head", "--redis-address", "h:1", "--redis-username", "u", "--redis-password", "p"]);
+        let StorageConfig::Redis(config) = redis else { panic!("{redis:?}") };
+        assert_eq!(
+            (config.address.as_str(), config.username.as_deref(), config.password.as_deref()),
+            ("h:1", Some("u"), Some("p"))
+        );
+        assert_eq!(storage(&["--address", "h:1"]), StorageConfig::Memory);
+        if std::env::var_os("RTD_REDIS_ADDRESS").is_none()
+            && std::env::var_os("RTD_EXTERNAL_STORAGE_NAMESPACE").is_none()
+        {
+            assert_eq!(storage(&["--head", "--watch-stdin"]), StorageConfig::Memory);
+            let embedded = storage(&["--head", "--port", "6380", "--temp-dir", "/tmp/x"]);
+            assert_eq!(embedded, StorageConfig::Embedded("/tmp/x/gcs/127.0.0.1_6380.sqlite".into()));
+        }
+        assert!(start_error(&["--head", "--redis-address", "nohost"]).contains("--redis-address"));
     }
 
     #[test]

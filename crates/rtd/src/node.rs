@@ -14,17 +14,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{NodeInfo, RegisterNode, ResourceMap};
+use rtd_common::proto::{NodeInfo, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
-use rtd_gcs::client::GcsClient;
+use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
+use rtd_gcs::store::{OpenedStore, StorageConfig};
 use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
-use rtd_raylet::gcs_link::{heartbeat, remote_nodes, HeadRaylet};
+use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
 use rtd_raylet::lease::Raylet;
-use rtd_raylet::service::NodeService;
+use rtd_raylet::service::{NodeService, ProcessTable};
 use rtd_raylet::worker_pool::WorkerCommand;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -58,6 +59,8 @@ pub struct NodeOptions {
     pub dashboard: Option<DashboardOptions>,
     /// Where `/metrics` is served (`--metrics-export-port`); None: a free port.
     pub metrics_export_port: Option<u16>,
+    /// Where the head's GCS keeps its tables (unused on other nodes).
+    pub gcs_storage: StorageConfig,
 }
 
 /// `--dashboard-host` and `--dashboard-port`.
@@ -128,13 +131,20 @@ pub fn run_node(opts: NodeOptions) -> Result<()> {
 async fn serve_node(opts: NodeOptions) -> Result<()> {
     // A worker node first makes sure it can reach the head.
     let head = match &opts.role {
-        NodeRole::Worker { head_address } => Some(
+        NodeRole::Worker { head_address } => Some((
             tokio::time::timeout(JOIN_TIMEOUT, RpcClient::connect(head_address))
                 .await
                 .map_err(|_| anyhow!("cannot reach the head node at {head_address}: timed out"))?
                 .map_err(|e| anyhow!("cannot reach the head node at {head_address}: {e}"))?,
-        ),
+            head_address.clone(),
+        )),
         NodeRole::Head { .. } => None,
+    };
+    // The head reads its GCS's store before creating anything: a store that cannot be
+    // read stops the start, leaving nothing behind.
+    let gcs_store = match &opts.role {
+        NodeRole::Head { .. } => Some(OpenedStore::open(opts.gcs_storage.open()?)?),
+        NodeRole::Worker { .. } => None,
     };
     let cluster_mode = matches!(opts.role, NodeRole::Worker { .. } | NodeRole::Head { port: Some(_) });
     let node_ip = cluster_mode.then(|| opts.node_ip.clone());
@@ -187,30 +197,37 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let raylet = Raylet::new(node_id, opts.resources.clone(), command);
     let peers = Arc::new(ConnectionCache::default());
     let shutdown = Arc::new(Notify::new());
-    let gcs = match &head {
-        None => Some(GcsServer::start(
+    let processes = Arc::new(ProcessTable::default());
+    let session_name = session.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let gcs = match (&head, gcs_store) {
+        (None, Some(store)) => Some(GcsServer::start(
             describe_node(&raylet, &session, &node_ip, &raylet_address, true),
             Arc::new(HeadRaylet(raylet.clone())),
             peers.clone(),
+            store,
+            &session_name,
         )),
-        Some(head) => {
-            let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
-            match head.request(RegisterNode { node: Some(me) }).await {
-                Ok(view) => raylet.set_cluster(remote_nodes(&view.nodes)),
-                Err(e) => return Err(anyhow!("joining the cluster: {e}")),
-            }
-            let lost_to = head.clone();
-            raylet.set_lease_lost_hook(Box::new(move |lease_id| {
-                let lost = rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id };
-                let _ = lost_to.send(lost);
-            }));
-            tokio::spawn(heartbeat(head.clone(), raylet.clone(), shutdown.clone()));
-            None
-        }
+        (None, None) => return Err(anyhow!("a head node needs its GCS's store")),
+        (Some(_), _) => None,
     };
-    let gcs_link = match (&gcs, &head) {
+    let gcs_link = match (&gcs, head) {
         (Some(gcs), _) => GcsClient::Local(gcs.clone()),
-        (None, Some(head)) => GcsClient::Remote(head.clone()),
+        (None, Some((client, head_address))) => {
+            let link = HeadLink::new(client.clone(), &head_address, reconnect_timeout());
+            let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
+            let head = GrpcHead { link: link.clone(), raylet: raylet.clone(), node: me, processes: processes.clone() };
+            head.register(&client, false).await.map_err(|e| anyhow!("joining the cluster: {e}"))?;
+            let lost_to = link.clone();
+            raylet.set_lease_lost_hook(Box::new(move |lease_id| {
+                // While the head is away this is dropped: registering again reports
+                // the node's actor leases, and the GCS sees this one is gone.
+                if let Some(head) = lost_to.client_now() {
+                    let _ = head.send(rtd_common::proto::LeaseLost { node_id: node_id.to_vec().into(), lease_id });
+                }
+            }));
+            tokio::spawn(run_link(head, shutdown.clone()));
+            GcsClient::Remote(link)
+        }
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
     let user_metrics = Arc::new(UserMetrics::default());
@@ -229,6 +246,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         next_conn: AtomicU64::new(1),
         shutdown: shutdown.clone(),
         user_metrics: user_metrics.clone(),
+        processes,
         request_latencies: request_latencies.clone(),
     };
     let service = Arc::new(service);
@@ -248,10 +266,9 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-    let mut metrics = MetricsRegistry::new(NodeLabels {
-        session_name: session.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        node_address: metrics_address.clone(),
-    });
+    // The cluster's id labels the head's metrics: on a restarted head, its first start's session name.
+    let session_name = gcs.as_ref().map(|g| g.cluster_id()).unwrap_or(session_name);
+    let mut metrics = MetricsRegistry::new(NodeLabels { session_name, node_address: metrics_address.clone() });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
     request_latencies.register(&mut metrics);
