@@ -74,7 +74,8 @@ def test_every_node_exports_its_resources_with_node_labels(cluster):
         assert {s.labels["State"] for s in cpu} == {"AVAILABLE", "USED"}
         assert sum(s.value for s in cpu) == 1.0
         assert {s.labels["NodeAddress"] for s in cpu} == {"127.0.0.1"}
-        assert {s.labels["SessionName"] for s in cpu} == {os.path.basename(node.session_dir)}
+        # One cluster, one SessionName: the head's session's, on every node.
+        assert {s.labels["SessionName"] for s in cpu} == {os.path.basename(head.session_dir)}
     assert value(worker, "ray_resources", Name="alice", State="AVAILABLE") == 1.0
     assert samples(head, "ray_resources", Name="alice") == []
     # Both nodes' scrapes carry the node gauges; the worker has no cluster view.

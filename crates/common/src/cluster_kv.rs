@@ -1,10 +1,15 @@
-//! Entries of the GCS's KV store that name where the cluster serves things, and how a
-//! process that only knows the cluster's address reads them.
+//! Entries of the GCS's KV store that name the cluster and where it serves things, and
+//! how a process that only knows the cluster's address reads them.
 
 use std::time::Duration;
 
 use crate::proto::KvGet;
 use crate::rpc::{RpcClient, RpcError};
+
+/// The cluster's id, Ray's `session_name`: the head's session directory name at the
+/// cluster's first start, kept across restarts of the head. It labels every node's
+/// metrics (`SessionName`).
+pub const SESSION_NAME_KEY: &str = "session_name";
 
 /// The dashboard's `host:port`, published by the head: every driver and the CLI find it
 /// there from the cluster's address, whichever node they reach.

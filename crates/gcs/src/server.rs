@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rtd_common::cluster_kv::SESSION_NAME_KEY;
 use rtd_common::proto::gcs_reply::Reply as GcsReply;
 use rtd_common::proto::gcs_request::Request as GcsRequest;
 use rtd_common::proto::{
@@ -261,10 +262,6 @@ fn node_timeout() -> Duration {
     Duration::from_millis(std::env::var("RTD_NODE_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000))
 }
 
-/// The KV key holding the cluster's id: the session name of the head's first start,
-/// kept across restarts of the head (Ray's `session_name`).
-pub const CLUSTER_ID_KEY: &str = "session_name";
-
 impl GcsServer {
     /// Starts the GCS for the head node `own` over `opened`: a fresh cluster named
     /// `session_name` if the store was empty, else the cluster the store holds (see
@@ -297,7 +294,7 @@ impl GcsServer {
         server.restore(restored);
         server.tables.register_node(own);
         if fresh {
-            server.tables.kv_put(CLUSTER_ID_KEY.into(), Bytes::copy_from_slice(session_name.as_bytes()));
+            server.tables.kv_put(SESSION_NAME_KEY.into(), Bytes::copy_from_slice(session_name.as_bytes()));
         } else {
             tracing::info!("the GCS resumed the cluster held in {}", server.tables.store().describe());
         }
@@ -340,7 +337,7 @@ impl GcsServer {
 
     /// The cluster's id (the session name of the head's first start).
     pub fn cluster_id(&self) -> String {
-        self.tables.kv_get(CLUSTER_ID_KEY).map(|id| String::from_utf8_lossy(&id).into_owned()).unwrap_or_default()
+        self.tables.kv_get(SESSION_NAME_KEY).map(|id| String::from_utf8_lossy(&id).into_owned()).unwrap_or_default()
     }
 
     /// Resolves once every change made so far is durable in the store.

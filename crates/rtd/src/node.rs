@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
-use rtd_common::proto::{NodeInfo, ResourceMap};
+use rtd_common::cluster_kv;
+use rtd_common::proto::{KvGet, KvGetReply, NodeInfo, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
 use rtd_gcs::client::{GcsClient, HeadLink};
@@ -85,7 +86,7 @@ async fn start_dashboard(
         host => host,
     };
     let url = format!("{host}:{port}");
-    gcs.kv_put(rtd_common::cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
+    gcs.kv_put(cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
     Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
 }
 
@@ -210,6 +211,8 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         (None, None) => return Err(anyhow!("a head node needs its GCS's store")),
         (Some(_), _) => None,
     };
+    // The cluster's id labels every node's metrics: the head's first session name.
+    let mut cluster_name = gcs.as_ref().map(|g| g.cluster_id());
     let gcs_link = match (&gcs, head) {
         (Some(gcs), _) => GcsClient::Local(gcs.clone()),
         (None, Some((client, head_address))) => {
@@ -217,6 +220,10 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
             let head = GrpcHead { link: link.clone(), raylet: raylet.clone(), node: me, processes: processes.clone() };
             head.register(&client, false).await.map_err(|e| anyhow!("joining the cluster: {e}"))?;
+            let named = client.request(KvGet { key: cluster_kv::SESSION_NAME_KEY.into() }).await;
+            if let Ok(KvGetReply { found: true, value }) = named {
+                cluster_name = Some(String::from_utf8_lossy(&value).into_owned());
+            }
             let lost_to = link.clone();
             raylet.set_lease_lost_hook(Box::new(move |lease_id| {
                 // While the head is away this is dropped: registering again reports
@@ -266,8 +273,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     // The head's registry also holds the GCS's view of the cluster; the dashboard
     // serves the same registry on its port.
     let metrics_address = node_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-    // The cluster's id labels the head's metrics: on a restarted head, its first start's session name.
-    let session_name = gcs.as_ref().map(|g| g.cluster_id()).unwrap_or(session_name);
+    let session_name = cluster_name.unwrap_or(session_name);
     let mut metrics = MetricsRegistry::new(NodeLabels { session_name, node_address: metrics_address.clone() });
     metrics.register(NodeMetrics { raylet: raylet.clone(), plasma });
     metrics.register(user_metrics);
