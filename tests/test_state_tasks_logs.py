@@ -176,6 +176,18 @@ def test_logs_of_an_actor_and_a_task_and_following(shared_runtime):
     # The task's worker is known once its events reach the GCS.
     wait_for_condition(lambda: line in "".join(get_log(task_id=ref.task_id())), timeout=15)
 
+    # A task's log is its own lines, not its worker's whole file: the next task on the
+    # same worker prints after it.
+    after = marker("task-after")
+    assert rtd.get(state_chatty.remote(after)) == rtd.get(ref)
+    info = get_task(ref.task_id())["task_log_info"]
+    node_id = rtd.get_runtime_context().get_node_id()
+    wait_for_condition(lambda: after in "".join(get_log(node_id=node_id, filename=info["stdout_file"])))
+    own = "".join(get_log(task_id=ref.task_id()))
+    assert line in own and after not in own, own
+    info = get_task(ref.task_id())["task_log_info"]
+    assert info["stdout_end"] - info["stdout_start"] == len(own.encode()), info
+
     with pytest.raises(RayStateApiException, match="no actor"):
         "".join(get_log(actor_id="ef" * 16))
     rtd.kill(speaker)

@@ -51,6 +51,24 @@ struct Batch {
     /// The changes that are this worker starting to run an attempt.
     ran: Vec<u32>,
     failures: Vec<TaskFailure>,
+    /// Where this process's stdout and stderr stood at a change (normal tasks only).
+    logged: Vec<LogPosition>,
+}
+
+/// Where this process's stdout and stderr files stood at change `change`.
+#[derive(Clone, Copy)]
+struct LogPosition {
+    change: u32,
+    stdout: u64,
+    stderr: u64,
+}
+
+/// The offsets of this process's stdout and stderr (a worker's are its log files);
+/// None when either is not a file (a pipe, a terminal).
+fn log_offsets() -> Option<(u64, u64)> {
+    // SAFETY: lseek on fds 1 and 2 reads their file position and changes nothing.
+    let (stdout, stderr) = unsafe { (libc::lseek(1, 0, libc::SEEK_CUR), libc::lseek(2, 0, libc::SEEK_CUR)) };
+    Some((u64::try_from(stdout).ok()?, u64::try_from(stderr).ok()?))
 }
 
 /// One state change of one attempt.
@@ -97,7 +115,20 @@ fn same_shape(shape: &TaskShape, spec: &TaskSpec) -> bool {
         && shape.required_resources == spec.resources
 }
 
+/// Where a task's output starts or ends in its worker's log files: normal tasks only,
+/// as Ray records it (an actor's calls share their actor's log, and would pay two
+/// system calls a call for it).
+fn task_log_offsets(spec: &TaskSpec) -> Option<(u64, u64)> {
+    spec.actor_id.is_empty().then(log_offsets).flatten()
+}
+
 impl Batch {
+    fn log_at(&mut self, change: u32, offsets: Option<(u64, u64)>) {
+        if let Some((stdout, stderr)) = offsets {
+            self.logged.push(LogPosition { change, stdout, stderr });
+        }
+    }
+
     fn with_capacity(changes: usize) -> Self {
         Self { changes: Vec::with_capacity(changes), ..Default::default() }
     }
@@ -192,16 +223,27 @@ impl TaskEventBuffer {
     pub(crate) fn running(&self, node_id: NodeId, worker_id: WorkerId, spec: &TaskSpec) {
         if self.interval.is_some() {
             self.runs_here.get_or_init(|| (node_id, worker_id));
-            self.record(spec, TaskStatus::TaskRunning, |batch, change| batch.ran.push(change));
+            let offsets = task_log_offsets(spec);
+            self.record(spec, TaskStatus::TaskRunning, |batch, change| {
+                batch.ran.push(change);
+                batch.log_at(change, offsets);
+            });
         }
     }
 
     /// This worker is done with the attempt: finished, or failed with `error`
-    /// (Ray's error type name and the error's text).
+    /// (Ray's error type name and the error's text). What it printed is flushed by now.
     pub(crate) fn ended(&self, spec: &TaskSpec, error: Option<(String, String)>) {
+        if self.interval.is_none() {
+            return;
+        }
+        let offsets = task_log_offsets(spec);
         match error {
-            Some((error_type, message)) => self.failed(spec, &error_type, message),
-            None => self.state(spec, TaskStatus::TaskFinished),
+            Some((error_type, message)) => self.record(spec, TaskStatus::TaskFailed, |batch, change| {
+                batch.failures.push(TaskFailure { change, error_type, error_message: message });
+                batch.log_at(change, offsets);
+            }),
+            None => self.record(spec, TaskStatus::TaskFinished, |batch, change| batch.log_at(change, offsets)),
         }
     }
 
@@ -251,6 +293,11 @@ impl TaskEventBuffer {
             parents.extend_from_slice(definition.parent.unwrap_or_else(TaskId::nil).as_bytes());
         }
         out.parents = parents.into();
+        for position in &batch.logged {
+            out.logged.push(position.change);
+            out.stdout_offsets.push(position.stdout);
+            out.stderr_offsets.push(position.stderr);
+        }
         if let Some((node_id, worker_id)) = self.runs_here.get() {
             out.node_id = node_id.as_bytes().to_vec().into();
             out.worker_id = worker_id.as_bytes().to_vec().into();

@@ -23,7 +23,7 @@ use rtd_gcs::task_table::latest_state;
 
 use crate::state::{
     ActorState, BundleState, ClusterState, DeathCause, JobState, LogError, LogFileState, LogRead, NodeState,
-    ObjectState, PlacementGroupState, Resources, TaskState, WorkerState,
+    ObjectState, PlacementGroupState, Resources, TaskLogInfo, TaskState, WorkerState,
 };
 
 impl ClusterState for GcsServer {
@@ -104,7 +104,13 @@ impl ClusterState for GcsServer {
 
     fn read_log(&self, node_id: &str, read: LogRead, timeout: Duration) -> Result<(Vec<u8>, u64), LogError> {
         let address = raylet_of(self, node_id)?;
-        let request = ReadLog { name: read.filename, tail_lines: read.tail_lines, offset: read.offset };
+        let request = ReadLog {
+            name: read.filename,
+            tail_lines: read.tail_lines,
+            offset: read.offset,
+            range_start: read.range.map(|(start, _)| start),
+            range_end: read.range.and_then(|(_, end)| end),
+        };
         let reply = block_on_all(vec![call(address, request, timeout)]).pop().ok_or_else(unavailable)?;
         let reply = reply.map_err(log_error)?;
         Ok((reply.data.to_vec(), reply.end_offset))
@@ -229,7 +235,23 @@ fn task_state(event: &TaskEvent) -> TaskState {
         creation_time_ms: changes.first().map(|c| ms(c.time_ns)),
         start_time_ms: time_of(|s| s == TaskStatus::TaskRunning),
         end_time_ms: time_of(is_terminal),
+        task_log_info: task_log_info(event),
     }
+}
+
+fn task_log_info(event: &TaskEvent) -> Option<TaskLogInfo> {
+    event.stdout_start.or(event.stdout_end)?;
+    let file = |suffix: &str| {
+        (!event.worker_id.is_empty()).then(|| format!("worker-{}-{}.{suffix}", hex(&event.worker_id), event.worker_pid))
+    };
+    Some(TaskLogInfo {
+        stdout_file: file("out"),
+        stderr_file: file("err"),
+        stdout_start: event.stdout_start,
+        stdout_end: event.stdout_end,
+        stderr_start: event.stderr_start,
+        stderr_end: event.stderr_end,
+    })
 }
 
 fn job_state(job: &JobInfo) -> JobState {

@@ -131,13 +131,16 @@ pub fn categorize(files: Vec<LogFileState>) -> BTreeMap<&'static str, Vec<String
     categories
 }
 
-/// The node and pid of the process the query names by what ran in it.
-fn process_of(state: &dyn ClusterState, q: &LogQuery) -> Result<(String, u32), LogQueryError> {
+/// The node and pid of the process the query names by what ran in it, and for a
+/// task the part of that process's log (of the query's suffix) the task wrote.
+type LogSource = (String, u32, Option<(u64, Option<u64>)>);
+
+fn process_of(state: &dyn ClusterState, q: &LogQuery) -> Result<LogSource, LogQueryError> {
     if let Some(actor_id) = &q.actor_id {
         let actor = state.actors().into_iter().find(|a| a.actor_id.eq_ignore_ascii_case(actor_id));
         let actor = actor.ok_or_else(|| LogError::NotFound(format!("no actor {actor_id}")))?;
         return match (actor.node_id, actor.pid) {
-            (Some(node), pid) if pid != 0 => Ok((node, pid)),
+            (Some(node), pid) if pid != 0 => Ok((node, pid, None)),
             _ => Err(LogError::NotFound(format!("actor {actor_id} has not started a worker yet")).into()),
         };
     }
@@ -148,13 +151,21 @@ fn process_of(state: &dyn ClusterState, q: &LogQuery) -> Result<(String, u32), L
             .filter(|t| t.task_id.eq_ignore_ascii_case(task_id))
             .max_by_key(|t| t.attempt_number)
             .ok_or_else(|| LogError::NotFound(format!("no task {task_id}")))?;
+        // A normal task's own lines; an actor call's are its actor's whole log.
+        let range = task.task_log_info.and_then(|info| {
+            let (start, end) = match q.suffix.as_str() {
+                "err" => (info.stderr_start, info.stderr_end),
+                _ => (info.stdout_start, info.stdout_end),
+            };
+            Some((start?, end))
+        });
         return match (task.node_id, task.worker_pid) {
-            (Some(node), Some(pid)) => Ok((node, pid)),
+            (Some(node), Some(pid)) => Ok((node, pid, range)),
             _ => Err(LogError::NotFound(format!("task {task_id} has not run on a worker yet")).into()),
         };
     }
     match (q.node(state)?, q.pid) {
-        (Some(node), Some(pid)) => Ok((node, pid)),
+        (Some(node), Some(pid)) => Ok((node, pid, None)),
         _ => Err(LogQueryError::Bad(
             "name a log with node_id (or node_ip) and filename, or with actor_id, task_id, or node_id and pid".into(),
         )),
@@ -173,22 +184,22 @@ pub fn list(state: &dyn ClusterState, q: &LogQuery, timeout: Duration) -> Result
 
 /// The text the query asks for, and the offset just past it (a follower's next start).
 pub fn read(state: &dyn ClusterState, q: LogQuery, timeout: Duration) -> Result<(Vec<u8>, u64), LogQueryError> {
-    let (node_id, filename) = match &q.filename {
+    let (node_id, filename, range) = match &q.filename {
         Some(filename) => {
             let node_id =
                 q.node(state)?.ok_or_else(|| LogQueryError::Bad("a filename needs node_id or node_ip".into()))?;
-            (node_id, filename.clone())
+            (node_id, filename.clone(), None)
         }
         None => {
-            let (node_id, pid) = process_of(state, &q)?;
+            let (node_id, pid, range) = process_of(state, &q)?;
             let ending = format!("-{pid}.{}", q.suffix);
             let files = state.list_logs(&node_id, timeout)?;
             let file = files.into_iter().find(|f| f.name.starts_with("worker-") && f.name.ends_with(&ending));
             let file = file.ok_or_else(|| LogError::NotFound(format!("no log file of process {pid} on {node_id}")))?;
-            (node_id, file.name)
+            (node_id, file.name, range)
         }
     };
-    Ok(state.read_log(&node_id, LogRead { filename, tail_lines: q.lines, offset: q.offset }, timeout)?)
+    Ok(state.read_log(&node_id, LogRead { filename, tail_lines: q.lines, offset: q.offset, range }, timeout)?)
 }
 
 #[cfg(test)]

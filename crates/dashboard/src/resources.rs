@@ -181,6 +181,7 @@ pub const RESOURCES: &[Resource] = &[
             column("creation_time_ms", false, true),
             column("start_time_ms", false, true),
             column("end_time_ms", false, true),
+            column("task_log_info", false, true),
         ],
         rows: |state, _| task_rows(state),
         summary: Some(Summary::StateCounts {

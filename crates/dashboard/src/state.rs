@@ -59,6 +59,9 @@ pub struct LogRead {
     pub tail_lines: i64,
     /// Read on from here (a follower's last end).
     pub offset: u64,
+    /// Only this part of the file (a task's output): [start, end), end open while the
+    /// task runs.
+    pub range: Option<(u64, Option<u64>)>,
 }
 
 /// Ray's `TaskState`.
@@ -87,6 +90,20 @@ pub struct TaskState {
     pub creation_time_ms: Option<u64>,
     pub start_time_ms: Option<u64>,
     pub end_time_ms: Option<u64>,
+    /// Where a normal task's output is in its worker's log files (None: an actor call,
+    /// or not run yet).
+    pub task_log_info: Option<TaskLogInfo>,
+}
+
+/// Ray's `task_log_info`: the worker's log files and the task's byte range in each.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TaskLogInfo {
+    pub stdout_file: Option<String>,
+    pub stderr_file: Option<String>,
+    pub stdout_start: Option<u64>,
+    pub stdout_end: Option<u64>,
+    pub stderr_start: Option<u64>,
+    pub stderr_end: Option<u64>,
 }
 
 /// Ray's `JobDetails`, for a driver's job.

@@ -182,6 +182,7 @@ fn task(id: &str, name: &str, state: &'static str, attempt: u32) -> TaskState {
         creation_time_ms: Some(1),
         start_time_ms: Some(2),
         end_time_ms: None,
+        task_log_info: None,
     }
 }
 

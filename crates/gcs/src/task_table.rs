@@ -51,8 +51,18 @@ struct Attempt {
     changes: Vec<TaskStateChange>,
     ran: Option<Arc<RanOn>>,
     error: Option<Box<(String, String)>>,
+    /// Where its output starts and ends in its worker's log files (normal tasks).
+    log: Option<Box<LogSpan>>,
     /// Its latest state is FINISHED or FAILED.
     terminal: bool,
+}
+
+/// (stdout, stderr) offsets in a worker's log files where an attempt's output starts
+/// (at RUNNING) and ends.
+#[derive(Default)]
+struct LogSpan {
+    start: Option<(u64, u64)>,
+    end: Option<(u64, u64)>,
 }
 
 /// The worker that ran an attempt.
@@ -113,6 +123,10 @@ impl TaskTable {
         if batch.attempts.len() != n || batch.times_ns.len() != n || batch.task_ids.len() != n * TaskId::LEN {
             return Err(MalformedBatch("the columns of state changes differ in length"));
         }
+        let logged = batch.logged.len();
+        if batch.stdout_offsets.len() != logged || batch.stderr_offsets.len() != logged {
+            return Err(MalformedBatch("the columns of log offsets differ in length"));
+        }
         let defined = batch.defined.len();
         if batch.defined_shapes.len() != defined || batch.parents.len() != defined * TaskId::LEN {
             return Err(MalformedBatch("the columns of task definitions differ in length"));
@@ -120,6 +134,7 @@ impl TaskTable {
         let in_range = |i: &u32| (*i as usize) < n;
         if !(batch.defined.iter().all(in_range)
             && batch.ran.iter().all(in_range)
+            && batch.logged.iter().all(in_range)
             && batch.failures.iter().all(|f| in_range(&f.change))
             && batch.defined_shapes.iter().all(|s| (*s as usize) < batch.shapes.len()))
         {
@@ -128,7 +143,7 @@ impl TaskTable {
         // What rides along with some changes, by change index.
         let mut extra: Vec<Extra> = Vec::new();
         let mut extra_of: Vec<u32> = Vec::new();
-        if !(batch.defined.is_empty() && batch.ran.is_empty() && batch.failures.is_empty()) {
+        if !(batch.defined.is_empty() && batch.ran.is_empty() && batch.failures.is_empty() && batch.logged.is_empty()) {
             extra_of = vec![u32::MAX; n];
         }
         let mut extra_at = |extra: &mut Vec<Extra>, change: u32| -> usize {
@@ -174,6 +189,10 @@ impl TaskTable {
             let at = extra_at(&mut extra, failure.change);
             extra[at].error = Some(Box::new((failure.error_type, failure.error_message)));
         }
+        for (j, &change) in batch.logged.iter().enumerate() {
+            let at = extra_at(&mut extra, change);
+            extra[at].log_offsets = Some((batch.stdout_offsets[j], batch.stderr_offsets[j]));
+        }
         let mut inner = self.inner.lock();
         inner.dropped += batch.dropped;
         for (i, chunk) in batch.task_ids.chunks_exact(TaskId::LEN).enumerate() {
@@ -217,6 +236,8 @@ struct Extra {
     shape: Option<(Arc<TaskShape>, Option<TaskId>)>,
     ran: Option<Arc<RanOn>>,
     error: Option<Box<(String, String)>>,
+    /// Where the worker's (stdout, stderr) stood at this change.
+    log_offsets: Option<(u64, u64)>,
 }
 
 impl Attempt {
@@ -231,6 +252,14 @@ impl Attempt {
         }
         if extra.error.is_some() {
             self.error = extra.error;
+        }
+        if let Some(offsets) = extra.log_offsets {
+            let span = self.log.get_or_insert_with(Default::default);
+            if change.state == TaskStatus::TaskRunning as i32 {
+                span.start = Some(offsets);
+            } else {
+                span.end = Some(offsets);
+            }
         }
         self.changes.push(change);
         let was_terminal = self.terminal;
@@ -262,6 +291,10 @@ impl Attempt {
         }
         if let Some(error) = &self.error {
             (event.error_type, event.error_message) = (**error).clone();
+        }
+        if let Some(span) = &self.log {
+            (event.stdout_start, event.stderr_start) = (span.start.map(|s| s.0), span.start.map(|s| s.1));
+            (event.stdout_end, event.stderr_end) = (span.end.map(|e| e.0), span.end.map(|e| e.1));
         }
         event
     }
@@ -364,6 +397,14 @@ mod tests {
             self
         }
 
+        /// The worker's stdout and stderr stood at these offsets at the last change.
+        fn logged(mut self, stdout: u64, stderr: u64) -> Self {
+            self.0.logged.push(self.last());
+            self.0.stdout_offsets.push(stdout);
+            self.0.stderr_offsets.push(stderr);
+            self
+        }
+
         fn dropped(mut self, dropped: u64) -> Self {
             self.0.dropped = dropped;
             self
@@ -381,7 +422,9 @@ mod tests {
         let ran = Batch::default()
             .change(1, 0, TaskStatus::TaskRunning, 2)
             .ran(7)
+            .logged(100, 10)
             .change(1, 0, TaskStatus::TaskFinished, 3)
+            .logged(150, 12)
             .change(1, 1, TaskStatus::TaskRunning, 4)
             .change(1, 1, TaskStatus::TaskFailed, 5)
             .failed("WORKER_DIED")
@@ -395,9 +438,12 @@ mod tests {
         assert_eq!(first.task_id, vec![1; TaskId::LEN]);
         assert_eq!(first.parent_task_id, vec![9; TaskId::LEN]);
         assert_eq!(latest_state(first), Some(TaskStatus::TaskFinished));
+        assert_eq!((first.stdout_start, first.stdout_end), (Some(100), Some(150)));
+        assert_eq!((first.stderr_start, first.stderr_end), (Some(10), Some(12)));
         let retry = tasks.iter().find(|t| t.attempt == 1).unwrap();
         assert_eq!((retry.error_type.as_str(), retry.error_message.as_str()), ("WORKER_DIED", "boom"));
         assert!(retry.parent_task_id.is_empty() && retry.name.is_empty());
+        assert_eq!((retry.stdout_start, retry.stdout_end), (None, None));
     }
 
     #[test]
@@ -452,6 +498,12 @@ mod tests {
         let mut bad_index = Batch::default().change(1, 0, TaskStatus::TaskRunning, 1);
         bad_index.0.ran.push(5);
         assert!(table.add(bad_index.0).is_err());
+        let mut bad_log = Batch::default().change(1, 0, TaskStatus::TaskRunning, 1).logged(1, 1);
+        bad_log.0.logged[0] = 4;
+        assert!(table.add(bad_log.0).is_err());
+        let mut short_log = Batch::default().change(1, 0, TaskStatus::TaskRunning, 1).logged(1, 1);
+        short_log.0.stderr_offsets.clear();
+        assert!(table.add(short_log.0).is_err());
         let mut bad_shape = Batch::default().change(1, 0, TaskStatus::TaskRunning, 1).defines("f", 0);
         bad_shape.0.defined_shapes[0] = 3;
         assert!(table.add(bad_shape.0).is_err());

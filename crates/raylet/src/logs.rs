@@ -54,10 +54,11 @@ fn path_of(dir: &Path, name: &str) -> Result<PathBuf, LogError> {
     Ok(dir.join(name))
 }
 
-/// Reads log `name`: from byte `offset` on when it is non-zero (following a file),
-/// else its last `tail_lines` lines (all of it when `tail_lines` <= 0), at most
-/// `MAX_READ` bytes. Returns the bytes and the offset just past them.
-pub fn read(dir: &Path, name: &str, tail_lines: i64, offset: u64) -> Result<(Vec<u8>, u64), LogError> {
+/// Reads log `name` within `range`: from byte `offset` on when it is non-zero
+/// (following a file), else from the range's start if it has one, else the file's
+/// last `tail_lines` lines (all of it when `tail_lines` <= 0); at most `MAX_READ`
+/// bytes. Returns the bytes and the offset just past them.
+pub fn read(dir: &Path, name: &str, tail_lines: i64, offset: u64, range: LogRange) -> Result<(Vec<u8>, u64), LogError> {
     let path = path_of(dir, name)?;
     let io = |source| LogError::Io { name: name.to_string(), source };
     let mut file = std::fs::File::open(&path).map_err(|e| match e.kind() {
@@ -65,8 +66,13 @@ pub fn read(dir: &Path, name: &str, tail_lines: i64, offset: u64) -> Result<(Vec
         _ => io(e),
     })?;
     let size = file.metadata().map_err(io)?.len();
-    let start = if offset > 0 { offset.min(size) } else { size.saturating_sub(MAX_READ) };
-    let end = (start + MAX_READ).min(size);
+    let limit = range.end.map_or(size, |end| end.min(size));
+    let start = match (offset, range.start) {
+        (0, Some(start)) => start.min(limit),
+        (0, None) => limit.saturating_sub(MAX_READ),
+        (offset, start) => offset.max(start.unwrap_or(0)).min(limit),
+    };
+    let end = (start + MAX_READ).min(limit);
     file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut data = Vec::with_capacity((end - start) as usize);
     file.take(end - start).read_to_end(&mut data).map_err(io)?;
@@ -74,6 +80,13 @@ pub fn read(dir: &Path, name: &str, tail_lines: i64, offset: u64) -> Result<(Vec
         data = last_lines(data, tail_lines as usize);
     }
     Ok((data, end))
+}
+
+/// The part of a file a read may see: [start, end), either side open.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogRange {
+    pub start: Option<u64>,
+    pub end: Option<u64>,
 }
 
 /// The last `n` lines of `data` (a final line without its newline counts).
@@ -99,14 +112,27 @@ mod tests {
     #[test]
     fn tails_follows_and_lists() {
         let dir = dir_with("worker-a-1.out", "one\ntwo\nthree\n");
-        assert_eq!(read(&dir, "worker-a-1.out", 2, 0).unwrap().0, b"two\nthree\n");
-        assert_eq!(read(&dir, "worker-a-1.out", 0, 0).unwrap().0, b"one\ntwo\nthree\n");
-        assert_eq!(read(&dir, "worker-a-1.out", 10, 0).unwrap().0, b"one\ntwo\nthree\n");
-        let (_, end) = read(&dir, "worker-a-1.out", 1, 0).unwrap();
+        assert_eq!(read(&dir, "worker-a-1.out", 2, 0, LogRange::default()).unwrap().0, b"two\nthree\n");
+        assert_eq!(read(&dir, "worker-a-1.out", 0, 0, LogRange::default()).unwrap().0, b"one\ntwo\nthree\n");
+        assert_eq!(read(&dir, "worker-a-1.out", 10, 0, LogRange::default()).unwrap().0, b"one\ntwo\nthree\n");
+        let (_, end) = read(&dir, "worker-a-1.out", 1, 0, LogRange::default()).unwrap();
         std::fs::write(dir.join("worker-a-1.out"), "one\ntwo\nthree\nfour\n").unwrap();
-        assert_eq!(read(&dir, "worker-a-1.out", 0, end).unwrap().0, b"four\n");
+        assert_eq!(read(&dir, "worker-a-1.out", 0, end, LogRange::default()).unwrap().0, b"four\n");
         let files = list(&dir);
         assert_eq!((files[0].name.as_str(), files[0].size), ("worker-a-1.out", 19));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_range_reads_only_its_part() {
+        let dir = dir_with("worker-b-1.out", "one\ntwo\nthree\n");
+        let part = |start, end| LogRange { start: Some(start), end };
+        assert_eq!(read(&dir, "worker-b-1.out", 0, 0, part(0, Some(4))).unwrap(), (b"one\n".to_vec(), 4));
+        assert_eq!(read(&dir, "worker-b-1.out", 0, 0, part(4, None)).unwrap().0, b"two\nthree\n");
+        assert_eq!(read(&dir, "worker-b-1.out", 1, 0, part(0, Some(8))).unwrap().0, b"two\n");
+        // A follower goes on within the range, and an end past the file is the file's.
+        assert_eq!(read(&dir, "worker-b-1.out", 0, 6, part(4, Some(8))).unwrap().0, b"o\n");
+        assert_eq!(read(&dir, "worker-b-1.out", 0, 0, part(8, Some(99))).unwrap().0, b"three\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -114,9 +140,9 @@ mod tests {
     fn names_outside_the_directory_are_refused() {
         let dir = dir_with("x.out", "x");
         for bad in ["../x.out", "/etc/passwd", "..", "", "a\0b"] {
-            assert!(matches!(read(&dir, bad, 0, 0), Err(LogError::BadName(_))), "{bad:?}");
+            assert!(matches!(read(&dir, bad, 0, 0, LogRange::default()), Err(LogError::BadName(_))), "{bad:?}");
         }
-        assert!(matches!(read(&dir, "missing.out", 0, 0), Err(LogError::NotFound(_))));
+        assert!(matches!(read(&dir, "missing.out", 0, 0, LogRange::default()), Err(LogError::NotFound(_))));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

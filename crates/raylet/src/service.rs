@@ -457,7 +457,8 @@ impl<G: GcsPort> NodeService<G> {
             NodeManagerRequest::ReadLog(req) => {
                 let dir = logs::logs_dir(Path::new(&self.session_dir));
                 Reply::Later(Box::pin(async move {
-                    let read = move || logs::read(&dir, &req.name, req.tail_lines, req.offset);
+                    let range = logs::LogRange { start: req.range_start, end: req.range_end };
+                    let read = move || logs::read(&dir, &req.name, req.tail_lines, req.offset, range);
                     match tokio::task::spawn_blocking(read).await {
                         Ok(Ok((data, end_offset))) => {
                             NodeManagerReply::ReadLogReply(ReadLogReply { data: data.into(), end_offset }).into()
