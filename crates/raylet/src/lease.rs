@@ -960,6 +960,20 @@ mod tests {
         let script = std::env::temp_dir().join(format!("rtd-stand-in-worker-{}", WorkerId::random().hex()));
         std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").expect("temp dir is writable");
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        // Another test's process forked while the script was open for writing holds
+        // it open until it execs, and exec of the script fails meanwhile (ETXTBSY):
+        // wait until it runs.
+        for _ in 0..200 {
+            match std::process::Command::new(&script).spawn() {
+                Ok(mut probe) => {
+                    let _ = probe.kill();
+                    let _ = probe.wait();
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("cannot run the stand-in worker: {e}"),
+            }
+        }
         let command = WorkerCommand {
             python: script.to_string_lossy().into_owned(),
             raylet_socket: String::new(),
