@@ -238,13 +238,13 @@ impl TaskEventBuffer {
             return;
         }
         let offsets = task_log_offsets(spec);
-        match error {
-            Some((error_type, message)) => self.record(spec, TaskStatus::TaskFailed, |batch, change| {
-                batch.failures.push(TaskFailure { change, error_type, error_message: message });
-                batch.log_at(change, offsets);
-            }),
-            None => self.record(spec, TaskStatus::TaskFinished, |batch, change| batch.log_at(change, offsets)),
-        }
+        let state = if error.is_some() { TaskStatus::TaskFailed } else { TaskStatus::TaskFinished };
+        self.record(spec, state, |batch, change| {
+            if let Some((error_type, error_message)) = error {
+                batch.failures.push(TaskFailure { change, error_type, error_message });
+            }
+            batch.log_at(change, offsets);
+        });
     }
 
     /// How often what is buffered goes to the GCS; None: task events are off.
