@@ -9,6 +9,7 @@ mod errors;
 mod metrics;
 mod object_ref;
 mod placement_groups;
+mod runtime_env;
 mod tasks;
 mod worker;
 
@@ -426,6 +427,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get, m)?)?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(tasks::submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_validate, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_prepare, m)?)?;
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;

@@ -24,10 +24,11 @@ use rtd_gcs::store::{OpenedStore, StorageConfig};
 use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
-use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
+use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadPackages, HeadRaylet};
 use rtd_raylet::lease::Raylet;
 use rtd_raylet::service::{NodeService, ProcessTable};
 use rtd_raylet::worker_pool::WorkerCommand;
+use rtd_runtime_env::setup::KvLookup;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -237,6 +238,13 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         }
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
+    raylet.set_package_source(match &gcs_link {
+        GcsClient::Local(gcs) => {
+            let gcs = gcs.clone();
+            Arc::new(KvLookup(move |uri: &str| gcs.kv_get(uri)))
+        }
+        GcsClient::Remote(link) => Arc::new(HeadPackages(link.clone())),
+    });
     let user_metrics = Arc::new(UserMetrics::default());
     let request_latencies = RequestLatencies::default();
     let service = NodeService {
