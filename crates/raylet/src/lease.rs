@@ -113,6 +113,19 @@ impl RequestedEnv {
     }
 }
 
+/// The package source of a raylet that was given none (unit tests): envs without
+/// packages still work.
+struct NoPackages;
+
+impl PackageSource for NoPackages {
+    fn fetch<'a>(
+        &'a self,
+        uri: &'a str,
+    ) -> rtd_runtime_env::setup::BoxFuture<'a, Result<Option<bytes::Bytes>, String>> {
+        Box::pin(async move { Err(format!("this node has no GCS connection to fetch {uri} from")) })
+    }
+}
+
 /// What a lease request is answered: the raylet's decision, or why there is none.
 pub type LeaseAnswer = Result<RequestLeaseReply, ErrorReply>;
 
@@ -305,11 +318,13 @@ impl Raylet {
         let _ = self.packages.set(source);
     }
 
-    /// Where this node keeps runtime environments (`<temp_dir>/runtime_resources`): beside
-    /// the session directory, so venvs and packages outlive one cluster.
+    /// Where this node keeps runtime environments: `<session dir>/runtime_resources`, as
+    /// Ray does. Per node, so nodes that share a temp dir (a test cluster) still fetch
+    /// their packages through the GCS; reused by every task, actor and job of the node.
     fn runtime_resources(&self) -> PathBuf {
-        let session = PathBuf::from(&self.starter.command().session_dir);
-        session.parent().map_or_else(std::env::temp_dir, PathBuf::from).join("runtime_resources")
+        let session = &self.starter.command().session_dir;
+        let base = if session.is_empty() { std::env::temp_dir() } else { PathBuf::from(session) };
+        base.join("runtime_resources")
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -384,15 +399,14 @@ impl Raylet {
     fn start_env_worker(self: &Arc<Self>, env: Arc<RequestedEnv>) {
         let raylet = self.clone();
         tokio::spawn(async move {
-            let result = match raylet.packages.get() {
-                Some(packages) => {
-                    let python = raylet.starter.command().python.clone();
-                    rtd_runtime_env::setup(&env.spec, packages.as_ref(), &raylet.runtime_resources(), &python)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                None => Err("this node has no connection to the GCS to fetch packages from".to_string()),
+            let packages: Arc<dyn PackageSource> = match raylet.packages.get() {
+                Some(packages) => packages.clone(),
+                None => Arc::new(NoPackages),
             };
+            let python = raylet.starter.command().python.clone();
+            let result = rtd_runtime_env::setup(&env.spec, packages.as_ref(), &raylet.runtime_resources(), &python)
+                .await
+                .map_err(|e| e.to_string());
             let started = match &result {
                 Ok(context) => raylet.start_worker_in(Some((&env.hash, context))),
                 Err(_) => false,
@@ -1196,6 +1210,68 @@ mod tests {
         assert_eq!(raylet.pool_stats(), expected);
         register_started(&raylet);
         assert_eq!(raylet.lock().idle.len(), 2);
+        raylet.shutdown();
+        let _ = std::fs::remove_file(script);
+    }
+
+    fn granted_worker(reply: &LeaseAnswer) -> Option<WorkerId> {
+        match reply {
+            Ok(RequestLeaseReply { result: Some(LeaseResult::Granted(g)) }) => WorkerId::from_bytes(&g.worker_id).ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_are_pooled_by_runtime_env() {
+        let (raylet, script) = raylet_with_stand_in_workers(2.0);
+        raylet.prestart_workers();
+        register_started(&raylet);
+        let plain: Vec<WorkerId> = raylet.lock().idle.iter().copied().collect();
+        assert_eq!(plain.len(), 2);
+        let env = RequestedEnv::parse(r#"{"env_vars": {"A": "1"}}"#).expect("valid").expect("not empty");
+        let in_env = || LeaseRequest { env: Some(env.clone()), ..request(1.0, Strategy::Default, false) };
+        // Plain workers are idle, but none of them is granted: one is started in the env.
+        let rx = raylet.request_lease(1, in_env());
+        for _ in 0..1000 {
+            if raylet.lock().workers.values().any(|w| w.env == env.hash) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        register_started(&raylet);
+        let reply = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("sent");
+        let env_worker = granted_worker(&reply).expect("granted");
+        assert!(!plain.contains(&env_worker));
+        let lease = match &reply {
+            Ok(RequestLeaseReply { result: Some(LeaseResult::Granted(g)) }) => g.lease_id,
+            _ => unreachable!(),
+        };
+        raylet.return_lease(lease);
+        // A plain request never gets the env's idle worker; the env's next request does.
+        let plain_reply = raylet.request_lease(1, request(1.0, Strategy::Default, false)).try_recv().expect("now");
+        assert!(plain.contains(&granted_worker(&plain_reply).expect("granted")));
+        let again = raylet.request_lease(1, in_env()).try_recv().expect("now");
+        assert_eq!(granted_worker(&again), Some(env_worker));
+        raylet.shutdown();
+        let _ = std::fs::remove_file(script);
+    }
+
+    #[tokio::test]
+    async fn a_failed_env_setup_refuses_only_that_envs_requests() {
+        let (raylet, script) = raylet_with_stand_in_workers(2.0);
+        raylet.prestart_workers();
+        register_started(&raylet);
+        let broken = RequestedEnv::parse(r#"{"working_dir": "gcs://_ray_pkg_0000000000000000.zip"}"#)
+            .expect("valid")
+            .expect("not empty");
+        let rx = raylet.request_lease(1, LeaseRequest { env: Some(broken), ..request(1.0, Strategy::Default, false) });
+        let reply = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("sent");
+        assert!(
+            matches!(&reply, Err(e) if e.code == ErrorCode::RuntimeEnvSetupFailed as i32 && e.message.contains("_ray_pkg_0000000000000000")),
+            "{reply:?}"
+        );
+        let plain = raylet.request_lease(1, request(1.0, Strategy::Default, false)).try_recv().expect("now");
+        assert!(granted_worker(&plain).is_some(), "{plain:?}");
         raylet.shutdown();
         let _ = std::fs::remove_file(script);
     }
