@@ -72,6 +72,11 @@ def test_actor_env_vars_and_children_inherit_the_parent_env(shared_runtime):
 
     holder = Holder.remote()
     assert rtd.get(holder.read.remote(), timeout=30) == "yes"
+    # The state API shows it, as Ray's does.
+    from rtd.util.state import list_actors
+
+    shown = [a for a in list_actors(detail=True) if a["class_name"] == "Holder"]
+    assert json.loads(shown[0]["serialized_runtime_env"])["env_vars"] == {"RTD_T_ACTOR": "yes"}
 
     read_env = _env_reader()
 

@@ -183,6 +183,27 @@ mod tests {
         assert_eq!(setup(&env, &empty, cache.path(), "python3").await.expect("cached"), context);
     }
 
+    /// A GCS that never answers.
+    struct Silent;
+
+    impl PackageSource for Silent {
+        fn fetch<'a>(&'a self, _uri: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn setup_gives_up_after_setup_timeout_seconds() {
+        let cache = tempfile::tempdir().expect("tmp");
+        let env = RuntimeEnvSpec::from_json(&json!({
+            "working_dir": "gcs://_ray_pkg_0000000000000000.zip", "config": {"setup_timeout_seconds": 3},
+        }))
+        .expect("valid");
+        let err = setup(&env, &Silent, cache.path(), "python3").await.expect_err("times out");
+        assert!(matches!(err, SetupError::TimedOut(3)), "{err}");
+        assert!(err.to_string().contains("setup_timeout_seconds"));
+    }
+
     #[tokio::test]
     async fn a_missing_package_or_directory_fails_setup() {
         let cache = tempfile::tempdir().expect("tmp");
