@@ -107,6 +107,22 @@ def test_job_level_env_merges_with_task_env(start_runtime):
 
 
 @pytest.mark.timeout(90)
+def test_a_new_cluster_gets_the_packages_again(start_runtime, tmp_path):
+    code = str(tmp_path / "again")
+    _write(code, "again_module.py", "N = 7\n")
+
+    @rtd.remote(runtime_env={"working_dir": code})
+    def use():
+        import again_module
+
+        return again_module.N
+
+    for _ in range(2):
+        start_runtime(num_cpus=1)
+        assert rtd.get(use.remote(), timeout=30) == 7
+
+
+@pytest.mark.timeout(90)
 def test_a_submitted_jobs_env_var_is_the_job_level_env(tmp_path):
     """A job submission sets RTD_JOB_CONFIG_JSON_ENV_VAR for its entrypoint; rtd.init's
     own runtime_env merges over it (its keys win, env_vars merge), as Ray's does."""
