@@ -313,17 +313,21 @@ def test_items_are_owned_by_the_caller_and_freed_when_dropped(shared_runtime):
 
     gen = produce.remote(4)
     first = next(gen)
-    wait_for_condition(lambda: rtd.get(gen.completed()) is None, timeout=TIMEOUT)
-    task_id = first.task_id()
-    item_ids = lambda: [h for h in rtd._core.get_all_reference_counts() if h.startswith(task_id)]  # noqa: E731
+    assert rtd.get(gen.completed(), timeout=TIMEOUT) is None
+    task_id, first_hex = first.task_id(), first.hex()
+
+    def known():
+        return [h for h in rtd._core.get_all_reference_counts() if h.startswith(task_id)]
+
     # The completed ref and the four items, all owned here.
-    assert len(item_ids()) == 5
+    assert len(known()) == 5
+    assert all(rtd._core.get_all_reference_counts()[h]["owned"] for h in known())
     del gen
     # Unconsumed items (and the stream) are released with the generator.
-    wait_for_condition(lambda: item_ids() == [first.hex()], timeout=TIMEOUT)
+    wait_for_condition(lambda: known() == [first_hex], timeout=TIMEOUT)
     assert int(rtd.get(first)[0]) == 0
     del first
-    wait_for_condition(lambda: item_ids() == [], timeout=TIMEOUT)
+    wait_for_condition(lambda: known() == [], timeout=TIMEOUT)
 
 
 @pytest.mark.timeout(90)
@@ -385,7 +389,6 @@ def test_items_lost_with_their_node_are_rebuilt_by_rerunning_the_generator():
         @rtd.remote(max_retries=2)
         def produce():
             import numpy as np
-
             import rtd
 
             yield rtd.get_runtime_context().get_node_id()

@@ -22,8 +22,8 @@ import inspect
 import cloudpickle
 
 from rtd import _core, api, exceptions
-from rtd._private import options as opts
 from rtd._private import generator, scheduling, serialization
+from rtd._private import options as opts
 
 _METHOD_OPTIONS = "__rtd_method_options__"
 DEFAULT_ASYNC_CONCURRENCY = 1000

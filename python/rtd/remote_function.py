@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 from rtd import _core, api
-from rtd._private import options as opts
 from rtd._private import generator, scheduling, serialization
+from rtd._private import options as opts
 
 
 class RemoteFunction:

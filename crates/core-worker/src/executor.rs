@@ -93,7 +93,9 @@ impl TaskExecutor {
     pub fn enqueue(&self, spec: TaskSpec, gpu_ids: Vec<u32>) -> Result<oneshot::Receiver<PushTaskReply>, PushError> {
         let (task_id, job_id) = check_spec(&spec)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(IncomingTask { spec, gpu_ids, task_id, job_id, reply, unanswered_reports: Vec::new() }).map_err(|_| PushError::ShuttingDown)?;
+        self.tx
+            .send(IncomingTask { spec, gpu_ids, task_id, job_id, reply, unanswered_reports: Vec::new() })
+            .map_err(|_| PushError::ShuttingDown)?;
         Ok(rx)
     }
 

@@ -115,7 +115,7 @@ class ObjectRefGenerator:
                 if not produced.done():
                     produced.set_result(None)
 
-            _core.on_generator_next(self._completed, lambda: loop.call_soon_threadsafe(wake))
+            _core.on_generator_next(self._completed, lambda loop=loop, wake=wake: loop.call_soon_threadsafe(wake))
             await produced
 
     def completed(self):

@@ -83,7 +83,8 @@ def validate_task_options(options: dict) -> dict:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"The option 'num_returns' must be a non-negative integer, got {value!r}.")
         elif key == "_generator_backpressure_num_objects":
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1):
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (is_int and (value > 0 or value == -1)):
                 raise ValueError(
                     "The option '_generator_backpressure_num_objects' must be a positive integer "
                     f"(or -1: no backpressure), got {value!r}."
