@@ -20,7 +20,7 @@ use rtd_plasma::{PlasmaClient, PlasmaError};
 
 use crate::borrowing::BorrowLinks;
 use crate::error::CoreError;
-use crate::generator::Generators;
+use crate::generator_stream::GeneratorStreams;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
 use crate::task_events::TaskEventBuffer;
@@ -62,7 +62,7 @@ pub struct Context {
     /// How to rebuild owned objects held in plasma: the task that made them.
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
     /// The streams of generator tasks submitted here.
-    pub(crate) generators: Generators,
+    pub(crate) generators: GeneratorStreams,
     /// Task state changes waiting to go to the GCS.
     pub(crate) task_events: TaskEventBuffer,
     pub(crate) user_metrics: MetricBuffer,

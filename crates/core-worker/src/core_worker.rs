@@ -20,7 +20,8 @@ use crate::context::{Context, Identity, OutputSink};
 use crate::error::CoreError;
 use crate::executor::{IncomingTask, TaskExecutor};
 use crate::gcs_client::{placement_group_outcome, GcsClient};
-use crate::generator::{GeneratorNext, Generators};
+use crate::generator::Generators;
+use crate::generator_stream::GeneratorNext;
 use crate::node_view;
 use crate::object_fetch::{FetchedValue, ObjectFetcher};
 use crate::object_table::RefCounts;
@@ -381,7 +382,7 @@ impl CoreWorker {
 
     /// The consumer dropped the generator: unconsumed items are released.
     pub fn release_generator(&self, task_id: TaskId) {
-        self.ctx.generators.release(&self.ctx, task_id);
+        Generators::release(&self.ctx, task_id);
     }
 
     /// Worker side: stores item `index` of the running generator task and reports it

@@ -4,148 +4,24 @@
 //! A generator task's worker reports each item it yields (`ReportGeneratorItem`):
 //! item `i` is the object `ObjectId::for_return(task, i + 1)`, owned here like any task
 //! result. The task's one declared return (`for_return(task, 0)`) is ready once the
-//! task is done and is the end of the stream. `GeneratorStream` keeps one stream's
-//! items in order for its consumer (`next`), holds each unconsumed item (a local
-//! reference, released when the consumer takes it or drops the generator), ignores
-//! items a retried attempt reports again, and decides when the worker may go on
-//! (backpressure: the answer to a report waits while the consumer is that many items
-//! behind). `Generators` holds the streams of this process and wires them to the
-//! object table.
+//! task is done and is the end of the stream. `Generators` wires the streams
+//! (`generator_stream.rs`, kept in `Context`) to the object table: each unconsumed item
+//! is held (a local reference, released when the consumer takes it or drops the
+//! generator), items get lineage, and a report's answer waits under backpressure.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use rtd_common::proto::{object_value::Kind, FreeObjects, ObjectValue, ReportGeneratorItem, TaskSpec};
 use rtd_common::{object_kind, ObjectId, TaskId};
 use tokio::sync::watch;
 
 use crate::context::{ref_list, Context};
 use crate::error::CoreError;
+use crate::generator_stream::{GeneratorNext, GeneratorStream, Reported, Stream};
 
-/// What the consumer of a stream gets next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GeneratorNext {
-    /// The next item's object.
-    Item(ObjectId),
-    /// The task failed (an exception, a crash, a cancel) after the items so far: its
-    /// completed ref, whose value is the error, comes once as the last item.
-    Failed(ObjectId),
-    /// Not yet produced.
-    Pending,
-    /// Every item was taken and the task is done.
-    End,
-}
-
-/// Whether a report brought a new item.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reported {
-    New,
-    /// Reported before (a retried or re-run attempt yields the same items again).
-    Duplicate,
-}
-
-/// One generator task's items as its owner sees them (see the module doc).
-#[derive(Debug, Default)]
-pub struct GeneratorStream {
-    /// Item objects by index; `None` where a later item arrived first.
-    items: Vec<Option<ObjectId>>,
-    /// How many items the consumer has taken.
-    consumed: usize,
-    /// Unconsumed items at which the producer waits (0: never).
-    backpressure: usize,
-    /// The task is done (its completed ref is ready).
-    finished: bool,
-    /// It failed: the completed ref still to hand out, then taken.
-    failure: Option<ObjectId>,
-    failure_taken: bool,
-}
-
-impl GeneratorStream {
-    pub fn new(backpressure: usize) -> Self {
-        Self { backpressure, ..Default::default() }
-    }
-
-    /// Records item `index`.
-    pub fn report(&mut self, index: usize, id: ObjectId) -> Reported {
-        if self.items.len() <= index {
-            self.items.resize(index + 1, None);
-        }
-        match &mut self.items[index] {
-            Some(_) => Reported::Duplicate,
-            slot => {
-                *slot = Some(id);
-                Reported::New
-            }
-        }
-    }
-
-    /// Whether the producer may go on after reporting item `index`: once fewer than
-    /// `backpressure` items, it included, are unconsumed (or the stream is over).
-    pub fn may_continue(&self, index: usize) -> bool {
-        self.backpressure == 0 || self.finished || index + 1 < self.consumed + self.backpressure
-    }
-
-    /// What the consumer would get now, without taking it.
-    pub fn peek(&self) -> GeneratorNext {
-        match self.items.get(self.consumed) {
-            Some(Some(id)) => GeneratorNext::Item(*id),
-            // The worker's reports all arrive before its reply, so a gap at the end is
-            // filled by then; wait for it rather than skip it.
-            Some(None) => GeneratorNext::Pending,
-            None if !self.finished => GeneratorNext::Pending,
-            None => match self.failure {
-                Some(id) if !self.failure_taken => GeneratorNext::Failed(id),
-                _ => GeneratorNext::End,
-            },
-        }
-    }
-
-    /// Takes what `peek` says.
-    pub fn take(&mut self) -> GeneratorNext {
-        let next = self.peek();
-        match next {
-            GeneratorNext::Item(_) => self.consumed += 1,
-            GeneratorNext::Failed(_) => self.failure_taken = true,
-            GeneratorNext::Pending | GeneratorNext::End => {}
-        }
-        next
-    }
-
-    /// The task is done; `failure` is its completed ref when it failed.
-    pub fn finish(&mut self, failure: Option<ObjectId>) {
-        self.finished = true;
-        self.failure = failure;
-    }
-
-    /// The consumer took everything there is.
-    pub fn is_finished(&self) -> bool {
-        self.peek() == GeneratorNext::End
-    }
-
-    /// Items never taken (released when the consumer drops the generator).
-    pub fn unconsumed(&self) -> impl Iterator<Item = ObjectId> + '_ {
-        self.items.iter().skip(self.consumed).flatten().copied()
-    }
-}
-
-struct Stream {
-    state: GeneratorStream,
-    /// How to rebuild its items (lineage): the task that made them.
-    spec: TaskSpec,
-    /// Bumped on every change, for waiting consumers and held reports.
-    changed: watch::Sender<()>,
-    /// `num_returns="dynamic"`: no consumer; the items stay held until the task is
-    /// done, when the completed ref's value (the list of items) holds them instead.
-    dynamic: bool,
-}
-
-/// The generator streams this process owns, by task.
-#[derive(Default)]
-pub struct Generators {
-    streams: Mutex<HashMap<TaskId, Stream>>,
-}
+/// The functions that drive this process's generator streams (`ctx.generators`).
+pub struct Generators;
 
 fn task_id_of(spec: &TaskSpec) -> TaskId {
     TaskId::from_bytes(&spec.task_id).unwrap_or_else(|_| TaskId::nil())
@@ -184,7 +60,7 @@ impl Generators {
             };
             drop(streams);
             if dynamic {
-                ctx.generators.release(&ctx, task_id);
+                Self::release(&ctx, task_id);
             }
         });
     }
@@ -349,15 +225,10 @@ impl Generators {
         }
     }
 
-    /// Whether the stream has no more items (or is gone).
-    pub fn is_finished(&self, task_id: TaskId) -> bool {
-        self.streams.lock().get(&task_id).is_none_or(|s| s.state.is_finished())
-    }
-
     /// The consumer dropped the generator: its unconsumed items are released, and a
     /// producer held by backpressure goes on.
-    pub fn release(&self, ctx: &Context, task_id: TaskId) {
-        let Some(stream) = self.streams.lock().remove(&task_id) else { return };
+    pub fn release(ctx: &Context, task_id: TaskId) {
+        let Some(stream) = ctx.generators.streams.lock().remove(&task_id) else { return };
         for id in stream.state.unconsumed() {
             Self::release_hold(ctx, &id);
         }
@@ -367,86 +238,126 @@ impl Generators {
 
 #[cfg(test)]
 mod tests {
+    //! The streams of a process over its object table (the stream's own rules are
+    //! tested in `generator_stream`).
+
     use super::*;
+    use crate::context::system_error;
+    use crate::fake_cluster::{inline, stored, test_context};
 
     fn item(task: &TaskId, index: u32) -> ObjectId {
         ObjectId::for_return(task, index + 1)
     }
 
-    #[test]
-    fn items_come_out_in_index_order_even_when_reported_out_of_order() {
-        let task = TaskId::random();
-        let mut s = GeneratorStream::new(0);
-        assert_eq!(s.report(1, item(&task, 1)), Reported::New);
-        assert_eq!(s.take(), GeneratorNext::Pending, "item 0 is not there yet");
-        assert_eq!(s.report(0, item(&task, 0)), Reported::New);
-        assert_eq!(s.take(), GeneratorNext::Item(item(&task, 0)));
-        assert_eq!(s.take(), GeneratorNext::Item(item(&task, 1)));
-        assert_eq!(s.take(), GeneratorNext::Pending, "the task may yield more");
-        s.finish(None);
-        assert_eq!(s.take(), GeneratorNext::End);
-        assert!(s.is_finished());
-    }
-
-    #[test]
-    fn a_retried_attempt_reporting_the_same_items_adds_nothing() {
-        let task = TaskId::random();
-        let mut s = GeneratorStream::new(0);
-        s.report(0, item(&task, 0));
-        s.report(1, item(&task, 1));
-        assert_eq!(s.take(), GeneratorNext::Item(item(&task, 0)));
-        // The worker died; the retry yields items 0, 1 and then 2.
-        assert_eq!(s.report(0, item(&task, 0)), Reported::Duplicate);
-        assert_eq!(s.report(1, item(&task, 1)), Reported::Duplicate);
-        assert_eq!(s.report(2, item(&task, 2)), Reported::New);
-        s.finish(None);
-        let rest: Vec<_> = std::iter::from_fn(|| match s.take() {
-            GeneratorNext::Item(id) => Some(id),
-            _ => None,
-        })
-        .collect();
-        assert_eq!(rest, vec![item(&task, 1), item(&task, 2)]);
-    }
-
-    #[test]
-    fn backpressure_holds_the_producer_while_that_many_items_are_unconsumed() {
-        let task = TaskId::random();
-        let mut s = GeneratorStream::new(2);
-        s.report(0, item(&task, 0));
-        assert!(s.may_continue(0), "one unconsumed item of two allowed");
-        s.report(1, item(&task, 1));
-        assert!(!s.may_continue(1), "two unconsumed: the producer waits");
-        s.take();
-        assert!(s.may_continue(1), "the consumer took one");
-        s.report(2, item(&task, 2));
-        assert!(!s.may_continue(2));
-        s.finish(None);
-        assert!(s.may_continue(2), "a finished stream holds nobody");
-        assert!(GeneratorStream::new(0).may_continue(1_000), "0 means no backpressure");
-    }
-
-    #[test]
-    fn a_failed_task_ends_the_stream_with_its_error_once_after_the_items() {
+    /// A generator task submitted by `ctx` (its completed ref held as Python holds it).
+    fn submitted(ctx: &Arc<Context>, backpressure: u64) -> TaskId {
         let task = TaskId::random();
         let completed = ObjectId::for_return(&task, 0);
-        let mut s = GeneratorStream::new(0);
-        s.report(0, item(&task, 0));
-        s.finish(Some(completed));
-        assert!(!s.is_finished());
-        assert_eq!(s.take(), GeneratorNext::Item(item(&task, 0)), "earlier items stay readable");
-        assert_eq!(s.take(), GeneratorNext::Failed(completed));
-        assert_eq!(s.take(), GeneratorNext::End);
-        assert!(s.is_finished());
+        ctx.table.add_owned_pending(completed, &ctx.address);
+        ctx.table.add_local_ref(completed, &ctx.address, &ctx.address);
+        let spec = TaskSpec {
+            task_id: task.to_vec().into(),
+            return_ids: vec![completed.to_vec().into()],
+            streaming_generator: true,
+            generator_backpressure_num_objects: backpressure,
+            ..Default::default()
+        };
+        Generators::register(ctx, &spec);
+        task
     }
 
-    #[test]
-    fn unconsumed_items_are_those_after_the_consumer() {
-        let task = TaskId::random();
-        let mut s = GeneratorStream::new(0);
-        for i in 0..3 {
-            s.report(i as usize, item(&task, i));
+    fn report(task: &TaskId, index: u32, value: &[u8]) -> ReportGeneratorItem {
+        ReportGeneratorItem { task_id: task.to_vec().into(), index, value: Some(inline(value)), ..Default::default() }
+    }
+
+    /// The consumer's `next`, as the bindings call it (off the runtime's threads), with
+    /// the consumer's own reference counted as the core worker does.
+    async fn take(ctx: &Arc<Context>, task: TaskId) -> GeneratorNext {
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let next = Generators::next(&ctx, task, Some(Duration::from_secs(5)), &mut || false);
+            let next = next.expect("next does not fail");
+            if let GeneratorNext::Item(id) = next {
+                ctx.table.add_local_ref(id, &ctx.address, &ctx.address);
+                Generators::release_hold(&ctx, &id);
+            }
+            next
+        })
+        .await
+        .expect("the consumer thread ran")
+    }
+
+    fn value_of(ctx: &Context, id: &ObjectId) -> Option<String> {
+        stored(ctx, id).map(|(_, text)| text)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_consumer_gets_reported_items_and_a_duplicate_changes_nothing() {
+        let ctx = test_context().await;
+        let task = submitted(&ctx, 0);
+        for (index, value) in [(1, b"b"), (0, b"a")] {
+            assert!(Generators::on_report(&ctx, report(&task, index, value)).expect("a valid report").is_none());
         }
-        s.take();
-        assert_eq!(s.unconsumed().collect::<Vec<_>>(), vec![item(&task, 1), item(&task, 2)]);
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Item(item(&task, 0)));
+        assert_eq!(value_of(&ctx, &item(&task, 0)).as_deref(), Some("a"));
+        // A retry reports item 1 again, with another value: the first stays.
+        assert!(Generators::on_report(&ctx, report(&task, 1, b"again")).expect("a valid report").is_none());
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Item(item(&task, 1)));
+        assert_eq!(value_of(&ctx, &item(&task, 1)).as_deref(), Some("b"));
+        ctx.store_result(ObjectId::for_return(&task, 0), inline(b"done"), Vec::new());
+        assert_eq!(take(&ctx, task).await, GeneratorNext::End);
+        assert!(ctx.generators.is_finished(task));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_answer_to_a_report_waits_while_the_consumer_is_behind() {
+        let ctx = test_context().await;
+        let task = submitted(&ctx, 1);
+        let held = Generators::on_report(&ctx, report(&task, 0, b"a")).expect("a valid report");
+        let mut held = Box::pin(held.expect("one unconsumed item of one allowed: held"));
+        let early = tokio::time::timeout(Duration::from_millis(50), &mut held).await;
+        assert!(early.is_err(), "answered before the consumer took the item");
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Item(item(&task, 0)));
+        tokio::time::timeout(Duration::from_secs(5), held).await.expect("answered once the item was taken");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_task_ends_the_stream_with_its_completed_ref() {
+        let ctx = test_context().await;
+        let task = submitted(&ctx, 0);
+        assert!(Generators::on_report(&ctx, report(&task, 0, b"a")).expect("a valid report").is_none());
+        let completed = ObjectId::for_return(&task, 0);
+        ctx.store_result(completed, system_error(object_kind::WORKER_CRASHED, "died".into()), Vec::new());
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Item(item(&task, 0)));
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Failed(completed));
+        assert_eq!(take(&ctx, task).await, GeneratorNext::End);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_generator_frees_unconsumed_items_and_later_reports() {
+        let ctx = test_context().await;
+        let task = submitted(&ctx, 0);
+        for index in 0..3 {
+            assert!(Generators::on_report(&ctx, report(&task, index, b"x")).expect("a valid report").is_none());
+        }
+        assert_eq!(take(&ctx, task).await, GeneratorNext::Item(item(&task, 0)));
+        Generators::release(&ctx, task);
+        assert!(ctx.table.contains(&item(&task, 0)), "the consumer still holds item 0");
+        assert!(!ctx.table.contains(&item(&task, 1)) && !ctx.table.contains(&item(&task, 2)));
+        // The task goes on yielding: nobody wants those items.
+        assert!(Generators::on_report(&ctx, report(&task, 3, b"x")).expect("a valid report").is_none());
+        assert!(!ctx.table.contains(&item(&task, 3)));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_report_is_refused() {
+        let ctx = test_context().await;
+        let task = submitted(&ctx, 0);
+        let bad_task = ReportGeneratorItem { task_id: vec![1, 2, 3].into(), ..report(&task, 0, b"x") };
+        let no_value = ReportGeneratorItem { value: None, ..report(&task, 0, b"x") };
+        let too_far = report(&task, u32::MAX, b"x");
+        for bad in [bad_task, no_value, too_far] {
+            assert!(matches!(Generators::on_report(&ctx, bad), Err(CoreError::Invalid(_))));
+        }
     }
 }
