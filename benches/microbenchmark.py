@@ -17,6 +17,9 @@ Two extra figures that Ray's script has not got:
   node daemon and its workers for rtd; GCS, raylet, workers ... for Ray), after
   ``init(num_cpus=2)`` and 1 s idle. The driver itself is not counted.
 
+``generator items sync`` / ``generator items async``: items per second the caller takes
+and gets from one generator task / one async actor's async generator method.
+
 Placement groups and actors as users wait for them:
 
 * ``placement group create/removal (ready)``: 20 groups at a time, each waited for with
@@ -312,6 +315,34 @@ def run_benchmarks(args):
         rt.get([c.small_value_batch.remote(500) for c in clients])
 
     timeit("n:n actor calls async", actor_n_to_n, 500 * n, **kw)
+
+    # Generators: items per second the caller consumes (gets) from one generator task,
+    # and from an async actor's async generator method.
+    @rt.remote
+    def items(n):
+        for i in range(n):
+            yield i
+
+    def generator_sync():
+        for ref in items.remote(1000):
+            rt.get(ref)
+
+    timeit("generator items sync", generator_sync, 1000, **kw)
+
+    @rt.remote
+    class AsyncGenerator:
+        async def items(self, n):
+            for i in range(n):
+                yield i
+
+    async_generator = AsyncGenerator.remote()
+    rt.get(async_generator.items.options(num_returns="dynamic").remote(1))
+
+    def generator_async():
+        for ref in async_generator.items.remote(1000):
+            rt.get(ref)
+
+    timeit("generator items async", generator_async, 1000, **kw)
 
     placement_group, remove_placement_group = rt.util.placement_group, rt.util.remove_placement_group
 

@@ -15,6 +15,7 @@ from rtd import (
     util,  # noqa: E402 - `rtd.util` is available after `import rtd`, as in Ray
 )
 from rtd._core import ObjectRef
+from rtd._private.generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from rtd.actor import get_actor, kill, method
 from rtd.api import (
     available_resources,
@@ -58,7 +59,9 @@ def remote(*args, **kwargs):
 
 
 __all__ = [
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "available_resources",
     "cancel",
     "cluster_resources",

@@ -22,8 +22,8 @@ import inspect
 import cloudpickle
 
 from rtd import _core, api, exceptions
+from rtd._private import generator, runtime_env, scheduling, serialization
 from rtd._private import options as opts
-from rtd._private import runtime_env, scheduling, serialization
 
 _METHOD_OPTIONS = "__rtd_method_options__"
 DEFAULT_ASYNC_CONCURRENCY = 1000
@@ -61,7 +61,7 @@ def _class_meta(cls, options) -> dict:
             is_async = True
         method_options = getattr(member, _METHOD_OPTIONS, {})
         methods[name] = {
-            "num_returns": method_options.get("num_returns", 1),
+            "num_returns": generator.default_num_returns(member, method_options.get("num_returns")),
             "concurrency_group": method_options.get("concurrency_group", ""),
         }
     groups = dict(options.get("concurrency_groups") or {})
@@ -171,11 +171,12 @@ class ActorClass:
 class ActorMethod:
     """``handle.method``: call it with ``.remote(...)``."""
 
-    def __init__(self, handle, name, num_returns, concurrency_group):
+    def __init__(self, handle, name, num_returns, concurrency_group, backpressure=None):
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
         self._concurrency_group = concurrency_group
+        self._backpressure = backpressure
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -184,33 +185,36 @@ class ActorMethod:
         )
 
     def options(self, **options):
-        unknown = set(options) - {"num_returns", "concurrency_group", "name"}
+        unknown = set(options) - {"num_returns", "concurrency_group", "name", "_generator_backpressure_num_objects"}
         if unknown:
             raise ValueError(f"Invalid option(s) {sorted(unknown)} for an actor method.")
-        if "num_returns" in options:
-            opts.validate_task_options({"num_returns": options["num_returns"]})
+        opts.validate_task_options({k: v for k, v in options.items() if k not in ("concurrency_group", "name")})
         group = options.get("concurrency_group", self._concurrency_group)
         if group and group not in self._handle._meta["concurrency_groups"]:
             raise ValueError(f"Unknown concurrency group {group!r} for actor {self._handle._class_name}.")
-        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns), group)
+        return ActorMethod(
+            self._handle,
+            self._name,
+            options.get("num_returns", self._num_returns),
+            group,
+            options.get("_generator_backpressure_num_objects", self._backpressure),
+        )
 
     def remote(self, *args, **kwargs):
         blob, arg_refs, contained = serialization.pack_args(args, kwargs)
+        num_returns, generator_options = generator.core_returns(self._num_returns, self._backpressure)
         refs = _core.submit_actor_task(
             self._handle._actor_id,
             self._name,
             f"{self._handle._class_name}.{self._name}",
             blob,
             arg_refs,
-            self._num_returns,
+            num_returns,
             self._concurrency_group,
             contained,
+            generator_options,
         )
-        if self._num_returns == 1:
-            return refs[0]
-        if self._num_returns == 0:
-            return None
-        return refs
+        return generator.call_result(refs, self._num_returns)
 
 
 class ActorHandle:

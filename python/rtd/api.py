@@ -16,6 +16,7 @@ from rtd import _core
 from rtd._core import ObjectRef
 from rtd._private import runtime_env as _runtime_env
 from rtd._private import serialization, services, task_context
+from rtd._private.generator import ObjectRefGenerator
 from rtd.runtime_context import RuntimeContext
 
 DEFAULT_TEMP_DIR = "/tmp/rtd"
@@ -309,7 +310,7 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
     for r in object_refs:
-        if not isinstance(r, ObjectRef):
+        if not isinstance(r, (ObjectRef, ObjectRefGenerator)):
             raise TypeError(f"wait() expected a list of ObjectRef, got a list containing {type(r)}")
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
@@ -321,18 +322,51 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise ValueError(f"timeout must be a non-negative number or None, got {timeout!r}")
     if not object_refs or num_returns == 0:
         return [], list(object_refs)
-    ready_indices = _core.wait(object_refs, num_returns, timeout)
+    if any(isinstance(r, ObjectRefGenerator) for r in object_refs):
+        ready_indices = _wait_with_generators(object_refs, num_returns, timeout)
+    else:
+        ready_indices = _core.wait(object_refs, num_returns, timeout)
     ready = [object_refs[i] for i in ready_indices]
     chosen = set(ready_indices)
     not_ready = [r for i, r in enumerate(object_refs) if i not in chosen]
     return ready, not_ready
 
 
+def _wait_with_generators(items, num_returns, timeout):
+    """``wait`` over refs and generators: a generator is ready when ``next`` on it
+    would not block (its next item exists, or it has ended), as in Ray."""
+    ready: list = []
+    changed = threading.Condition()
+
+    def mark(index):
+        with changed:
+            ready.append(index)
+            changed.notify_all()
+
+    for i, item in enumerate(items):
+        if isinstance(item, ObjectRefGenerator):
+            item._on_next(lambda i=i: mark(i))
+        else:
+            _core.on_ready(item, lambda i=i: mark(i))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with changed:
+        while len(ready) < num_returns:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            # Short slices, so Ctrl-C reaches the waiting thread.
+            changed.wait(0.1 if left is None else min(left, 0.1))
+        return ready[:num_returns]
+
+
 def cancel(object_ref, *, force=False, recursive=True):
-    """Cancels the task that creates ``object_ref``: a queued task never runs; a
-    running one gets KeyboardInterrupt, or its worker is killed with ``force=True``.
-    ``get`` then raises TaskCancelledError."""
+    """Cancels the task that creates ``object_ref`` (or the generator task behind an
+    ``ObjectRefGenerator``): a queued task never runs; a running one gets
+    KeyboardInterrupt, or its worker is killed with ``force=True``. ``get`` then raises
+    TaskCancelledError."""
     auto_init()
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError(f"rtd.cancel() only supports ObjectRef, got {type(object_ref)}.")
     _core.cancel(object_ref, bool(force))

@@ -114,6 +114,10 @@ class ActorUnschedulableError(RayError):
     """No node can ever host the actor under its scheduling strategy."""
 
 
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A generator task's stream has no more items (``next`` on it stops)."""
+
+
 class AuthenticationError(RayError):
     """A peer refused this process's auth token, or it has none where the cluster needs
     one (``RTD_AUTH_MODE=token``); the message says how to set it."""
@@ -135,4 +139,5 @@ __all__ = [
     "ActorDiedError",
     "TaskUnschedulableError",
     "ActorUnschedulableError",
+    "ObjectRefStreamEndOfStreamError",
 ]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 from rtd import _core, api
+from rtd._private import generator, runtime_env, scheduling, serialization
 from rtd._private import options as opts
-from rtd._private import runtime_env, scheduling, serialization
 
 
 class RemoteFunction:
@@ -15,7 +15,10 @@ class RemoteFunction:
         self._function = function
         self._options = opts.validate_task_options(dict(options))
         merged = {**opts.DEFAULT_TASK_OPTIONS, **self._options}
-        self._num_returns = merged["num_returns"]
+        self._num_returns = generator.default_num_returns(function, merged["num_returns"])
+        self._core_returns = generator.core_returns(
+            self._num_returns, merged.get("_generator_backpressure_num_objects")
+        )
         self._max_retries = merged["max_retries"]
         self._resources = opts.task_resources(merged)
         self._strategy = merged["scheduling_strategy"]
@@ -76,7 +79,7 @@ class RemoteFunction:
         options = _core.TaskOptions(
             function_id=function_id,
             function_name=self._name,
-            num_returns=self._num_returns,
+            num_returns=self._core_returns[0],
             resources=resources,
             max_retries=self._max_retries,
             retry_exceptions=self._retry_exceptions,
@@ -85,10 +88,7 @@ class RemoteFunction:
             affinity_node=self._placement.affinity_node,
             affinity_soft=self._placement.affinity_soft,
             runtime_env=runtime_env.for_submission(self._options.get("runtime_env")),
+            generator=self._core_returns[1],
         )
         refs = _core.submit_task(options, blob, arg_refs, contained)
-        if self._num_returns == 1:
-            return refs[0]
-        if self._num_returns == 0:
-            return None
-        return refs
+        return generator.call_result(refs, self._num_returns)

@@ -20,6 +20,7 @@ use rtd_plasma::{PlasmaClient, PlasmaError};
 
 use crate::borrowing::BorrowLinks;
 use crate::error::CoreError;
+use crate::generator_stream::GeneratorStreams;
 use crate::layout::Layout;
 use crate::object_table::{Freed, Lookup, NewBorrow, ObjectTable};
 use crate::task_events::TaskEventBuffer;
@@ -60,6 +61,8 @@ pub struct Context {
     pub output_sink: std::sync::OnceLock<OutputSink>,
     /// How to rebuild owned objects held in plasma: the task that made them.
     pub lineage: Mutex<HashMap<ObjectId, TaskSpec>>,
+    /// The streams of generator tasks submitted here.
+    pub(crate) generators: GeneratorStreams,
     /// Task state changes waiting to go to the GCS.
     pub(crate) task_events: TaskEventBuffer,
     pub(crate) user_metrics: MetricBuffer,
@@ -97,6 +100,7 @@ impl Context {
             watched_borrowers: Default::default(),
             output_sink: Default::default(),
             lineage: Default::default(),
+            generators: Default::default(),
             task_events: Default::default(),
             user_metrics: Default::default(),
         }

@@ -20,6 +20,8 @@ use crate::context::{Context, Identity, OutputSink};
 use crate::error::CoreError;
 use crate::executor::{IncomingTask, TaskExecutor};
 use crate::gcs_client::{placement_group_outcome, GcsClient};
+use crate::generator::Generators;
+use crate::generator_stream::GeneratorNext;
 use crate::node_view;
 use crate::object_fetch::{FetchedValue, ObjectFetcher};
 use crate::object_table::RefCounts;
@@ -337,6 +339,62 @@ impl CoreWorker {
 
     pub fn mark_actor_handle_escaped(&self, actor_id: ActorId) {
         self.submission.mark_actor_handle_escaped(actor_id);
+    }
+
+    // ------------------------------------------------------------------ generators
+
+    /// Takes the next item of the generator task `task_id` submitted here, waiting up
+    /// to `timeout` (None: as long as it takes). An item comes with a local reference
+    /// counted by `count_ref` (the caller's `ObjectRef`) before the stream lets go.
+    pub fn generator_next<R>(
+        &self,
+        task_id: TaskId,
+        timeout: Option<Duration>,
+        interrupted: &mut dyn FnMut() -> bool,
+        count_ref: impl FnOnce(ObjectId) -> R,
+    ) -> Result<(GeneratorNext, Option<R>), CoreError> {
+        let next = Generators::next(&self.ctx, task_id, timeout, interrupted)?;
+        let counted = match next {
+            GeneratorNext::Item(id) => {
+                let counted = count_ref(id);
+                Generators::release_hold(&self.ctx, &id);
+                Some(counted)
+            }
+            GeneratorNext::Failed(id) => Some(count_ref(id)),
+            GeneratorNext::Pending | GeneratorNext::End => None,
+        };
+        Ok((next, counted))
+    }
+
+    /// Calls `callback` (on a blocking thread) once `generator_next` would not wait.
+    pub fn on_generator_next(&self, task_id: TaskId, callback: impl FnOnce() + Send + 'static) {
+        let ctx = self.ctx.clone();
+        self.ctx.rt.spawn(async move {
+            Generators::wait_next(ctx, task_id).await;
+            let _ = tokio::task::spawn_blocking(callback).await;
+        });
+    }
+
+    /// Whether the generator has handed out everything it will.
+    pub fn generator_is_finished(&self, task_id: TaskId) -> bool {
+        self.ctx.generators.is_finished(task_id)
+    }
+
+    /// The consumer dropped the generator: unconsumed items are released.
+    pub fn release_generator(&self, task_id: TaskId) {
+        Generators::release(&self.ctx, task_id);
+    }
+
+    /// Worker side: stores item `index` of the running generator task and reports it
+    /// to the task's owner (see `task_execution`). Returns the item's id.
+    pub fn report_generator_item(
+        &self,
+        task: &mut IncomingTask,
+        index: u32,
+        item: ResultParts<'_>,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<ObjectId, CoreError> {
+        task_execution::report_generator_item(&self.ctx, task, index, item, interrupted)
     }
 
     // ------------------------------------------------------------------ the GCS and nodes

@@ -34,6 +34,9 @@ pub struct IncomingTask {
     task_id: TaskId,
     job_id: JobId,
     reply: oneshot::Sender<PushTaskReply>,
+    /// A generator task's item reports still unanswered by the owner (it must have
+    /// every item before the task's reply).
+    pub(crate) unanswered_reports: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// The task and job ids of a pushed spec, once every id in it decodes and every
@@ -90,7 +93,9 @@ impl TaskExecutor {
     pub fn enqueue(&self, spec: TaskSpec, gpu_ids: Vec<u32>) -> Result<oneshot::Receiver<PushTaskReply>, PushError> {
         let (task_id, job_id) = check_spec(&spec)?;
         let (reply, rx) = oneshot::channel();
-        self.tx.send(IncomingTask { spec, gpu_ids, task_id, job_id, reply }).map_err(|_| PushError::ShuttingDown)?;
+        self.tx
+            .send(IncomingTask { spec, gpu_ids, task_id, job_id, reply, unanswered_reports: Vec::new() })
+            .map_err(|_| PushError::ShuttingDown)?;
         Ok(rx)
     }
 

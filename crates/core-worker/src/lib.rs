@@ -19,6 +19,8 @@
 //! - `output`: a worker's printed output on its way to the driver.
 //! - `task_events`: task state changes on their way to the GCS (the state API's tasks).
 //! - `user_metrics`: `rtd.util.metrics` values on their way to the node's `/metrics`.
+//! - `generator`: the owner's side of generator tasks (items streamed as yielded);
+//!   `generator_stream`: one stream's state.
 //! - `executor`, `task_execution` and `owner_service`: the worker side (tasks pushed
 //!   here, their results), and the service other processes call.
 //!
@@ -35,6 +37,8 @@ mod executor;
 #[cfg(test)]
 mod fake_cluster;
 mod gcs_client;
+mod generator;
+mod generator_stream;
 mod layout;
 mod node_view;
 mod object_fetch;
@@ -51,8 +55,9 @@ pub use context::OutputSink;
 pub use core_worker::{ConnectOptions, CoreWorker};
 pub use error::CoreError;
 pub use executor::IncomingTask;
+pub use generator_stream::GeneratorNext;
 pub use object_fetch::{FetchedValue, PinnedObject};
 pub use object_table::RefCounts;
-pub use submission::{ActorCall, Placement, TaskRequest};
+pub use submission::{ActorCall, GeneratorOptions, Placement, TaskRequest};
 pub use task_execution::ResultParts;
 pub use user_metrics::{MetricKind, UserMetric};

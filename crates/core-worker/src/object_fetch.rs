@@ -86,12 +86,20 @@ impl ObjectFetcher {
         self.wait_until(ids, ids.len(), timeout, interrupted)?;
         ids.iter()
             .map(|id| {
-                let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
+                let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let value = match self.ctx.table.get_value(id) {
+                    Some(value) => value,
+                    None => {
+                        // Being made again by the re-run that rebuilds an object before
+                        // it (items of one generator are rebuilt together).
+                        self.wait_until(&[*id], 1, left(), interrupted)?;
+                        self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id))
+                    }
+                };
                 match self.fetch_value(*id, value.clone(), interrupted) {
                     Err(CoreError::ObjectLost(why)) if self.reconstruct(id, &value) => {
                         tracing::info!("object {id} was lost ({why}); re-running the task that made it");
-                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                        self.wait_until(&[*id], 1, left, interrupted)?;
+                        self.wait_until(&[*id], 1, left(), interrupted)?;
                         let value = self.ctx.table.get_value(id).unwrap_or_else(|| context::lost(*id));
                         self.fetch_value(*id, value, interrupted)
                     }

@@ -1,7 +1,8 @@
 //! The socket every core worker serves. Other processes call it to push tasks to this
 //! worker (when they hold a lease on it), to cancel them, and, as borrowers, to get the
 //! value of an object this process owns (the reply waits until the value exists) and
-//! to register and give back their borrows (`borrowing.rs`); the state API asks it
+//! to register and give back their borrows (`borrowing.rs`), and, running a generator
+//! task, to hand over its items (`generator.rs`); the state API asks it
 //! which objects it references.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use rtd_common::{ObjectId, TaskId};
 
 use crate::context::Context;
 use crate::executor::{PushError, TaskExecutor};
+use crate::generator::Generators;
 use crate::submitter::TaskSubmitter;
 
 /// Whether the cluster has declared `node_id` dead (or forgotten it).
@@ -134,6 +136,14 @@ impl Service for OwnerService {
                 }
                 Reply::None
             }
+            CoreWorkerRequest::ReportGeneratorItem(report) => match Generators::on_report(&self.ctx, report) {
+                Ok(None) => Reply::Now(ack()),
+                Ok(Some(held)) => Reply::Later(Box::pin(async move {
+                    held.await;
+                    ack()
+                })),
+                Err(e) => Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
+            },
             CoreWorkerRequest::GetObjectRefs(_) => Reply::Now(
                 CoreWorkerReply::GetObjectRefsReply(GetObjectRefsReply { objects: self.ctx.table.describe() }).into(),
             ),

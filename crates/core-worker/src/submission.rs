@@ -20,6 +20,7 @@ use rtd_common::{ActorId, JobId, ObjectId, PlacementGroupId, ResourceSet, TaskId
 use crate::actor_submitter::ActorSubmitter;
 use crate::context::Context;
 use crate::error::CoreError;
+use crate::generator::Generators;
 use crate::submitter::{resolve_args, TaskSubmitter};
 
 /// A task as the API hands it over.
@@ -38,6 +39,18 @@ pub struct TaskRequest {
     /// Placement group that tasks submitted by this task use by default.
     pub capture_placement_group: Option<PlacementGroupId>,
     pub placement: Placement,
+    /// A generator task: its items stream to this process as they are yielded.
+    pub generator: Option<GeneratorOptions>,
+}
+
+/// How a generator task streams its items.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GeneratorOptions {
+    /// Unconsumed items at which the producer waits (0: never).
+    pub backpressure_num_objects: u64,
+    /// `num_returns="dynamic"`: the items are handed over as the task's one result
+    /// rather than to a consumer.
+    pub dynamic: bool,
 }
 
 /// Where a task may run, besides its resources.
@@ -103,6 +116,7 @@ impl Submission {
             .map(|(id, owner)| TaskArg { r#ref: Some(hold(id, owner)), value: self.ctx.table.get_value(id) })
             .collect();
         let contained_refs = req.contained_refs.iter().map(|(id, owner)| hold(id, owner)).collect();
+        let generator = req.generator;
         let (actor_id, actor_creation, method_name, concurrency_group) = match req.actor {
             Some(a) => (a.actor_id.to_vec().into(), a.creation, a.method_name, a.concurrency_group),
             None => (Default::default(), false, String::new(), String::new()),
@@ -130,7 +144,13 @@ impl Submission {
             affinity_soft: req.placement.affinity_soft,
             runtime_env: req.placement.runtime_env,
             contained_refs,
+            streaming_generator: generator.is_some(),
+            generator_backpressure_num_objects: generator.map(|g| g.backpressure_num_objects).unwrap_or(0),
+            generator_dynamic: generator.is_some_and(|g| g.dynamic),
         };
+        if generator.is_some() {
+            Generators::register(&self.ctx, &spec);
+        }
         (spec, return_ids)
     }
 

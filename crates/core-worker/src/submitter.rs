@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::cluster::LeaseCluster;
 use crate::context::{self, system_error, Context};
+use crate::generator::Generators;
 
 /// Most lease requests one scheduling class keeps outstanding at the raylet.
 const MAX_LEASE_REQUESTS_PER_CLASS: usize = 16;
@@ -159,7 +160,12 @@ impl<P: Clone + Send + Sync + 'static> TaskSubmitter<P> {
     /// Re-runs the task that made a lost object `id` owned here, if its task has
     /// retries left (lineage reconstruction). True if a re-run was started.
     pub fn rebuild(&self, ctx: &Context, id: &ObjectId) -> bool {
+        // A generator's items lost with this one's node come back with the same re-run.
+        let lost_items = Generators::lost_with(ctx, id);
         let Some(mut spec) = ctx.lineage.lock().remove(id) else { return false };
+        for item in lost_items {
+            ctx.table.reset_pending(&item);
+        }
         spec.max_retries = if spec.max_retries < 0 { -1 } else { spec.max_retries - 1 };
         spec.attempt += 1;
         for ret in &spec.return_ids {

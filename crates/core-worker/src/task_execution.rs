@@ -5,10 +5,14 @@
 //! before replying, the submitter is registered as their borrower with each owner (and
 //! this worker's own registrations, made while unpickling the arguments, are
 //! confirmed), so no owner frees them when this worker lets go.
+//!
+//! A generator task's items go to its owner one by one as they are yielded
+//! (`report_generator_item`), each with the same care; the reply waits until the owner
+//! answered every report, so the owner has all items when the task is done.
 
 use std::sync::Arc;
 
-use rtd_common::proto::{ObjectRefProto, PushTaskReply, ReturnObject};
+use rtd_common::proto::{ObjectRefProto, PushTaskReply, ReportGeneratorItem, ReturnObject};
 use rtd_common::{object_kind, ObjectId};
 
 use crate::borrowing::BORROW_CONFIRM_LIMIT;
@@ -26,11 +30,14 @@ pub(crate) fn finish_task(
     ctx: &Arc<Context>,
     executor: &TaskExecutor,
     output: &OutputForwarder,
-    task: IncomingTask,
+    mut task: IncomingTask,
     results: Vec<ResultParts<'_>>,
     app_error: bool,
     retryable: bool,
 ) -> Result<(), CoreError> {
+    for report in std::mem::take(&mut task.unanswered_reports) {
+        let _ = ctx.rt.block_on(report);
+    }
     let mut returns = Vec::with_capacity(results.len());
     let mut first_error = None;
     let mut contained = Vec::with_capacity(results.len());
@@ -72,6 +79,48 @@ pub(crate) fn finish_task(
     }
     task.finish(PushTaskReply { returns, app_error, retryable });
     Ok(())
+}
+
+/// Stores item `index` of a generator task and reports it to the task's owner.
+/// Without backpressure the owner's answer is awaited before the task's reply; with
+/// it, before this returns (the owner holds it while its consumer is behind).
+pub(crate) fn report_generator_item(
+    ctx: &Arc<Context>,
+    task: &mut IncomingTask,
+    index: u32,
+    (metadata, payload, buffers, refs): ResultParts<'_>,
+    interrupted: &mut dyn FnMut() -> bool,
+) -> Result<ObjectId, CoreError> {
+    if !task.spec.streaming_generator {
+        return Err(CoreError::Invalid(format!("task {} is not a generator task", task.task_id())));
+    }
+    let id = ObjectId::for_return(&task.task_id(), index + 1);
+    let value = ctx.store_value(id, metadata, payload, &buffers)?;
+    let contained = register_for_submitter(ctx, &task.spec.owner, refs);
+    ctx.borrows.flush(BORROW_CONFIRM_LIMIT);
+    let report = ReportGeneratorItem {
+        task_id: task.spec.task_id.clone(),
+        attempt: task.spec.attempt,
+        index,
+        value: Some(value),
+        contained,
+    };
+    let (owner, sender) = (task.spec.owner.clone(), ctx.clone());
+    let answered = async move {
+        let client = sender.peers.get(&owner).await?;
+        client.request(report).await.map(|_| ())
+    };
+    if task.spec.generator_backpressure_num_objects > 0 {
+        ctx.block_on(answered, interrupted)?
+            .map_err(|e| CoreError::Internal(format!("cannot report a generator item to its owner: {e}")))?;
+    } else {
+        task.unanswered_reports.push(ctx.rt.spawn(async move {
+            if let Err(e) = answered.await {
+                tracing::warn!("cannot report a generator item to its owner: {e}");
+            }
+        }));
+    }
+    Ok(id)
 }
 
 /// Registers `submitter` as a borrower of each ref with its owner (here, or over the

@@ -11,6 +11,7 @@ use rtd_common::{ActorId, ResourceSet};
 use rtd_core_worker::{ActorCall, Placement, TaskRequest};
 
 use crate::blocking::EnterRtd;
+use crate::generators::generator_options;
 use crate::object_ref::{id_owner_pairs, ObjectRef};
 use crate::tasks::resource_set;
 use crate::{core, core_if_connected};
@@ -129,6 +130,7 @@ pub fn create_actor<'py>(
         }),
         capture_placement_group: None,
         placement: Placement { runtime_env: options.runtime_env.clone(), ..Default::default() },
+        generator: None,
     };
     let actor_options = options.options.clone();
     let info = py.enter_rtd(|_| core.create_actor(request, actor_options))?;
@@ -142,7 +144,7 @@ pub fn create_actor<'py>(
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (actor_id, method_name, function_name, args, arg_refs, num_returns, concurrency_group,
-                    contained=Vec::new()))]
+                    contained=Vec::new(), generator=None))]
 pub fn submit_actor_task(
     py: Python<'_>,
     actor_id: Vec<u8>,
@@ -153,6 +155,7 @@ pub fn submit_actor_task(
     num_returns: u32,
     concurrency_group: String,
     contained: Vec<PyRef<'_, ObjectRef>>,
+    generator: Option<(u64, bool)>,
 ) -> PyResult<Vec<ObjectRef>> {
     let core = core()?;
     let id = self::actor_id(&actor_id)?;
@@ -169,6 +172,7 @@ pub fn submit_actor_task(
         actor: Some(ActorCall { actor_id: id, creation: false, method_name, concurrency_group }),
         capture_placement_group: None,
         placement: Default::default(),
+        generator: generator.map(generator_options),
     };
     let ids = py.enter_rtd_ok(|| core.submit_task(request))?;
     let owner = core.address().to_string();

@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use rtd_common::{PlacementGroupId, ResourceSet};
-use rtd_core_worker::{Placement, TaskRequest};
+use rtd_core_worker::{GeneratorOptions, Placement, TaskRequest};
 
 use crate::blocking::EnterRtd;
 use crate::core;
+use crate::generators::generator_options;
 use crate::object_ref::{id_owner_pairs, ObjectRef};
 
 /// A resource request from Python (`{"CPU": 1, "GPU": 0.5}`); bad amounts are a
@@ -31,6 +32,7 @@ pub struct TaskOptions {
     /// Placement group the task's children use by default, if any.
     capture_placement_group: Option<PlacementGroupId>,
     placement: Placement,
+    generator: Option<GeneratorOptions>,
 }
 
 #[pymethods]
@@ -39,7 +41,7 @@ impl TaskOptions {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (*, function_id, function_name, num_returns, resources, max_retries=0,
                         retry_exceptions=Vec::new(), capture_placement_group=None, strategy=String::new(),
-                        affinity_node=String::new(), affinity_soft=false, runtime_env=String::new()))]
+                        affinity_node=String::new(), affinity_soft=false, runtime_env=String::new(), generator=None))]
     fn new(
         function_id: Vec<u8>,
         function_name: String,
@@ -52,6 +54,7 @@ impl TaskOptions {
         affinity_node: String,
         affinity_soft: bool,
         runtime_env: String,
+        generator: Option<(u64, bool)>,
     ) -> PyResult<Self> {
         Ok(Self {
             function_id,
@@ -65,6 +68,7 @@ impl TaskOptions {
                 .transpose()
                 .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?,
             placement: Placement { strategy, affinity_node, affinity_soft, runtime_env },
+            generator: generator.map(generator_options),
         })
     }
 }
@@ -94,6 +98,7 @@ pub fn submit_task(
         actor: None,
         capture_placement_group: options.capture_placement_group,
         placement: options.placement.clone(),
+        generator: options.generator,
     };
     let ids = py.enter_rtd_ok(|| core.submit_task(request))?;
     let owner = core.address().to_string();

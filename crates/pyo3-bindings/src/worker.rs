@@ -24,6 +24,18 @@ pub struct Task {
     function_name: String,
     #[pyo3(get)]
     num_returns: usize,
+    /// A generator task (`num_returns="streaming"` or `"dynamic"`).
+    #[pyo3(get)]
+    streaming_generator: bool,
+    /// `num_returns="dynamic"`: the result lists the items' refs.
+    #[pyo3(get)]
+    generator_dynamic: bool,
+    /// Unconsumed items at which the owner holds the generator (0: never).
+    #[pyo3(get)]
+    generator_backpressure_num_objects: u64,
+    /// The address of the process that submitted the task (and owns its results).
+    #[pyo3(get)]
+    owner: String,
     #[pyo3(get)]
     gpu_ids: Vec<u32>,
     #[pyo3(get)]
@@ -84,6 +96,10 @@ pub fn next_task(py: Python<'_>, timeout: f64) -> PyResult<Option<Task>> {
         function_id: spec.function_id.to_vec(),
         function_name: spec.function_name.clone(),
         num_returns: spec.return_ids.len(),
+        streaming_generator: spec.streaming_generator,
+        generator_dynamic: spec.generator_dynamic,
+        generator_backpressure_num_objects: spec.generator_backpressure_num_objects,
+        owner: spec.owner.clone(),
         gpu_ids: task.gpu_ids.clone(),
         task_id: task.task_id().hex(),
         attempt: spec.attempt,
@@ -139,6 +155,28 @@ pub fn finish_task(
         let results = parts.iter().map(|(m, p, b, c)| (*m, p.as_slice(), b.slices(), c.clone())).collect();
         core.finish_task(incoming, results, app_error, retryable, error)
     })
+}
+
+/// Stores item `index` that the running generator task yielded (`(metadata, payload,
+/// buffers, contained refs)`) and reports it to the task's owner; returns the item's
+/// id. Under backpressure it returns once the owner lets the task go on.
+#[pyfunction]
+pub fn report_generator_item<'py>(
+    py: Python<'py>,
+    task: &Task,
+    index: u32,
+    item: PyResultParts<'py>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let core = core()?;
+    let (metadata, payload, buffers, contained) = &item;
+    let buffers = BorrowedBuffers::new(buffers)?;
+    let contained = id_owner_pairs(contained);
+    let mut guard = task.inner.lock();
+    let incoming = guard.as_mut().ok_or_else(finished)?;
+    let id = py.enter_rtd(|interrupted| {
+        core.report_generator_item(incoming, index, (*metadata, payload, buffers.slices(), contained), interrupted)
+    })?;
+    Ok(PyBytes::new(py, id.as_bytes()))
 }
 
 /// Raises KeyboardInterrupt in the main thread (cancelling the running task).

@@ -19,6 +19,7 @@ TASK_OPTIONS = {
     "name",
     "accelerator_type",
     "_metadata",
+    "_generator_backpressure_num_objects",
 }
 
 ACTOR_ONLY_OPTIONS = {
@@ -36,7 +37,8 @@ DEFAULT_TASK_OPTIONS = {
     "num_gpus": 0,
     "memory": 0,
     "resources": None,
-    "num_returns": 1,
+    # None: 1, or "streaming" for a generator function (see generator.default_num_returns).
+    "num_returns": None,
     "max_retries": 3,
     "retry_exceptions": False,
     "scheduling_strategy": None,
@@ -79,9 +81,16 @@ def validate_task_options(options: dict) -> dict:
                 _non_negative(f"resources[{name!r}]", amount)
         elif key == "num_returns":
             if value in ("dynamic", "streaming"):
-                raise NotImplementedError(f"num_returns={value!r} (generators) is not implemented in rtd yet.")
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"The option 'num_returns' must be a non-negative integer, got {value!r}.")
+        elif key == "_generator_backpressure_num_objects":
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (is_int and (value > 0 or value == -1)):
+                raise ValueError(
+                    "The option '_generator_backpressure_num_objects' must be a positive integer "
+                    f"(or -1: no backpressure), got {value!r}."
+                )
         elif key == "max_retries":
             if isinstance(value, bool) or not isinstance(value, int) or value < -1:
                 raise ValueError(f"The option 'max_retries' must be an integer >= -1, got {value!r}.")

@@ -206,6 +206,8 @@ class _ActorRuntime:
                 result = fn(*args, **kwargs)
                 if _inspect.isawaitable(result):
                     result = await result
+                if task.streaming_generator:
+                    result = await _stream_items_async(task, result)
             except BaseException as e:  # noqa: BLE001
                 _finish_failed(task, e)
                 return
@@ -331,10 +333,67 @@ def _run_call(task, fn):
             fn = _load_function(task.function_id)
         args, kwargs = _resolve_args(task)
         result = fn(*args, **kwargs)
+        if task.streaming_generator:
+            result = _stream_items(task, result)
     except BaseException as e:  # noqa: BLE001 - every error goes back to the owner
         _finish_failed(task, e)
         return
     _finish_ok(task, result)
+
+
+def _report_item(task, index, value):
+    """Sends one yielded value to the owner (under backpressure, returns once the owner
+    lets the task go on); returns the item's object id."""
+    payload, buffers, contained = serialization.serialize(value)
+    return _core.report_generator_item(task, index, (serialization.VALUE, payload, buffers, contained))
+
+
+def _generator_result(task, item_ids):
+    """The generator task's one result: the items' refs (``num_returns="dynamic"``),
+    else None (the caller already has them)."""
+    if not task.generator_dynamic:
+        return None
+    from rtd._private.generator import DynamicObjectRefGenerator
+
+    return DynamicObjectRefGenerator([_core.ObjectRef(item, task.owner) for item in item_ids])
+
+
+def _not_iterable(task, result):
+    return TypeError(
+        f"Task {task.function_name} has num_returns='streaming' or 'dynamic' but returned "
+        f"{type(result).__name__}, not a generator."
+    )
+
+
+def _stream_items(task, result):
+    """Runs a generator task's generator, reporting each item as it is yielded."""
+    try:
+        items = iter(result)
+    except TypeError:
+        raise _not_iterable(task, result) from None
+    return _generator_result(task, [_report_item(task, i, value) for i, value in enumerate(items)])
+
+
+async def _stream_items_async(task, result):
+    """``_stream_items`` on an async actor: an async generator's items are reported
+    without blocking the event loop (off it when the owner may hold the report)."""
+    import inspect as _inspect
+
+    if not _inspect.isasyncgen(result):
+        return _stream_items(task, result)
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    held = task.generator_backpressure_num_objects > 0
+    ids = []
+    index = 0
+    async for value in result:
+        if held:
+            ids.append(await loop.run_in_executor(None, _report_item, task, index, value))
+        else:
+            ids.append(_report_item(task, index, value))
+        index += 1
+    return _generator_result(task, ids)
 
 
 def _finish_ok(task, result):

@@ -148,6 +148,7 @@ service! {
         AddBorrower => Ack,
         WorkerOutput => Ack,
         GetObjectRefs => GetObjectRefsReply,
+        ReportGeneratorItem => Ack,
 }
 
 service! {
