@@ -1,7 +1,7 @@
 //! `rtd job submit|status|logs|stop|list|delete`: Ray's `ray job` CLI, a client of the
 //! Jobs REST API the head serves on its dashboard port (`rtd_dashboard::jobs`), with
 //! Ray's messages and exit codes (`submit` waits and streams the log by default, and
-//! exits 1 when the job FAILED).
+//! exits 1 when the job FAILED; an unknown job or an unreachable cluster exits 1).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
+use rtd_runtime_env::package::{Layout, MAX_PACKAGE_SIZE};
 use serde_json::{json, Map, Value};
 
 use crate::state_cli::{dashboard_url, ClusterArgs};
@@ -107,8 +108,8 @@ struct SubmitArgs {
     entrypoint: Vec<String>,
 }
 
-/// Runs `rtd job ...`; the process's exit code.
-pub fn job(args: &JobArgs) -> Result<i32> {
+/// Runs `rtd job ...`. A submitted job that FAILED is an error (exit code 1), as in Ray.
+pub fn job(args: &JobArgs) -> Result<()> {
     match &args.command {
         JobCommand::Submit(a) => submit(a),
         JobCommand::Status(a) => {
@@ -118,7 +119,7 @@ pub fn job(args: &JobArgs) -> Result<i32> {
             if let Some(message) = info["message"].as_str() {
                 println!("Status message: {message}");
             }
-            Ok(0)
+            Ok(())
         }
         JobCommand::Logs(a) => {
             let jobs = Jobs::connect(&a.connection)?;
@@ -128,21 +129,21 @@ pub fn job(args: &JobArgs) -> Result<i32> {
                 let logs = jobs.call("GET", &format!("/api/jobs/{}/logs", segment(&a.job_id)), None)?;
                 print!("{}", logs["logs"].as_str().unwrap_or_default());
             }
-            Ok(0)
+            Ok(())
         }
         JobCommand::Stop(a) => {
             let jobs = Jobs::connect(&a.connection)?;
             println!("Attempting to stop job '{}'", a.job_id);
             jobs.call("POST", &format!("/api/jobs/{}/stop", segment(&a.job_id)), None)?;
             if a.no_wait {
-                return Ok(0);
+                return Ok(());
             }
             println!("Waiting for job '{}' to exit (disable with --no-wait):", a.job_id);
             loop {
                 let status = jobs.status(&a.job_id)?;
                 if is_terminal(&status) {
                     report_end(&jobs, &a.job_id)?;
-                    return Ok(0);
+                    return Ok(());
                 }
                 println!("Job has not exited yet. Status: {status}");
                 std::thread::sleep(Duration::from_millis(500));
@@ -152,13 +153,13 @@ pub fn job(args: &JobArgs) -> Result<i32> {
             let jobs = Jobs::connect(connection)?;
             let listed = jobs.call("GET", "/api/jobs/", None)?;
             print!("{}", table(listed.as_array().map(Vec::as_slice).unwrap_or_default()));
-            Ok(0)
+            Ok(())
         }
         JobCommand::Delete(a) => {
             let jobs = Jobs::connect(&a.connection)?;
             jobs.call("DELETE", &format!("/api/jobs/{}", segment(&a.job_id)), None)?;
             println!("Job '{}' deleted successfully", a.job_id);
-            Ok(0)
+            Ok(())
         }
     }
 }
@@ -197,7 +198,7 @@ fn parse_json_object(text: &str, flag: &str) -> Result<Map<String, Value>> {
     }
 }
 
-fn submit(args: &SubmitArgs) -> Result<i32> {
+fn submit(args: &SubmitArgs) -> Result<()> {
     let mut runtime_env = match &args.runtime_env_json {
         Some(text) => parse_json_object(text, "--runtime-env-json")?,
         None => Map::new(),
@@ -234,11 +235,14 @@ fn submit(args: &SubmitArgs) -> Result<i32> {
     println!("Job '{id}' submitted successfully");
     println!("Next steps: rtd job logs {id} | rtd job status {id} | rtd job stop {id}");
     if args.no_wait {
-        return Ok(0);
+        return Ok(());
     }
     println!("Tailing logs until the job exits (disable with --no-wait):");
     jobs.follow(id)?;
-    Ok(if report_end(&jobs, id)? == "FAILED" { 1 } else { 0 })
+    if report_end(&jobs, id)? == "FAILED" {
+        bail!("job '{id}' failed");
+    }
+    Ok(())
 }
 
 /// Prints how the job ended (Ray's words); its status.
@@ -420,7 +424,9 @@ impl Jobs {
     }
 
     fn upload(&self, path: &str, excludes: &[String], under_own_name: bool) -> Result<String> {
-        let package = crate::packages::pack(std::path::Path::new(path), excludes, under_own_name)?;
+        let layout = if under_own_name { Layout::UnderOwnName } else { Layout::Contents };
+        let package = rtd_runtime_env::pack_path(std::path::Path::new(path), excludes, layout, MAX_PACKAGE_SIZE)
+            .with_context(|| format!("packing {path}"))?;
         let (protocol, name) = package.uri.split_once("://").unwrap_or(("gcs", &package.uri));
         let url = format!("/api/packages/{protocol}/{}", segment(name));
         if self.send("GET", &url, None).is_err() {

@@ -18,7 +18,7 @@ use rtd_common::cluster_kv;
 use rtd_common::proto::{KvGet, KvGetReply, NodeInfo, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
-use rtd_dashboard::jobs::env::EnvVarsOnly;
+use rtd_dashboard::jobs::env::RuntimeEnvSetup;
 use rtd_dashboard::jobs::{JobManager, JobsConfig, ProcessLauncher};
 use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
@@ -30,6 +30,7 @@ use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
 use rtd_raylet::lease::Raylet;
 use rtd_raylet::service::{NodeService, ProcessTable};
 use rtd_raylet::worker_pool::WorkerCommand;
+use rtd_runtime_env::setup::KvLookup;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -80,6 +81,8 @@ struct JobsContext {
     cluster_address: String,
     node_id: NodeId,
     python: String,
+    /// The node's cache of runtime environments.
+    runtime_resources: PathBuf,
 }
 
 /// Starts serving the dashboard (with the jobs API) over `gcs`; returns the task, the
@@ -100,16 +103,22 @@ async fn start_dashboard(
     };
     let url = format!("{host}:{port}");
     gcs.kv_put(cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
+    let packages = gcs.clone();
+    let python = jobs.python.clone();
     let manager = JobManager::new(
         gcs.clone(),
         Arc::new(ProcessLauncher),
-        Arc::new(EnvVarsOnly),
+        Arc::new(RuntimeEnvSetup {
+            packages: Arc::new(KvLookup(move |uri: &str| packages.kv_get(uri))),
+            cache_root: jobs.runtime_resources,
+            python: jobs.python,
+        }),
         JobsConfig {
             logs_dir: jobs.logs_dir,
             cluster_address: jobs.cluster_address,
             node_id: jobs.node_id.hex(),
             dashboard_url: format!("http://{url}"),
-            env: entrypoint_path(&jobs.python).into_iter().collect(),
+            env: entrypoint_path(&python).into_iter().collect(),
             stop_grace: job_stop_grace(),
         },
     );
@@ -339,6 +348,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
                 cluster_address: if raylet_address.is_empty() { "auto".into() } else { raylet_address.clone() },
                 node_id,
                 python: opts.python.clone(),
+                runtime_resources: session.dir.parent().unwrap_or(&session.dir).join("runtime_resources"),
             };
             Some(start_dashboard(options, gcs, &opts.node_ip, metrics, jobs).await?)
         }

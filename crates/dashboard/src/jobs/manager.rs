@@ -200,8 +200,10 @@ impl JobManager {
             if record.status.is_terminal() {
                 continue;
             }
-            if let Some(pid) = record.pid.filter(|pid| is_entrypoint_shell(*pid)) {
-                signal_group(pid, StopSignal::Kill);
+            if let (Some(pgid), Some(started)) = (record.pid, record.pid_start) {
+                if group_outlived_its_head(pgid, started) {
+                    signal_group(pgid, StopSignal::Kill);
+                }
             }
             record.error_type = Some(error_type::SUPERVISOR_DIED.into());
             record.set_status(
@@ -355,6 +357,7 @@ impl JobManager {
             }
         };
         record.pid = Some(entrypoint.pid());
+        record.pid_start = process_start(entrypoint.pid());
         record.driver_agent_http_address = Some(self.config.dashboard_url.clone());
         record.driver_node_id = Some(self.config.node_id.clone());
         record.set_status(JobStatus::Running, None, now_ms());
@@ -421,10 +424,28 @@ fn append_log(path: &Path, text: &str) {
     }
 }
 
-/// Whether `pid` is still the `sh -c` a job started (after a head restart the pid may
-/// have been reused by anything).
-fn is_entrypoint_shell(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| cmdline.starts_with(b"sh\0-c\0"))
+/// When process `pid` started (clock ticks since boot, `/proc/<pid>/stat` field 22).
+fn process_start(pid: u32) -> Option<u64> {
+    stat_fields(pid).map(|(_, start)| start)
+}
+
+/// (process group, start time) of process `pid`.
+fn stat_fields(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields follow the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Whether some process of the group `pgid` a job's entrypoint led (started at
+/// `started`) is still there: one in that group that started no earlier. A pid reused
+/// since by an unrelated process does not count.
+fn group_outlived_its_head(pgid: u32, started: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat_fields)
+        .any(|(group, start)| group == pgid && start >= started)
 }
 
 /// The last `lines` lines of the file at `path`, at most `max_chars` of them.

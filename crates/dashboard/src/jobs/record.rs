@@ -89,6 +89,10 @@ pub struct JobRecord {
     pub log_path: String,
     /// The entrypoint's process (and process group) while it runs.
     pub pid: Option<u32>,
+    /// When that process started (clock ticks since boot), to tell it from a later
+    /// process with the same pid.
+    #[serde(default)]
+    pub pid_start: Option<u64>,
 }
 
 impl JobRecord {
@@ -113,6 +117,7 @@ impl JobRecord {
             driver_exit_code: None,
             log_path,
             pid: None,
+            pid_start: None,
         }
     }
 
@@ -128,6 +133,7 @@ impl JobRecord {
         if status.is_terminal() {
             self.end_time = Some(now_ms);
             self.pid = None;
+            self.pid_start = None;
         }
         true
     }
