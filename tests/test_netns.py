@@ -204,6 +204,20 @@ def make_on_a():
     return np.full(1_000_000, 2.0)
 
 out["a_to_b"] = rtd.get(total.options(resources={"wb": 1}).remote(make_on_a.remote()), timeout=30)
+
+# A working_dir made here travels to node B through the GCS (no shared disk is used:
+# B unpacks it under its own session directory).
+import tempfile
+code = tempfile.mkdtemp(prefix="rtd-ns-wd-")
+with open(os.path.join(code, "netns_wd_module.py"), "w") as f:
+    f.write("ANSWER = 'from the driver'\\n")
+
+@rtd.remote(resources={"wb": 1}, runtime_env={"working_dir": code, "env_vars": {"NETNS_ENV": "set"}})
+def in_env():
+    import os, netns_wd_module
+    return netns_wd_module.ANSWER, os.environ.get("NETNS_ENV"), os.getcwd()
+
+out["env_on_b"] = rtd.get(in_env.remote(), timeout=60)
 print(json.dumps({"phase": 1, **out}), flush=True)
 
 # What runs when A is cut off: tasks on B, a retriable task on A, and an actor on A
@@ -314,6 +328,9 @@ def test_nodes_in_separate_network_namespaces_run_work_and_a_cut_off_node_is_dec
         assert one["on_b"] == [ids["b"]] * 2
         assert one["sum_on_a"] == [ids["a"], float(sum(range(2_000_000)))]
         assert one["a_to_b"] == [ids["b"], 2_000_000.0]
+        answer, variable, cwd = one["env_on_b"]
+        assert (answer, variable) == ("from the driver", "set"), context
+        assert os.path.realpath(cwd).startswith(os.path.realpath(net.temp_dirs["b"])), context
         # What the tasks printed reached the driver, marked with their machines' addresses.
         for role in ("a", "b"):
             line = rf"^\(total pid=\d+, ip={re.escape(net.ips[role])}\) summing$"

@@ -11,6 +11,7 @@
 
 from rtd import (
     exceptions,
+    runtime_env,
     util,  # noqa: E402 - `rtd.util` is available after `import rtd`, as in Ray
 )
 from rtd._core import ObjectRef
@@ -62,6 +63,7 @@ __all__ = [
     "cancel",
     "cluster_resources",
     "exceptions",
+    "runtime_env",
     "get",
     "get_actor",
     "get_gpu_ids",

@@ -23,7 +23,7 @@ import cloudpickle
 
 from rtd import _core, api, exceptions
 from rtd._private import options as opts
-from rtd._private import scheduling, serialization
+from rtd._private import runtime_env, scheduling, serialization
 
 _METHOD_OPTIONS = "__rtd_method_options__"
 DEFAULT_ASYNC_CONCURRENCY = 1000
@@ -159,6 +159,7 @@ class ActorClass:
             strategy=placement_hint.strategy,
             affinity_node=placement_hint.affinity_node,
             affinity_soft=placement_hint.affinity_soft,
+            runtime_env=runtime_env.for_submission(o.get("runtime_env")),
         )
         info = _core.create_actor(options, blob, arg_refs, contained)
         # With get_if_exists the actor may be someone else's: only ours, and only if not

@@ -14,6 +14,7 @@ import uuid
 
 from rtd import _core
 from rtd._core import ObjectRef
+from rtd._private import runtime_env as _runtime_env
 from rtd._private import serialization, services, task_context
 from rtd.runtime_context import RuntimeContext
 
@@ -144,8 +145,8 @@ def init(
             raise TypeError(f"init() got unexpected keyword argument(s): {sorted(unknown)}")
         if kwargs.get("local_mode"):
             raise NotImplementedError("local_mode is not supported by rtd.")
-        if runtime_env:
-            raise NotImplementedError("runtime_env is not implemented in rtd yet.")
+        runtime_env = _runtime_env.job_runtime_env(runtime_env)
+        _runtime_env.validate(runtime_env)
         _check_resources(num_cpus, num_gpus, resources, object_store_memory)
         # Token mode without a usable token fails here, before anything starts.
         _core.auth_token()
@@ -172,6 +173,12 @@ def init(
         try:
             _core.connect(os.path.join(session_dir, "sockets", "raylet.sock"), session_dir, False, None, node_ip)
         except BaseException:
+            _stop_local_node()
+            raise
+        try:
+            _runtime_env.set_job_env(runtime_env)
+        except BaseException:
+            _core.disconnect()
             _stop_local_node()
             raise
         _state.session_dir = session_dir
@@ -248,6 +255,7 @@ def shutdown():
             return
         _core.disconnect()
         _stop_local_node()
+        _runtime_env.set_job_env(None)
         _state.session_dir = None
         _state.dashboard_url = None
         _state.registered_functions.clear()

@@ -105,6 +105,11 @@ class TaskUnschedulableError(RayError):
     """No node can ever run the task under its scheduling strategy."""
 
 
+class RuntimeEnvSetupError(RayError):
+    """A task's or actor's runtime_env could not be set up on its node (a pip package
+    that does not exist, a missing package); the message is the installer's."""
+
+
 class ActorUnschedulableError(RayError):
     """No node can ever host the actor under its scheduling strategy."""
 
@@ -118,6 +123,7 @@ __all__ = [
     "AuthenticationError",
     "RayError",
     "RaySystemError",
+    "RuntimeEnvSetupError",
     "RayTaskError",
     "TaskCancelledError",
     "WorkerCrashedError",

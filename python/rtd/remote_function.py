@@ -7,7 +7,7 @@ import hashlib
 
 from rtd import _core, api
 from rtd._private import options as opts
-from rtd._private import scheduling, serialization
+from rtd._private import runtime_env, scheduling, serialization
 
 
 class RemoteFunction:
@@ -84,6 +84,7 @@ class RemoteFunction:
             strategy=self._placement.strategy,
             affinity_node=self._placement.affinity_node,
             affinity_soft=self._placement.affinity_soft,
+            runtime_env=runtime_env.for_submission(self._options.get("runtime_env")),
         )
         refs = _core.submit_task(options, blob, arg_refs, contained)
         if self._num_returns == 1:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from rtd import _core
-from rtd._private import task_context
+from rtd._private import runtime_env, task_context
 
 
 class RuntimeContext:
@@ -33,6 +35,16 @@ class RuntimeContext:
     @property
     def namespace(self):
         return self._namespace
+
+    @property
+    def runtime_env(self):
+        """This job's or worker's runtime_env (a ``RuntimeEnv``), as Ray's."""
+        from rtd.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(**runtime_env.current(), _validate=False)
+
+    def get_runtime_env_string(self) -> str:
+        return json.dumps(runtime_env.current())
 
     @property
     def gcs_address(self):

@@ -38,4 +38,6 @@ pub mod object_kind {
     pub const ACTOR_DIED: u32 = 5;
     /// The task can never be scheduled (e.g. hard node affinity to a dead node).
     pub const UNSCHEDULABLE: u32 = 6;
+    /// The task's runtime_env could not be set up (Ray's `RuntimeEnvSetupError`).
+    pub const RUNTIME_ENV_SETUP_FAILED: u32 = 7;
 }

@@ -54,6 +54,7 @@ pub fn error_type_of_kind(kind: u32) -> &'static str {
         object_kind::OBJECT_LOST => "OBJECT_LOST",
         object_kind::ACTOR_DIED => "ACTOR_DIED",
         object_kind::UNSCHEDULABLE => "TASK_UNSCHEDULABLE_ERROR",
+        object_kind::RUNTIME_ENV_SETUP_FAILED => "RUNTIME_ENV_SETUP_FAILED",
         _ => "TASK_EXECUTION_EXCEPTION",
     }
 }

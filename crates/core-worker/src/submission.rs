@@ -48,6 +48,8 @@ pub struct Placement {
     /// Node affinity: a node's hex id (empty: none), and whether it is soft.
     pub affinity_node: String,
     pub affinity_soft: bool,
+    /// The runtime_env its worker must run in (canonical JSON, packages uploaded; empty: none).
+    pub runtime_env: String,
 }
 
 /// What makes a task an actor task.
@@ -126,6 +128,7 @@ impl Submission {
             scheduling_strategy: req.placement.strategy,
             affinity_node: req.placement.affinity_node,
             affinity_soft: req.placement.affinity_soft,
+            runtime_env: req.placement.runtime_env,
             contained_refs,
         };
         (spec, return_ids)

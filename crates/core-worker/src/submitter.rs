@@ -202,6 +202,8 @@ struct ClassKey {
     affinity_soft: bool,
     /// Locality: where the task's largest resolved argument lives (DEFAULT only).
     preferred_node: Vec<u8>,
+    /// Its runtime_env (canonical JSON): a lease serves one environment only.
+    runtime_env: String,
 }
 
 fn class_key(spec: &TaskSpec) -> ClassKey {
@@ -224,6 +226,7 @@ fn class_key(spec: &TaskSpec) -> ClassKey {
         affinity_node: spec.affinity_node.clone(),
         affinity_soft: spec.affinity_soft,
         preferred_node,
+        runtime_env: spec.runtime_env.clone(),
     }
 }
 
@@ -396,8 +399,13 @@ impl<C: LeaseCluster> Submitter<C> {
                 // draining, gone or unreachable) fails no task: ask again soon, from
                 // this node's raylet, which by then may know the other node is gone.
                 if let LeaseFailure::Elsewhere(e) = &error {
-                    let refused =
-                        matches!(e, RpcError::Remote { code: ErrorCode::Unschedulable | ErrorCode::WorkerDied, .. });
+                    let refused = matches!(
+                        e,
+                        RpcError::Remote {
+                            code: ErrorCode::Unschedulable | ErrorCode::WorkerDied | ErrorCode::RuntimeEnvSetupFailed,
+                            ..
+                        }
+                    );
                     if refused {
                         let (kind, message) = fatal_lease_error(e);
                         self.fail_queued(&class, kind, &message);
@@ -618,6 +626,8 @@ impl<C: LeaseCluster> Submitter<C> {
 fn fatal_lease_error(e: &RpcError) -> (u32, String) {
     if e.code() == ErrorCode::Unschedulable {
         (object_kind::UNSCHEDULABLE, format!("the task cannot be scheduled: {e}"))
+    } else if let RpcError::Remote { code: ErrorCode::RuntimeEnvSetupFailed, message } = e {
+        (object_kind::RUNTIME_ENV_SETUP_FAILED, format!("Failed to set up the runtime_env: {message}"))
     } else {
         (object_kind::WORKER_CRASHED, format!("the node cannot run tasks: {e}"))
     }
@@ -638,6 +648,7 @@ async fn lease_from_cluster<C: LeaseCluster>(
         no_spillback: false,
         dedicated: false,
         preferred_node: class.preferred_node.clone().into(),
+        runtime_env: class.runtime_env.clone(),
     };
     for hop in 0..=MAX_SPILLBACK_HOPS {
         // Errors past the first hop are another node's, not this node's.

@@ -49,6 +49,9 @@ pub enum LeaseError {
     Rpc(#[from] rtd_common::rpc::RpcError),
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// The actor's runtime_env could not be set up: the actor cannot start.
+    #[error("{0}")]
+    RuntimeEnvSetup(String),
 }
 
 /// The constructor's reply from the worker, or why it did not come.
@@ -60,7 +63,8 @@ pub type CreationFuture = Pin<Box<dyn Future<Output = Result<PushTaskReply, RpcE
 pub trait WorkerLeaser: Send + Sync + 'static {
     /// A dedicated worker with `resources` on some node chosen by `strategy`, or why
     /// none can be granted now.
-    fn lease(&self, resources: ResourceSet, strategy: Strategy) -> LeaseFuture;
+    /// `runtime_env`: the actor's environment as canonical JSON (empty: none).
+    fn lease(&self, resources: ResourceSet, strategy: Strategy, runtime_env: &str) -> LeaseFuture;
     /// Runs the actor's creation task on the leased worker at `worker_address`.
     fn run_constructor(&self, worker_address: &str, task: PushTask) -> CreationFuture;
     /// Shrinks the lease to what the actor holds while it runs; the worker stays.
@@ -277,8 +281,13 @@ impl ActorManager {
         };
         let placement = ResourceSet::from_fixed_map(&spec.resources);
         let (node, grant) = loop {
-            match self.leaser.lease(placement.clone(), strategy.clone()).await {
+            match self.leaser.lease(placement.clone(), strategy.clone(), &spec.runtime_env).await {
                 Ok(granted) => break granted,
+                Err(LeaseError::RuntimeEnvSetup(why)) => {
+                    // As Ray: the actor is dead, its creation failed with this cause.
+                    self.mark_dead(&actor_id, format!("RuntimeEnvSetupError: {why}"));
+                    return;
+                }
                 Err(why) => {
                     tracing::warn!("actor {actor_id} cannot be placed yet: {why}");
                     tokio::time::sleep(INFEASIBLE_RETRY).await;
@@ -571,7 +580,7 @@ mod tests {
     }
 
     impl WorkerLeaser for FakeRaylets {
-        fn lease(&self, _resources: ResourceSet, _strategy: Strategy) -> LeaseFuture {
+        fn lease(&self, _resources: ResourceSet, _strategy: Strategy, _runtime_env: &str) -> LeaseFuture {
             let lease_id = {
                 let mut leases = self.leases.lock().expect("fake lock");
                 *leases += 1;

@@ -24,7 +24,7 @@ use rtd_common::proto::{
     RequestLease, RequestLeaseReply, ResourceMap, ShrinkLease, TaskEvent, WorkerInfo,
 };
 use rtd_common::proto::{ActorState, PlacementGroupState};
-use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient};
+use rtd_common::rpc::{error_body, error_reply, ConnectionCache, Reply, Request, RpcClient, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{ActorId, NodeId, PlacementGroupId, ResourceSet};
 use tokio::sync::oneshot;
@@ -49,10 +49,12 @@ pub trait LocalRaylet: Send + Sync {
     fn node_id(&self) -> NodeId;
     /// A dedicated worker lease for an actor, owned by the GCS (not by a connection);
     /// answered with the raylet's decision or why there is none.
+    /// `runtime_env` is the actor's environment as canonical JSON (empty: none).
     fn request_actor_lease(
         &self,
         resources: ResourceSet,
         strategy: Strategy,
+        runtime_env: &str,
     ) -> oneshot::Receiver<Result<RequestLeaseReply, ErrorReply>>;
     fn shrink_lease(&self, lease_id: u64, keep: &ResourceSet);
     fn kill_leased_worker(&self, lease_id: u64);
@@ -107,8 +109,9 @@ impl Raylets {
 }
 
 impl WorkerLeaser for Raylets {
-    fn lease(&self, resources: ResourceSet, strategy: Strategy) -> LeaseFuture {
-        let rx = self.local.request_actor_lease(resources.clone(), strategy);
+    fn lease(&self, resources: ResourceSet, strategy: Strategy, runtime_env: &str) -> LeaseFuture {
+        let rx = self.local.request_actor_lease(resources.clone(), strategy, runtime_env);
+        let runtime_env = runtime_env.to_string();
         let local_id = self.local_id;
         let peers = self.peers.clone();
         Box::pin(async move {
@@ -122,9 +125,16 @@ impl WorkerLeaser for Raylets {
                             resources: resources.to_fixed_map(),
                             no_spillback: true,
                             dedicated: true,
+                            runtime_env,
                             ..Default::default()
                         };
-                        match client.request(request).await?.result {
+                        let reply = client.request(request).await.map_err(|e| match e {
+                            RpcError::Remote { code: ErrorCode::RuntimeEnvSetupFailed, message } => {
+                                LeaseError::RuntimeEnvSetup(message)
+                            }
+                            other => LeaseError::Rpc(other),
+                        })?;
+                        match reply.result {
                             Some(LeaseResult::Granted(g)) => Ok((node, g)),
                             _ => Err(LeaseError::Refused(format!("node {node} could not grant the lease"))),
                         }
@@ -132,6 +142,9 @@ impl WorkerLeaser for Raylets {
                     Some(LeaseResult::Infeasible(i)) => Err(LeaseError::Infeasible(i.message)),
                     None => Err(LeaseError::Refused("an empty lease reply".into())),
                 },
+                Ok(Err(e)) if e.code() == ErrorCode::RuntimeEnvSetupFailed => {
+                    Err(LeaseError::RuntimeEnvSetup(e.message))
+                }
                 Ok(Err(e)) => Err(LeaseError::Refused(e.message)),
                 Err(_) => Err(LeaseError::ShuttingDown),
             }
@@ -459,7 +472,7 @@ impl GcsServer {
         self.tables.kv_put(key.to_string(), value);
     }
 
-    /// The value under `key` in the GCS's KV store.
+    /// The value under `key` in the GCS's KV store (job records, runtime_env packages).
     pub fn kv_get(&self, key: &str) -> Option<bytes::Bytes> {
         self.tables.kv_get(key)
     }

@@ -8,7 +8,7 @@ use pyo3::types::{PyBytes, PyDict};
 use rtd_common::proto::{ActorInfo, ActorOptions, ActorState};
 use rtd_common::task_events::actor_state_name;
 use rtd_common::{ActorId, ResourceSet};
-use rtd_core_worker::{ActorCall, TaskRequest};
+use rtd_core_worker::{ActorCall, Placement, TaskRequest};
 
 use crate::blocking::EnterRtd;
 use crate::object_ref::{id_owner_pairs, ObjectRef};
@@ -45,6 +45,8 @@ pub struct ActorCreationOptions {
     /// Resources the constructor needs to be placed.
     placement: ResourceSet,
     options: ActorOptions,
+    /// The runtime_env its worker runs in (canonical JSON, packages uploaded; empty: none).
+    runtime_env: String,
 }
 
 #[pymethods]
@@ -54,7 +56,7 @@ impl ActorCreationOptions {
     #[pyo3(signature = (*, class_id, class_name, placement, running, class_meta, name=String::new(),
                         namespace=String::new(), detached=false, max_restarts=0, max_task_retries=0,
                         get_if_exists=false, strategy=String::new(), affinity_node=String::new(),
-                        affinity_soft=false))]
+                        affinity_soft=false, runtime_env=String::new()))]
     fn new(
         class_id: Vec<u8>,
         class_name: String,
@@ -70,9 +72,11 @@ impl ActorCreationOptions {
         strategy: String,
         affinity_node: String,
         affinity_soft: bool,
+        runtime_env: String,
     ) -> PyResult<Self> {
         Ok(Self {
             class_id,
+            runtime_env,
             placement: resource_set(&placement)?,
             options: ActorOptions {
                 name,
@@ -124,7 +128,7 @@ pub fn create_actor<'py>(
             concurrency_group: String::new(),
         }),
         capture_placement_group: None,
-        placement: Default::default(),
+        placement: Placement { runtime_env: options.runtime_env.clone(), ..Default::default() },
     };
     let actor_options = options.options.clone();
     let info = py.enter_rtd(|_| core.create_actor(request, actor_options))?;

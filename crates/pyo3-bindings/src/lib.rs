@@ -10,6 +10,7 @@ mod metrics;
 mod object_ref;
 mod packages;
 mod placement_groups;
+mod runtime_env;
 mod tasks;
 mod worker;
 
@@ -427,6 +428,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get, m)?)?;
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(tasks::submit_task, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_validate, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_merge, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_prepare, m)?)?;
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;

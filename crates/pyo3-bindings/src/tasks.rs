@@ -39,7 +39,7 @@ impl TaskOptions {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (*, function_id, function_name, num_returns, resources, max_retries=0,
                         retry_exceptions=Vec::new(), capture_placement_group=None, strategy=String::new(),
-                        affinity_node=String::new(), affinity_soft=false))]
+                        affinity_node=String::new(), affinity_soft=false, runtime_env=String::new()))]
     fn new(
         function_id: Vec<u8>,
         function_name: String,
@@ -51,6 +51,7 @@ impl TaskOptions {
         strategy: String,
         affinity_node: String,
         affinity_soft: bool,
+        runtime_env: String,
     ) -> PyResult<Self> {
         Ok(Self {
             function_id,
@@ -63,7 +64,7 @@ impl TaskOptions {
                 .map(|id| PlacementGroupId::from_bytes(&id))
                 .transpose()
                 .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?,
-            placement: Placement { strategy, affinity_node, affinity_soft },
+            placement: Placement { strategy, affinity_node, affinity_soft, runtime_env },
         })
     }
 }

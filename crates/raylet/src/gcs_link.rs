@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtd_common::proto::{HeldBundle, NodeInfo, RegisterNode, ReportResources, ResourceMap};
+use rtd_common::proto::{ErrorCode, HeldBundle, KvGet, NodeInfo, RegisterNode, ReportResources, ResourceMap};
 use rtd_common::rpc::{RpcClient, RpcError};
 use rtd_common::scheduling::{NodeView, Strategy};
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet};
@@ -19,7 +19,7 @@ use rtd_gcs::server::LocalRaylet;
 use rtd_gcs::NodeUsage;
 use tokio::sync::{oneshot, Notify};
 
-use crate::lease::{LeaseAnswer, LeaseRequest, Raylet, RemoteNode, GCS_CONN};
+use crate::lease::{LeaseAnswer, LeaseRequest, Raylet, RemoteNode, RequestedEnv, GCS_CONN};
 use crate::service::ProcessTable;
 
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -237,6 +237,23 @@ pub async fn run_link(head: GrpcHead, shutdown: Arc<Notify>) {
     shutdown.notify_one();
 }
 
+/// A worker node's source of runtime_env packages: the head's GCS KV over its link
+/// (a request made while the head is away waits for the link, within its timeout).
+pub struct HeadPackages(pub HeadLink);
+
+impl rtd_runtime_env::PackageSource for HeadPackages {
+    fn fetch<'a>(
+        &'a self,
+        uri: &'a str,
+    ) -> rtd_runtime_env::setup::BoxFuture<'a, Result<Option<bytes::Bytes>, String>> {
+        Box::pin(async move {
+            let client = self.0.connected().await.map_err(|e| e.to_string())?;
+            let reply = client.request(KvGet { key: uri.to_string() }).await.map_err(|e| e.to_string())?;
+            Ok(reply.found.then_some(reply.value))
+        })
+    }
+}
+
 /// The head's raylet as the GCS in its process calls it.
 pub struct HeadRaylet(pub Arc<Raylet>);
 
@@ -245,8 +262,21 @@ impl LocalRaylet for HeadRaylet {
         self.0.node_id()
     }
 
-    fn request_actor_lease(&self, resources: ResourceSet, strategy: Strategy) -> oneshot::Receiver<LeaseAnswer> {
-        let request = LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None };
+    fn request_actor_lease(
+        &self,
+        resources: ResourceSet,
+        strategy: Strategy,
+        runtime_env: &str,
+    ) -> oneshot::Receiver<LeaseAnswer> {
+        let env = match RequestedEnv::parse(runtime_env) {
+            Ok(env) => env,
+            Err(why) => {
+                let (reply, rx) = oneshot::channel();
+                let _ = reply.send(Err(rtd_common::rpc::error_reply(ErrorCode::RuntimeEnvSetupFailed, why)));
+                return rx;
+            }
+        };
+        let request = LeaseRequest { resources, strategy, no_spillback: false, dedicated: true, preferred: None, env };
         self.0.request_lease(GCS_CONN, request)
     }
 

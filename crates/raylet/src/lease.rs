@@ -10,8 +10,17 @@
 //! A leased worker that blocks in `get` gives its CPU back until it resumes, so parents
 //! waiting on children cannot starve the node; if no worker is idle for the children,
 //! more are started.
+//!
+//! Workers are pooled by runtime environment (Ray's worker pool keyed by the env's
+//! hash): a request names its environment, and only a worker started in that
+//! environment is granted to it. A request whose environment has no idle worker gets
+//! one started: the environment is set up first ([`rtd_runtime_env::setup`]: packages
+//! from the GCS, a pip venv), then a worker is spawned in it. When the setup fails, the
+//! requests waiting for that environment are refused with the setup's message
+//! (`RUNTIME_ENV_SETUP_FAILED`), and nothing else on the node is affected.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +32,7 @@ use rtd_common::proto::{
 };
 use rtd_common::rpc::error_reply;
 use rtd_common::{NodeId, PlacementGroupId, ResourceSet, WorkerId};
+use rtd_runtime_env::{EnvContext, PackageSource, RuntimeEnvSpec};
 use tokio::sync::oneshot;
 
 use crate::policy::{Decision, NodeView, SchedulingPolicy, Strategy};
@@ -47,6 +57,8 @@ struct Worker {
     blocked: bool,
     /// Killed, exit not yet seen: never handed out again.
     doomed: bool,
+    /// The runtime environment it runs in (its hash; empty: the node's plain one).
+    env: String,
 }
 
 struct Lease {
@@ -71,8 +83,47 @@ struct PendingLease {
     strategy: Strategy,
     /// Decide here: this request was already forwarded by another raylet.
     no_spillback: bool,
+    env: Option<Arc<RequestedEnv>>,
     owner: ConnId,
     reply: oneshot::Sender<LeaseAnswer>,
+}
+
+/// A runtime environment a lease request asks for.
+#[derive(Debug)]
+pub struct RequestedEnv {
+    /// [`RuntimeEnvSpec::hash`]: workers are pooled by it.
+    pub hash: String,
+    pub spec: RuntimeEnvSpec,
+}
+
+impl RequestedEnv {
+    /// The environment of a request's canonical JSON: None for none (empty), an error
+    /// message for a spec that does not parse.
+    pub fn parse(json: &str) -> Result<Option<Arc<RequestedEnv>>, String> {
+        if json.is_empty() {
+            return Ok(None);
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("runtime_env is not JSON: {e}"))?;
+        let spec = RuntimeEnvSpec::from_json(&value).map_err(|e| e.to_string())?;
+        if spec.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(RequestedEnv { hash: spec.hash(), spec })))
+    }
+}
+
+/// The package source of a raylet that was given none (unit tests): envs without
+/// packages still work.
+struct NoPackages;
+
+impl PackageSource for NoPackages {
+    fn fetch<'a>(
+        &'a self,
+        uri: &'a str,
+    ) -> rtd_runtime_env::setup::BoxFuture<'a, Result<Option<bytes::Bytes>, String>> {
+        Box::pin(async move { Err(format!("this node has no GCS connection to fetch {uri} from")) })
+    }
 }
 
 /// What a lease request is answered: the raylet's decision, or why there is none.
@@ -103,6 +154,8 @@ pub struct LeaseRequest {
     pub dedicated: bool,
     /// Locality: the node holding the task's data, preferred when it has room.
     pub preferred: Option<NodeId>,
+    /// The runtime environment its worker must run in.
+    pub env: Option<Arc<RequestedEnv>>,
 }
 
 /// A snapshot of the raylet's queue and worker pool (what its metrics show).
@@ -137,6 +190,8 @@ struct State {
     workers: HashMap<WorkerId, Worker>,
     idle: VecDeque<WorkerId>,
     starting: usize,
+    /// Workers of each runtime environment being set up or started (by env hash).
+    env_starting: HashMap<String, usize>,
     leases: HashMap<u64, Lease>,
     pending: VecDeque<PendingLease>,
     next_lease: u64,
@@ -182,6 +237,13 @@ impl State {
         Some(chosen)
     }
 
+    /// The first idle worker of the environment `env` (a hash; empty: the plain one).
+    fn take_idle(&mut self, env: &str) -> Option<WorkerId> {
+        let workers = &self.workers;
+        let at = self.idle.iter().position(|w| workers.get(w).is_some_and(|w| w.env == env))?;
+        self.idle.remove(at)
+    }
+
     /// Kills a worker; it is out of the pool at once, before its exit is seen.
     fn stop_worker(&mut self, worker_id: &WorkerId) {
         if let Some(worker) = self.workers.get_mut(worker_id) {
@@ -219,6 +281,8 @@ pub struct Raylet {
     starter: WorkerStarter,
     /// Idle workers kept alive; more are stopped when their lease returns.
     pool_size: usize,
+    /// Where runtime environments' packages come from (the GCS KV).
+    packages: std::sync::OnceLock<Arc<dyn PackageSource>>,
 }
 
 impl Raylet {
@@ -235,6 +299,7 @@ impl Raylet {
                 workers: HashMap::new(),
                 idle: VecDeque::new(),
                 starting: 0,
+                env_starting: HashMap::new(),
                 leases: HashMap::new(),
                 pending: VecDeque::new(),
                 next_lease: 1,
@@ -244,7 +309,22 @@ impl Raylet {
             starter: WorkerStarter::new(command),
             pool_size,
             lease_lost: std::sync::OnceLock::new(),
+            packages: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets where runtime environments' packages are fetched from (the daemon's GCS).
+    pub fn set_package_source(&self, source: Arc<dyn PackageSource>) {
+        let _ = self.packages.set(source);
+    }
+
+    /// Where this node keeps runtime environments: `<session dir>/runtime_resources`, as
+    /// Ray does. Per node, so nodes that share a temp dir (a test cluster) still fetch
+    /// their packages through the GCS; reused by every task, actor and job of the node.
+    fn runtime_resources(&self) -> PathBuf {
+        let session = &self.starter.command().session_dir;
+        let base = if session.is_empty() { std::env::temp_dir() } else { PathBuf::from(session) };
+        base.join("runtime_resources")
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -273,23 +353,34 @@ impl Raylet {
     }
 
     fn start_worker(self: &Arc<Self>) {
+        self.start_worker_in(None);
+    }
+
+    /// Starts a worker in the plain environment, or in `env` (its hash and how to run
+    /// in it); false if none could be started.
+    fn start_worker_in(self: &Arc<Self>, env: Option<(&str, &EnvContext)>) -> bool {
         // Started under the lock, so that `shutdown` either stops it or it never starts.
         let started = {
             let mut st = self.lock();
             if st.shutting_down {
-                return;
+                return false;
             }
-            let started = match self.starter.start() {
+            let started = match env {
+                None => self.starter.start(),
+                Some((_, context)) => self.starter.start_in(context),
+            };
+            let started = match started {
                 Ok(started) => started,
                 Err(e) => {
                     tracing::error!("cannot start a worker with {}: {e}", self.starter.command().python);
-                    return;
+                    return false;
                 }
             };
             st.starting += 1;
+            let env = env.map(|(hash, _)| hash.to_string()).unwrap_or_default();
             st.workers.insert(
                 started.worker_id,
-                Worker { pid: started.pid, address: None, lease: None, blocked: false, doomed: false },
+                Worker { pid: started.pid, address: None, lease: None, blocked: false, doomed: false, env },
             );
             started
         };
@@ -300,6 +391,62 @@ impl Raylet {
             tracing::debug!("worker {worker_id} (pid {pid}) exited");
             raylet.on_worker_exit(worker_id);
         });
+        true
+    }
+
+    /// Sets `env` up (in the background) and starts a worker in it; if the setup fails,
+    /// the requests waiting for that environment are refused with its message.
+    fn start_env_worker(self: &Arc<Self>, env: Arc<RequestedEnv>) {
+        let raylet = self.clone();
+        tokio::spawn(async move {
+            let packages: Arc<dyn PackageSource> = match raylet.packages.get() {
+                Some(packages) => packages.clone(),
+                None => Arc::new(NoPackages),
+            };
+            let python = raylet.starter.command().python.clone();
+            let result = rtd_runtime_env::setup(&env.spec, packages.as_ref(), &raylet.runtime_resources(), &python)
+                .await
+                .map_err(|e| e.to_string());
+            let started = match &result {
+                Ok(context) => raylet.start_worker_in(Some((&env.hash, context))),
+                Err(_) => false,
+            };
+            if started {
+                return;
+            }
+            let why = result.err().unwrap_or_else(|| "the worker process could not be started".into());
+            raylet.refuse_env(&env.hash, &why);
+        });
+    }
+
+    /// The environment `hash` cannot run workers: the requests waiting for it are refused
+    /// with `why`; a later request tries again.
+    fn refuse_env(self: &Arc<Self>, hash: &str, why: &str) {
+        tracing::warn!("runtime_env setup failed: {why}");
+        {
+            let mut st = self.lock();
+            st.env_starting.remove(hash);
+            let (failed, kept): (VecDeque<PendingLease>, VecDeque<PendingLease>) =
+                st.pending.drain(..).partition(|p| p.env.as_ref().is_some_and(|e| e.hash == hash));
+            st.pending = kept;
+            for req in failed {
+                let _ = req.reply.send(refused(ErrorCode::RuntimeEnvSetupFailed, why));
+            }
+        }
+        self.schedule();
+    }
+
+    /// A worker of environment `env` registered or exited: one fewer is starting.
+    fn env_worker_started(st: &mut State, env: &str) {
+        if env.is_empty() {
+            return;
+        }
+        if let Some(n) = st.env_starting.get_mut(env) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.env_starting.remove(env);
+            }
+        }
     }
 
     /// A started worker connected and is ready for leases.
@@ -313,6 +460,8 @@ impl Raylet {
                 return false;
             }
             worker.address = Some(address);
+            let env = worker.env.clone();
+            Self::env_worker_started(&mut st, &env);
             st.starting = st.starting.saturating_sub(1);
             st.failed_starts = 0;
             st.idle.push_back(worker_id);
@@ -335,13 +484,20 @@ impl Raylet {
 
     fn on_worker_exit(self: &Arc<Self>, worker_id: WorkerId) {
         let mut lost = None;
+        let mut broken_env = None;
         {
             let mut st = self.lock();
             let Some(worker) = st.workers.remove(&worker_id) else { return };
             let started = worker.address.is_some();
-            if !started {
+            if !started && worker.env.is_empty() {
                 st.starting = st.starting.saturating_sub(1);
                 st.failed_starts += 1;
+            } else if !started {
+                // Its environment is broken (its interpreter cannot import rtd, a bad
+                // variable): starting more would fail the same way.
+                st.starting = st.starting.saturating_sub(1);
+                Self::env_worker_started(&mut st, &worker.env);
+                broken_env = Some((worker.env.clone(), worker.pid));
             }
             st.idle.retain(|w| *w != worker_id);
             if let Some(lease_id) = worker.lease {
@@ -358,6 +514,14 @@ impl Raylet {
         }
         if let (Some(lease_id), Some(hook)) = (lost, self.lease_lost.get()) {
             hook(lease_id);
+        }
+        if let Some((hash, pid)) = broken_env {
+            let why = format!(
+                "a worker started in the runtime_env (pid {pid}) exited before it could serve; \
+                 its error is in the node daemon's output"
+            );
+            self.refuse_env(&hash, &why);
+            return;
         }
         // A worker that ran (a killed task, a dead actor) and left the task pool short is
         // replaced there, so the next task finds one warm.
@@ -396,6 +560,7 @@ impl Raylet {
             preferred: request.preferred,
             strategy: request.strategy,
             no_spillback: request.no_spillback,
+            env: request.env,
             owner,
             reply,
         };
@@ -629,6 +794,7 @@ impl Raylet {
     /// at its size.
     fn schedule(self: &Arc<Self>) {
         let to_start;
+        let mut envs_to_start: Vec<Arc<RequestedEnv>> = Vec::new();
         {
             let mut st = self.lock();
             if st.shutting_down {
@@ -648,6 +814,7 @@ impl Raylet {
                 return;
             }
             let mut waiting_for_worker = 0usize;
+            let mut waiting_per_env: HashMap<String, (usize, Arc<RequestedEnv>)> = HashMap::new();
             let mut i = 0;
             while i < st.pending.len() {
                 if st.pending[i].reply.is_closed() {
@@ -720,8 +887,12 @@ impl Raylet {
                     i += 1;
                     continue;
                 }
-                let Some(worker_id) = st.idle.pop_front() else {
-                    waiting_for_worker += 1;
+                let env_hash = st.pending[i].env.as_ref().map(|e| e.hash.clone()).unwrap_or_default();
+                let Some(worker_id) = st.take_idle(&env_hash) else {
+                    match &st.pending[i].env {
+                        None => waiting_for_worker += 1,
+                        Some(env) => waiting_per_env.entry(env_hash).or_insert_with(|| (0, env.clone())).0 += 1,
+                    }
                     i += 1;
                     continue;
                 };
@@ -790,9 +961,22 @@ impl Raylet {
             let for_requests = waiting_for_worker.saturating_sub(st.starting);
             let for_pool = if st.failed_starts == 0 { self.pool_size.saturating_sub(st.task_workers()) } else { 0 };
             to_start = for_requests.max(for_pool).min(limit.saturating_sub(st.starting));
+            // Environments: a worker for each waiting request not yet covered by one
+            // being set up or started.
+            for (hash, (waiting, env)) in waiting_per_env {
+                let starting = st.env_starting.get(&hash).copied().unwrap_or(0);
+                let more = waiting.saturating_sub(starting).min(limit.saturating_sub(st.starting + starting));
+                if more > 0 {
+                    *st.env_starting.entry(hash).or_default() += more;
+                    envs_to_start.extend(std::iter::repeat_n(env, more));
+                }
+            }
         }
         for _ in 0..to_start {
             self.start_worker();
+        }
+        for env in envs_to_start {
+            self.start_env_worker(env);
         }
     }
 
@@ -1004,6 +1188,7 @@ mod tests {
             no_spillback: false,
             dedicated: true,
             preferred: None,
+            env: None,
         };
         let reply = raylet.request_lease(GCS_CONN, actor).try_recv();
         assert!(
@@ -1029,6 +1214,68 @@ mod tests {
         let _ = std::fs::remove_file(script);
     }
 
+    fn granted_worker(reply: &LeaseAnswer) -> Option<WorkerId> {
+        match reply {
+            Ok(RequestLeaseReply { result: Some(LeaseResult::Granted(g)) }) => WorkerId::from_bytes(&g.worker_id).ok(),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn workers_are_pooled_by_runtime_env() {
+        let (raylet, script) = raylet_with_stand_in_workers(2.0);
+        raylet.prestart_workers();
+        register_started(&raylet);
+        let plain: Vec<WorkerId> = raylet.lock().idle.iter().copied().collect();
+        assert_eq!(plain.len(), 2);
+        let env = RequestedEnv::parse(r#"{"env_vars": {"A": "1"}}"#).expect("valid").expect("not empty");
+        let in_env = || LeaseRequest { env: Some(env.clone()), ..request(1.0, Strategy::Default, false) };
+        // Plain workers are idle, but none of them is granted: one is started in the env.
+        let rx = raylet.request_lease(1, in_env());
+        for _ in 0..1000 {
+            if raylet.lock().workers.values().any(|w| w.env == env.hash) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        register_started(&raylet);
+        let reply = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("sent");
+        let env_worker = granted_worker(&reply).expect("granted");
+        assert!(!plain.contains(&env_worker));
+        let lease = match &reply {
+            Ok(RequestLeaseReply { result: Some(LeaseResult::Granted(g)) }) => g.lease_id,
+            _ => unreachable!(),
+        };
+        raylet.return_lease(lease);
+        // A plain request never gets the env's idle worker; the env's next request does.
+        let plain_reply = raylet.request_lease(1, request(1.0, Strategy::Default, false)).try_recv().expect("now");
+        assert!(plain.contains(&granted_worker(&plain_reply).expect("granted")));
+        let again = raylet.request_lease(1, in_env()).try_recv().expect("now");
+        assert_eq!(granted_worker(&again), Some(env_worker));
+        raylet.shutdown();
+        let _ = std::fs::remove_file(script);
+    }
+
+    #[tokio::test]
+    async fn a_failed_env_setup_refuses_only_that_envs_requests() {
+        let (raylet, script) = raylet_with_stand_in_workers(2.0);
+        raylet.prestart_workers();
+        register_started(&raylet);
+        let broken = RequestedEnv::parse(r#"{"working_dir": "gcs://_ray_pkg_0000000000000000.zip"}"#)
+            .expect("valid")
+            .expect("not empty");
+        let rx = raylet.request_lease(1, LeaseRequest { env: Some(broken), ..request(1.0, Strategy::Default, false) });
+        let reply = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("answered").expect("sent");
+        assert!(
+            matches!(&reply, Err(e) if e.code == ErrorCode::RuntimeEnvSetupFailed as i32 && e.message.contains("_ray_pkg_0000000000000000")),
+            "{reply:?}"
+        );
+        let plain = raylet.request_lease(1, request(1.0, Strategy::Default, false)).try_recv().expect("now");
+        assert!(granted_worker(&plain).is_some(), "{plain:?}");
+        raylet.shutdown();
+        let _ = std::fs::remove_file(script);
+    }
+
     fn remote(cpus: f64, free: f64) -> RemoteNode {
         let view = NodeView {
             node_id: NodeId::random(),
@@ -1046,6 +1293,7 @@ mod tests {
             no_spillback,
             dedicated: false,
             preferred: None,
+            env: None,
         }
     }
 

@@ -27,7 +27,7 @@ use rtd_object_manager::{pull_object, PullError};
 use rtd_plasma::PlasmaClient;
 use tokio::sync::Notify;
 
-use crate::lease::{ConnId, LeaseRequest, Raylet, GCS_CONN};
+use crate::lease::{ConnId, LeaseRequest, Raylet, RequestedEnv, GCS_CONN};
 use crate::logs;
 use crate::policy::Strategy;
 
@@ -296,12 +296,17 @@ impl<G: GcsPort> NodeService<G> {
                     Ok(strategy) => strategy,
                     Err(e) => return Reply::Now(error_body(ErrorCode::Invalid, e.to_string())),
                 };
+                let env = match RequestedEnv::parse(&req.runtime_env) {
+                    Ok(env) => env,
+                    Err(why) => return Reply::Now(error_body(ErrorCode::RuntimeEnvSetupFailed, why)),
+                };
                 let request = LeaseRequest {
                     resources: ResourceSet::from_fixed_map(&req.resources),
                     strategy,
                     no_spillback: req.no_spillback,
                     dedicated: req.dedicated,
                     preferred: NodeId::from_bytes(&req.preferred_node).ok(),
+                    env,
                 };
                 // Only the GCS asks for dedicated (actor) leases. They are its own, not
                 // the connection's it came over: an actor outlives the loss of its head.

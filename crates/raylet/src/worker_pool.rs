@@ -23,6 +23,10 @@
 //!
 //! This daemon itself is never forked without an immediate exec: its tokio threads
 //! would not survive a fork. Only the thread-free template is.
+//!
+//! A worker of a runtime environment is always spawned, with the environment's
+//! interpreter, directory, variables and import path ([`EnvContext`]): the template
+//! imported in the node's plain environment.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -31,6 +35,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rtd_common::WorkerId;
+use rtd_runtime_env::EnvContext;
 use tokio::process::{Child, Command};
 
 /// The environment variable that turns the worker template off when set to `0`.
@@ -64,8 +69,22 @@ impl WorkerCommand {
         std::env::var(FORK_ENV).map_or(true, |v| v.trim() != "0")
     }
 
-    pub fn spawn(&self, worker_id: &WorkerId) -> io::Result<Child> {
-        let mut cmd = Command::new(&self.python);
+    /// Spawns a worker, in `env` when given.
+    pub fn spawn(&self, worker_id: &WorkerId, env: Option<&EnvContext>) -> io::Result<Child> {
+        let python = env
+            .and_then(|e| e.python.as_deref())
+            .map_or_else(|| self.python.clone().into(), |p| p.as_os_str().to_owned());
+        let mut cmd = Command::new(python);
+        if let Some(env) = env {
+            cmd.envs(env.env_vars.iter().map(|(k, v)| (k, v)));
+            if let Some(dir) = &env.cwd {
+                cmd.current_dir(dir);
+            }
+            let inherited = std::env::var("PYTHONPATH").ok();
+            if let Some(path) = env.python_path_var(inherited.as_deref()) {
+                cmd.env("PYTHONPATH", path);
+            }
+        }
         cmd.args(["-m", "rtd._private.worker"])
             .env("RTD_WORKER_ID", worker_id.hex())
             .env("RTD_RAYLET_SOCKET", &self.raylet_socket)
@@ -203,10 +222,20 @@ impl WorkerStarter {
         if let Some((pid, template_pid)) = self.fork(&worker_id) {
             return Ok(StartedWorker { worker_id, pid, exit: watch_forked(pid, template_pid) });
         }
-        // A fresh id: a request the template failed to answer may still have forked a
-        // process with the old one (the raylet refuses it when it registers).
+        // A fresh id (`spawn` makes one): a request the template failed to answer may
+        // still have forked a process with the old one (the raylet refuses it when it
+        // registers).
+        self.spawn(None)
+    }
+
+    /// Starts one worker in a runtime environment: always a fresh interpreter.
+    pub fn start_in(&self, env: &EnvContext) -> io::Result<StartedWorker> {
+        self.spawn(Some(env))
+    }
+
+    fn spawn(&self, env: Option<&EnvContext>) -> io::Result<StartedWorker> {
         let worker_id = WorkerId::random();
-        let child = self.command.spawn(&worker_id)?;
+        let child = self.command.spawn(&worker_id, env)?;
         let pid = child.id().unwrap_or(0);
         Ok(StartedWorker { worker_id, pid, exit: ExitWatch::Child(child) })
     }

@@ -26,7 +26,7 @@ use rtd_gcs::store::{OpenedStore, StorageConfig};
 use rtd_metrics::{MetricsRegistry, NodeLabels, RequestLatencies, UserMetrics};
 use rtd_object_manager::ObjectServer;
 use rtd_plasma::{ObjectStore, PlasmaClient, PlasmaService, ShmRegion};
-use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadRaylet};
+use rtd_raylet::gcs_link::{reconnect_timeout, run_link, GrpcHead, HeadPackages, HeadRaylet};
 use rtd_raylet::lease::Raylet;
 use rtd_raylet::service::{NodeService, ProcessTable};
 use rtd_raylet::worker_pool::WorkerCommand;
@@ -288,6 +288,13 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         }
         (None, None) => return Err(anyhow!("a node needs a GCS: host one or join a head")),
     };
+    raylet.set_package_source(match &gcs_link {
+        GcsClient::Local(gcs) => {
+            let gcs = gcs.clone();
+            Arc::new(KvLookup(move |uri: &str| gcs.kv_get(uri)))
+        }
+        GcsClient::Remote(link) => Arc::new(HeadPackages(link.clone())),
+    });
     let user_metrics = Arc::new(UserMetrics::default());
     let request_latencies = RequestLatencies::default();
     let service = NodeService {
@@ -348,7 +355,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
                 cluster_address: if raylet_address.is_empty() { "auto".into() } else { raylet_address.clone() },
                 node_id,
                 python: opts.python.clone(),
-                runtime_resources: session.dir.parent().unwrap_or(&session.dir).join("runtime_resources"),
+                runtime_resources: session.dir.join("runtime_resources"),
             };
             Some(start_dashboard(options, gcs, &opts.node_ip, metrics, jobs).await?)
         }

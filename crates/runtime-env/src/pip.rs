@@ -120,7 +120,8 @@ async fn layer_over_base(venv_python: &Path, base_python: &str) -> Result<(), Se
             unique.push(site);
         }
     }
-    let line = format!("import site; [site.addsitedir(p) for p in {}]\n", serde_json::Value::from(unique));
+    // One line, run by `site` with its own globals: no comprehension (it would not see `site`).
+    let line = format!("import site; list(map(site.addsitedir, {}))\n", serde_json::Value::from(unique));
     let pth = Path::new(venv_site.trim()).join("_rtd_base_env.pth");
     std::fs::write(&pth, line).map_err(|e| SetupError::Install(format!("writing {}: {e}", pth.display())))?;
     Ok(())

@@ -20,6 +20,10 @@ use crate::package::{dir_name, is_package_uri, unpack};
 use crate::pip;
 use crate::spec::RuntimeEnvSpec;
 
+/// The variable that tells a worker its runtime_env (canonical JSON): what its children
+/// inherit.
+pub const WORKER_ENV_VAR: &str = "RTD_RUNTIME_ENV";
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Where a node gets package bytes by URI: the GCS KV (the key is the URI).
@@ -100,6 +104,7 @@ async fn setup_untimed(
     base_python: &str,
 ) -> Result<EnvContext, SetupError> {
     let mut context = EnvContext { env_vars: env.env_vars.clone().into_iter().collect(), ..EnvContext::default() };
+    context.env_vars.push((WORKER_ENV_VAR.to_string(), env.to_json().to_string()));
     if let Some(dir) = &env.working_dir {
         let local = materialize(dir, packages, &cache_root.join("working_dir_files"), "working_dir").await?;
         context.python_path.push(local.clone());
@@ -169,7 +174,8 @@ mod tests {
         let cwd = context.cwd.clone().expect("cwd");
         assert!(cwd.starts_with(cache.path().join("working_dir_files")));
         assert_eq!(std::fs::read_to_string(cwd.join("hello.py")).expect("unpacked"), "X = 1\n");
-        assert_eq!(context.env_vars, [("A".to_string(), "1".to_string())]);
+        assert_eq!(context.env_vars[0], ("A".to_string(), "1".to_string()));
+        assert_eq!(context.env_vars[1].0, WORKER_ENV_VAR);
         assert_eq!(context.python, None);
         assert_eq!(context.python_path_var(Some("/base")), Some(format!("{}:/base", cwd.display())));
         // The second setup finds it unpacked and fetches nothing.

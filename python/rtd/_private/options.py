@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+from rtd._private import runtime_env
+
 TASK_OPTIONS = {
     "num_cpus",
     "num_gpus",
@@ -97,8 +99,7 @@ def validate_task_options(options: dict) -> dict:
         elif key == "scheduling_strategy":
             check_scheduling_strategy(value)
         elif key == "runtime_env":
-            if value:
-                raise NotImplementedError("runtime_env is not implemented in rtd yet.")
+            runtime_env.validate(value)
     return options
 
 

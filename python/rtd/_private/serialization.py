@@ -31,6 +31,7 @@ TASK_CANCELLED = 3
 OBJECT_LOST = 4
 ACTOR_DIED = 5
 UNSCHEDULABLE = 6
+RUNTIME_ENV_SETUP_FAILED = 7
 
 _PRIMITIVES = (int, float, str, bytes, bool, type(None))
 _ALIGN = 64
@@ -136,6 +137,8 @@ def deserialize(metadata: int, data):
         return exceptions.ActorDiedError(message)
     if metadata == UNSCHEDULABLE:
         return exceptions.TaskUnschedulableError(message)
+    if metadata == RUNTIME_ENV_SETUP_FAILED:
+        return exceptions.RuntimeEnvSetupError(message)
     return exceptions.RaySystemError(f"object of unknown kind {metadata}: {message}")
 
 

@@ -18,7 +18,7 @@ import traceback
 import cloudpickle
 
 from rtd import _core, api, exceptions
-from rtd._private import serialization, task_context
+from rtd._private import runtime_env, serialization, task_context
 
 _functions: dict = {}
 
@@ -433,6 +433,8 @@ def main():
         # The node stopped while this worker was starting: nothing to do.
         return 1
     api._state.is_worker = True
+    # Started in a runtime_env: tasks it submits inherit it.
+    runtime_env.adopt(os.environ.get(runtime_env.WORKER_ENV_VAR, ""))
     while True:
         try:
             task = _core.next_task(1.0)

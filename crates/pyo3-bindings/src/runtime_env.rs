@@ -1,0 +1,117 @@
+//! `runtime_env` from Python: validating a spec, and preparing one for submission
+//! (merged over its parent's, local directories packed and uploaded to the GCS KV).
+//! The rules are `rtd_runtime_env`'s; this converts types, errors and the GIL.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use pyo3::prelude::*;
+use rtd_runtime_env::package::{is_package_uri, pack_path, Layout, MAX_PACKAGE_SIZE};
+use rtd_runtime_env::{RuntimeEnvError, RuntimeEnvSpec};
+
+use crate::blocking::EnterRtd;
+use crate::core;
+
+fn to_py(e: RuntimeEnvError) -> PyErr {
+    match e {
+        RuntimeEnvError::NotImplemented(m) => pyo3::exceptions::PyNotImplementedError::new_err(m),
+        RuntimeEnvError::Invalid(m) => pyo3::exceptions::PyValueError::new_err(m),
+        other => pyo3::exceptions::PyValueError::new_err(other.to_string()),
+    }
+}
+
+/// A spec's JSON; "" is the empty environment.
+fn parse(json: &str) -> PyResult<RuntimeEnvSpec> {
+    if json.trim().is_empty() {
+        return Ok(RuntimeEnvSpec::default());
+    }
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| pyo3::exceptions::PyTypeError::new_err(format!("runtime_env must be JSON-serializable: {e}")))?;
+    RuntimeEnvSpec::from_json(&value).map_err(to_py)
+}
+
+/// Checks a runtime_env (JSON of the user's dict); returns its canonical JSON.
+#[pyfunction]
+pub fn runtime_env_validate(json: &str) -> PyResult<String> {
+    Ok(parse(json)?.to_json().to_string())
+}
+
+/// Ray's merge of a child's runtime_env over its parent's (both JSON), canonical JSON back.
+#[pyfunction]
+pub fn runtime_env_merge(child: &str, parent: &str) -> PyResult<String> {
+    Ok(parse(child)?.merged_over(&parse(parent)?).to_json().to_string())
+}
+
+/// Packages this process has stored in the GCS KV (their URIs): each is put once.
+fn uploaded() -> &'static Mutex<HashSet<String>> {
+    static UPLOADED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    UPLOADED.get_or_init(Default::default)
+}
+
+/// `child` merged over `parent` (JSON; `parent` may already hold package URIs), with a
+/// requirements file read and local `working_dir`/`py_modules` packed and stored in the
+/// GCS KV under their URIs, relative paths taken from `cwd`. Returns the canonical JSON
+/// the task or actor carries ("" for the empty environment) and the URIs this call
+/// uploaded.
+#[pyfunction]
+pub fn runtime_env_prepare(py: Python<'_>, child: &str, parent: &str, cwd: &str) -> PyResult<(String, Vec<String>)> {
+    let mut spec = parse(child)?.merged_over(&parse(parent)?);
+    if spec.is_empty() {
+        return Ok((String::new(), Vec::new()));
+    }
+    let cwd = PathBuf::from(cwd);
+    spec.read_requirements(&cwd).map_err(to_py)?;
+    let excludes = spec.excludes.clone().unwrap_or_default();
+    let mut packages = Vec::new();
+    let packed = py.allow_threads(|| -> Result<RuntimeEnvSpec, RuntimeEnvError> {
+        if let Some(dir) = spec.working_dir.take() {
+            spec.working_dir = Some(pack_local(&cwd, &dir, &excludes, Layout::Contents, &mut packages)?);
+        }
+        if let Some(modules) = spec.py_modules.take() {
+            let uris = modules
+                .iter()
+                .map(|m| pack_local(&cwd, m, &excludes, Layout::UnderOwnName, &mut packages))
+                .collect::<Result<Vec<_>, _>>()?;
+            spec.py_modules = Some(uris);
+        }
+        Ok(spec)
+    });
+    let spec = packed.map_err(to_py)?;
+    let mut put = Vec::new();
+    if !packages.is_empty() {
+        let core = core()?;
+        for (uri, bytes) in packages {
+            if uploaded().lock().unwrap_or_else(|p| p.into_inner()).contains(&uri) {
+                continue;
+            }
+            let key = uri.clone();
+            py.enter_rtd(|interrupted| core.kv_put(&key, bytes, interrupted))?;
+            uploaded().lock().unwrap_or_else(|p| p.into_inner()).insert(uri.clone());
+            put.push(uri);
+        }
+    }
+    Ok((spec.to_json().to_string(), put))
+}
+
+/// A local path packed (its URI back, its bytes queued for upload); a URI stays as it is.
+fn pack_local(
+    cwd: &Path,
+    location: &str,
+    excludes: &[String],
+    layout: Layout,
+    packages: &mut Vec<(String, Vec<u8>)>,
+) -> Result<String, RuntimeEnvError> {
+    if is_package_uri(location) {
+        return Ok(location.to_string());
+    }
+    let path = cwd.join(location);
+    if !path.exists() {
+        let what = if layout == Layout::Contents { "working_dir" } else { "py_modules entry" };
+        return Err(RuntimeEnvError::Missing { what, path });
+    }
+    let package = pack_path(&path, excludes, layout, MAX_PACKAGE_SIZE)?;
+    let uri = package.uri.clone();
+    packages.push((package.uri, package.bytes));
+    Ok(uri)
+}
