@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -51,7 +52,7 @@ JOB_DETAILS_FIELDS = {
 
 def python_entrypoint(source: str) -> str:
     """A shell command running ``source`` with the tests' Python."""
-    return f"{sys.executable} -c {json.dumps(source)}"
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(source)}"
 
 
 def dashboard_of(temp_dir: str) -> str:
