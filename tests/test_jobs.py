@@ -262,7 +262,9 @@ def test_working_dir_is_uploaded_and_env_vars_are_set(client, tmp_path):
 def test_the_job_cli(head):
     address = ["--address", head[1]]
     job = f"cli-{uuid.uuid4().hex[:8]}"
-    submitted = rtd_cli("job", "submit", *address, "--submission-id", job, "--", sys.executable, "-c", "print('from cli')")
+    submitted = rtd_cli(
+        "job", "submit", *address, "--submission-id", job, "--", sys.executable, "-c", "print('from cli')"
+    )
     assert submitted.returncode == 0, submitted.stderr
     assert f"Job '{job}' submitted successfully" in submitted.stdout
     assert "from cli" in submitted.stdout and f"Job '{job}' succeeded" in submitted.stdout

@@ -178,8 +178,7 @@ fn segment(id: &str) -> String {
 fn shell_join(args: &[String]) -> String {
     args.iter()
         .map(|arg| {
-            let safe = !arg.is_empty()
-                && arg.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+            let safe = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
             if safe {
                 arg.clone()
             } else {
@@ -339,8 +338,7 @@ impl Jobs {
             }
         };
         let mut response = response.with_context(|| format!("cannot reach the rtd jobs API at {}", self.base))?;
-        let end =
-            response.headers().get("x-rtd-end-offset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let end = response.headers().get("x-rtd-end-offset").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let bytes = response
             .body_mut()
             .with_config()
@@ -359,7 +357,8 @@ impl Jobs {
         if bytes.is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&bytes).map_err(|_| anyhow!("{path} did not answer with JSON; is this an rtd dashboard?"))
+        serde_json::from_slice(&bytes)
+            .map_err(|_| anyhow!("{path} did not answer with JSON; is this an rtd dashboard?"))
     }
 
     fn info(&self, id: &str) -> Result<Value> {
@@ -442,7 +441,8 @@ mod tests {
 
     #[test]
     fn commands_are_joined_as_shlex_joins_them() {
-        let args: Vec<String> = ["python", "-c", "print('hi there')", "a=b", ""].iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> =
+            ["python", "-c", "print('hi there')", "a=b", ""].iter().map(|s| s.to_string()).collect();
         assert_eq!(shell_join(&args), r#"python -c 'print('"'"'hi there'"'"')' a=b ''"#);
     }
 

@@ -57,7 +57,7 @@ impl StateResource {
             Self::Actors => "actor_id",
             Self::PlacementGroups => "placement_group_id",
             Self::Tasks => "task_id",
-            // Ray's `get job` takes a submission id; rtd's jobs are drivers', named by job id.
+            // By the driver's job id (`rtd job status` takes a submission id too).
             Self::Jobs => "job_id",
             Self::Workers => "worker_id",
             Self::Objects => "object_id",

@@ -102,7 +102,7 @@ fn now_ms() -> u64 {
 /// What an id names: a submitted job (with the driver its entrypoint started, if
 /// any), or a driver's own job.
 enum Found {
-    Submission(JobRecord, Option<JobState>),
+    Submission(Box<JobRecord>, Option<JobState>),
     Driver(JobState),
 }
 
@@ -116,7 +116,7 @@ impl Found {
 
     fn submission(self, what: &str) -> Result<JobRecord, JobError> {
         match self {
-            Found::Submission(record, _) => Ok(record),
+            Found::Submission(record, _) => Ok(*record),
             Found::Driver(_) => Err(JobError::BadRequest(format!("Can only {what} submission type jobs"))),
         }
     }
@@ -174,7 +174,7 @@ fn find(cluster: &dyn JobsCluster, id: &str) -> Result<Found, JobError> {
     match read_record(cluster, &submission_id) {
         Some(record) => {
             let driver = of_submission.get(&submission_id).cloned();
-            Ok(Found::Submission(record, driver))
+            Ok(Found::Submission(Box::new(record), driver))
         }
         None => Err(JobError::NotFound(format!("Job {id} does not exist"))),
     }
@@ -275,7 +275,7 @@ impl JobManager {
         let record = find(self.cluster.as_ref(), id)?.submission("delete")?;
         if !record.status.is_terminal() {
             return Err(JobError::BadRequest(format!(
-                "Attempted to delete job '{}', but it is in a non-terminal state {}; stop it first.",
+                "Attempted to delete job '{}', but it is in a non-terminal state {}; stop it first",
                 record.submission_id,
                 record.status.name()
             )));

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -81,12 +81,12 @@ async fn version(State(jobs): State<Shared>) -> Response {
 
 /// A package's URI from its URL (`gcs://_ray_pkg_<hash>.zip`), as Ray's
 /// `http_uri_components_to_uri`; only the GCS holds uploaded packages.
-fn package_uri(protocol: &str, name: &str) -> Result<String, Response> {
+fn package_uri(protocol: &str, name: &str) -> Result<String, JobError> {
     if protocol != "gcs" {
-        return Err(refuse(StatusCode::BAD_REQUEST, format!("packages are kept in the GCS only, not {protocol:?}")));
+        return Err(JobError::BadRequest(format!("packages are kept in the GCS only, not {protocol:?}")));
     }
     if !(name.ends_with(".zip") || name.ends_with(".whl")) || name.contains('/') {
-        return Err(refuse(StatusCode::BAD_REQUEST, format!("package name {name:?} must end in .zip or .whl")));
+        return Err(JobError::BadRequest(format!("package name {name:?} must end in .zip or .whl")));
     }
     Ok(format!("{protocol}://{name}"))
 }
@@ -94,7 +94,7 @@ fn package_uri(protocol: &str, name: &str) -> Result<String, Response> {
 async fn package_exists(State(jobs): State<Shared>, Path((protocol, name)): Path<(String, String)>) -> Response {
     let uri = match package_uri(&protocol, &name) {
         Ok(uri) => uri,
-        Err(refusal) => return refusal,
+        Err(e) => return e.into_response(),
     };
     if jobs.has_package(&uri) {
         StatusCode::OK.into_response()
@@ -110,7 +110,7 @@ async fn upload_package(
 ) -> Response {
     let uri = match package_uri(&protocol, &name) {
         Ok(uri) => uri,
-        Err(refusal) => return refusal,
+        Err(e) => return e.into_response(),
     };
     jobs.put_package(&uri, body.to_vec()).await;
     StatusCode::OK.into_response()
@@ -169,7 +169,11 @@ struct LogQuery {
 async fn job_logs(State(jobs): State<Shared>, Path(id): Path<String>, Query(query): Query<LogQuery>) -> Response {
     let read = blocking(move || {
         let record = jobs.submission(&id)?;
-        Ok::<_, JobError>(read_log(std::path::Path::new(&record.log_path), query.offset.unwrap_or(0), query.offset.is_some()))
+        Ok::<_, JobError>(read_log(
+            std::path::Path::new(&record.log_path),
+            query.offset.unwrap_or(0),
+            query.offset.is_some(),
+        ))
     })
     .await;
     match read {
@@ -213,5 +217,11 @@ async fn follow(mut socket: WebSocket, jobs: Shared, submission_id: String) {
             tokio::time::sleep(TAIL_INTERVAL).await;
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    // A normal close (1000), as aiohttp ends Ray's tail; Ray's client treats any other
+    // end as an error. Then the client's answering close frame, within a bound.
+    let normal = CloseFrame { code: close_code::NORMAL, reason: "".into() };
+    if socket.send(Message::Close(Some(normal))).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async { while let Some(Ok(_)) = socket.recv().await {} })
+            .await;
+    }
 }

@@ -297,7 +297,8 @@ async fn a_submission_id_is_taken_once() {
 #[tokio::test]
 async fn a_runtime_env_that_cannot_be_set_up_fails_the_job_before_it_starts() {
     let f = fixture();
-    let id = f.jobs.submit(request(json!({"entrypoint": "true", "runtime_env": {"env_vars": {"A": 1}}}))).await.unwrap();
+    let id =
+        f.jobs.submit(request(json!({"entrypoint": "true", "runtime_env": {"env_vars": {"A": 1}}}))).await.unwrap();
     let failed = f.wait_status(&id, JobStatus::Failed).await;
     assert_eq!(failed.error_type.as_deref(), Some("RUNTIME_ENV_SETUP_FAILURE"));
     assert!(failed.message.unwrap().contains("env_vars"));
@@ -386,10 +387,7 @@ fn submit_requests_are_checked_as_ray_checks_them() {
         "entrypoint_resources": {"custom": 0.5}, "entrypoint_memory": 1024, "metadata": null,
     }));
     assert_eq!(ok.submission_id.as_deref(), Some("old-name"));
-    assert_eq!(
-        ok.entrypoint_demand(),
-        vec![("CPU".into(), 1.0), ("memory".into(), 1024.0), ("custom".into(), 0.5)]
-    );
+    assert_eq!(ok.entrypoint_demand(), vec![("CPU".into(), 1.0), ("memory".into(), 1024.0), ("custom".into(), 0.5)]);
     for (body, wanted) in [
         (json!({}), "no entrypoint"),
         (json!({"entrypoint": 1}), "entrypoint must be a string"),

@@ -82,7 +82,8 @@ NODES = _Resource("nodes", "node_id", NodeState)
 ACTORS = _Resource("actors", "actor_id", ActorState)
 PLACEMENT_GROUPS = _Resource("placement_groups", "placement_group_id", PlacementGroupState)
 TASKS = _Resource("tasks", "task_id", TaskState)
-# Ray looks jobs up by submission id; rtd's jobs are drivers' (none has one), so by job id.
+# Looked up by the driver's job id (a submitted job's row carries both; the jobs API,
+# rtd.job_submission, takes either).
 JOBS = _Resource("jobs", "job_id", JobState)
 WORKERS = _Resource("workers", "worker_id", WorkerState)
 OBJECTS = _Resource("objects", "object_id", ObjectState)
