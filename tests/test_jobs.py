@@ -300,6 +300,23 @@ def test_the_job_cli(head):
     assert down.returncode == 1 and "cannot reach" in down.stderr
 
 
+def test_the_job_cli_uploads_a_working_dir_and_takes_a_runtime_env(head, tmp_path):
+    (tmp_path / "note.txt").write_text("from the cli working dir")
+    address = ["--address", head[1]]
+    source = "import os; print(open('note.txt').read(), os.environ['FROM_JSON'])"
+    submitted = rtd_cli(
+        "job", "submit", *address, "--working-dir", str(tmp_path),
+        "--runtime-env-json", json.dumps({"env_vars": {"FROM_JSON": "json-env"}}),
+        "--", sys.executable, "-c", source,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert "from the cli working dir json-env" in submitted.stdout
+    bad = rtd_cli("job", "submit", *address, "--runtime-env-json", "{not json", "--", "true")
+    assert bad.returncode != 0 and "--runtime-env-json" in bad.stderr
+    missing = rtd_cli("job", "submit", *address, "--working-dir", str(tmp_path / "absent"), "--", "true")
+    assert missing.returncode != 0 and "absent" in missing.stderr
+
+
 def test_with_token_auth_the_jobs_api_needs_the_token(tmp_path):
     token = uuid.uuid4().hex * 2
     env = {"RTD_AUTH_MODE": "token", "RTD_AUTH_TOKEN": token}
