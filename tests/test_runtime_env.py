@@ -72,6 +72,11 @@ def test_actor_env_vars_and_children_inherit_the_parent_env(shared_runtime):
 
     holder = Holder.remote()
     assert rtd.get(holder.read.remote(), timeout=30) == "yes"
+    # The state API shows it, as Ray's does.
+    from rtd.util.state import list_actors
+
+    shown = [a for a in list_actors(detail=True) if a["class_name"] == "Holder"]
+    assert json.loads(shown[0]["serialized_runtime_env"])["env_vars"] == {"RTD_T_ACTOR": "yes"}
 
     read_env = _env_reader()
 
@@ -99,6 +104,22 @@ def test_job_level_env_merges_with_task_env(start_runtime):
         "task",
     ]
     assert rtd.get_runtime_context().runtime_env["env_vars"]["RTD_T_JOB"] == "job"
+
+
+@pytest.mark.timeout(90)
+def test_a_new_cluster_gets_the_packages_again(start_runtime, tmp_path):
+    code = str(tmp_path / "again")
+    _write(code, "again_module.py", "N = 7\n")
+
+    @rtd.remote(runtime_env={"working_dir": code})
+    def use():
+        import again_module
+
+        return again_module.N
+
+    for _ in range(2):
+        start_runtime(num_cpus=1)
+        assert rtd.get(use.remote(), timeout=30) == 7
 
 
 @pytest.mark.timeout(90)

@@ -425,7 +425,12 @@ fn actor_state(record: &ActorRecord) -> ActorState {
         node_id: record.node.map(|node| node.hex()),
         pid: info.pid,
         ray_namespace: options.namespace,
-        serialized_runtime_env: None,
+        // Ray shows "{}" for an actor without one.
+        serialized_runtime_env: Some(if record.runtime_env.is_empty() {
+            "{}".into()
+        } else {
+            record.runtime_env.clone()
+        }),
         required_resources,
         death_cause: (state == "DEAD").then(|| DeathCause { error_message: info.death_cause.clone() }),
         is_detached: options.detached,

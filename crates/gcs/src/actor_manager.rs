@@ -114,6 +114,8 @@ pub struct ActorRecord {
     pub placement_resources: ResourceSet,
     /// Registered, waiting for its owner to resolve the constructor arguments.
     pub args_pending: bool,
+    /// Its runtime_env as canonical JSON (empty: none).
+    pub runtime_env: String,
 }
 
 pub struct ActorManager {
@@ -537,6 +539,7 @@ impl ActorManager {
                 job_id: e.spec.job_id.clone(),
                 placement_resources: ResourceSet::from_fixed_map(&e.spec.resources),
                 args_pending: e.args_pending,
+                runtime_env: e.spec.runtime_env.clone(),
             })
             .collect()
     }

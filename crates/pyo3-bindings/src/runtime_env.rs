@@ -2,9 +2,7 @@
 //! (merged over its parent's, local directories packed and uploaded to the GCS KV).
 //! The rules are `rtd_runtime_env`'s; this converts types, errors and the GIL.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use pyo3::prelude::*;
 use rtd_runtime_env::package::{is_package_uri, pack_path, Layout, MAX_PACKAGE_SIZE};
@@ -43,19 +41,19 @@ pub fn runtime_env_merge(child: &str, parent: &str) -> PyResult<String> {
     Ok(parse(child)?.merged_over(&parse(parent)?).to_json().to_string())
 }
 
-/// Packages this process has stored in the GCS KV (their URIs): each is put once.
-fn uploaded() -> &'static Mutex<HashSet<String>> {
-    static UPLOADED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    UPLOADED.get_or_init(Default::default)
-}
-
 /// `child` merged over `parent` (JSON; `parent` may already hold package URIs), with a
 /// requirements file read and local `working_dir`/`py_modules` packed and stored in the
-/// GCS KV under their URIs, relative paths taken from `cwd`. Returns the canonical JSON
-/// the task or actor carries ("" for the empty environment) and the URIs this call
-/// uploaded.
+/// GCS KV under their URIs (except those in `present`: already put in this cluster),
+/// relative paths taken from `cwd`. Returns the canonical JSON the task or actor carries
+/// ("" for the empty environment) and the URIs this call put.
 #[pyfunction]
-pub fn runtime_env_prepare(py: Python<'_>, child: &str, parent: &str, cwd: &str) -> PyResult<(String, Vec<String>)> {
+pub fn runtime_env_prepare(
+    py: Python<'_>,
+    child: &str,
+    parent: &str,
+    cwd: &str,
+    present: Vec<String>,
+) -> PyResult<(String, Vec<String>)> {
     let mut spec = parse(child)?.merged_over(&parse(parent)?);
     if spec.is_empty() {
         return Ok((String::new(), Vec::new()));
@@ -78,18 +76,14 @@ pub fn runtime_env_prepare(py: Python<'_>, child: &str, parent: &str, cwd: &str)
         Ok(spec)
     });
     let spec = packed.map_err(to_py)?;
-    let mut put = Vec::new();
-    if !packages.is_empty() {
-        let core = core()?;
-        for (uri, bytes) in packages {
-            if uploaded().lock().unwrap_or_else(|p| p.into_inner()).contains(&uri) {
-                continue;
-            }
-            let key = uri.clone();
-            py.enter_rtd(|interrupted| core.kv_put(&key, bytes, interrupted))?;
-            uploaded().lock().unwrap_or_else(|p| p.into_inner()).insert(uri.clone());
-            put.push(uri);
+    let mut put: Vec<String> = Vec::new();
+    for (uri, bytes) in packages {
+        if present.contains(&uri) || put.contains(&uri) {
+            continue;
         }
+        let core = core()?;
+        py.enter_rtd(|interrupted| core.kv_put(&uri, bytes, interrupted))?;
+        put.push(uri);
     }
     Ok((spec.to_json().to_string(), put))
 }

@@ -76,14 +76,7 @@ impl WorkerCommand {
             .map_or_else(|| self.python.clone().into(), |p| p.as_os_str().to_owned());
         let mut cmd = Command::new(python);
         if let Some(env) = env {
-            cmd.envs(env.env_vars.iter().map(|(k, v)| (k, v)));
-            if let Some(dir) = &env.cwd {
-                cmd.current_dir(dir);
-            }
-            let inherited = std::env::var("PYTHONPATH").ok();
-            if let Some(path) = env.python_path_var(inherited.as_deref()) {
-                cmd.env("PYTHONPATH", path);
-            }
+            env.apply(&mut cmd);
         }
         cmd.args(["-m", "rtd._private.worker"])
             .env("RTD_WORKER_ID", worker_id.hex())

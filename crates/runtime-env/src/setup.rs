@@ -68,6 +68,31 @@ pub struct EnvContext {
 }
 
 impl EnvContext {
+    /// Makes `command` run in this environment: its directory, variables, `PYTHONPATH`,
+    /// and for a pip env `VIRTUAL_ENV` and the venv's `bin` first on the `PATH` (so a
+    /// `python` it runs is the venv's, as in Ray). The program itself is the caller's
+    /// (e.g. [`EnvContext::python`] for a worker, a shell for a job's entrypoint).
+    pub fn apply(&self, command: &mut tokio::process::Command) {
+        command.envs(self.env_vars.iter().map(|(k, v)| (k, v)));
+        if let Some(dir) = &self.cwd {
+            command.current_dir(dir);
+        }
+        if let Some(path) = self.python_path_var(std::env::var("PYTHONPATH").ok().as_deref()) {
+            command.env("PYTHONPATH", path);
+        }
+        let venv_bin = self.python.as_deref().and_then(Path::parent);
+        if let Some(bin) = venv_bin {
+            if let Some(venv) = bin.parent() {
+                command.env("VIRTUAL_ENV", venv);
+            }
+            let inherited = std::env::var_os("PATH").unwrap_or_default();
+            let paths = std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&inherited));
+            if let Ok(path) = std::env::join_paths(paths) {
+                command.env("PATH", path);
+            }
+        }
+    }
+
     /// `PYTHONPATH` for a process in this environment, in front of what `inherited` held.
     pub fn python_path_var(&self, inherited: Option<&str>) -> Option<String> {
         if self.python_path.is_empty() {
@@ -181,6 +206,50 @@ mod tests {
         // The second setup finds it unpacked and fetches nothing.
         let empty = source(HashMap::new());
         assert_eq!(setup(&env, &empty, cache.path(), "python3").await.expect("cached"), context);
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_in_the_context() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let venv_python = dir.path().join("venv").join("bin").join("python");
+        let context = EnvContext {
+            python: Some(venv_python.clone()),
+            cwd: Some(dir.path().to_path_buf()),
+            env_vars: vec![("RTD_T_VAR".into(), "set".into())],
+            python_path: vec![dir.path().join("mods")],
+        };
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "echo $RTD_T_VAR; pwd; echo $PYTHONPATH; echo $VIRTUAL_ENV; echo $PATH"]);
+        context.apply(&mut command);
+        let out = command.output().await.expect("sh runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "set");
+        assert_eq!(Path::new(lines[1]).canonicalize().ok(), dir.path().canonicalize().ok());
+        assert!(lines[2].starts_with(&dir.path().join("mods").to_string_lossy().into_owned()), "{text}");
+        assert_eq!(lines[3], dir.path().join("venv").to_string_lossy());
+        assert!(lines[4].starts_with(&dir.path().join("venv").join("bin").to_string_lossy().into_owned()), "{text}");
+    }
+
+    /// A GCS that never answers.
+    struct Silent;
+
+    impl PackageSource for Silent {
+        fn fetch<'a>(&'a self, _uri: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn setup_gives_up_after_setup_timeout_seconds() {
+        let cache = tempfile::tempdir().expect("tmp");
+        let env = RuntimeEnvSpec::from_json(&json!({
+            "working_dir": "gcs://_ray_pkg_0000000000000000.zip", "config": {"setup_timeout_seconds": 3},
+        }))
+        .expect("valid");
+        let err = setup(&env, &Silent, cache.path(), "python3").await.expect_err("times out");
+        assert!(matches!(err, SetupError::TimedOut(3)), "{err}");
+        assert!(err.to_string().contains("setup_timeout_seconds"));
     }
 
     #[tokio::test]

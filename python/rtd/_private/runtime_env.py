@@ -33,8 +33,10 @@ _lock = threading.Lock()
 _prepared: dict[tuple[str, str], str] = {}
 # The job's environment, prepared (canonical JSON; "" for none). Set by rtd.init.
 _job_env = ""
-# Package URIs this process stored in the GCS (tests read it).
+# Package URIs this process stored in the GCS, all clusters (tests read it).
 uploaded: list[str] = []
+# Those stored in the cluster it is connected to now: not put again.
+_in_cluster: set[str] = set()
 
 
 def _plain(value):
@@ -80,8 +82,8 @@ def for_submission(runtime_env) -> str:
     with _lock:
         found = _prepared.get(key)
         if found is None:
-            found, put = _core.runtime_env_prepare(child, parent, os.getcwd())
-            uploaded.extend(put)
+            found, put = _core.runtime_env_prepare(child, parent, os.getcwd(), sorted(_in_cluster))
+            _note_uploads(put)
             _prepared[key] = found
     return found
 
@@ -102,15 +104,22 @@ def job_runtime_env(runtime_env):
     return json.loads(_core.runtime_env_merge(to_json(runtime_env), to_json(submitted)))
 
 
+def _note_uploads(put: list[str]) -> None:
+    uploaded.extend(put)
+    _in_cluster.update(put)
+
+
 def set_job_env(runtime_env) -> None:
-    """Prepares the job's environment (rtd.init, once connected); None clears it."""
+    """Prepares the job's environment (rtd.init, once connected to a cluster, whose GCS
+    has none of the packages put before); None clears it (rtd.shutdown)."""
     global _job_env
     with _lock:
         _prepared.clear()
+        _in_cluster.clear()
         _job_env = ""
     if runtime_env:
-        prepared, put = _core.runtime_env_prepare(to_json(runtime_env), "", os.getcwd())
-        uploaded.extend(put)
+        prepared, put = _core.runtime_env_prepare(to_json(runtime_env), "", os.getcwd(), [])
+        _note_uploads(put)
         _job_env = prepared
 
 
