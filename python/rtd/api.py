@@ -215,6 +215,15 @@ def _publish_job_info(job_id, namespace, driver_address, driver_ip):
     if script:
         paths.insert(0, os.path.dirname(os.path.abspath(script)))
     job = {"sys_path": paths, "namespace": namespace, "driver": driver_address, "driver_ip": driver_ip}
+    # A job's entrypoint gets its submission id in the job config (as Ray's
+    # `job_submission_id` metadata); the jobs API links this driver to it.
+    try:
+        job_config = json.loads(os.environ.get("RTD_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        submission_id = (job_config.get("metadata") or {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        submission_id = None
+    if isinstance(submission_id, str):
+        job["submission_id"] = submission_id
     _core.kv_put(f"job:{job_id}", json.dumps(job).encode())
 
 

@@ -21,6 +21,8 @@ use rtd_gcs::actor_manager::ActorRecord;
 use rtd_gcs::server::GcsServer;
 use rtd_gcs::task_table::latest_state;
 
+use crate::jobs::cluster::Durable;
+use crate::jobs::JobsCluster;
 use crate::state::{
     ActorState, BundleState, ClusterState, DeathCause, JobState, LogError, LogFileState, LogRead, NodeState,
     ObjectState, PlacementGroupState, Resources, TaskLogInfo, TaskState, WorkerState,
@@ -45,7 +47,7 @@ impl ClusterState for GcsServer {
     }
 
     fn jobs(&self) -> Vec<JobState> {
-        GcsServer::jobs(self).iter().map(job_state).collect()
+        crate::jobs::list_jobs(self)
     }
 
     fn workers(&self) -> Vec<WorkerState> {
@@ -115,6 +117,52 @@ impl ClusterState for GcsServer {
         let reply = reply.map_err(log_error)?;
         Ok((reply.data.to_vec(), reply.end_offset))
     }
+}
+
+impl JobsCluster for GcsServer {
+    fn kv_get(&self, key: &str) -> Option<bytes::Bytes> {
+        GcsServer::kv_get(self, key)
+    }
+
+    fn kv_put(&self, key: &str, value: bytes::Bytes) {
+        GcsServer::kv_put(self, key, value)
+    }
+
+    fn kv_delete(&self, key: &str) -> bool {
+        GcsServer::kv_delete(self, key)
+    }
+
+    fn kv_keys(&self, prefix: &str) -> Vec<String> {
+        GcsServer::kv_keys(self, prefix)
+    }
+
+    fn durable(&self) -> Durable {
+        Box::pin(GcsServer::durable(self))
+    }
+
+    fn driver_jobs(&self) -> Vec<JobState> {
+        GcsServer::jobs(self)
+            .iter()
+            .map(|job| {
+                let mut state = job_state(job);
+                state.submission_id = driver_submission(self, &hex(&job.job_id));
+                state
+            })
+            .collect()
+    }
+
+    fn cluster_id(&self) -> String {
+        GcsServer::cluster_id(self)
+    }
+}
+
+/// The submission a driver said it runs for: `submission_id` in the job info its
+/// `rtd.init()` publishes (`job:<job id>`), read from the job config its entrypoint
+/// was given.
+fn driver_submission(gcs: &GcsServer, job_id: &str) -> Option<String> {
+    let info = gcs.kv_get(&format!("job:{job_id}"))?;
+    let info: serde_json::Value = serde_json::from_slice(&info).ok()?;
+    info.get("submission_id")?.as_str().map(String::from)
 }
 
 type Call<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send>>;
@@ -256,7 +304,7 @@ fn task_log_info(event: &TaskEvent) -> Option<TaskLogInfo> {
 
 fn job_state(job: &JobInfo) -> JobState {
     JobState {
-        job_id: hex(&job.job_id),
+        job_id: Some(hex(&job.job_id)),
         submission_id: None,
         job_type: "DRIVER",
         status: if job.is_dead { "SUCCEEDED" } else { "RUNNING" },
@@ -266,13 +314,15 @@ fn job_state(job: &JobInfo) -> JobState {
         start_time: job.start_time_ms,
         end_time: job.is_dead.then_some(job.end_time_ms),
         metadata: Default::default(),
-        runtime_env: Default::default(),
+        runtime_env: serde_json::json!({}),
         driver_info: serde_json::json!({
             "id": hex(&job.job_id),
             "node_ip_address": job.driver_ip,
             "pid": job.driver_pid.to_string(),
         }),
-        driver_node_id: hex(&job.driver_node_id),
+        driver_agent_http_address: None,
+        driver_node_id: Some(hex(&job.driver_node_id)),
+        driver_exit_code: None,
     }
 }
 

@@ -50,6 +50,7 @@
 
 mod gcs_state;
 mod http;
+pub mod jobs;
 mod logs;
 mod overview;
 pub mod query;

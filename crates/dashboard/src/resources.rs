@@ -207,6 +207,8 @@ pub const RESOURCES: &[Resource] = &[
             column("runtime_env", false, false),
             column("driver_info", false, false),
             column("driver_node_id", true, false),
+            column("driver_agent_http_address", false, true),
+            column("driver_exit_code", false, true),
         ],
         rows: |state, _| rows_of(state.jobs()),
         summary: None,

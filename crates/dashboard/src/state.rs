@@ -106,15 +106,19 @@ pub struct TaskLogInfo {
     pub stderr_end: Option<u64>,
 }
 
-/// Ray's `JobDetails`, for a driver's job.
+/// Ray's `JobDetails`: a driver's job (`DRIVER`), or a job submitted through the jobs
+/// API (`SUBMISSION`, see `jobs`), which is also the jobs API's answer.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct JobState {
-    pub job_id: String,
+    /// The driver's job id (hex); None for a submission whose entrypoint started no
+    /// driver (yet).
+    pub job_id: Option<String>,
     pub submission_id: Option<String>,
-    /// `DRIVER` (jobs submitted through the jobs API would be `SUBMISSION`).
+    /// `DRIVER` or `SUBMISSION`.
     #[serde(rename = "type")]
     pub job_type: &'static str,
-    /// `RUNNING`, or `SUCCEEDED` once its driver disconnected.
+    /// `PENDING`, `RUNNING`, `STOPPED`, `SUCCEEDED` or `FAILED` (a driver's job is
+    /// RUNNING until its driver disconnects, then SUCCEEDED).
     pub status: &'static str,
     pub entrypoint: String,
     pub message: Option<String>,
@@ -122,9 +126,13 @@ pub struct JobState {
     pub start_time: u64,
     pub end_time: Option<u64>,
     pub metadata: BTreeMap<String, String>,
-    pub runtime_env: BTreeMap<String, String>,
+    /// The job's `runtime_env` as given (a JSON object).
+    pub runtime_env: serde_json::Value,
+    /// `{"id", "node_ip_address", "pid"}` of the job's driver, or null.
     pub driver_info: serde_json::Value,
-    pub driver_node_id: String,
+    pub driver_agent_http_address: Option<String>,
+    pub driver_node_id: Option<String>,
+    pub driver_exit_code: Option<i32>,
 }
 
 /// Ray's `WorkerState`.

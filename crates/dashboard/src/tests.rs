@@ -87,7 +87,7 @@ impl ClusterState for FakeCluster {
 
     fn jobs(&self) -> Vec<JobState> {
         vec![JobState {
-            job_id: "01000000".into(),
+            job_id: Some("01000000".into()),
             submission_id: None,
             job_type: "DRIVER",
             status: "RUNNING",
@@ -97,9 +97,11 @@ impl ClusterState for FakeCluster {
             start_time: 1,
             end_time: None,
             metadata: BTreeMap::new(),
-            runtime_env: BTreeMap::new(),
+            runtime_env: serde_json::json!({}),
             driver_info: serde_json::json!({"pid": "7"}),
-            driver_node_id: "aa".into(),
+            driver_agent_http_address: None,
+            driver_node_id: Some("aa".into()),
+            driver_exit_code: None,
         }]
     }
 

@@ -1,4 +1,4 @@
-// Jobs: every driver that connected (and submitted job), newest first.
+// Jobs: every job submitted through the jobs API and every driver that connected, newest first.
 import { badge, fmtDuration, fmtTime, h, list, section, shortId, table } from './lib.js';
 
 export const title = 'Jobs';

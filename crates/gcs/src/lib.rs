@@ -130,6 +130,23 @@ impl Gcs {
         self.kv.lock().get(key).cloned()
     }
 
+    /// Removes `key`; whether it was there.
+    pub fn kv_delete(&self, key: &str) -> bool {
+        let mut kv = self.kv.lock();
+        let found = kv.remove(key).is_some();
+        if found {
+            self.store.delete(Table::Kv, key.as_bytes());
+        }
+        found
+    }
+
+    /// The keys that start with `prefix`, sorted.
+    pub fn kv_keys(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.kv.lock().keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// Jobs are numbered in the order drivers connect, as in Ray.
     /// The counter is stored, so a restarted head never hands out an id again.
     pub fn next_job_id(&self) -> JobId {
@@ -338,6 +355,11 @@ mod tests {
         gcs.kv_put("fn:1".into(), Bytes::from_static(b"code"));
         assert_eq!(gcs.kv_get("fn:1").as_deref(), Some(&b"code"[..]));
         assert!(gcs.kv_get("fn:2").is_none());
+        gcs.kv_put("fn:0".into(), Bytes::from_static(b"other"));
+        gcs.kv_put("job:1".into(), Bytes::from_static(b"job"));
+        assert_eq!(gcs.kv_keys("fn:"), vec!["fn:0".to_string(), "fn:1".to_string()]);
+        assert!(gcs.kv_delete("fn:0") && !gcs.kv_delete("fn:0"));
+        assert_eq!(gcs.kv_keys("fn:"), vec!["fn:1".to_string()]);
         let id = NodeId::random();
         let node = NodeInfo { node_id: id.to_vec().into(), alive: true, ..Default::default() };
         gcs.register_node(node.clone());

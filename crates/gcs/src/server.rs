@@ -472,9 +472,19 @@ impl GcsServer {
         self.tables.kv_put(key.to_string(), value);
     }
 
-    /// The value under `key` in the GCS's KV store (runtime_env packages for the head's raylet).
+    /// The value under `key` in the GCS's KV store (job records, runtime_env packages).
     pub fn kv_get(&self, key: &str) -> Option<bytes::Bytes> {
         self.tables.kv_get(key)
+    }
+
+    /// Removes `key` from the GCS's KV store; whether it was there.
+    pub fn kv_delete(&self, key: &str) -> bool {
+        self.tables.kv_delete(key)
+    }
+
+    /// The KV store's keys that start with `prefix`, sorted.
+    pub fn kv_keys(&self, prefix: &str) -> Vec<String> {
+        self.tables.kv_keys(prefix)
     }
 
     /// Answers a GCS request from the connection `conn`, once what it changed is

@@ -9,6 +9,7 @@ mod errors;
 mod generators;
 mod metrics;
 mod object_ref;
+mod packages;
 mod placement_groups;
 mod runtime_env;
 mod tasks;
@@ -456,6 +457,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(actors::kill_actor, m)?)?;
     m.add_function(wrap_pyfunction!(actors::list_actors, m)?)?;
     m.add_function(wrap_pyfunction!(timeline, m)?)?;
+    m.add_function(wrap_pyfunction!(packages::pack_package, m)?)?;
     m.add_function(wrap_pyfunction!(metrics::record_metric, m)?)?;
     m.add_function(wrap_pyfunction!(actors::add_actor_handle, m)?)?;
     m.add_function(wrap_pyfunction!(actors::remove_actor_handle, m)?)?;

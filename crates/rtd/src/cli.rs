@@ -29,7 +29,7 @@ use crate::daemons;
 use crate::node::{default_object_store_memory, node_resources, run_node, DashboardOptions, NodeOptions, NodeRole};
 use crate::session::{remove_dead_sessions, NodeFile, Session, DEFAULT_TEMP_DIR};
 use crate::system_config::SystemConfig;
-use crate::{logs_cli, state_cli};
+use crate::{job_cli, logs_cli, state_cli};
 
 /// How to start a daemon in the background: the program and leading arguments that,
 /// followed by `start ... --block`, run a node in the foreground.
@@ -66,6 +66,8 @@ enum Command {
     Memory(state_cli::MemoryArgs),
     /// Write the tasks that ran as a Chrome trace file.
     Timeline(state_cli::TimelineArgs),
+    /// Submit and manage jobs (Ray's `ray job`): submit, status, logs, stop, list, delete.
+    Job(job_cli::JobArgs),
     /// Print the cluster's auth token (RTD_AUTH_TOKEN, RTD_AUTH_TOKEN_PATH or ~/.rtd/auth_token).
     GetAuthToken(GetAuthTokenArgs),
 }
@@ -257,6 +259,7 @@ pub fn cli_main(argv: &[String], launcher: &Launcher) -> i32 {
         Command::Memory(args) => state_cli::memory(&args),
         Command::Timeline(args) => state_cli::timeline(&args),
         Command::GetAuthToken(args) => get_auth_token(&args),
+        Command::Job(args) => job_cli::job(&args),
     };
     match result {
         Ok(()) => 0,

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod daemons;
+mod job_cli;
 mod logs_cli;
 pub mod metrics;
 pub mod node;

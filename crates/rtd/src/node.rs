@@ -18,6 +18,8 @@ use rtd_common::cluster_kv;
 use rtd_common::proto::{KvGet, KvGetReply, NodeInfo, ResourceMap};
 use rtd_common::rpc::{self, ConnectionCache, RpcClient};
 use rtd_common::{NodeId, ResourceSet};
+use rtd_dashboard::jobs::env::RuntimeEnvSetup;
+use rtd_dashboard::jobs::{JobManager, JobsConfig, ProcessLauncher};
 use rtd_gcs::client::{GcsClient, HeadLink};
 use rtd_gcs::server::GcsServer;
 use rtd_gcs::store::{OpenedStore, StorageConfig};
@@ -72,14 +74,27 @@ pub struct DashboardOptions {
     pub port: rtd_dashboard::Port,
 }
 
-/// Starts serving the dashboard over `gcs`; returns the task and the `host:port` a
-/// browser on this machine opens (the node's address when it listens on every one).
+/// What the head's job manager needs to know of the node it runs on.
+struct JobsContext {
+    logs_dir: PathBuf,
+    /// The address a job's `rtd.init()` connects to.
+    cluster_address: String,
+    node_id: NodeId,
+    python: String,
+    /// The node's cache of runtime environments.
+    runtime_resources: PathBuf,
+}
+
+/// Starts serving the dashboard (with the jobs API) over `gcs`; returns the task, the
+/// job manager, and the `host:port` a browser on this machine opens (the node's
+/// address when it listens on every one).
 async fn start_dashboard(
     options: &DashboardOptions,
     gcs: &Arc<GcsServer>,
     node_ip: &str,
     metrics: Arc<MetricsRegistry>,
-) -> Result<(tokio::task::JoinHandle<()>, String)> {
+    jobs: JobsContext,
+) -> Result<(tokio::task::JoinHandle<()>, Arc<JobManager>, String)> {
     let listener = rtd_dashboard::bind(&options.host, options.port).await?;
     let port = listener.local_addr().context("reading the dashboard's address")?.port();
     let host = match options.host.as_str() {
@@ -88,7 +103,42 @@ async fn start_dashboard(
     };
     let url = format!("{host}:{port}");
     gcs.kv_put(cluster_kv::DASHBOARD_URL_KEY, url.clone().into());
-    Ok((rtd_dashboard::serve(listener, gcs.clone(), rtd_metrics::http::router(metrics)), url))
+    let packages = gcs.clone();
+    let python = jobs.python.clone();
+    let manager = JobManager::new(
+        gcs.clone(),
+        Arc::new(ProcessLauncher),
+        Arc::new(RuntimeEnvSetup {
+            packages: Arc::new(KvLookup(move |uri: &str| packages.kv_get(uri))),
+            cache_root: jobs.runtime_resources,
+            python: jobs.python,
+        }),
+        JobsConfig {
+            logs_dir: jobs.logs_dir,
+            cluster_address: jobs.cluster_address,
+            node_id: jobs.node_id.hex(),
+            dashboard_url: format!("http://{url}"),
+            env: entrypoint_path(&python).into_iter().collect(),
+            stop_grace: job_stop_grace(),
+        },
+    );
+    let also = rtd_metrics::http::router(metrics).merge(rtd_dashboard::jobs::router(manager.clone()));
+    Ok((rtd_dashboard::serve(listener, gcs.clone(), also), manager, url))
+}
+
+/// `PATH` for job entrypoints with the directory of the node's Python first, so the
+/// `python` of an entrypoint is the one rtd runs (its virtual environment's).
+fn entrypoint_path(python: &str) -> Option<(String, String)> {
+    let dir = Path::new(python).parent().filter(|d| d.is_absolute())?;
+    let path = std::env::var("PATH").unwrap_or_default();
+    Some(("PATH".into(), format!("{}:{path}", dir.display())))
+}
+
+/// Ray's `RAY_JOB_STOP_WAIT_TIME_S` (default 3): how long a stopped job's entrypoint
+/// has between SIGTERM and SIGKILL.
+fn job_stop_grace() -> Duration {
+    let seconds = std::env::var("RTD_JOB_STOP_WAIT_TIME_S").ok().and_then(|v| v.parse::<f64>().ok());
+    seconds.filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64).unwrap_or(Duration::from_secs(3))
 }
 
 /// How a node describes itself to the GCS.
@@ -298,7 +348,17 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
     let metrics_export_port = metrics_listener.local_addr().context("reading the metrics port")?.port();
     let metrics_task = rtd_metrics::http::serve(metrics_listener, metrics.clone());
     let dashboard = match (&gcs, &opts.dashboard) {
-        (Some(gcs), Some(options)) => Some(start_dashboard(options, gcs, &opts.node_ip, metrics).await?),
+        (Some(gcs), Some(options)) => {
+            let jobs = JobsContext {
+                logs_dir: session.dir.join("logs"),
+                // A head without a port serves this machine only: "auto" finds it.
+                cluster_address: if raylet_address.is_empty() { "auto".into() } else { raylet_address.clone() },
+                node_id,
+                python: opts.python.clone(),
+                runtime_resources: session.dir.join("runtime_resources"),
+            };
+            Some(start_dashboard(options, gcs, &opts.node_ip, metrics, jobs).await?)
+        }
         _ => None,
     };
     raylet.prestart_workers();
@@ -314,7 +374,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         },
         shm_path: session.shm_path().display().to_string(),
         spill_dir: spill_dir.display().to_string(),
-        dashboard_url: dashboard.as_ref().map(|(_, url)| url.clone()).unwrap_or_default(),
+        dashboard_url: dashboard.as_ref().map(|(_, _, url)| url.clone()).unwrap_or_default(),
         metrics_export_port,
     }
     .write(&session)?;
@@ -322,6 +382,10 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
 
     wait_for_stop(shutdown, opts.watch_stdin).await;
 
+    // Jobs end with their cluster, as in Ray.
+    if let Some((_, jobs, _)) = &dashboard {
+        jobs.shutdown().await;
+    }
     if let Some(gcs) = &gcs {
         gcs.shutdown();
     }
@@ -335,7 +399,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     raylet_task.abort();
-    if let Some((task, _)) = dashboard {
+    if let Some((task, _, _)) = dashboard {
         task.abort();
     }
     metrics_task.abort();

@@ -57,7 +57,7 @@ impl StateResource {
             Self::Actors => "actor_id",
             Self::PlacementGroups => "placement_group_id",
             Self::Tasks => "task_id",
-            // Ray's `get job` takes a submission id; rtd's jobs are drivers', named by job id.
+            // By the driver's job id (`rtd job status` takes a submission id too).
             Self::Jobs => "job_id",
             Self::Workers => "worker_id",
             Self::Objects => "object_id",
@@ -106,18 +106,18 @@ pub enum OutputFormat {
 }
 
 /// Which cluster to ask.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct ClusterArgs {
     /// The cluster to ask: its head's address, or its dashboard's (default: the cluster
     /// running on this machine).
     #[arg(long, value_name = "HOST:PORT")]
-    address: Option<String>,
+    pub(crate) address: Option<String>,
     /// Where this machine's node daemons keep their sessions.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_TEMP_DIR)]
     temp_dir: PathBuf,
     /// Seconds to wait for the answer.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    timeout: u64,
+    pub(crate) timeout: u64,
 }
 
 /// `key=value` or `key!=value`, as `--filter` takes it.
@@ -226,7 +226,7 @@ fn dashboard_of(address: &str) -> Result<String> {
 }
 
 /// The dashboard to ask, as a URL without a trailing slash.
-fn dashboard_url(cluster: &ClusterArgs) -> Result<String> {
+pub(crate) fn dashboard_url(cluster: &ClusterArgs) -> Result<String> {
     let address = match &cluster.address {
         Some(address) if !address.contains("://") => dashboard_of(address)?,
         Some(address) => address.clone(),

@@ -2,18 +2,16 @@
 (``/api/v0/<resource>``, ``/api/v0/logs``, see the ``rtd-dashboard`` crate), which
 filters, counts and limits; this module only builds the request and wraps the rows.
 
-``address`` is the cluster's address (the head's ``HOST:PORT``, as ``rtd.init(address=...)``
-takes it: the dashboard is looked up in the GCS) or the dashboard's ``HOST:PORT`` (or
-``http://HOST:PORT``), as ``rtd.init()`` returns it in ``dashboard_url``. Without one (or
-with ``"auto"``) the connected driver's cluster is asked, else the newest cluster started
-on this machine.
+``address`` names the cluster or its dashboard, as ``rtd._private.dashboard`` resolves it:
+the cluster's address (the head's ``HOST:PORT``), the dashboard's ``HOST:PORT`` (or
+``http://HOST:PORT``), or nothing (or ``"auto"``): the connected driver's cluster, else the
+newest cluster started on this machine.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Generator, List, Optional, Tuple, Type, Union
 
 from rtd import _core
+from rtd._private import dashboard
 from rtd.exceptions import AuthenticationError
 from rtd.util.state.exception import RayStateApiException, ServerUnavailable
 
@@ -83,60 +82,15 @@ NODES = _Resource("nodes", "node_id", NodeState)
 ACTORS = _Resource("actors", "actor_id", ActorState)
 PLACEMENT_GROUPS = _Resource("placement_groups", "placement_group_id", PlacementGroupState)
 TASKS = _Resource("tasks", "task_id", TaskState)
-# Ray looks jobs up by submission id; rtd's jobs are drivers' (none has one), so by job id.
+# Looked up by the driver's job id (a submitted job's row carries both; the jobs API,
+# rtd.job_submission, takes either).
 JOBS = _Resource("jobs", "job_id", JobState)
 WORKERS = _Resource("workers", "worker_id", WorkerState)
 OBJECTS = _Resource("objects", "object_id", ObjectState)
 
 
-def _local_dashboard() -> Optional[str]:
-    """The dashboard of the connected driver's cluster, else of the newest cluster
-    started on this machine."""
-    from rtd import api
-
-    if api.is_initialized():
-        return api._state.dashboard_url
-    try:
-        with open(os.path.join(api.DEFAULT_TEMP_DIR, "session_latest", "node.json")) as f:
-            return json.load(f).get("dashboard_url") or None
-    except (OSError, ValueError):
-        return None
-
-
-# Addresses already resolved to a dashboard (a cluster's address to its dashboard's).
-_resolved: Dict[str, str] = {}
-
-
-def _dashboard_of(address: str) -> str:
-    """The dashboard ``address`` names: the cluster's at a node's address, else
-    ``address`` itself (a dashboard does not answer as a node)."""
-    from rtd import _core
-
-    if address not in _resolved:
-        try:
-            dashboard = _core.dashboard_of(address)
-        except ConnectionError:
-            dashboard = address
-        if dashboard is None:
-            raise ServerUnavailable(
-                f"The rtd cluster at {address} serves no dashboard (started with include_dashboard=False?)."
-            )
-        _resolved[address] = dashboard
-    return _resolved[address]
-
-
 def _base_url(address: Optional[str]) -> str:
-    if address in (None, "auto"):
-        address = _local_dashboard()
-        if not address:
-            raise ServerUnavailable(
-                "No rtd dashboard found: connect with rtd.init() to a cluster that serves one "
-                "(include_dashboard is on by default), or pass address='HOST:PORT' of the cluster or its dashboard."
-            )
-    elif "://" not in address:
-        address = _dashboard_of(address.rstrip("/"))
-    assert address is not None
-    return address.rstrip("/") if "://" in address else f"http://{address.rstrip('/')}"
+    return dashboard.base_url(address, ServerUnavailable)
 
 
 def _filter_params(filters: Optional[List[Filter]]) -> List[Tuple[str, str]]:
