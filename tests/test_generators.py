@@ -221,6 +221,20 @@ def test_wait_on_a_generator_says_when_next_would_not_block(shared_runtime):
     wait_for_condition(gen.is_finished, timeout=TIMEOUT)
 
 
+@pytest.mark.timeout(60)
+def test_a_task_consuming_a_generator_gives_its_cpus_back_while_it_waits(shared_runtime):
+    @rtd.remote(num_cpus=1)
+    def produce(n):
+        yield from range(n)
+
+    # Holds both CPUs of the runtime: the producer can only run while it waits.
+    @rtd.remote(num_cpus=2)
+    def consume(n):
+        return sum(rtd.get(ref) for ref in produce.remote(n))
+
+    assert rtd.get(consume.remote(4), timeout=TIMEOUT) == 6
+
+
 # --- dynamic -----------------------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtd_common::proto::{
-    ActorInfo, ActorOptions, CreatePlacementGroup, NodeInfo, PlacementGroupInfo, RegisterClient, TaskArg,
+    ActorInfo, ActorOptions, CreatePlacementGroup, NodeInfo, NotifyBlocked, NotifyUnblocked, PlacementGroupInfo,
+    RegisterClient, TaskArg,
 };
 use rtd_common::rpc::RpcClient;
 use rtd_common::{object_kind, ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
@@ -353,7 +354,20 @@ impl CoreWorker {
         interrupted: &mut dyn FnMut() -> bool,
         count_ref: impl FnOnce(ObjectId) -> R,
     ) -> Result<(GeneratorNext, Option<R>), CoreError> {
-        let next = Generators::next(&self.ctx, task_id, timeout, interrupted)?;
+        let mut next = Generators::next(&self.ctx, task_id, Some(Duration::ZERO), interrupted)?;
+        if next == GeneratorNext::Pending && timeout != Some(Duration::ZERO) {
+            // A task waiting for items gives its CPU back meanwhile, as a blocked `get`
+            // does: the producer may need it.
+            let blocked = self.ctx.is_worker && self.executor.current_task().is_some();
+            if blocked {
+                let _ = self.ctx.raylet.send(NotifyBlocked {});
+            }
+            let waited = Generators::next(&self.ctx, task_id, timeout, interrupted);
+            if blocked {
+                let _ = self.ctx.raylet.send(NotifyUnblocked {});
+            }
+            next = waited?;
+        }
         let counted = match next {
             GeneratorNext::Item(id) => {
                 let counted = count_ref(id);
