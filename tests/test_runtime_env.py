@@ -364,3 +364,34 @@ def test_two_nodes_get_the_package_through_the_gcs(tmp_path):
     finally:
         rtd.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_eager_install_sets_the_job_env_up_on_every_node_at_init(tmp_path):
+    """The job's working_dir is unpacked on each node when rtd.init returns, before any
+    task asks for it (Ray's `eager_install`, on by default)."""
+    import glob
+    import time
+
+    from rtd.cluster_utils import Cluster
+
+    if rtd.is_initialized():
+        rtd.shutdown()
+    code = str(tmp_path / "eager")
+    _write(code, "eager_marker.txt", "here\n")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
+    try:
+        other = cluster.add_node(num_cpus=1)
+        rtd.init(address=cluster.address, runtime_env={"working_dir": code})
+        nodes = [cluster.head_node.session_dir, other.session_dir]
+
+        def unpacked(session_dir):
+            return glob.glob(os.path.join(session_dir, "runtime_resources", "**", "eager_marker.txt"), recursive=True)
+
+        deadline = time.monotonic() + 30
+        while not all(unpacked(s) for s in nodes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(unpacked(s) for s in nodes), [unpacked(s) for s in nodes]
+    finally:
+        rtd.shutdown()
+        cluster.shutdown()

@@ -525,6 +525,15 @@ impl CoreWorker {
         node_view::nodes(&self.ctx, interrupted)
     }
 
+    /// Has every node set the job's environment up now (`eager_install`).
+    pub fn prepare_runtime_env(
+        &self,
+        runtime_env: String,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<(), CoreError> {
+        node_view::prepare_runtime_env(&self.ctx, runtime_env, interrupted)
+    }
+
     // ------------------------------------------------------------------ worker side
 
     /// How to interrupt the running task (a Python `KeyboardInterrupt`).

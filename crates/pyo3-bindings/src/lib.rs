@@ -432,6 +432,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime_env::runtime_env_validate, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_env::runtime_env_merge, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_env::runtime_env_prepare, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_env::runtime_env_install_eagerly, m)?)?;
     m.add_function(wrap_pyfunction!(cancel, m)?)?;
     m.add_function(wrap_pyfunction!(kv_put, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;

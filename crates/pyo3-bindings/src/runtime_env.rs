@@ -88,6 +88,18 @@ pub fn runtime_env_prepare(
     Ok((spec.to_json().to_string(), put))
 }
 
+/// The job's prepared runtime_env (canonical JSON): unless its `config` says
+/// `eager_install: false`, every node of the cluster sets it up now, in the background.
+#[pyfunction]
+pub fn runtime_env_install_eagerly(py: Python<'_>, prepared: &str) -> PyResult<()> {
+    let spec = parse(prepared)?;
+    if spec.is_empty() || !spec.config.as_ref().is_none_or(|c| c.eager_install) {
+        return Ok(());
+    }
+    let core = core()?;
+    py.enter_rtd(|interrupted| core.prepare_runtime_env(prepared.to_string(), interrupted))
+}
+
 /// A local path packed (its URI back, its bytes queued for upload); a URI stays as it is.
 fn pack_local(
     cwd: &Path,

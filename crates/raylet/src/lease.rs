@@ -399,14 +399,7 @@ impl Raylet {
     fn start_env_worker(self: &Arc<Self>, env: Arc<RequestedEnv>) {
         let raylet = self.clone();
         tokio::spawn(async move {
-            let packages: Arc<dyn PackageSource> = match raylet.packages.get() {
-                Some(packages) => packages.clone(),
-                None => Arc::new(NoPackages),
-            };
-            let python = raylet.starter.command().python.clone();
-            let result = rtd_runtime_env::setup(&env.spec, packages.as_ref(), &raylet.runtime_resources(), &python)
-                .await
-                .map_err(|e| e.to_string());
+            let result = raylet.set_up(&env).await;
             let started = match &result {
                 Ok(context) => raylet.start_worker_in(Some((&env.hash, context))),
                 Err(_) => false,
@@ -416,6 +409,39 @@ impl Raylet {
             }
             let why = result.err().unwrap_or_else(|| "the worker process could not be started".into());
             raylet.refuse_env(&env.hash, &why);
+        });
+    }
+
+    /// Sets `env` up on this node: its packages unpacked, its venv built (each once;
+    /// later calls find them in place).
+    async fn set_up(&self, env: &RequestedEnv) -> Result<EnvContext, String> {
+        let packages: Arc<dyn PackageSource> = match self.packages.get() {
+            Some(packages) => packages.clone(),
+            None => Arc::new(NoPackages),
+        };
+        let python = self.starter.command().python.clone();
+        rtd_runtime_env::setup(&env.spec, packages.as_ref(), &self.runtime_resources(), &python)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// `eager_install`: sets the environment of `runtime_env` (canonical JSON) up in
+    /// the background, before any lease asks for it. A failure is only logged: the
+    /// first lease in that environment tries again and reports it.
+    pub fn prepare_env(self: &Arc<Self>, runtime_env: &str) {
+        let env = match RequestedEnv::parse(runtime_env) {
+            Ok(Some(env)) => env,
+            Ok(None) => return,
+            Err(why) => {
+                tracing::warn!("runtime_env to prepare is invalid: {why}");
+                return;
+            }
+        };
+        let raylet = self.clone();
+        tokio::spawn(async move {
+            if let Err(why) = raylet.set_up(&env).await {
+                tracing::warn!("eager runtime_env setup failed (the first task in it will retry): {why}");
+            }
         });
     }
 

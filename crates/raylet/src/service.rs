@@ -435,6 +435,10 @@ impl<G: GcsPort> NodeService<G> {
                 let reasons: Vec<String> = refused.iter().map(ToString::to_string).collect();
                 Reply::Now(error_body(ErrorCode::Invalid, reasons.join("; ")))
             }
+            NodeManagerRequest::PrepareRuntimeEnv(prepare) => {
+                self.raylet.prepare_env(&prepare.runtime_env);
+                Reply::None
+            }
             NodeManagerRequest::GetClusterView(_) => {
                 Reply::Now(NodeManagerReply::GetClusterViewReply(cluster_view(&self.raylet)).into())
             }

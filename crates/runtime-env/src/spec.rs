@@ -41,8 +41,8 @@ const NOT_IMPLEMENTED: &[(&str, &str)] = &[
 pub struct RuntimeEnvConfig {
     /// Seconds a node may spend setting the environment up; -1: no limit.
     pub setup_timeout_seconds: i64,
-    /// Job level only: set the environment up on every node when the job starts.
-    /// Accepted; rtd always sets up lazily, on the first worker that needs it.
+    /// Job level only: set the environment up on every node when the job starts
+    /// (`rtd.init`), rather than when its first worker is needed.
     pub eager_install: bool,
 }
 

@@ -121,6 +121,7 @@ def set_job_env(runtime_env) -> None:
         prepared, put = _core.runtime_env_prepare(to_json(runtime_env), "", os.getcwd(), [])
         _note_uploads(put)
         _job_env = prepared
+        _core.runtime_env_install_eagerly(prepared)
 
 
 def adopt(prepared: str) -> None:

@@ -118,7 +118,7 @@ service! {
 
 service! {
     NodeManager(NodeManagerRequest, node_manager_request) -> NodeManagerReply(node_manager_reply);
-    one_way: NotifyBlocked, NotifyUnblocked;
+    one_way: NotifyBlocked, NotifyUnblocked, PrepareRuntimeEnv;
     calls:
         RegisterClient => RegisterClientReply,
         RequestLease => RequestLeaseReply,
