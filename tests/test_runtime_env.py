@@ -395,3 +395,45 @@ def test_eager_install_sets_the_job_env_up_on_every_node_at_init(tmp_path):
     finally:
         rtd.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.timeout(90)
+def test_a_second_driver_does_not_upload_a_package_the_cluster_has(tmp_path):
+    """Packages are content-addressed: a driver asks the GCS whether it holds one
+    before putting it (Ray's client does the same), so the second driver puts nothing."""
+    from rtd.cluster_utils import Cluster
+
+    if rtd.is_initialized():
+        rtd.shutdown()
+    code = str(tmp_path / "shared_code")
+    _write(code, "shared_code_module.py", "N = 3\n")
+    script = textwrap.dedent(
+        """
+        import json, sys, rtd
+        from rtd._private import runtime_env
+        rtd.init(address=sys.argv[1])
+
+        @rtd.remote(runtime_env={"working_dir": sys.argv[2]})
+        def use():
+            import shared_code_module
+            return shared_code_module.N
+
+        print(json.dumps([rtd.get(use.remote(), timeout=30), runtime_env.uploaded]))
+        rtd.shutdown()
+        """
+    )
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
+    try:
+        answers = []
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, "-c", script, cluster.address, code], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            answers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        (n1, put1), (n2, put2) = answers
+        assert n1 == n2 == 3
+        assert len(put1) == 1 and put1[0].startswith("gcs://_ray_pkg_")
+        assert put2 == []
+    finally:
+        cluster.shutdown()

@@ -21,7 +21,7 @@ pub const DASHBOARD_URL_KEY: &str = "dashboard_url";
 pub async fn dashboard_of(address: &str, timeout: Duration) -> Result<Option<String>, RpcError> {
     let asked = async {
         let client = RpcClient::connect(address).await?;
-        client.request(KvGet { key: DASHBOARD_URL_KEY.into() }).await
+        client.request(KvGet { key: DASHBOARD_URL_KEY.into(), exists_only: false }).await
     };
     let reply = tokio::time::timeout(timeout, asked).await.map_err(|_| RpcError::Disconnected(address.into()))??;
     Ok(reply.found.then(|| String::from_utf8_lossy(&reply.value).into_owned()))

@@ -421,6 +421,11 @@ impl CoreWorker {
         self.gcs.kv_get(key, interrupted)
     }
 
+    /// Whether the GCS's KV holds `key` (its value is not sent).
+    pub fn kv_exists(&self, key: &str, interrupted: &mut dyn FnMut() -> bool) -> Result<bool, CoreError> {
+        self.gcs.kv_exists(key, interrupted)
+    }
+
     pub fn get_named_actor(
         &self,
         namespace: &str,

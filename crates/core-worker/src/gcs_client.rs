@@ -48,8 +48,12 @@ impl GcsClient {
         key: &str,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Option<bytes::Bytes>, CoreError> {
-        let reply = self.ctx.node_call(KvGet { key: key.to_string() }, interrupted)?;
+        let reply = self.ctx.node_call(KvGet { key: key.to_string(), exists_only: false }, interrupted)?;
         Ok(reply.found.then_some(reply.value))
+    }
+
+    pub(crate) fn kv_exists(&self, key: &str, interrupted: &mut dyn FnMut() -> bool) -> Result<bool, CoreError> {
+        Ok(self.ctx.node_call(KvGet { key: key.to_string(), exists_only: true }, interrupted)?.found)
     }
 
     // ------------------------------------------------------------------ actors

@@ -317,7 +317,7 @@ mod tests {
     }
 
     fn kv_get() -> GcsRequest {
-        GcsRequest::KvGet(KvGet { key: "k".into() })
+        GcsRequest::KvGet(KvGet { key: "k".into(), exists_only: false })
     }
 
     #[tokio::test]

@@ -566,6 +566,7 @@ impl GcsServer {
                 now(GcsReply::Ack(Ack {}))
             }
             GcsRequest::KvGet(kv) => now(GcsReply::KvGetReply(match self.tables.kv_get(&kv.key) {
+                Some(_) if kv.exists_only => KvGetReply { found: true, value: Default::default() },
                 Some(value) => KvGetReply { found: true, value },
                 None => KvGetReply { found: false, value: Default::default() },
             })),

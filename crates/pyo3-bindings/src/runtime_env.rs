@@ -43,9 +43,9 @@ pub fn runtime_env_merge(child: &str, parent: &str) -> PyResult<String> {
 
 /// `child` merged over `parent` (JSON; `parent` may already hold package URIs), with a
 /// requirements file read and local `working_dir`/`py_modules` packed and stored in the
-/// GCS KV under their URIs (except those in `present`: already put in this cluster),
-/// relative paths taken from `cwd`. Returns the canonical JSON the task or actor carries
-/// ("" for the empty environment) and the URIs this call put.
+/// GCS KV under their URIs (except those in `present`, put by this process, and those
+/// the GCS already holds), relative paths taken from `cwd`. Returns the canonical JSON
+/// the task or actor carries ("" for the empty environment) and the URIs this call put.
 #[pyfunction]
 pub fn runtime_env_prepare(
     py: Python<'_>,
@@ -82,6 +82,10 @@ pub fn runtime_env_prepare(
             continue;
         }
         let core = core()?;
+        // Content-addressed: a package another driver put holds the same bytes.
+        if py.enter_rtd(|interrupted| core.kv_exists(&uri, interrupted))? {
+            continue;
+        }
         py.enter_rtd(|interrupted| core.kv_put(&uri, bytes, interrupted))?;
         put.push(uri);
     }

@@ -248,7 +248,8 @@ impl rtd_runtime_env::PackageSource for HeadPackages {
     ) -> rtd_runtime_env::setup::BoxFuture<'a, Result<Option<bytes::Bytes>, String>> {
         Box::pin(async move {
             let client = self.0.connected().await.map_err(|e| e.to_string())?;
-            let reply = client.request(KvGet { key: uri.to_string() }).await.map_err(|e| e.to_string())?;
+            let reply =
+                client.request(KvGet { key: uri.to_string(), exists_only: false }).await.map_err(|e| e.to_string())?;
             Ok(reply.found.then_some(reply.value))
         })
     }

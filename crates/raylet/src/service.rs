@@ -749,7 +749,7 @@ mod tests {
         let node = Node::start("gcs", gcs).await;
         let mut conn = node.service.connected();
         let _other = node.service.connected();
-        let request = gcs_request::Request::KvGet(KvGet { key: "some/key".into() });
+        let request = gcs_request::Request::KvGet(KvGet { key: "some/key".into(), exists_only: false });
         let body = answer(node.service.handle(&mut conn, NodeRequest::Gcs(request.clone()))).await;
         assert_eq!(body, canned);
         assert_eq!(node.service.gcs.requests(), vec![(conn.id, request)]);

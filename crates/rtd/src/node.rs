@@ -271,7 +271,7 @@ async fn serve_node(opts: NodeOptions) -> Result<()> {
             let me = describe_node(&raylet, &session, &node_ip, &raylet_address, false);
             let head = GrpcHead { link: link.clone(), raylet: raylet.clone(), node: me, processes: processes.clone() };
             head.register(&client, false).await.map_err(|e| anyhow!("joining the cluster: {e}"))?;
-            let named = client.request(KvGet { key: cluster_kv::SESSION_NAME_KEY.into() }).await;
+            let named = client.request(KvGet { key: cluster_kv::SESSION_NAME_KEY.into(), exists_only: false }).await;
             if let Ok(KvGetReply { found: true, value }) = named {
                 cluster_name = Some(String::from_utf8_lossy(&value).into_owned());
             }

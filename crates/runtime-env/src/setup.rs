@@ -36,7 +36,8 @@ pub trait PackageSource: Send + Sync {
 impl PackageSource for RpcClient {
     fn fetch<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, String>> {
         Box::pin(async move {
-            let reply = self.request(KvGet { key: uri.to_string() }).await.map_err(|e| e.to_string())?;
+            let reply =
+                self.request(KvGet { key: uri.to_string(), exists_only: false }).await.map_err(|e| e.to_string())?;
             Ok(reply.found.then_some(reply.value))
         })
     }

@@ -156,11 +156,11 @@ mod tests {
         fn handle(&self, count: &mut u32, request: gcs_request::Request) -> Reply {
             *count += 1;
             match request {
-                gcs_request::Request::KvGet(KvGet { key }) if key == "slow" => Reply::Later(Box::pin(async {
+                gcs_request::Request::KvGet(KvGet { key, .. }) if key == "slow" => Reply::Later(Box::pin(async {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     found("slow")
                 })),
-                gcs_request::Request::KvGet(KvGet { key }) | gcs_request::Request::KvPut(KvPut { key, .. }) => {
+                gcs_request::Request::KvGet(KvGet { key, .. }) | gcs_request::Request::KvPut(KvPut { key, .. }) => {
                     Reply::Now(found(key.into_bytes()))
                 }
                 _ => Reply::Now(error_body(ErrorCode::Invalid, "unsupported")),
@@ -172,13 +172,13 @@ mod tests {
     }
 
     async fn get(client: &RpcClient, key: &str) -> Vec<u8> {
-        client.request(KvGet { key: key.into() }).await.unwrap().value.to_vec()
+        client.request(KvGet { key: key.into(), exists_only: false }).await.unwrap().value.to_vec()
     }
 
     /// A slow request answered after a fast one, a large frame, error replies, a reply
     /// of the wrong kind, and the server noticing the client leave.
     async fn exercise(client: RpcClient, echo: &Echo) {
-        let slow = client.start_request(KvGet { key: "slow".into() });
+        let slow = client.start_request(KvGet { key: "slow".into(), exists_only: false });
         assert_eq!(get(&client, "fast").await, b"fast");
         assert_eq!(slow.await.unwrap().value, "slow");
         let big = "x".repeat(6 << 20);
@@ -243,7 +243,8 @@ mod tests {
         // A raw gRPC client, sending a frame without the header, is refused too.
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let frames = tokio_stream::iter([Frame { id: 1, body: Some(KvGet { key: "x".into() }.into()) }]);
+        let frames =
+            tokio_stream::iter([Frame { id: 1, body: Some(KvGet { key: "x".into(), exists_only: false }.into()) }]);
         let status = crate::proto::node_link_client::NodeLinkClient::new(channel).converse(frames).await.err().unwrap();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         let client = RpcClient::connect_grpc(&addr, &Credentials { token: Some(token), tls: None }).await.unwrap();
@@ -332,7 +333,7 @@ mod tests {
             let frames: Vec<Frame> = keys
                 .into_iter()
                 .enumerate()
-                .map(|(i, key)| Frame { id: i as u64, body: Some(KvGet { key }.into()) })
+                .map(|(i, key)| Frame { id: i as u64, body: Some(KvGet { key, exists_only: false }.into()) })
                 .collect();
             let bytes = encoded(&frames);
             let mut buf = BytesMut::new();
@@ -400,7 +401,7 @@ mod tests {
         let client = RpcClient::connect(path.to_str().unwrap()).await.unwrap();
         accept.await.unwrap();
         client.closed().await;
-        let err = client.request(KvGet { key: "x".into() }).await.unwrap_err();
+        let err = client.request(KvGet { key: "x".into(), exists_only: false }).await.unwrap_err();
         assert!(matches!(err, RpcError::Disconnected(_)));
         let _ = std::fs::remove_dir_all(&dir);
     }
