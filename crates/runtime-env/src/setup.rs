@@ -74,24 +74,31 @@ impl EnvContext {
     /// `python` it runs is the venv's, as in Ray). The program itself is the caller's
     /// (e.g. [`EnvContext::python`] for a worker, a shell for a job's entrypoint).
     pub fn apply(&self, command: &mut tokio::process::Command) {
-        command.envs(self.env_vars.iter().map(|(k, v)| (k, v)));
+        command.envs(self.variables());
         if let Some(dir) = &self.cwd {
             command.current_dir(dir);
         }
+    }
+
+    /// The variables a process in this environment gets on top of this process's own:
+    /// `env_vars`, `PYTHONPATH` (the env's entries first), and for a `pip` venv
+    /// `VIRTUAL_ENV` and the venv's `bin` first on `PATH`.
+    pub fn variables(&self) -> Vec<(String, String)> {
+        let mut vars = self.env_vars.clone();
         if let Some(path) = self.python_path_var(std::env::var("PYTHONPATH").ok().as_deref()) {
-            command.env("PYTHONPATH", path);
+            vars.push(("PYTHONPATH".into(), path));
         }
-        let venv_bin = self.python.as_deref().and_then(Path::parent);
-        if let Some(bin) = venv_bin {
+        if let Some(bin) = self.python.as_deref().and_then(Path::parent) {
             if let Some(venv) = bin.parent() {
-                command.env("VIRTUAL_ENV", venv);
+                vars.push(("VIRTUAL_ENV".into(), venv.to_string_lossy().into_owned()));
             }
             let inherited = std::env::var_os("PATH").unwrap_or_default();
             let paths = std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&inherited));
             if let Ok(path) = std::env::join_paths(paths) {
-                command.env("PATH", path);
+                vars.push(("PATH".into(), path.to_string_lossy().into_owned()));
             }
         }
+        vars
     }
 
     /// `PYTHONPATH` for a process in this environment, in front of what `inherited` held.

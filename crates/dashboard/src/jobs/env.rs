@@ -1,7 +1,7 @@
 //! Preparing a job's `runtime_env` on the head for its entrypoint, through the node
 //! setup of `rtd_runtime_env` (Ray's runtime env agent): the unpacked `working_dir`
 //! becomes its current directory, `py_modules` go on `PYTHONPATH`, `env_vars` are set,
-//! and a `pip` environment's interpreter comes first on `PATH`. The driver's tasks get
+//! and a `pip` environment's venv is activated (`VIRTUAL_ENV`, its `bin` first on `PATH`). The driver's tasks get
 //! the same runtime_env as the job's (through the job config).
 
 use std::path::PathBuf;
@@ -30,15 +30,7 @@ impl EnvSetup for RuntimeEnvSetup {
             let context = rtd_runtime_env::setup(&spec, packages.as_ref(), &cache_root, &python)
                 .await
                 .map_err(|e| e.to_string())?;
-            let mut env = context.env_vars.clone();
-            if let Some(path) = context.python_path_var(std::env::var("PYTHONPATH").ok().as_deref()) {
-                env.push(("PYTHONPATH".into(), path));
-            }
-            if let Some(bin) = context.python.as_ref().and_then(|p| p.parent()) {
-                let inherited = std::env::var("PATH").unwrap_or_default();
-                env.push(("PATH".into(), format!("{}:{inherited}", bin.display())));
-            }
-            Ok(PreparedEnv { cwd: context.cwd, env })
+            Ok(PreparedEnv { env: context.variables(), cwd: context.cwd })
         })
     }
 }
