@@ -22,6 +22,7 @@ import zipfile
 
 import pytest
 import rtd
+from conftest import wait_for_condition
 from rtd._private import runtime_env as runtime_env_state
 from rtd.exceptions import ActorDiedError, RayActorError, RuntimeEnvSetupError
 from rtd.runtime_env import RuntimeEnv, RuntimeEnvConfig
@@ -336,75 +337,65 @@ def test_a_working_dir_over_500_mib_is_refused_naming_size_and_limit(shared_runt
         f.options(runtime_env={"working_dir": code}).remote()
 
 
-@pytest.mark.timeout(120)
-def test_two_nodes_get_the_package_through_the_gcs(tmp_path):
+@pytest.fixture
+def head_cluster():
+    """A `Cluster` with a one-CPU head and no driver connected; tests add nodes."""
     from rtd.cluster_utils import Cluster
 
     if rtd.is_initialized():
         rtd.shutdown()
-    code = str(tmp_path / "shipped")
-    _write(code, "shipped_module.py", "WHERE = 'shipped'\n")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
     try:
-        other = cluster.add_node(num_cpus=1, resources={"other": 1})
-        rtd.init(address=cluster.address)
-
-        @rtd.remote(resources={"other": 1}, runtime_env={"working_dir": code})
-        def there():
-            import os
-
-            import shipped_module
-
-            return shipped_module.WHERE, os.getcwd()
-
-        where, cwd = rtd.get(there.remote(), timeout=60)
-        assert where == "shipped"
-        # Unpacked under the second node's own session directory.
-        assert os.path.realpath(cwd).startswith(os.path.realpath(other.session_dir)), (cwd, other.session_dir)
+        yield cluster
     finally:
-        rtd.shutdown()
+        if rtd.is_initialized():
+            rtd.shutdown()
         cluster.shutdown()
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_get_the_package_through_the_gcs(head_cluster, tmp_path):
+    code = str(tmp_path / "shipped")
+    _write(code, "shipped_module.py", "WHERE = 'shipped'\n")
+    other = head_cluster.add_node(num_cpus=1, resources={"other": 1})
+    rtd.init(address=head_cluster.address)
+
+    @rtd.remote(resources={"other": 1}, runtime_env={"working_dir": code})
+    def there():
+        import os
+
+        import shipped_module
+
+        return shipped_module.WHERE, os.getcwd()
+
+    where, cwd = rtd.get(there.remote(), timeout=60)
+    assert where == "shipped"
+    # Unpacked under the second node's own session directory.
+    assert os.path.realpath(cwd).startswith(os.path.realpath(other.session_dir)), (cwd, other.session_dir)
 
 
 @pytest.mark.timeout(60)
-def test_eager_install_sets_the_job_env_up_on_every_node_at_init(tmp_path):
+def test_eager_install_sets_the_job_env_up_on_every_node_at_init(head_cluster, tmp_path):
     """The job's working_dir is unpacked on each node when rtd.init returns, before any
     task asks for it (Ray's `eager_install`, on by default)."""
     import glob
-    import time
 
-    from rtd.cluster_utils import Cluster
-
-    if rtd.is_initialized():
-        rtd.shutdown()
     code = str(tmp_path / "eager")
     _write(code, "eager_marker.txt", "here\n")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
-    try:
-        other = cluster.add_node(num_cpus=1)
-        rtd.init(address=cluster.address, runtime_env={"working_dir": code})
-        nodes = [cluster.head_node.session_dir, other.session_dir]
+    other = head_cluster.add_node(num_cpus=1)
+    rtd.init(address=head_cluster.address, runtime_env={"working_dir": code})
+    nodes = [head_cluster.head_node.session_dir, other.session_dir]
 
-        def unpacked(session_dir):
-            return glob.glob(os.path.join(session_dir, "runtime_resources", "**", "eager_marker.txt"), recursive=True)
+    def unpacked(session_dir):
+        return glob.glob(os.path.join(session_dir, "runtime_resources", "**", "eager_marker.txt"), recursive=True)
 
-        deadline = time.monotonic() + 30
-        while not all(unpacked(s) for s in nodes) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(unpacked(s) for s in nodes), [unpacked(s) for s in nodes]
-    finally:
-        rtd.shutdown()
-        cluster.shutdown()
+    wait_for_condition(lambda: all(unpacked(s) for s in nodes), timeout=30)
 
 
 @pytest.mark.timeout(90)
-def test_a_second_driver_does_not_upload_a_package_the_cluster_has(tmp_path):
+def test_a_second_driver_does_not_upload_a_package_the_cluster_has(head_cluster, tmp_path):
     """Packages are content-addressed: a driver asks the GCS whether it holds one
     before putting it (Ray's client does the same), so the second driver puts nothing."""
-    from rtd.cluster_utils import Cluster
-
-    if rtd.is_initialized():
-        rtd.shutdown()
     code = str(tmp_path / "shared_code")
     _write(code, "shared_code_module.py", "N = 3\n")
     script = textwrap.dedent(
@@ -422,18 +413,14 @@ def test_a_second_driver_does_not_upload_a_package_the_cluster_has(tmp_path):
         rtd.shutdown()
         """
     )
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, shutdown_at_exit=False)
-    try:
-        answers = []
-        for _ in range(2):
-            done = subprocess.run(
-                [sys.executable, "-c", script, cluster.address, code], capture_output=True, text=True, timeout=60
-            )
-            assert done.returncode == 0, done.stderr
-            answers.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        (n1, put1), (n2, put2) = answers
-        assert n1 == n2 == 3
-        assert len(put1) == 1 and put1[0].startswith("gcs://_ray_pkg_")
-        assert put2 == []
-    finally:
-        cluster.shutdown()
+    answers = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", script, head_cluster.address, code], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (n1, put1), (n2, put2) = answers
+    assert n1 == n2 == 3
+    assert len(put1) == 1 and put1[0].startswith("gcs://_ray_pkg_")
+    assert put2 == []
