@@ -219,6 +219,13 @@ impl JobManager {
         self.cluster.kv_put(&record::key(&record.submission_id), record.encode().into());
     }
 
+    /// Resolves once every write made so far is durable. An answer that reports a job's
+    /// state waits for it, as the GCS's replies do: a client that saw RUNNING must find
+    /// the record (and the entrypoint's pid) after a head crash.
+    pub fn durable(&self) -> crate::jobs::cluster::Durable {
+        self.cluster.durable()
+    }
+
     /// Whether an uploaded package (`gcs://...`) is in the KV.
     pub fn has_package(&self, uri: &str) -> bool {
         self.cluster.kv_get(uri).is_some()

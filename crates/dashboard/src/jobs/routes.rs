@@ -128,14 +128,21 @@ async fn submit_job(State(jobs): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn list_jobs(State(jobs): State<Shared>) -> Response {
-    match blocking(move || jobs.list()).await {
+    let manager = jobs.clone();
+    let answer = blocking(move || manager.list()).await;
+    // What was read is durable before it is told (see `JobManager::durable`).
+    jobs.durable().await;
+    match answer {
         Ok(list) => Json(list).into_response(),
         Err(refusal) => refusal,
     }
 }
 
 async fn get_job(State(jobs): State<Shared>, Path(id): Path<String>) -> Response {
-    match blocking(move || jobs.get(&id)).await {
+    let manager = jobs.clone();
+    let answer = blocking(move || manager.get(&id)).await;
+    jobs.durable().await;
+    match answer {
         Ok(Ok(job)) => Json(job).into_response(),
         Ok(Err(e)) => e.into_response(),
         Err(refusal) => refusal,
